@@ -1,0 +1,299 @@
+//! The command line: `serve`, `check-config` and `health`. Kept out of
+//! main.rs so the exit-code rules are unit-testable.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, ConfigError, FlagOverrides};
+use crate::server::Gantry;
+
+/// Exit codes, documented in docs/operations.md.
+pub mod exit {
+    /// Clean stop, or a healthy server.
+    pub const OK: i32 = 0;
+    /// Start-up or runtime failure (data directory locked, port taken, …).
+    pub const FAILURE: i32 = 1;
+    /// Invalid configuration or command line; also `health` could not connect.
+    pub const CONFIG: i32 = 2;
+    /// `health`: the Check RPC itself failed (e.g. unknown service name).
+    pub const HEALTH_RPC_FAILED: i32 = 3;
+    /// `health`: the server answered, but not SERVING.
+    pub const NOT_SERVING: i32 = 4;
+    /// A second SIGTERM/SIGINT during shutdown: exit at once.
+    pub const FORCED: i32 = 130;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gantry",
+    version,
+    about = "One gRPC control plane that a fleet of services shares"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (defaults: gRPC on 127.0.0.1:7070, metrics on 127.0.0.1:9464, sled in ./data).
+    Serve(ServeArgs),
+    /// Validate a configuration file without starting; exit 0 when valid, 2 when not.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+    /// Ask a running gantry whether it is SERVING (exit 0) or not (non-zero).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file [env: GANTRY_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// gRPC address, e.g. 0.0.0.0:7070 [env: GANTRY_LISTEN; key: server.listen].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Prometheus /metrics address [env: GANTRY_METRICS_LISTEN; key: server.metrics_listen].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// sled data directory [env: GANTRY_DATA_DIR; key: storage.data_dir].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Server address [default: GANTRY_LISTEN if set, else 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// Service to ask about; empty means the whole server.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub service: String,
+    /// How long to wait for the answer.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Loads the configuration for `serve` from the file named by the flag or
+/// `GANTRY_CONFIG`, the given environment, and the flags.
+pub fn load_config(
+    args: &ServeArgs,
+    env: &BTreeMap<String, String>,
+) -> Result<config::Loaded, ConfigError> {
+    let path = args
+        .config
+        .clone()
+        .or_else(|| env.get(config::CONFIG_FILE_ENV).map(PathBuf::from));
+    let text = match &path {
+        Some(path) => Some(config::read_file(path)?),
+        None => None,
+    };
+    let flags = FlagOverrides {
+        listen: args.listen.clone(),
+        metrics_listen: args.metrics_listen.clone(),
+        data_dir: args.data_dir.clone(),
+    };
+    let file = path.as_deref().zip(text.as_deref());
+    Config::load(file, env, &flags)
+}
+
+/// `gantry check-config FILE`.
+pub fn check_config(file: &std::path::Path) -> i32 {
+    match Config::check_file(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("gantry: invalid configuration: {e}");
+            exit::CONFIG
+        }
+    }
+}
+
+/// Where `gantry health` connects when `--addr` is not given: the address the
+/// server was told to listen on (unspecified IPs become loopback), else the default.
+pub fn health_target(addr: Option<&str>, env: &BTreeMap<String, String>) -> String {
+    let raw = addr
+        .map(str::to_string)
+        .or_else(|| env.get("GANTRY_LISTEN").cloned())
+        .unwrap_or_else(|| "127.0.0.1:7070".to_string());
+    let raw = raw
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .to_string();
+    match raw.parse::<std::net::SocketAddr>() {
+        Ok(sa) if sa.ip().is_unspecified() => {
+            let loopback: std::net::IpAddr = if sa.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            format!("http://{}", std::net::SocketAddr::new(loopback, sa.port()))
+        }
+        _ => format!("http://{raw}"),
+    }
+}
+
+/// `gantry health`: exit 0 only for SERVING.
+pub async fn health(args: &HealthArgs, env: &BTreeMap<String, String>) -> i32 {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let target = health_target(args.addr.as_deref(), env);
+    let endpoint = match tonic::transport::Endpoint::from_shared(target.clone()) {
+        Ok(endpoint) => endpoint.connect_timeout(args.timeout).timeout(args.timeout),
+        Err(e) => {
+            eprintln!("gantry: invalid --addr {target:?}: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(e) => {
+            eprintln!("gantry: cannot connect to {target}: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let request = HealthCheckRequest {
+        service: args.service.clone(),
+    };
+    match HealthClient::new(channel).check(request).await {
+        Ok(resp) => {
+            let status = resp.into_inner().status();
+            println!("{}", status.as_str_name());
+            if status == ServingStatus::Serving {
+                exit::OK
+            } else {
+                exit::NOT_SERVING
+            }
+        }
+        Err(status) => {
+            eprintln!(
+                "gantry: health check failed: {:?}: {}",
+                status.code(),
+                status.message()
+            );
+            exit::HEALTH_RPC_FAILED
+        }
+    }
+}
+
+/// `gantry serve` after the configuration is loaded: telemetry, build, serve, drain.
+pub async fn serve(loaded: config::Loaded) -> i32 {
+    let config = loaded.config;
+    let telemetry = match crate::telemetry::init(&config.telemetry) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            return exit::CONFIG;
+        }
+    };
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+
+    // Register signal handlers before anything slow, so an early SIGTERM is not lost.
+    let shutdown = CancellationToken::new();
+    if let Err(e) = spawn_signal_handler(shutdown.clone()) {
+        tracing::error!(error = %e, "cannot install signal handlers");
+        return exit::FAILURE;
+    }
+
+    let gantry = match Gantry::build(config, telemetry.exporting()).await {
+        Ok(gantry) => gantry,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("gantry: cannot start: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let code = match gantry.serve(shutdown).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            tracing::error!("{e}");
+            exit::FAILURE
+        }
+    };
+    telemetry.shutdown();
+    code
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
+fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown requested");
+        shutdown.cancel();
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::warn!(signal = name, "second signal: exiting at once");
+        eprintln!("gantry: second {name}: exiting at once");
+        std::process::exit(exit::FORCED);
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_target_defaults_and_rewrites_unspecified_addresses() {
+        let empty = BTreeMap::new();
+        assert_eq!(health_target(None, &empty), "http://127.0.0.1:7070");
+        assert_eq!(
+            health_target(Some("10.1.2.3:9"), &empty),
+            "http://10.1.2.3:9"
+        );
+        let env: BTreeMap<String, String> =
+            [("GANTRY_LISTEN".to_string(), "0.0.0.0:8080".to_string())].into();
+        assert_eq!(health_target(None, &env), "http://127.0.0.1:8080");
+        assert_eq!(
+            health_target(Some("[::]:7070"), &empty),
+            "http://[::1]:7070"
+        );
+        assert_eq!(health_target(Some("http://h:1"), &empty), "http://h:1");
+    }
+
+    #[test]
+    fn config_file_comes_from_flag_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("g.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1234\"\n").unwrap();
+        let args = ServeArgs {
+            config: None,
+            listen: None,
+            metrics_listen: None,
+            data_dir: None,
+        };
+        let env: BTreeMap<String, String> = [(
+            config::CONFIG_FILE_ENV.to_string(),
+            file.display().to_string(),
+        )]
+        .into();
+        let loaded = load_config(&args, &env).unwrap();
+        assert_eq!(loaded.config.server.listen.port(), 1234);
+
+        let missing = ServeArgs {
+            config: Some(dir.path().join("absent.toml")),
+            ..args
+        };
+        let err = load_config(&missing, &BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+    }
+}

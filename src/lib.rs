@@ -1,0 +1,22 @@
+//! Gantry: one gRPC control plane that a fleet of services shares — rate
+//! limits, a shared cache, SQL query analysis, span ingestion and leases on
+//! global connection budgets.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod unimplemented;
+
+/// Code generated from `proto/` by build.rs. The only place lints are relaxed.
+pub mod proto {
+    pub mod gantry {
+        pub mod v1 {
+            #![allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+            tonic::include_proto!("gantry.v1");
+        }
+    }
+}

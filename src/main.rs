@@ -1,0 +1,38 @@
+//! `gantry`: parse the command line, then hand over to `gantry::cli`.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use clap::Parser;
+use gantry::cli::{self, Cli, Command, exit};
+
+fn main() {
+    let cli = Cli::parse();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let code = match cli.command {
+        Command::CheckConfig { file } => cli::check_config(&file),
+        Command::Health(args) => run(cli::health(&args, &env)),
+        Command::Serve(args) => match cli::load_config(&args, &env) {
+            Ok(loaded) => run(cli::serve(loaded)),
+            Err(e) => {
+                eprintln!("gantry: invalid configuration: {e}");
+                exit::CONFIG
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+/// Runs one async entry point on a multi-threaded runtime.
+fn run(future: impl std::future::Future<Output = i32>) -> i32 {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(future),
+        Err(e) => {
+            eprintln!("gantry: cannot start the async runtime: {e}");
+            exit::FAILURE
+        }
+    }
+}

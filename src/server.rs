@@ -1,0 +1,308 @@
+//! The one tonic router: every gantry service, health, reflection, limits and
+//! graceful shutdown. Start-up happens in phases — `Gantry::build` opens the
+//! store and binds the ports (so errors surface before anything is served and
+//! tests learn the ports), `Gantry::serve` serves until the shutdown token is
+//! cancelled, then drains within the grace period and flushes the store.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::proto::gantry::v1 as pb;
+use crate::store::{self, Store, StoreError};
+use crate::telemetry::metrics::{self, ProcessCollector, RpcMetrics};
+use crate::telemetry::rpc::RpcLayer;
+use crate::unimplemented::{
+    PendingCache, PendingLeases, PendingQueryAnalyzer, PendingRateLimiter, PendingTraces,
+};
+
+/// The encoded descriptors of gantry's own protos, written by build.rs.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gantry_descriptor");
+
+/// Every gantry service name, as health and reflection report them.
+pub const GANTRY_SERVICES: [&str; 5] = [
+    pb::rate_limiter_server::SERVICE_NAME,
+    pb::cache_server::SERVICE_NAME,
+    pb::query_analyzer_server::SERVICE_NAME,
+    pb::traces_server::SERVICE_NAME,
+    pb::leases_server::SERVICE_NAME,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("flushing the store at shutdown failed: {0}")]
+    Flush(String),
+}
+
+/// A built server: store open, ports bound, not yet serving.
+pub struct Gantry {
+    config: Config,
+    store: Arc<dyn Store>,
+    grpc_listener: TcpListener,
+    metrics_listener: TcpListener,
+    registry: Registry,
+    rpc_metrics: RpcMetrics,
+    propagate_context: bool,
+}
+
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, key, source })
+}
+
+impl Gantry {
+    /// Opens the store and binds both ports. `propagate_context`: continue
+    /// callers' W3C trace context (worth it only when our spans are exported).
+    pub async fn build(config: Config, propagate_context: bool) -> Result<Self, StartError> {
+        let storage = config.storage.clone();
+        let store = tokio::task::spawn_blocking(move || store::open(&storage))
+            .await
+            .map_err(|e| StoreError::Io(format!("store opener panicked: {e}")))??;
+        let grpc_listener = bind(config.server.listen, "server.listen").await?;
+        let metrics_listener = bind(config.server.metrics_listen, "server.metrics_listen").await?;
+
+        let mut registry = Registry::default();
+        let rpc_metrics = RpcMetrics::register(&mut registry);
+        registry.register_collector(Box::new(ProcessCollector));
+
+        Ok(Self {
+            config,
+            store,
+            grpc_listener,
+            metrics_listener,
+            registry,
+            rpc_metrics,
+            propagate_context,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        // A bound listener always has a local address; fall back to the configured one.
+        self.grpc_listener
+            .local_addr()
+            .unwrap_or(self.config.server.listen)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .unwrap_or(self.config.server.metrics_listen)
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then: health turns NOT_SERVING,
+    /// no new connections are accepted, in-flight calls get
+    /// `server.shutdown_grace` to finish, and the store is flushed.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServeError> {
+        let Gantry {
+            config,
+            store,
+            grpc_listener,
+            metrics_listener,
+            registry,
+            rpc_metrics,
+            propagate_context,
+        } = self;
+        let server_cfg = &config.server;
+        let limit = usize::try_from(server_cfg.max_message_bytes).unwrap_or(usize::MAX);
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        set_all(&health_reporter, ServingStatus::Serving).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+        let layer = RpcLayer::new(
+            rpc_metrics,
+            server_cfg.max_inflight,
+            known_paths(),
+            propagate_context,
+        );
+
+        // Every service gets the same message limit and gzip both ways.
+        macro_rules! limited {
+            ($service:expr) => {
+                $service
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip)
+            };
+        }
+
+        let router = tonic::transport::Server::builder()
+            .timeout(server_cfg.request_timeout.get())
+            .concurrency_limit_per_connection(server_cfg.max_concurrent_streams as usize)
+            .max_concurrent_streams(server_cfg.max_concurrent_streams)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(layer)
+            .add_service(limited!(health_service))
+            .add_service(limited!(reflection_v1))
+            .add_service(limited!(reflection_v1alpha))
+            .add_service(limited!(pb::rate_limiter_server::RateLimiterServer::new(
+                PendingRateLimiter
+            )))
+            .add_service(limited!(pb::cache_server::CacheServer::new(PendingCache)))
+            .add_service(limited!(
+                pb::query_analyzer_server::QueryAnalyzerServer::new(PendingQueryAnalyzer)
+            ))
+            .add_service(limited!(pb::traces_server::TracesServer::new(
+                PendingTraces
+            )))
+            .add_service(limited!(pb::leases_server::LeasesServer::new(
+                PendingLeases
+            )));
+
+        let grpc_addr = grpc_listener.local_addr().ok();
+        let metrics_addr = metrics_listener.local_addr().ok();
+        let incoming = TcpIncoming::from(grpc_listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(server_cfg.tcp_keepalive.get()));
+
+        // Metrics stay up while the gRPC side drains, so the drain can be watched.
+        let metrics_stop = CancellationToken::new();
+        let metrics_task = tokio::spawn(metrics::serve(
+            metrics_listener,
+            Arc::new(registry),
+            metrics_stop.clone(),
+        ));
+
+        tracing::info!(
+            grpc = ?grpc_addr,
+            metrics = ?metrics_addr,
+            data_dir = %config.storage.data_dir.display(),
+            backend = store.backend(),
+            "gantry listening"
+        );
+
+        let reporter = health_reporter.clone();
+        let stop_signal = shutdown.clone();
+        let signal = async move {
+            stop_signal.cancelled().await;
+            set_all(&reporter, ServingStatus::NotServing).await;
+            tracing::info!("shutting down: health NOT_SERVING, no new connections, draining calls");
+        };
+        let server = router.serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(server);
+
+        let grace = server_cfg.shutdown_grace.get();
+        let served = tokio::select! {
+            result = &mut server => result,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace = ?grace, "grace period over; closing the calls still running");
+                Ok(())
+            }
+        };
+
+        metrics_stop.cancel();
+        let _ = metrics_task.await;
+
+        let flush_store = store.clone();
+        let flushed = tokio::task::spawn_blocking(move || flush_store.flush())
+            .await
+            .map_err(|e| ServeError::Flush(e.to_string()))?;
+        flushed.map_err(|e| ServeError::Flush(e.to_string()))?;
+        tracing::info!("store flushed; gantry stopped");
+        served.map_err(ServeError::from)
+    }
+}
+
+async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in GANTRY_SERVICES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// `/package.Service/Method` for every method this server routes, from the
+/// descriptor sets: the label set of the per-method metrics.
+pub fn known_paths() -> HashSet<String> {
+    let sets: [&[u8]; 4] = [
+        FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut paths = HashSet::new();
+    for encoded in sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
+            continue;
+        };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let service_name = service.name.unwrap_or_default();
+                for method in service.method {
+                    paths.insert(format!(
+                        "/{package}.{service_name}/{}",
+                        method.name.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_paths_cover_every_service() {
+        let paths = known_paths();
+        for path in [
+            "/gantry.v1.RateLimiter/Acquire",
+            "/gantry.v1.Cache/Watch",
+            "/gantry.v1.QueryAnalyzer/SlowQueries",
+            "/gantry.v1.Traces/EndpointStats",
+            "/gantry.v1.Leases/PoolStatus",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(paths.contains(path), "{path} missing");
+        }
+    }
+}

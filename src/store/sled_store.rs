@@ -1,0 +1,206 @@
+//! The embedded backend: one sled database in the data directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{BatchOp, CasConflict, Domain, KeyValue, Store, StoreError, Tree};
+use crate::config::StorageConfig;
+
+pub struct SledStore {
+    db: sled::Db,
+    dir: PathBuf,
+    /// Indexed by `Domain as usize`; `open` fills it in `Domain::ALL` order.
+    trees: Vec<Arc<SledTree>>,
+}
+
+impl SledStore {
+    pub fn open(config: &StorageConfig) -> Result<Self, StoreError> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let flush_ms = u64::try_from(config.flush_interval.get().as_millis()).unwrap_or(u64::MAX);
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(config.cache_capacity_bytes)
+            .flush_every_ms(Some(flush_ms.max(1)))
+            .open()
+            .map_err(|e| classify_open_error(&dir, e))?;
+        let mut trees = Vec::with_capacity(Domain::ALL.len());
+        for domain in Domain::ALL {
+            let tree = db
+                .open_tree(domain.name())
+                .map_err(|e| classify_open_error(&dir, e))?;
+            trees.push(Arc::new(SledTree { tree }));
+        }
+        Ok(Self { db, dir, trees })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// sled reports a held lock as a generic I/O error; recognise it so the
+/// operator is told that another gantry owns the directory.
+fn classify_open_error(dir: &Path, err: sled::Error) -> StoreError {
+    match err {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked {
+                dir: dir.to_path_buf(),
+            }
+        }
+        sled::Error::Corruption { at, .. } => StoreError::Corrupt {
+            dir: dir.to_path_buf(),
+            detail: format!("sled found damaged data at {at:?}"),
+        },
+        other => StoreError::Io(format!("cannot open {}: {other}", dir.display())),
+    }
+}
+
+fn io(err: sled::Error) -> StoreError {
+    StoreError::Io(err.to_string())
+}
+
+impl Store for SledStore {
+    fn backend(&self) -> &'static str {
+        "sled"
+    }
+
+    fn tree(&self, domain: Domain) -> Arc<dyn Tree> {
+        // `open` pushed one tree per entry of `Domain::ALL`, whose order is
+        // the enum's declaration order, so this index is always in bounds.
+        self.trees[domain as usize].clone()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(io)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(io)
+    }
+}
+
+struct SledTree {
+    tree: sled::Tree,
+}
+
+impl Tree for SledTree {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn insert(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree
+            .insert(key, value)
+            .map_err(io)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.remove(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<Result<(), CasConflict>, StoreError> {
+        match self.tree.compare_and_swap(key, expected, new).map_err(io)? {
+            Ok(()) => Ok(Ok(())),
+            Err(conflict) => Ok(Err(CasConflict {
+                current: conflict.current.map(|v| v.to_vec()),
+            })),
+        }
+    }
+
+    fn apply_batch(&self, ops: Vec<BatchOp>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                BatchOp::Insert(k, v) => batch.insert(k, v),
+                BatchOp::Remove(k) => batch.remove(k),
+            }
+        }
+        self.tree.apply_batch(batch).map_err(io)
+    }
+
+    fn scan_prefix<'a>(
+        &'a self,
+        prefix: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<KeyValue, StoreError>> + Send + 'a> {
+        Box::new(
+            self.tree
+                .scan_prefix(prefix)
+                .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io)),
+        )
+    }
+
+    fn len(&self) -> usize {
+        self.tree.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StorageConfig;
+
+    fn config(dir: &Path) -> StorageConfig {
+        StorageConfig {
+            data_dir: dir.to_path_buf(),
+            ..StorageConfig::default()
+        }
+    }
+
+    #[test]
+    fn sled_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&config(dir.path())).unwrap();
+        crate::store::conformance(&store);
+    }
+
+    #[test]
+    fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(&config(dir.path())).unwrap();
+            store.tree(Domain::Leases).insert(b"lease", b"1").unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(&config(dir.path())).unwrap();
+        assert_eq!(
+            store.tree(Domain::Leases).get(b"lease").unwrap(),
+            Some(b"1".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_held_directory_is_reported_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(&config(dir.path())).unwrap();
+        let err = SledStore::open(&config(dir.path())).err().unwrap();
+        assert_eq!(
+            err,
+            StoreError::Locked {
+                dir: dir.path().to_path_buf()
+            }
+        );
+        assert!(err.to_string().contains("in use by another process"));
+    }
+
+    #[test]
+    fn an_uncreatable_directory_is_an_io_error() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let err = SledStore::open(&config(&file.path().join("sub")))
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::Io(_)), "{err}");
+    }
+}

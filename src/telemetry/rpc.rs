@@ -1,0 +1,356 @@
+//! The tower layer every gRPC call passes through: it sheds load beyond
+//! `server.max_inflight`, opens a tracing span per call (continuing the
+//! caller's W3C trace context), and records go-grpc-prometheus style metrics,
+//! reading the final status from the response headers or trailers.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Bytes;
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use super::metrics::{HandledLabels, MethodLabels, RpcMetrics, code_label};
+use crate::error::ApiError;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Shared by every connection's copy of the layer.
+struct Shared {
+    metrics: RpcMetrics,
+    inflight: Arc<Semaphore>,
+    max_inflight: u32,
+    /// `/package.Service/Method` paths that get their own metric labels;
+    /// anything else is labelled `unknown` so random paths cannot blow up cardinality.
+    known_paths: HashSet<String>,
+    /// Extract `traceparent` only when our own spans are exported.
+    propagate_context: bool,
+}
+
+#[derive(Clone)]
+pub struct RpcLayer {
+    shared: Arc<Shared>,
+}
+
+impl RpcLayer {
+    pub fn new(
+        metrics: RpcMetrics,
+        max_inflight: u32,
+        known_paths: HashSet<String>,
+        propagate_context: bool,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                metrics,
+                inflight: Arc::new(Semaphore::new(max_inflight as usize)),
+                max_inflight,
+                known_paths,
+                propagate_context,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// Splits `/gantry.v1.Cache/Get` into service and method labels.
+fn method_labels(path: &str, known: &HashSet<String>) -> MethodLabels {
+    if known.contains(path)
+        && let Some((service, method)) = path.trim_start_matches('/').split_once('/')
+    {
+        return MethodLabels {
+            grpc_service: service.to_string(),
+            grpc_method: method.to_string(),
+        };
+    }
+    MethodLabels {
+        grpc_service: "unknown".to_string(),
+        grpc_method: "unknown".to_string(),
+    }
+}
+
+/// A gRPC status carried in a header map (trailers-only responses carry it in
+/// the headers, normal ones in the trailers).
+fn status_in(headers: &HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from)
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+impl<S, B> Service<Request<tonic::body::Body>> for RpcService<S>
+where
+    S: Service<Request<tonic::body::Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<RpcBody<B>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        // The clone-and-swap keeps the instance that was polled ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+
+        let labels = method_labels(req.uri().path(), &shared.known_paths);
+        shared.metrics.started.get_or_create(&labels).inc();
+        let span = tracing::info_span!(
+            "grpc.request",
+            otel.name = %req.uri().path().trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %labels.grpc_service,
+            rpc.method = %labels.grpc_method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if shared.propagate_context {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let parent = opentelemetry::global::get_text_map_propagator(|p| {
+                p.extract(&HeaderExtractor(req.headers()))
+            });
+            // Fails only when no OpenTelemetry layer is installed; then there is
+            // nothing to continue and the span stays a root.
+            let _ = span.set_parent(parent);
+        }
+        let mut call = CallRecord {
+            shared: shared.clone(),
+            labels,
+            start: Instant::now(),
+            span: span.clone(),
+            done: false,
+        };
+
+        Box::pin(
+            async move {
+                let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
+                    shared.metrics.shed.inc();
+                    let status = tonic::Status::from(ApiError::ResourceExhausted(format!(
+                        "server overloaded: {} calls in flight (server.max_inflight = {}); retry with backoff",
+                        shared.max_inflight, shared.max_inflight
+                    )));
+                    call.finish(status.code());
+                    let (parts, ()) = status.into_http::<()>().into_parts();
+                    return Ok(Response::from_parts(parts, RpcBody::empty()));
+                };
+                shared.metrics.inflight.inc();
+                let result = inner.call(req).await;
+                shared.metrics.inflight.dec();
+                drop(permit);
+                match result {
+                    Ok(response) => {
+                        let (parts, body) = response.into_parts();
+                        if let Some(code) = status_in(&parts.headers) {
+                            // Trailers-only response: the status is final now.
+                            call.finish(code);
+                        }
+                        Ok(Response::from_parts(parts, RpcBody::new(body, call)))
+                    }
+                    Err(e) => {
+                        call.finish(tonic::Code::Internal);
+                        Err(e)
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Records a call's outcome exactly once: when the status is seen, or on drop
+/// (a client that went away before the end counts as CANCELLED).
+struct CallRecord {
+    shared: Arc<Shared>,
+    labels: MethodLabels,
+    start: Instant,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl CallRecord {
+    fn finish(&mut self, code: tonic::Code) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let elapsed = self.start.elapsed();
+        let metrics = &self.shared.metrics;
+        metrics
+            .handled
+            .get_or_create(&HandledLabels {
+                grpc_service: self.labels.grpc_service.clone(),
+                grpc_method: self.labels.grpc_method.clone(),
+                grpc_code: code_label(code),
+            })
+            .inc();
+        metrics
+            .handling_seconds
+            .get_or_create(&self.labels)
+            .observe(elapsed.as_secs_f64());
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if code != tonic::Code::Ok {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        tracing::debug!(
+            parent: &self.span,
+            code = ?code,
+            elapsed_us = elapsed.as_micros() as u64,
+            "call finished"
+        );
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        self.finish(tonic::Code::Cancelled);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body, watched for the trailers that carry the final status.
+    pub struct RpcBody<B> {
+        #[pin]
+        inner: Option<B>,
+        call: Option<CallRecord>,
+    }
+}
+
+impl<B> RpcBody<B> {
+    fn new(inner: B, call: CallRecord) -> Self {
+        let call = if call.done { None } else { Some(call) };
+        Self {
+            inner: Some(inner),
+            call,
+        }
+    }
+
+    fn empty() -> Self {
+        Self {
+            inner: None,
+            call: None,
+        }
+    }
+}
+
+impl<B> Body for RpcBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(mut call) = this.call.take()
+                {
+                    call.finish(status_in(trailers).unwrap_or(tonic::Code::Unknown));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(mut call) = this.call.take() {
+                    call.finish(tonic::Code::Internal);
+                }
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                if let Some(mut call) = this.call.take() {
+                    // A gRPC response that ends without a status is an error (gRPC spec).
+                    call.finish(tonic::Code::Unknown);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_split_known_paths_and_fold_unknown_ones() {
+        let known: HashSet<String> = ["/gantry.v1.Cache/Get".to_string()].into();
+        let l = method_labels("/gantry.v1.Cache/Get", &known);
+        assert_eq!(
+            (l.grpc_service.as_str(), l.grpc_method.as_str()),
+            ("gantry.v1.Cache", "Get")
+        );
+        let l = method_labels("/random/garbage", &known);
+        assert_eq!(
+            (l.grpc_service.as_str(), l.grpc_method.as_str()),
+            ("unknown", "unknown")
+        );
+    }
+
+    #[test]
+    fn status_is_read_from_headers() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(status_in(&headers), None);
+        headers.insert("grpc-status", http::HeaderValue::from_static("5"));
+        assert_eq!(status_in(&headers), Some(tonic::Code::NotFound));
+    }
+}

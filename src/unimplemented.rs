@@ -1,0 +1,178 @@
+//! The services of the API contract whose capability has not landed yet. Each
+//! answers UNIMPLEMENTED with a message naming the method and the issue that
+//! brings it, so generated clients can be built and wired today. A capability
+//! that lands replaces its stub here with its own `service.rs`.
+
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::error::ApiError;
+use crate::proto::gantry::v1 as pb;
+
+fn not_landed<T>(method: &'static str, detail: &'static str) -> Result<T, Status> {
+    Err(ApiError::Unimplemented { method, detail }.into())
+}
+
+const RATELIMIT: &str = "the rate-limit capability has not landed yet (issue #4)";
+const CACHE: &str = "the cache capability has not landed yet (issue #5)";
+const QUERY: &str = "the query-analysis capability has not landed yet (issue #6)";
+const TRACES: &str = "the span-ingestion capability has not landed yet (issue #7)";
+const LEASES: &str = "the leases capability has not landed yet (issue #8)";
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PendingRateLimiter;
+
+#[tonic::async_trait]
+impl pb::rate_limiter_server::RateLimiter for PendingRateLimiter {
+    async fn acquire(
+        &self,
+        _: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        not_landed("gantry.v1.RateLimiter/Acquire", RATELIMIT)
+    }
+    async fn acquire_batch(
+        &self,
+        _: Request<pb::AcquireBatchRequest>,
+    ) -> Result<Response<pb::AcquireBatchResponse>, Status> {
+        not_landed("gantry.v1.RateLimiter/AcquireBatch", RATELIMIT)
+    }
+    async fn list_limits(
+        &self,
+        _: Request<pb::ListLimitsRequest>,
+    ) -> Result<Response<pb::ListLimitsResponse>, Status> {
+        not_landed("gantry.v1.RateLimiter/ListLimits", RATELIMIT)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PendingCache;
+
+#[tonic::async_trait]
+impl pb::cache_server::Cache for PendingCache {
+    async fn get(&self, _: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        not_landed("gantry.v1.Cache/Get", CACHE)
+    }
+    async fn put(&self, _: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        not_landed("gantry.v1.Cache/Put", CACHE)
+    }
+    async fn delete(
+        &self,
+        _: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        not_landed("gantry.v1.Cache/Delete", CACHE)
+    }
+    async fn get_many(
+        &self,
+        _: Request<pb::GetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        not_landed("gantry.v1.Cache/GetMany", CACHE)
+    }
+    async fn put_many(
+        &self,
+        _: Request<pb::PutManyRequest>,
+    ) -> Result<Response<pb::PutManyResponse>, Status> {
+        not_landed("gantry.v1.Cache/PutMany", CACHE)
+    }
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+    async fn watch(
+        &self,
+        _: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        not_landed("gantry.v1.Cache/Watch", CACHE)
+    }
+    async fn stats(
+        &self,
+        _: Request<pb::CacheStatsRequest>,
+    ) -> Result<Response<pb::CacheStats>, Status> {
+        not_landed("gantry.v1.Cache/Stats", CACHE)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PendingQueryAnalyzer;
+
+#[tonic::async_trait]
+impl pb::query_analyzer_server::QueryAnalyzer for PendingQueryAnalyzer {
+    async fn analyze(
+        &self,
+        _: Request<pb::AnalyzeRequest>,
+    ) -> Result<Response<pb::AnalyzeResponse>, Status> {
+        not_landed("gantry.v1.QueryAnalyzer/Analyze", QUERY)
+    }
+    async fn record(
+        &self,
+        _: Request<pb::RecordRequest>,
+    ) -> Result<Response<pb::RecordResponse>, Status> {
+        not_landed("gantry.v1.QueryAnalyzer/Record", QUERY)
+    }
+    async fn top_queries(
+        &self,
+        _: Request<pb::TopQueriesRequest>,
+    ) -> Result<Response<pb::TopQueriesResponse>, Status> {
+        not_landed("gantry.v1.QueryAnalyzer/TopQueries", QUERY)
+    }
+    async fn slow_queries(
+        &self,
+        _: Request<pb::SlowQueriesRequest>,
+    ) -> Result<Response<pb::SlowQueriesResponse>, Status> {
+        not_landed("gantry.v1.QueryAnalyzer/SlowQueries", QUERY)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PendingTraces;
+
+#[tonic::async_trait]
+impl pb::traces_server::Traces for PendingTraces {
+    async fn ingest(
+        &self,
+        _: Request<pb::IngestRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        not_landed("gantry.v1.Traces/Ingest", TRACES)
+    }
+    async fn get_trace(
+        &self,
+        _: Request<pb::GetTraceRequest>,
+    ) -> Result<Response<pb::Trace>, Status> {
+        not_landed("gantry.v1.Traces/GetTrace", TRACES)
+    }
+    async fn endpoint_stats(
+        &self,
+        _: Request<pb::EndpointStatsRequest>,
+    ) -> Result<Response<pb::EndpointStatsResponse>, Status> {
+        not_landed("gantry.v1.Traces/EndpointStats", TRACES)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PendingLeases;
+
+#[tonic::async_trait]
+impl pb::leases_server::Leases for PendingLeases {
+    async fn acquire(
+        &self,
+        _: Request<pb::AcquireLeaseRequest>,
+    ) -> Result<Response<pb::Lease>, Status> {
+        not_landed("gantry.v1.Leases/Acquire", LEASES)
+    }
+    async fn renew(
+        &self,
+        _: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::Lease>, Status> {
+        not_landed("gantry.v1.Leases/Renew", LEASES)
+    }
+    async fn release(
+        &self,
+        _: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        not_landed("gantry.v1.Leases/Release", LEASES)
+    }
+    async fn pool_status(
+        &self,
+        _: Request<pb::PoolStatusRequest>,
+    ) -> Result<Response<pb::PoolStatusResponse>, Status> {
+        not_landed("gantry.v1.Leases/PoolStatus", LEASES)
+    }
+}
