@@ -71,7 +71,12 @@ pub struct Gantry {
     registry: Registry,
     rpc_metrics: RpcMetrics,
     propagate_context: bool,
+    health: HealthReporter,
+    health_service: HealthService,
 }
+
+type HealthService =
+    tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
 
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
@@ -94,6 +99,11 @@ impl Gantry {
         let rpc_metrics = RpcMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
 
+        let health = HealthReporter::new();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        );
+
         Ok(Self {
             config,
             store,
@@ -102,7 +112,14 @@ impl Gantry {
             registry,
             rpc_metrics,
             propagate_context,
+            health,
+            health_service,
         })
+    }
+
+    /// The health reporter, for components that must report themselves NOT_SERVING.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -126,6 +143,8 @@ impl Gantry {
     /// no new connections are accepted, in-flight calls get
     /// `server.shutdown_grace` to finish, and the store is flushed.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServeError> {
+        let grpc_addr = self.grpc_addr();
+        let metrics_addr = self.metrics_addr();
         let Gantry {
             config,
             store,
@@ -134,21 +153,18 @@ impl Gantry {
             registry,
             rpc_metrics,
             propagate_context,
+            health: health_reporter,
+            health_service,
         } = self;
         let server_cfg = &config.server;
         let limit = usize::try_from(server_cfg.max_message_bytes).unwrap_or(usize::MAX);
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
         set_all(&health_reporter, ServingStatus::Serving).await;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1 = reflection_builder()
             .build_v1()
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1alpha = reflection_builder()
             .build_v1alpha()
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
@@ -194,8 +210,6 @@ impl Gantry {
                 PendingLeases
             )));
 
-        let grpc_addr = grpc_listener.local_addr().ok();
-        let metrics_addr = metrics_listener.local_addr().ok();
         let incoming = TcpIncoming::from(grpc_listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(server_cfg.tcp_keepalive.get()));
@@ -209,8 +223,8 @@ impl Gantry {
         ));
 
         tracing::info!(
-            grpc = ?grpc_addr,
-            metrics = ?metrics_addr,
+            grpc = %grpc_addr,
+            metrics = %metrics_addr,
             data_dir = %config.storage.data_dir.display(),
             backend = store.backend(),
             "gantry listening"
@@ -246,6 +260,17 @@ impl Gantry {
         tracing::info!("store flushed; gantry stopped");
         served.map_err(ServeError::from)
     }
+}
+
+/// Both reflection versions describe every service, themselves included
+/// (tonic's builder would add only its own version's descriptor).
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
 async fn set_all(reporter: &HealthReporter, status: ServingStatus) {

@@ -101,6 +101,39 @@ fn status_in(headers: &HeaderMap) -> Option<tonic::Code> {
         .map(tonic::Code::from)
 }
 
+/// tonic reports an oversized message as OUT_OF_RANGE; the gRPC spec (and
+/// gantry's contract) say RESOURCE_EXHAUSTED. Rewrites that one status in
+/// place, naming the setting that sets the limit.
+fn rewrite_oversized(headers: &mut HeaderMap) {
+    if status_in(headers) != Some(tonic::Code::OutOfRange) {
+        return;
+    }
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    let Some(detail) = status
+        .message()
+        .strip_prefix("Error, decoded message length too large: ")
+        .map(|d| ("request", d))
+        .or_else(|| {
+            status
+                .message()
+                .strip_prefix("Error, encoded message length too large: ")
+                .map(|d| ("response", d))
+        })
+    else {
+        return;
+    };
+    let (which, detail) = detail;
+    let replacement = tonic::Status::resource_exhausted(format!(
+        "{which} message too large: {detail} (server.max_message_bytes)"
+    ));
+    headers.remove("grpc-status");
+    headers.remove("grpc-message");
+    // add_header only fails for a message that cannot be encoded, and ours is plain ASCII.
+    let _ = replacement.add_header(headers);
+}
+
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
@@ -181,7 +214,8 @@ where
                 drop(permit);
                 match result {
                     Ok(response) => {
-                        let (parts, body) = response.into_parts();
+                        let (mut parts, body) = response.into_parts();
+                        rewrite_oversized(&mut parts.headers);
                         if let Some(code) = status_in(&parts.headers) {
                             // Trailers-only response: the status is final now.
                             call.finish(code);
@@ -291,14 +325,16 @@ where
             return Poll::Ready(None);
         };
         match inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(mut call) = this.call.take()
-                {
-                    call.finish(status_in(trailers).unwrap_or(tonic::Code::Unknown));
+            Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    rewrite_oversized(&mut trailers);
+                    if let Some(mut call) = this.call.take() {
+                        call.finish(status_in(&trailers).unwrap_or(tonic::Code::Unknown));
+                    }
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
             Poll::Ready(Some(Err(e))) => {
                 if let Some(mut call) = this.call.take() {
                     call.finish(tonic::Code::Internal);
@@ -344,6 +380,33 @@ mod tests {
             (l.grpc_service.as_str(), l.grpc_method.as_str()),
             ("unknown", "unknown")
         );
+    }
+
+    #[test]
+    fn oversized_messages_become_resource_exhausted() {
+        let mut headers = HeaderMap::new();
+        tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 5000 bytes, the limit is: 1024 bytes",
+        )
+        .add_header(&mut headers)
+        .unwrap();
+        rewrite_oversized(&mut headers);
+        let status = tonic::Status::from_header_map(&headers).unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("5000 bytes"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().contains("server.max_message_bytes"));
+
+        // Other OUT_OF_RANGE errors are left alone.
+        let mut headers = HeaderMap::new();
+        tonic::Status::out_of_range("offset 9 past the end")
+            .add_header(&mut headers)
+            .unwrap();
+        rewrite_oversized(&mut headers);
+        assert_eq!(status_in(&headers), Some(tonic::Code::OutOfRange));
     }
 
     #[test]
