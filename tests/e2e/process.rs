@@ -364,3 +364,125 @@ async fn sigterm_waits_for_the_open_call_then_exits_zero() {
         gantry.stderr_text()
     );
 }
+
+/// A minimal OTLP trace receiver that hands every export to the test.
+struct FakeCollector {
+    tx: tokio::sync::mpsc::UnboundedSender<
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    >,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for FakeCollector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let _ = self.tx.send(request.into_inner());
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_spans_are_exported_over_otlp_continuing_the_callers_trace() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(FakeCollector { tx }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let cwd = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://{collector_addr}");
+    let mut gantry = GantryProcess::spawn(
+        &serve_args(&[]),
+        &[
+            ("GANTRY_TELEMETRY_OTLP_ENDPOINT", &endpoint),
+            ("GANTRY_TELEMETRY_SERVICE_NAME", "gantry-under-test"),
+        ],
+        cwd.path(),
+    );
+    let (grpc, _) = gantry.wait_until_listening();
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
+    );
+    HealthClient::new(connect(grpc).await)
+        .check(request)
+        .await
+        .unwrap();
+
+    gantry.signal("TERM");
+    assert_eq!(
+        gantry.wait_exit(Duration::from_secs(15)),
+        0,
+        "{}",
+        gantry.stderr_text()
+    );
+
+    let mut found = None;
+    while found.is_none() {
+        let export = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("no span export reached the collector")
+            .unwrap();
+        for resource_spans in export.resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value);
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    if span.name == "grpc.health.v1.Health/Check" {
+                        found = Some((service.clone(), span));
+                    }
+                }
+            }
+        }
+    }
+    let (service, span) = found.unwrap();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(
+        hex(&span.trace_id),
+        trace_id,
+        "the caller's trace is continued"
+    );
+    assert_eq!(hex(&span.parent_span_id), parent_id);
+    assert_eq!(
+        service,
+        Some(
+            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                "gantry-under-test".into()
+            )
+        )
+    );
+    assert!(
+        span.attributes
+            .iter()
+            .any(|kv| kv.key == "rpc.grpc.status_code"),
+        "{:?}",
+        span.attributes
+    );
+}
