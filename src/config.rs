@@ -138,10 +138,256 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// `[ratelimit]`: keys arrive with the rate-limit capability.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// `[ratelimit]`: shared token buckets. Hot-reloadable: `limits`, `envoy`,
+/// `default_limit`, `max_waiters`, `envoy_response_headers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RateLimitConfig {}
+pub struct RateLimitConfig {
+    /// Limit used for names that are not configured; empty: unknown names are NOT_FOUND.
+    pub default_limit: String,
+    /// Most buckets held in memory over all limits (full buckets do not count: they are dropped).
+    pub max_buckets: u64,
+    /// Most callers waiting in one bucket's queue; beyond it, RESOURCE_EXHAUSTED.
+    pub max_waiters: u64,
+    /// Most requests in one AcquireBatch.
+    pub max_batch: u64,
+    /// Longest `key` (and `client`) accepted, in bytes.
+    pub max_key_bytes: u64,
+    /// How often idle full buckets are dropped.
+    pub sweep_interval: HumanDuration,
+    /// How often bucket levels are saved to the store (they are also saved at shutdown).
+    pub persist_interval: HumanDuration,
+    /// Add draft-03 `X-RateLimit-*` headers to Envoy ShouldRateLimit answers.
+    pub envoy_response_headers: bool,
+    /// The limits, e.g. `[[ratelimit.limits]] name = "api" rate = 100 period = "1s" burst = 200`.
+    pub limits: Vec<LimitConfig>,
+    /// Envoy domains and how their descriptors map to limits.
+    pub envoy: Vec<EnvoyDomainConfig>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            default_limit: String::new(),
+            max_buckets: 1_000_000,
+            max_waiters: 1_000,
+            max_batch: 1_000,
+            max_key_bytes: 1024,
+            sweep_interval: HumanDuration::from_secs(10),
+            persist_interval: HumanDuration::from_secs(60),
+            envoy_response_headers: false,
+            limits: Vec::new(),
+            envoy: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScopeConfig {
+    /// One bucket per key.
+    #[default]
+    PerKey,
+    /// One bucket for every key.
+    Shared,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    pub name: String,
+    /// Tokens added per `period`.
+    pub rate: u64,
+    /// The refill period; default 1s.
+    #[serde(default = "one_second")]
+    pub period: HumanDuration,
+    /// Bucket capacity; default `rate`.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub scope: LimitScopeConfig,
+    /// Per-key exceptions.
+    #[serde(default)]
+    pub overrides: Vec<LimitOverrideConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrideConfig {
+    pub key: String,
+    pub rate: u64,
+    /// Default: the limit's period.
+    #[serde(default)]
+    pub period: Option<HumanDuration>,
+    /// Default: the override's rate.
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+fn one_second() -> HumanDuration {
+    HumanDuration::from_secs(1)
+}
+
+/// One Envoy rate-limit domain: `[[ratelimit.envoy]] domain = "edge"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyDomainConfig {
+    pub domain: String,
+    /// Rules tried in order; the first whose entries match a descriptor decides its limit.
+    #[serde(default)]
+    pub descriptors: Vec<EnvoyDescriptorConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyDescriptorConfig {
+    /// The descriptor's entries, in order. An entry without `value` matches any value,
+    /// and that value becomes part of the bucket key (one bucket per value).
+    pub entries: Vec<EnvoyEntryConfig>,
+    /// The gantry limit that applies.
+    pub limit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyEntryConfig {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// Upper bounds that keep the token arithmetic far from overflow.
+pub const MAX_RATE: u64 = 1_000_000_000;
+pub const MAX_BURST: u64 = 1_000_000_000_000;
+pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
+
+impl RateLimitConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: String, reason: String| Err((key, reason));
+        if self.max_buckets == 0 {
+            return err(
+                "ratelimit.max_buckets".into(),
+                "must be at least 1, got 0".into(),
+            );
+        }
+        if self.max_batch == 0 {
+            return err(
+                "ratelimit.max_batch".into(),
+                "must be at least 1, got 0".into(),
+            );
+        }
+        if self.max_key_bytes == 0 {
+            return err(
+                "ratelimit.max_key_bytes".into(),
+                "must be at least 1, got 0".into(),
+            );
+        }
+        if self.sweep_interval.get().is_zero() {
+            return err(
+                "ratelimit.sweep_interval".into(),
+                "must be positive, got 0s".into(),
+            );
+        }
+        if self.persist_interval.get().is_zero() {
+            return err(
+                "ratelimit.persist_interval".into(),
+                "must be positive, got 0s".into(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, limit) in self.limits.iter().enumerate() {
+            let at = format!("ratelimit.limits[{i}]");
+            if limit.name.trim().is_empty() {
+                return err(format!("{at}.name"), "must not be empty".into());
+            }
+            if !names.insert(limit.name.as_str()) {
+                return err(
+                    format!("{at}.name"),
+                    format!("{:?} is defined twice", limit.name),
+                );
+            }
+            check_bucket(&at, limit.rate, limit.period.get(), limit.burst)?;
+            let mut keys = std::collections::BTreeSet::new();
+            for (j, o) in limit.overrides.iter().enumerate() {
+                let at = format!("{at}.overrides[{j}]");
+                if !keys.insert(o.key.as_str()) {
+                    return err(
+                        format!("{at}.key"),
+                        format!("{:?} is overridden twice", o.key),
+                    );
+                }
+                check_bucket(&at, o.rate, o.period.unwrap_or(limit.period).get(), o.burst)?;
+            }
+        }
+        if !self.default_limit.is_empty() && !names.contains(self.default_limit.as_str()) {
+            return err(
+                "ratelimit.default_limit".into(),
+                format!("{:?} is not a configured limit", self.default_limit),
+            );
+        }
+        let mut domains = std::collections::BTreeSet::new();
+        for (i, domain) in self.envoy.iter().enumerate() {
+            let at = format!("ratelimit.envoy[{i}]");
+            if domain.domain.is_empty() {
+                return err(format!("{at}.domain"), "must not be empty".into());
+            }
+            if !domains.insert(domain.domain.as_str()) {
+                return err(
+                    format!("{at}.domain"),
+                    format!("{:?} is defined twice", domain.domain),
+                );
+            }
+            for (j, rule) in domain.descriptors.iter().enumerate() {
+                let at = format!("{at}.descriptors[{j}]");
+                if rule.entries.is_empty() {
+                    return err(
+                        format!("{at}.entries"),
+                        "must list at least one entry".into(),
+                    );
+                }
+                if !names.contains(rule.limit.as_str()) {
+                    return err(
+                        format!("{at}.limit"),
+                        format!("{:?} is not a configured limit", rule.limit),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_bucket(
+    at: &str,
+    rate: u64,
+    period: Duration,
+    burst: Option<u64>,
+) -> Result<(), (String, String)> {
+    if rate == 0 || rate > MAX_RATE {
+        return Err((
+            format!("{at}.rate"),
+            format!("{rate} is out of range; use 1 to {MAX_RATE}"),
+        ));
+    }
+    if period < Duration::from_millis(1) || period > MAX_PERIOD {
+        return Err((
+            format!("{at}.period"),
+            format!(
+                "{} is out of range; use 1ms to 366 days",
+                humantime::format_duration(period)
+            ),
+        ));
+    }
+    if let Some(burst) = burst
+        && (burst == 0 || burst > MAX_BURST)
+    {
+        return Err((
+            format!("{at}.burst"),
+            format!("{burst} is out of range; use 1 to {MAX_BURST}"),
+        ));
+    }
+    Ok(())
+}
 
 /// `[cache]`: keys arrive with the cache capability.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -339,8 +585,8 @@ impl Config {
         config
             .validate()
             .map_err(|(key, reason)| ConfigError::Invalid {
-                origin: blame(&origins, key, file.map(|(p, _)| p)),
-                key: key.to_string(),
+                origin: blame(&origins, &key, file.map(|(p, _)| p)),
+                key,
                 reason,
             })?;
         Ok(Loaded { config, warnings })
@@ -358,7 +604,13 @@ impl Config {
     }
 
     /// Rules that types alone cannot express. Returns the key and what is wrong with it.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_core()
+            .map_err(|(key, reason)| (key.to_string(), reason))?;
+        self.ratelimit.validate()
+    }
+
+    fn validate_core(&self) -> Result<(), (&'static str, String)> {
         const KIB: u64 = 1024;
         let s = &self.server;
         if !(KIB..=1024 * 1024 * KIB).contains(&s.max_message_bytes) {
@@ -560,7 +812,7 @@ fn scalar_paths(table: &toml::Table) -> Vec<String> {
         match value {
             toml::Value::Table(inner) => {
                 for (key, v) in inner {
-                    if !matches!(v, toml::Value::Table(_)) {
+                    if !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)) {
                         out.push(format!("{section}.{key}"));
                     }
                 }

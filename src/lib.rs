@@ -12,6 +12,8 @@ pub mod telemetry;
 pub mod unimplemented;
 
 /// Code generated from `proto/` by build.rs. The only place lints are relaxed.
+pub mod ratelimit;
+
 pub mod proto {
     pub mod gantry {
         pub mod v1 {

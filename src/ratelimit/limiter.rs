@@ -1,0 +1,976 @@
+//! The bucket table and the decisions made on it: immediate acquisitions,
+//! fair waiting, atomic batches, sweeping, reload and snapshots.
+//!
+//! Buckets live in 64 mutex-guarded shards keyed by (limit id, key), so
+//! decisions on different buckets rarely contend, and one decision is a hash,
+//! an uncontended lock and the GCRA arithmetic. A bucket that has waiters
+//! carries a queue; one dispatcher task per such bucket sleeps exactly until
+//! the head's tokens have accrued, grants it, and goes on to the next.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hashbrown::{Equivalent, HashMap};
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::{Notify, oneshot};
+
+use super::RateLimitError;
+use super::gcra::{BucketState, Decision, Params};
+use super::limits::{Limit, LimitSet};
+use super::metrics::RateLimitMetrics;
+use super::queue::{WaitQueue, Waiter};
+use crate::config::RateLimitConfig;
+
+const SHARDS: usize = 64;
+/// A full table re-sweeps a shard at most this often when new keys keep coming.
+const RESWEEP_NS: u64 = 10_000_000;
+
+/// Monotonic nanoseconds since the limiter was created (tokio's clock, so
+/// tests can pause and advance time).
+#[derive(Debug, Clone)]
+pub struct Clock {
+    start: tokio::time::Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock {
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BucketKey {
+    limit: u32,
+    key: Box<str>,
+}
+
+/// A borrowed bucket key, for lookups without allocating.
+#[derive(Debug, Clone, Copy, Hash)]
+struct KeyRef<'a> {
+    limit: u32,
+    key: &'a str,
+}
+
+impl Equivalent<BucketKey> for KeyRef<'_> {
+    fn equivalent(&self, other: &BucketKey) -> bool {
+        self.limit == other.limit && self.key == &*other.key
+    }
+}
+
+impl KeyRef<'_> {
+    fn owned(&self) -> BucketKey {
+        BucketKey {
+            limit: self.limit,
+            key: self.key.into(),
+        }
+    }
+}
+
+/// What a dispatcher sends a waiter it granted.
+#[derive(Debug, Clone, Copy)]
+struct Granted(Decision);
+
+struct Queue {
+    waiters: WaitQueue<oneshot::Sender<Granted>>,
+    wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Bucket {
+    state: BucketState,
+    queue: Option<Box<Queue>>,
+}
+
+type Map = HashMap<BucketKey, Bucket, foldhash::fast::RandomState>;
+
+struct Shard {
+    map: Map,
+    last_sweep_ns: u64,
+}
+
+/// Settings that a reload may change without touching the buckets.
+#[derive(Debug, Clone)]
+struct Settings {
+    max_waiters: usize,
+    max_key_bytes: usize,
+    max_batch: usize,
+}
+
+impl Settings {
+    fn from(config: &RateLimitConfig) -> Self {
+        Self {
+            max_waiters: usize::try_from(config.max_waiters).unwrap_or(usize::MAX),
+            max_key_bytes: usize::try_from(config.max_key_bytes).unwrap_or(usize::MAX),
+            max_batch: usize::try_from(config.max_batch).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+struct Inner {
+    limits: ArcSwap<LimitSet>,
+    settings: ArcSwap<Settings>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: foldhash::fast::RandomState,
+    buckets: AtomicUsize,
+    max_buckets: usize,
+    clock: Clock,
+    next_waiter: AtomicU64,
+    next_limit_id: Mutex<u32>,
+    metrics: RateLimitMetrics,
+}
+
+/// One acquisition as the domain sees it (the gRPC adapter fills it in).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AcquireRequest<'a> {
+    pub limit: &'a str,
+    pub key: &'a str,
+    /// 0 means 1.
+    pub tokens: u64,
+    /// Zero: decide now.
+    pub max_wait: Duration,
+    pub dry_run: bool,
+    pub client: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub allowed: bool,
+    pub remaining: u64,
+    pub retry_after: Duration,
+    pub reset_after: Duration,
+    pub limit: u64,
+    pub waited: Duration,
+}
+
+impl From<Decision> for Outcome {
+    fn from(d: Decision) -> Self {
+        Outcome {
+            allowed: d.allowed,
+            remaining: d.remaining,
+            retry_after: Duration::from_nanos(d.retry_after_ns),
+            reset_after: Duration::from_nanos(d.reset_after_ns),
+            limit: d.limit,
+            waited: Duration::ZERO,
+        }
+    }
+}
+
+/// A bucket saved across a restart: how long until it would be full again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedBucket {
+    pub limit: String,
+    pub key: String,
+    pub deficit: Duration,
+}
+
+enum Enqueued {
+    Decided(Outcome),
+    Waiting {
+        id: u64,
+        rx: oneshot::Receiver<Granted>,
+        /// The immediate denial, kept for a wait that ends without a grant.
+        outcome: Outcome,
+    },
+}
+
+/// A validated request, resolved to its limit and bucket.
+struct Prepared<'a> {
+    limit: Arc<Limit>,
+    params: Params,
+    key: KeyRef<'a>,
+    tokens: u64,
+}
+
+#[derive(Clone)]
+pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+impl RateLimiter {
+    pub fn new(config: &RateLimitConfig, metrics: RateLimitMetrics) -> Self {
+        let mut next_id = 0;
+        let limits = LimitSet::build(config, None, &mut next_id, &metrics);
+        let hasher = foldhash::fast::RandomState::default();
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: Map::with_hasher(hasher.clone()),
+                    last_sweep_ns: 0,
+                })
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                limits: ArcSwap::from_pointee(limits),
+                settings: ArcSwap::from_pointee(Settings::from(config)),
+                shards,
+                hasher,
+                buckets: AtomicUsize::new(0),
+                max_buckets: usize::try_from(config.max_buckets).unwrap_or(usize::MAX),
+                clock: Clock::default(),
+                next_waiter: AtomicU64::new(1),
+                next_limit_id: Mutex::new(next_id),
+                metrics,
+            }),
+        }
+    }
+
+    /// The limits in force now.
+    pub fn limits(&self) -> Arc<LimitSet> {
+        self.inner.limits.load_full()
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.inner.settings.load().max_batch
+    }
+
+    /// Buckets held in memory now.
+    pub fn bucket_count(&self) -> usize {
+        self.inner.buckets.load(Ordering::Relaxed)
+    }
+
+    /// Decides now, never waiting (`max_wait` is ignored).
+    pub fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<Outcome, RateLimitError> {
+        let set = self.inner.limits.load();
+        let prepared = self.inner.prepare(&set, req, "")?;
+        let now = self.inner.clock.now_ns();
+        let mut shard = self.inner.lock(prepared.key);
+        let outcome = self
+            .inner
+            .decide_now(&mut shard, &prepared, now, req.dry_run)?;
+        drop(shard);
+        self.inner
+            .count(&prepared.limit, &outcome, prepared.tokens, req.dry_run);
+        Ok(outcome)
+    }
+
+    /// Decides now, or waits in the bucket's fair queue up to `max_wait`.
+    pub async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<Outcome, RateLimitError> {
+        if req.max_wait.is_zero() || req.dry_run {
+            return self.try_acquire(req);
+        }
+        let set = self.inner.limits.load_full();
+        let prepared = self.inner.prepare(&set, req, "")?;
+        let started = tokio::time::Instant::now();
+        let (id, rx, outcome) = match enqueue(&self.inner, &prepared, req.client)? {
+            Enqueued::Decided(outcome) => {
+                self.inner
+                    .count(&prepared.limit, &outcome, prepared.tokens, false);
+                return Ok(outcome);
+            }
+            Enqueued::Waiting { id, rx, outcome } => (id, rx, outcome),
+        };
+
+        let mut guard = WaitGuard {
+            inner: self.inner.clone(),
+            key: prepared.key.owned(),
+            id,
+            rx: Some(rx),
+            limit: prepared.limit.clone(),
+            tokens: prepared.tokens,
+        };
+        let deadline = started + req.max_wait;
+        let granted = match guard.rx.as_mut() {
+            Some(rx) => tokio::time::timeout_at(deadline, rx).await,
+            None => {
+                return Err(RateLimitError::Internal(
+                    "wait guard without receiver".into(),
+                ));
+            }
+        };
+        let waited = started.elapsed();
+        let result = match granted {
+            Ok(Ok(Granted(decision))) => {
+                guard.rx = None;
+                let mut outcome = Outcome::from(decision);
+                outcome.waited = waited;
+                outcome
+            }
+            // The limit was removed by a reload while waiting.
+            Ok(Err(_)) => {
+                guard.rx = None;
+                Outcome { waited, ..outcome }
+            }
+            Err(_) => match guard.leave() {
+                // Granted at the last moment: the tokens are ours.
+                Some(Granted(decision)) => Outcome {
+                    waited,
+                    ..Outcome::from(decision)
+                },
+                None => {
+                    let mut denied = self.inner.denied_now(&prepared);
+                    denied.waited = waited;
+                    denied
+                }
+            },
+        };
+        prepared
+            .limit
+            .counters
+            .wait_seconds
+            .observe(waited.as_secs_f64());
+        self.inner
+            .count(&prepared.limit, &result, prepared.tokens, false);
+        Ok(result)
+    }
+
+    /// Decides several acquisitions; see `AcquireBatchRequest` in the proto.
+    /// Every request is validated before anything is consumed, so an invalid
+    /// one fails the whole call with nothing taken.
+    pub fn acquire_batch(
+        &self,
+        reqs: &[AcquireRequest<'_>],
+        all_or_nothing: bool,
+    ) -> Result<Vec<Outcome>, RateLimitError> {
+        let max = self.max_batch();
+        if reqs.len() > max {
+            return Err(RateLimitError::BatchTooLarge {
+                len: reqs.len(),
+                max,
+            });
+        }
+        let set = self.inner.limits.load();
+        let prepared = reqs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.inner.prepare(&set, r, &format!("requests[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcomes = if all_or_nothing {
+            let dry_run = reqs.iter().all(|r| r.dry_run);
+            self.inner.batch_atomic(&prepared, dry_run)?
+        } else {
+            let now = self.inner.clock.now_ns();
+            let mut out = Vec::with_capacity(prepared.len());
+            for (p, r) in prepared.iter().zip(reqs) {
+                let mut shard = self.inner.lock(p.key);
+                out.push(self.inner.decide_now(&mut shard, p, now, r.dry_run)?);
+            }
+            out
+        };
+        for ((p, r), outcome) in prepared.iter().zip(reqs).zip(&outcomes) {
+            self.inner
+                .count(&p.limit, outcome, p.tokens, r.dry_run || !outcome.allowed);
+        }
+        Ok(outcomes)
+    }
+
+    /// Applies new limits. Buckets of limits that stay keep their level
+    /// (capped at a smaller burst); buckets of removed limits are dropped and
+    /// their waiters answered `allowed = false`.
+    pub fn reload(&self, config: &RateLimitConfig) {
+        let inner = &self.inner;
+        let old = inner.limits.load_full();
+        let new = {
+            let mut next_id = inner.next_limit_id.lock();
+            Arc::new(LimitSet::build(
+                config,
+                Some(&old),
+                &mut next_id,
+                &inner.metrics,
+            ))
+        };
+        inner.settings.store(Arc::new(Settings::from(config)));
+        inner.limits.store(new.clone());
+        let now = inner.clock.now_ns();
+        let mut removed = 0usize;
+        for shard in inner.shards.iter() {
+            let mut shard = shard.lock();
+            shard.map.retain(|key, bucket| {
+                match (old.by_id(key.limit), new.by_id(key.limit)) {
+                    (Some(o), Some(n)) => {
+                        let (po, pn) = (o.params_for(&key.key), n.params_for(&key.key));
+                        bucket.state.rescale(&po, &pn, now);
+                        if let Some(queue) = &bucket.queue {
+                            // The head's wait may be shorter or longer now.
+                            queue.wake.notify_one();
+                        }
+                        true
+                    }
+                    (old_limit, None) => {
+                        if let (Some(q), Some(o)) = (bucket.queue.take(), old_limit) {
+                            o.counters.waiting.dec_by(q.waiters.len() as i64);
+                        }
+                        removed += 1;
+                        false
+                    }
+                    (None, Some(_)) => true,
+                }
+            });
+        }
+        inner.buckets.fetch_sub(removed, Ordering::Relaxed);
+        for limit in old.sorted() {
+            if new.by_name(&limit.name).is_none() {
+                inner.metrics.forget(&limit.name);
+            }
+        }
+    }
+
+    /// Drops idle full buckets (a full bucket is the same as no bucket) and
+    /// refreshes the bucket gauges. Returns how many were dropped.
+    pub fn sweep(&self) -> usize {
+        let inner = &self.inner;
+        let set = inner.limits.load();
+        let now = inner.clock.now_ns();
+        let mut per_limit: std::collections::HashMap<u32, i64> = Default::default();
+        let mut dropped = 0;
+        for shard in inner.shards.iter() {
+            let mut shard = shard.lock();
+            dropped += sweep_shard(&mut shard, &set, now);
+            for key in shard.map.keys() {
+                *per_limit.entry(key.limit).or_default() += 1;
+            }
+        }
+        inner.buckets.fetch_sub(dropped, Ordering::Relaxed);
+        for limit in set.sorted() {
+            limit
+                .counters
+                .buckets
+                .set(per_limit.get(&limit.id).copied().unwrap_or(0));
+        }
+        inner
+            .metrics
+            .buckets_total
+            .set(i64::try_from(self.bucket_count()).unwrap_or(i64::MAX));
+        dropped
+    }
+
+    /// Every non-full bucket, for saving across a restart.
+    pub fn snapshot(&self) -> Vec<SavedBucket> {
+        let set = self.inner.limits.load();
+        let now = self.inner.clock.now_ns();
+        let mut saved = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock();
+            for (key, bucket) in &shard.map {
+                let deficit = bucket.state.deficit_ns(now);
+                if deficit == 0 {
+                    continue;
+                }
+                if let Some(limit) = set.by_id(key.limit) {
+                    saved.push(SavedBucket {
+                        limit: limit.name.clone(),
+                        key: key.key.to_string(),
+                        deficit: Duration::from_nanos(deficit),
+                    });
+                }
+            }
+        }
+        saved
+    }
+
+    /// Restores saved buckets, counting `downtime` as refill time. Buckets of
+    /// limits no longer configured, or already full again, are skipped.
+    pub fn restore(&self, saved: &[SavedBucket], downtime: Duration) -> usize {
+        let set = self.inner.limits.load();
+        let now = self.inner.clock.now_ns();
+        let mut restored = 0;
+        for bucket in saved {
+            let Some(limit) = set.by_name(&bucket.limit) else {
+                continue;
+            };
+            let Some(left) = bucket
+                .deficit
+                .checked_sub(downtime)
+                .filter(|d| !d.is_zero())
+            else {
+                continue;
+            };
+            if self.inner.buckets.load(Ordering::Relaxed) >= self.inner.max_buckets {
+                break;
+            }
+            let key = KeyRef {
+                limit: limit.id,
+                key: &bucket.key,
+            };
+            let params = limit.params_for(&bucket.key);
+            // Never restore more deficit than an empty bucket has.
+            let max_deficit =
+                u128::from(params.burst) * u128::from(params.period_ns) / u128::from(params.rate);
+            let left_ns = u64::try_from(left.as_nanos().min(max_deficit)).unwrap_or(u64::MAX);
+            let mut shard = self.inner.lock(key);
+            if shard.map.get(&key).is_none() {
+                self.inner.buckets.fetch_add(1, Ordering::Relaxed);
+            }
+            shard.map.insert(
+                key.owned(),
+                Bucket {
+                    state: BucketState::with_deficit(now, left_ns),
+                    queue: None,
+                },
+            );
+            restored += 1;
+        }
+        restored
+    }
+}
+
+/// The locked shard with index `i` among a batch's guards.
+fn locked<'g>(guards: &'g mut [(usize, MutexGuard<'_, Shard>)], i: usize) -> Option<&'g mut Shard> {
+    guards
+        .iter_mut()
+        .find(|(id, _)| *id == i)
+        .map(|(_, g)| &mut **g)
+}
+
+fn sweep_shard(shard: &mut Shard, set: &LimitSet, now: u64) -> usize {
+    let before = shard.map.len();
+    shard.map.retain(|key, bucket| {
+        bucket.queue.is_some() || (set.by_id(key.limit).is_some() && !bucket.state.is_full(now))
+    });
+    shard.last_sweep_ns = now;
+    before - shard.map.len()
+}
+
+impl Inner {
+    fn shard_of(&self, key: KeyRef<'_>) -> usize {
+        // The top bits pick the shard; hashbrown uses the low ones inside it.
+        (self.hasher.hash_one(key) >> 58) as usize % SHARDS
+    }
+
+    fn lock(&self, key: KeyRef<'_>) -> MutexGuard<'_, Shard> {
+        self.shards[self.shard_of(key)].lock()
+    }
+
+    fn prepare<'a>(
+        &self,
+        set: &LimitSet,
+        req: &AcquireRequest<'a>,
+        field_prefix: &str,
+    ) -> Result<Prepared<'a>, RateLimitError> {
+        let settings = self.settings.load();
+        let limit = set
+            .resolve(req.limit)
+            .ok_or_else(|| RateLimitError::UnknownLimit(req.limit.to_string()))?;
+        if req.key.is_empty() {
+            return Err(RateLimitError::EmptyKey {
+                field: format!("{field_prefix}key"),
+            });
+        }
+        if req.key.len() > settings.max_key_bytes {
+            return Err(RateLimitError::TooLong {
+                field: format!("{field_prefix}key"),
+                len: req.key.len(),
+                max: settings.max_key_bytes,
+            });
+        }
+        if req.client.len() > settings.max_key_bytes {
+            return Err(RateLimitError::TooLong {
+                field: format!("{field_prefix}client"),
+                len: req.client.len(),
+                max: settings.max_key_bytes,
+            });
+        }
+        let bucket_key = limit.bucket_key(req.key);
+        let params = limit.params_for(bucket_key);
+        let tokens = req.tokens.max(1);
+        if tokens > params.burst {
+            return Err(RateLimitError::TooManyTokens {
+                field: format!("{field_prefix}tokens"),
+                tokens,
+                burst: params.burst,
+                limit: limit.name.clone(),
+            });
+        }
+        Ok(Prepared {
+            limit: limit.clone(),
+            params,
+            key: KeyRef {
+                limit: limit.id,
+                key: bucket_key,
+            },
+            tokens,
+        })
+    }
+
+    /// One immediate decision under the shard lock. A bucket with waiters
+    /// refuses newcomers: its tokens belong to the queue.
+    fn decide_now(
+        &self,
+        shard: &mut Shard,
+        p: &Prepared<'_>,
+        now: u64,
+        dry_run: bool,
+    ) -> Result<Outcome, RateLimitError> {
+        if let Some(bucket) = shard.map.get_mut(&p.key) {
+            if let Some(queue) = bucket.queue.as_ref().filter(|q| !q.waiters.is_empty()) {
+                let ahead = queue.waiters.tokens_waiting();
+                let mut d = bucket.state.decide(&p.params, now, p.tokens, false);
+                let behind_queue =
+                    bucket
+                        .state
+                        .decide(&p.params, now, p.tokens.saturating_add(ahead), false);
+                d.allowed = false;
+                d.retry_after_ns = behind_queue.retry_after_ns.max(1);
+                return Ok(d.into());
+            }
+            return Ok(bucket
+                .state
+                .decide(&p.params, now, p.tokens, !dry_run)
+                .into());
+        }
+        // No bucket is a full bucket.
+        let mut state = BucketState::default();
+        let decision = state.decide(&p.params, now, p.tokens, !dry_run);
+        if !dry_run {
+            self.insert_new(shard, p, state, now)?;
+        }
+        Ok(decision.into())
+    }
+
+    /// Adds a bucket, enforcing `max_buckets`: sweeps this shard first, and
+    /// refuses rather than evicting a bucket that still owes tokens.
+    fn insert_new(
+        &self,
+        shard: &mut Shard,
+        p: &Prepared<'_>,
+        state: BucketState,
+        now: u64,
+    ) -> Result<(), RateLimitError> {
+        if self.buckets.load(Ordering::Relaxed) >= self.max_buckets {
+            if now.saturating_sub(shard.last_sweep_ns) >= RESWEEP_NS {
+                let set = self.limits.load();
+                let dropped = sweep_shard(shard, &set, now);
+                self.buckets.fetch_sub(dropped, Ordering::Relaxed);
+            }
+            if self.buckets.load(Ordering::Relaxed) >= self.max_buckets {
+                p.limit.counters.table_full.inc();
+                return Err(RateLimitError::TableFull {
+                    limit: p.limit.name.clone(),
+                    max: self.max_buckets,
+                });
+            }
+        }
+        self.buckets.fetch_add(1, Ordering::Relaxed);
+        shard
+            .map
+            .insert(p.key.owned(), Bucket { state, queue: None });
+        Ok(())
+    }
+
+    /// What a waiter whose time ran out is told.
+    fn denied_now(&self, p: &Prepared<'_>) -> Outcome {
+        let now = self.clock.now_ns();
+        let mut shard = self.lock(p.key);
+        let mut outcome = self
+            .decide_now(&mut shard, p, now, true)
+            .unwrap_or_default();
+        outcome.allowed = false;
+        if outcome.retry_after.is_zero() {
+            outcome.retry_after = Duration::from_nanos(p.params.token_interval_ns());
+        }
+        outcome
+    }
+
+    fn batch_atomic(
+        &self,
+        prepared: &[Prepared<'_>],
+        dry_run: bool,
+    ) -> Result<Vec<Outcome>, RateLimitError> {
+        // Sum the tokens per distinct bucket: a bucket named twice must hold both.
+        let mut distinct: Vec<(KeyRef<'_>, Params, u64, usize)> = Vec::new();
+        for p in prepared {
+            match distinct
+                .iter_mut()
+                .find(|(k, ..)| k.limit == p.key.limit && k.key == p.key.key)
+            {
+                Some(entry) => entry.2 = entry.2.saturating_add(p.tokens),
+                None => distinct.push((p.key, p.params, p.tokens, self.shard_of(p.key))),
+            }
+        }
+        // Lock every shard involved, in index order, so batches cannot deadlock.
+        let mut shard_ids: Vec<usize> = distinct.iter().map(|d| d.3).collect();
+        shard_ids.sort_unstable();
+        shard_ids.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = shard_ids
+            .iter()
+            .map(|&i| (i, self.shards[i].lock()))
+            .collect();
+        let now = self.clock.now_ns();
+
+        // Phase 1: would every bucket grant its sum?
+        let mut all_allowed = true;
+        let mut new_buckets = 0usize;
+        for (key, params, tokens, shard) in &distinct {
+            let Some(shard) = locked(&mut guards, *shard) else {
+                return Err(RateLimitError::Internal("batch shard not locked".into()));
+            };
+            let allowed = match shard.map.get(key) {
+                Some(b) if b.queue.is_some() => false,
+                Some(b) => b.state.clone().decide(params, now, *tokens, false).allowed,
+                None => {
+                    new_buckets += 1;
+                    BucketState::default()
+                        .decide(params, now, *tokens, false)
+                        .allowed
+                }
+            };
+            all_allowed &= allowed;
+        }
+        let consume = all_allowed && !dry_run;
+        if consume
+            && self
+                .buckets
+                .load(Ordering::Relaxed)
+                .saturating_add(new_buckets)
+                > self.max_buckets
+            && let Some(p) = prepared.first()
+        {
+            p.limit.counters.table_full.inc();
+            return Err(RateLimitError::TableFull {
+                limit: p.limit.name.clone(),
+                max: self.max_buckets,
+            });
+        }
+
+        // Phase 2: consume (or not) and report each bucket's state.
+        let mut per_bucket: Vec<Decision> = Vec::with_capacity(distinct.len());
+        for (key, params, tokens, shard) in &distinct {
+            let Some(shard) = locked(&mut guards, *shard) else {
+                return Err(RateLimitError::Internal("batch shard not locked".into()));
+            };
+            let decision = match shard.map.get_mut(key) {
+                Some(bucket) => {
+                    let mut d = bucket.state.decide(params, now, *tokens, consume);
+                    if bucket.queue.is_some() {
+                        d.allowed = false;
+                    }
+                    d
+                }
+                None => {
+                    let mut state = BucketState::default();
+                    let d = state.decide(params, now, *tokens, consume);
+                    if consume {
+                        self.buckets.fetch_add(1, Ordering::Relaxed);
+                        shard.map.insert(key.owned(), Bucket { state, queue: None });
+                    }
+                    d
+                }
+            };
+            per_bucket.push(decision);
+        }
+        drop(guards);
+
+        Ok(prepared
+            .iter()
+            .map(|p| {
+                let index = distinct
+                    .iter()
+                    .position(|(k, ..)| k.limit == p.key.limit && k.key == p.key.key)
+                    .unwrap_or(0);
+                let mut outcome =
+                    Outcome::from(per_bucket.get(index).copied().unwrap_or(Decision {
+                        allowed: false,
+                        remaining: 0,
+                        retry_after_ns: 0,
+                        reset_after_ns: 0,
+                        limit: p.params.burst,
+                    }));
+                outcome.allowed = all_allowed;
+                if all_allowed {
+                    outcome.retry_after = Duration::ZERO;
+                }
+                outcome
+            })
+            .collect())
+    }
+
+    fn count(&self, limit: &Limit, outcome: &Outcome, tokens: u64, no_tokens: bool) {
+        if outcome.allowed {
+            limit.counters.allowed.inc();
+            if !no_tokens {
+                limit.counters.tokens_granted.inc_by(tokens);
+            }
+        } else {
+            limit.counters.denied.inc();
+        }
+    }
+}
+
+/// Decides now, or puts the caller in the bucket's queue (starting its
+/// dispatcher when the queue was empty). Synchronous, so no lock is ever
+/// held across an await.
+fn enqueue(inner: &Arc<Inner>, p: &Prepared<'_>, client: &str) -> Result<Enqueued, RateLimitError> {
+    let now = inner.clock.now_ns();
+    let mut shard = inner.lock(p.key);
+    let outcome = inner.decide_now(&mut shard, p, now, false)?;
+    if outcome.allowed {
+        return Ok(Enqueued::Decided(outcome));
+    }
+    // decide_now created the bucket if it was missing.
+    let max_waiters = inner.settings.load().max_waiters;
+    let Some(bucket) = shard.map.get_mut(&p.key) else {
+        return Err(RateLimitError::Internal(
+            "bucket vanished under its lock".into(),
+        ));
+    };
+    let queue = bucket.queue.get_or_insert_with(|| {
+        Box::new(Queue {
+            waiters: WaitQueue::default(),
+            wake: Arc::new(Notify::new()),
+        })
+    });
+    if queue.waiters.len() >= max_waiters {
+        if queue.waiters.is_empty() {
+            bucket.queue = None;
+        }
+        return Err(RateLimitError::QueueFull {
+            limit: p.limit.name.clone(),
+            key: p.key.key.to_string(),
+            max: max_waiters,
+        });
+    }
+    let start_dispatcher = queue.waiters.is_empty();
+    let queue_wake = queue.wake.clone();
+    let id = inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    queue.waiters.push(
+        client,
+        Waiter {
+            id,
+            tokens: p.tokens,
+            payload: tx,
+        },
+    );
+    drop(shard);
+    p.limit.counters.waiting.inc();
+    if start_dispatcher {
+        tokio::spawn(dispatch(inner.clone(), p.key.owned(), queue_wake));
+    }
+    Ok(Enqueued::Waiting { id, rx, outcome })
+}
+
+/// Grants waiters of one bucket as their tokens accrue; exits when the queue is empty.
+/// `own` identifies the queue this dispatcher serves: a queue that emptied and
+/// was replaced has a dispatcher of its own.
+async fn dispatch(inner: Arc<Inner>, key: BucketKey, own: Arc<Notify>) {
+    let key_ref = KeyRef {
+        limit: key.limit,
+        key: &key.key,
+    };
+    loop {
+        let (sleep_ns, wake) = {
+            let mut shard = inner.lock(key_ref);
+            let set = inner.limits.load();
+            let Some(bucket) = shard.map.get_mut(&key_ref) else {
+                return;
+            };
+            let Some(limit) = set.by_id(key.limit) else {
+                // The limit is gone: dropping the senders answers every waiter.
+                bucket.queue = None;
+                return;
+            };
+            let params = limit.params_for(&key.key);
+            let Bucket { state, queue } = bucket;
+            let Some(q) = queue.as_mut().filter(|q| Arc::ptr_eq(&q.wake, &own)) else {
+                return;
+            };
+            let mut next = None;
+            while let Some(head) = q.waiters.head() {
+                let now = inner.clock.now_ns();
+                if head.tokens > params.burst {
+                    // The limit shrank under this waiter: it can never be granted.
+                    q.waiters.pop_head();
+                    limit.counters.waiting.dec();
+                    continue;
+                }
+                let decision = state.decide(&params, now, head.tokens, false);
+                if !decision.allowed {
+                    next = Some((decision.retry_after_ns, q.wake.clone()));
+                    break;
+                }
+                let decision = state.decide(&params, now, head.tokens, true);
+                if let Some(waiter) = q.waiters.pop_head() {
+                    limit.counters.waiting.dec();
+                    if waiter.payload.send(Granted(decision)).is_err() {
+                        // The waiter left at this very moment: give the tokens back.
+                        state.refund(&params, now, waiter.tokens);
+                    }
+                }
+            }
+            match next {
+                Some(next) => next,
+                None => {
+                    *queue = None;
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_nanos(sleep_ns)) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+/// Removes a waiter that stops waiting (time ran out, or the caller went away).
+struct WaitGuard {
+    inner: Arc<Inner>,
+    key: BucketKey,
+    id: u64,
+    rx: Option<oneshot::Receiver<Granted>>,
+    limit: Arc<Limit>,
+    tokens: u64,
+}
+
+impl WaitGuard {
+    /// Leaves the queue. Returns a grant that raced with the departure.
+    fn leave(&mut self) -> Option<Granted> {
+        let mut rx = self.rx.take()?;
+        let key = KeyRef {
+            limit: self.key.limit,
+            key: &self.key.key,
+        };
+        let mut shard = self.inner.lock(key);
+        if let Some(queue) = shard.map.get_mut(&key).and_then(|b| b.queue.as_mut()) {
+            let was_head = queue.waiters.head().map(|w| w.id) == Some(self.id);
+            if queue.waiters.remove(self.id).is_some() {
+                self.limit.counters.waiting.dec();
+                if was_head {
+                    queue.wake.notify_one();
+                }
+                if queue.waiters.is_empty()
+                    && let Some(bucket) = shard.map.get_mut(&key)
+                {
+                    // No waiters left: the bucket serves immediate callers again.
+                    bucket.queue = None;
+                }
+                return None;
+            }
+        }
+        drop(shard);
+        // Not queued any more: it was granted (or the limit was removed).
+        rx.close();
+        rx.try_recv().ok()
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        // A caller that went away must not keep tokens it will never use.
+        if let Some(Granted(decision)) = self.leave() {
+            let key = KeyRef {
+                limit: self.key.limit,
+                key: &self.key.key,
+            };
+            let params = self.limit.params_for(&self.key.key);
+            let now = self.inner.clock.now_ns();
+            let mut shard = self.inner.lock(key);
+            if let Some(bucket) = shard.map.get_mut(&key)
+                && decision.allowed
+            {
+                bucket.state.refund(&params, now, self.tokens);
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Rate-limit series on /metrics, labelled by limit (bounded: only configured
+//! limits get series).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::limits::LimitCounters;
+use crate::telemetry::metrics::latency_histogram;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub limit: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct RateLimitMetrics {
+    decisions: Family<DecisionLabels, Counter>,
+    tokens: Family<LimitLabel, Counter>,
+    wait: Family<LimitLabel, Histogram>,
+    waiting: Family<LimitLabel, Gauge>,
+    buckets: Family<LimitLabel, Gauge>,
+    table_full: Family<LimitLabel, Counter>,
+    pub reloads: Family<ReloadLabel, Counter>,
+    pub buckets_total: Gauge,
+}
+
+impl Default for RateLimitMetrics {
+    fn default() -> Self {
+        Self {
+            decisions: Family::default(),
+            tokens: Family::default(),
+            wait: Family::new_with_constructor(latency_histogram),
+            waiting: Family::default(),
+            buckets: Family::default(),
+            table_full: Family::default(),
+            reloads: Family::default(),
+            buckets_total: Gauge::default(),
+        }
+    }
+}
+
+impl RateLimitMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "gantry_ratelimit_decisions",
+            "Acquire decisions by limit and result (allowed, denied)",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "gantry_ratelimit_tokens_granted",
+            "Tokens handed out",
+            m.tokens.clone(),
+        );
+        registry.register(
+            "gantry_ratelimit_wait_seconds",
+            "Time callers with max_wait spent in a bucket's queue",
+            m.wait.clone(),
+        );
+        registry.register(
+            "gantry_ratelimit_waiting",
+            "Callers waiting in bucket queues now",
+            m.waiting.clone(),
+        );
+        registry.register(
+            "gantry_ratelimit_buckets",
+            "Buckets held in memory (full buckets are dropped), as of the last sweep",
+            m.buckets.clone(),
+        );
+        registry.register(
+            "gantry_ratelimit_table_full",
+            "New keys refused because ratelimit.max_buckets was reached",
+            m.table_full.clone(),
+        );
+        registry.register(
+            "gantry_ratelimit_buckets_total",
+            "Buckets held in memory over all limits",
+            m.buckets_total.clone(),
+        );
+        registry.register(
+            "gantry_config_reloads",
+            "Configuration reloads by result (success, failure)",
+            m.reloads.clone(),
+        );
+        m
+    }
+
+    pub fn counters_for(&self, limit: &str) -> LimitCounters {
+        let label = LimitLabel {
+            limit: limit.to_string(),
+        };
+        let decision = |result| DecisionLabels {
+            limit: limit.to_string(),
+            result,
+        };
+        // One statement per handle: get_or_create returns a read guard, and a
+        // second call on the same family while it lives would deadlock.
+        let allowed = self.decisions.get_or_create(&decision("allowed")).clone();
+        let denied = self.decisions.get_or_create(&decision("denied")).clone();
+        let tokens_granted = self.tokens.get_or_create(&label).clone();
+        let wait_seconds = self.wait.get_or_create(&label).clone();
+        let waiting = self.waiting.get_or_create(&label).clone();
+        let buckets = self.buckets.get_or_create(&label).clone();
+        let table_full = self.table_full.get_or_create(&label).clone();
+        LimitCounters {
+            allowed,
+            denied,
+            tokens_granted,
+            wait_seconds,
+            waiting,
+            buckets,
+            table_full,
+        }
+    }
+
+    /// Drops the series of a limit that is no longer configured.
+    pub fn forget(&self, limit: &str) {
+        let label = LimitLabel {
+            limit: limit.to_string(),
+        };
+        for result in ["allowed", "denied"] {
+            self.decisions.remove(&DecisionLabels {
+                limit: limit.to_string(),
+                result,
+            });
+        }
+        self.tokens.remove(&label);
+        self.wait.remove(&label);
+        self.waiting.remove(&label);
+        self.buckets.remove(&label);
+        self.table_full.remove(&label);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ReloadLabel { result }).inc();
+    }
+}
