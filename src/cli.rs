@@ -185,8 +185,27 @@ pub async fn health(args: &HealthArgs, env: &BTreeMap<String, String>) -> i32 {
     }
 }
 
+/// The sources `serve` assembled its configuration from, for hot reload.
+pub fn config_source(
+    args: &ServeArgs,
+    env: &BTreeMap<String, String>,
+) -> crate::reload::ConfigSource {
+    crate::reload::ConfigSource {
+        path: args
+            .config
+            .clone()
+            .or_else(|| env.get(config::CONFIG_FILE_ENV).map(PathBuf::from)),
+        env: env.clone(),
+        flags: FlagOverrides {
+            listen: args.listen.clone(),
+            metrics_listen: args.metrics_listen.clone(),
+            data_dir: args.data_dir.clone(),
+        },
+    }
+}
+
 /// `gantry serve` after the configuration is loaded: telemetry, build, serve, drain.
-pub async fn serve(loaded: config::Loaded) -> i32 {
+pub async fn serve(loaded: config::Loaded, source: crate::reload::ConfigSource) -> i32 {
     let config = loaded.config;
     let telemetry = match crate::telemetry::init(&config.telemetry) {
         Ok(guard) => guard,
@@ -207,7 +226,7 @@ pub async fn serve(loaded: config::Loaded) -> i32 {
     }
 
     let gantry = match Gantry::build(config, telemetry.exporting()).await {
-        Ok(gantry) => gantry,
+        Ok(gantry) => gantry.with_config_source(source),
         Err(e) => {
             tracing::error!("cannot start: {e}");
             eprintln!("gantry: cannot start: {e}");

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub shutdown_grace: HumanDuration,
     /// TCP keepalive on accepted connections.
     pub tcp_keepalive: HumanDuration,
+    /// How often the configuration file is checked for changes (hot reload of
+    /// `[ratelimit]`); 0s turns polling off (SIGHUP still reloads).
+    pub config_poll_interval: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             request_timeout: HumanDuration::from_secs(60),
             shutdown_grace: HumanDuration::from_secs(10),
             tcp_keepalive: HumanDuration::from_secs(60),
+            config_poll_interval: HumanDuration::from_secs(2),
         }
     }
 }
@@ -299,6 +303,12 @@ impl RateLimitConfig {
             let at = format!("ratelimit.limits[{i}]");
             if limit.name.trim().is_empty() {
                 return err(format!("{at}.name"), "must not be empty".into());
+            }
+            if limit.name.chars().any(char::is_control) {
+                return err(
+                    format!("{at}.name"),
+                    format!("{:?} contains a control character", limit.name),
+                );
             }
             if !names.insert(limit.name.as_str()) {
                 return err(

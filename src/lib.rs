@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod server;
 pub mod store;
 pub mod telemetry;
@@ -13,6 +14,7 @@ pub mod unimplemented;
 
 /// Code generated from `proto/` by build.rs. The only place lints are relaxed.
 pub mod ratelimit;
+pub mod reload;
 
 pub mod proto {
     pub mod gantry {

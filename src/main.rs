@@ -13,7 +13,7 @@ fn main() {
         Command::CheckConfig { file } => cli::check_config(&file),
         Command::Health(args) => run(cli::health(&args, &env)),
         Command::Serve(args) => match cli::load_config(&args, &env) {
-            Ok(loaded) => run(cli::serve(loaded)),
+            Ok(loaded) => run(cli::serve(loaded, cli::config_source(&args, &env))),
             Err(e) => {
                 eprintln!("gantry: invalid configuration: {e}");
                 exit::CONFIG

@@ -20,12 +20,19 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::proto::gantry::v1 as pb;
-use crate::store::{self, Store, StoreError};
+use crate::ratelimit::envoy::EnvoyRateLimitService;
+use crate::ratelimit::metrics::RateLimitMetrics;
+use crate::ratelimit::service::RateLimiterService;
+use crate::ratelimit::{RateLimiter, persist as rl_persist};
+use crate::reload::{ConfigSource, ReloadTargets, Reloader};
+use crate::store::{self, Domain, Store, StoreError};
 use crate::telemetry::metrics::{self, ProcessCollector, RpcMetrics};
 use crate::telemetry::rpc::RpcLayer;
-use crate::unimplemented::{
-    PendingCache, PendingLeases, PendingQueryAnalyzer, PendingRateLimiter, PendingTraces,
-};
+use crate::unimplemented::{PendingCache, PendingLeases, PendingQueryAnalyzer, PendingTraces};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+
+/// Envoy's rate-limit service, served beside gantry's own.
+pub const ENVOY_RLS: &str = "envoy.service.ratelimit.v3.RateLimitService";
 
 /// The encoded descriptors of gantry's own protos, written by build.rs.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gantry_descriptor");
@@ -73,6 +80,9 @@ pub struct Gantry {
     propagate_context: bool,
     health: HealthReporter,
     health_service: HealthService,
+    limiter: RateLimiter,
+    rl_metrics: RateLimitMetrics,
+    source: Option<ConfigSource>,
 }
 
 type HealthService =
@@ -98,6 +108,9 @@ impl Gantry {
         let mut registry = Registry::default();
         let rpc_metrics = RpcMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
+        let rl_metrics = RateLimitMetrics::register(&mut registry);
+        let limiter = RateLimiter::new(&config.ratelimit, rl_metrics.clone());
+        restore_buckets(&limiter, store.as_ref()).await;
 
         let health = HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
@@ -114,7 +127,21 @@ impl Gantry {
             propagate_context,
             health,
             health_service,
+            limiter,
+            rl_metrics,
+            source: None,
         })
+    }
+
+    /// Where the configuration came from: enables hot reload (SIGHUP and
+    /// file polling) of the hot-reloadable sections.
+    pub fn with_config_source(mut self, source: ConfigSource) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    pub fn limiter(&self) -> RateLimiter {
+        self.limiter.clone()
     }
 
     /// The health reporter, for components that must report themselves NOT_SERVING.
@@ -155,6 +182,9 @@ impl Gantry {
             propagate_context,
             health: health_reporter,
             health_service,
+            limiter,
+            rl_metrics,
+            source,
         } = self;
         let server_cfg = &config.server;
         let limit = usize::try_from(server_cfg.max_message_bytes).unwrap_or(usize::MAX);
@@ -197,7 +227,10 @@ impl Gantry {
             .add_service(limited!(reflection_v1))
             .add_service(limited!(reflection_v1alpha))
             .add_service(limited!(pb::rate_limiter_server::RateLimiterServer::new(
-                PendingRateLimiter
+                RateLimiterService::new(limiter.clone())
+            )))
+            .add_service(limited!(RateLimitServiceServer::new(
+                EnvoyRateLimitService::new(limiter.clone())
             )))
             .add_service(limited!(pb::cache_server::CacheServer::new(PendingCache)))
             .add_service(limited!(
@@ -213,6 +246,31 @@ impl Gantry {
         let incoming = TcpIncoming::from(grpc_listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(server_cfg.tcp_keepalive.get()));
+
+        let background = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(sweep_buckets(
+            limiter.clone(),
+            config.ratelimit.sweep_interval.get(),
+            background.clone(),
+        ));
+        tasks.spawn(persist_buckets(
+            limiter.clone(),
+            store.clone(),
+            config.ratelimit.persist_interval.get(),
+            background.clone(),
+        ));
+        if let Some(source) = source {
+            let reloader = Reloader::new(
+                source,
+                ReloadTargets {
+                    limiter: limiter.clone(),
+                    metrics: rl_metrics,
+                },
+                config.clone(),
+            );
+            tasks.spawn(reloader.run(server_cfg.config_poll_interval.get(), background.clone()));
+        }
 
         // Metrics stay up while the gRPC side drains, so the drain can be watched.
         let metrics_stop = CancellationToken::new();
@@ -251,6 +309,13 @@ impl Gantry {
 
         metrics_stop.cancel();
         let _ = metrics_task.await;
+        background.cancel();
+        while tasks.join_next().await.is_some() {}
+
+        // Bucket levels survive the restart, so clients get no fresh burst.
+        if let Err(e) = save_buckets(&limiter, &store).await {
+            tracing::error!(error = %e, "saving rate-limit buckets at shutdown failed");
+        }
 
         let flush_store = store.clone();
         let flushed = tokio::task::spawn_blocking(move || flush_store.flush())
@@ -275,8 +340,87 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 
 async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
-    for name in GANTRY_SERVICES {
+    for name in GANTRY_SERVICES.into_iter().chain([ENVOY_RLS]) {
         reporter.set_service_status(name, status).await;
+    }
+}
+
+async fn restore_buckets(limiter: &RateLimiter, store: &dyn Store) {
+    let tree = store.tree(Domain::RateLimit);
+    match rl_persist::load(&*tree, std::time::SystemTime::now()) {
+        Ok((saved, downtime, skipped)) => {
+            let restored = limiter.restore(&saved, downtime);
+            if !saved.is_empty() || skipped > 0 {
+                tracing::info!(
+                    saved = saved.len(),
+                    restored,
+                    skipped,
+                    downtime_ms = downtime.as_millis() as u64,
+                    "rate-limit buckets restored (downtime counted as refill)"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read saved rate-limit buckets; starting with full buckets")
+        }
+    }
+}
+
+async fn save_buckets(limiter: &RateLimiter, store: &Arc<dyn Store>) -> Result<usize, String> {
+    let snapshot = limiter.snapshot();
+    let count = snapshot.len();
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        rl_persist::save(
+            &*store.tree(Domain::RateLimit),
+            &snapshot,
+            std::time::SystemTime::now(),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    Ok(count)
+}
+
+/// Drops idle full buckets every `every`, off the async workers.
+async fn sweep_buckets(limiter: RateLimiter, every: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {
+                let limiter = limiter.clone();
+                if let Ok(dropped) = tokio::task::spawn_blocking(move || limiter.sweep()).await
+                    && dropped > 0
+                {
+                    tracing::debug!(dropped, "swept full rate-limit buckets");
+                }
+            }
+        }
+    }
+}
+
+/// Saves bucket levels every `every`, so even a crash loses little.
+async fn persist_buckets(
+    limiter: RateLimiter,
+    store: Arc<dyn Store>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {
+                if let Err(e) = save_buckets(&limiter, &store).await {
+                    tracing::warn!(error = %e, "periodic save of rate-limit buckets failed");
+                }
+            }
+        }
     }
 }
 
@@ -289,7 +433,7 @@ pub fn known_paths() -> HashSet<String> {
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ];
-    let mut paths = HashSet::new();
+    let mut paths = HashSet::from([format!("/{ENVOY_RLS}/ShouldRateLimit")]);
     for encoded in sets {
         let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
             continue;

@@ -15,36 +15,10 @@ fn not_landed<T>(method: &'static str, detail: &'static str) -> Result<T, Status
     Err(ApiError::Unimplemented { method, detail }.into())
 }
 
-const RATELIMIT: &str = "the rate-limit capability has not landed yet (issue #4)";
 const CACHE: &str = "the cache capability has not landed yet (issue #5)";
 const QUERY: &str = "the query-analysis capability has not landed yet (issue #6)";
 const TRACES: &str = "the span-ingestion capability has not landed yet (issue #7)";
 const LEASES: &str = "the leases capability has not landed yet (issue #8)";
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PendingRateLimiter;
-
-#[tonic::async_trait]
-impl pb::rate_limiter_server::RateLimiter for PendingRateLimiter {
-    async fn acquire(
-        &self,
-        _: Request<pb::AcquireRequest>,
-    ) -> Result<Response<pb::AcquireResponse>, Status> {
-        not_landed("gantry.v1.RateLimiter/Acquire", RATELIMIT)
-    }
-    async fn acquire_batch(
-        &self,
-        _: Request<pb::AcquireBatchRequest>,
-    ) -> Result<Response<pb::AcquireBatchResponse>, Status> {
-        not_landed("gantry.v1.RateLimiter/AcquireBatch", RATELIMIT)
-    }
-    async fn list_limits(
-        &self,
-        _: Request<pb::ListLimitsRequest>,
-    ) -> Result<Response<pb::ListLimitsResponse>, Status> {
-        not_landed("gantry.v1.RateLimiter/ListLimits", RATELIMIT)
-    }
-}
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PendingCache;

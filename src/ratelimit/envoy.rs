@@ -1,1 +1,315 @@
+//! Envoy's `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`:
+//! descriptors are mapped to gantry limits by `[[ratelimit.envoy]]` rules
+//! (see `descriptors.rs`) and decided by the same buckets as gantry's own API.
 
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tonic::{Request, Response, Status};
+
+use super::gcra::Params;
+use super::limits::key_with_params;
+use super::{AcquireRequest, Outcome, RateLimiter};
+use crate::error::ApiError;
+
+pub struct EnvoyRateLimitService {
+    limiter: RateLimiter,
+}
+
+impl EnvoyRateLimitService {
+    pub fn new(limiter: RateLimiter) -> Self {
+        Self { limiter }
+    }
+}
+
+const UNITS: [(Unit, u64); 4] = [
+    (Unit::Second, 1),
+    (Unit::Minute, 60),
+    (Unit::Hour, 3_600),
+    (Unit::Day, 86_400),
+];
+
+/// Gantry's `rate per period` as Envoy's `requests_per_unit per unit`: the
+/// smallest unit in which the rate is a whole number.
+fn as_envoy_limit(name: &str, p: Params) -> RateLimit {
+    for (unit, secs) in UNITS {
+        let scaled = u128::from(p.rate) * u128::from(secs) * 1_000_000_000;
+        if scaled % u128::from(p.period_ns) == 0
+            && let Ok(rpu) = u32::try_from(scaled / u128::from(p.period_ns))
+            && rpu > 0
+        {
+            return RateLimit {
+                name: name.to_string(),
+                requests_per_unit: rpu,
+                unit: unit as i32,
+            };
+        }
+    }
+    let per_second = (u128::from(p.rate) * 1_000_000_000).div_ceil(u128::from(p.period_ns));
+    RateLimit {
+        name: name.to_string(),
+        requests_per_unit: u32::try_from(per_second).unwrap_or(u32::MAX),
+        unit: Unit::Second as i32,
+    }
+}
+
+fn unit_params(rpu: u32, unit: i32) -> Result<Params, ApiError> {
+    let secs = match Unit::try_from(unit) {
+        Ok(Unit::Second) => 1,
+        Ok(Unit::Minute) => 60,
+        Ok(Unit::Hour) => 3_600,
+        Ok(Unit::Day) => 86_400,
+        Ok(Unit::Week) => 7 * 86_400,
+        Ok(Unit::Month) => 30 * 86_400,
+        Ok(Unit::Year) => 365 * 86_400,
+        _ => {
+            return Err(ApiError::invalid(
+                "descriptors.limit.unit",
+                format!("{unit} is not a known unit"),
+            ));
+        }
+    };
+    if rpu == 0 {
+        return Err(ApiError::invalid(
+            "descriptors.limit.requests_per_unit",
+            "must be at least 1, got 0",
+        ));
+    }
+    Ok(Params {
+        rate: u64::from(rpu),
+        period_ns: secs * 1_000_000_000,
+        burst: u64::from(rpu),
+    })
+}
+
+fn header(key: &str, value: String) -> HeaderValue {
+    HeaderValue {
+        key: key.to_string(),
+        value,
+        ..Default::default()
+    }
+}
+
+fn envoy_duration(d: Duration) -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for EnvoyRateLimitService {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let r = request.get_ref();
+        if r.domain.is_empty() {
+            return Err(ApiError::invalid("domain", "must not be empty").into());
+        }
+        if r.descriptors.is_empty() {
+            return Err(ApiError::invalid("descriptors", "must not be empty").into());
+        }
+        let max = self.limiter.max_batch();
+        if r.descriptors.len() > max {
+            return Err(ApiError::invalid(
+                "descriptors",
+                format!(
+                    "{} descriptors exceed the batch limit of {max} (ratelimit.max_batch)",
+                    r.descriptors.len()
+                ),
+            )
+            .into());
+        }
+        let rules = self.limiter.envoy_rules();
+        let request_hits = u64::from(r.hits_addend.max(1));
+
+        let mut statuses = Vec::with_capacity(r.descriptors.len());
+        // The tightest limit seen, for the X-RateLimit-* headers.
+        let mut tightest: Option<(Outcome, RateLimit)> = None;
+        let mut over = false;
+        for (i, descriptor) in r.descriptors.iter().enumerate() {
+            let entries: Vec<(&str, &str)> = descriptor
+                .entries
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_str()))
+                .collect();
+            let Some((limit_name, base_key)) = rules.resolve(&r.domain, &entries) else {
+                statuses.push(DescriptorStatus {
+                    code: Code::Ok as i32,
+                    ..Default::default()
+                });
+                continue;
+            };
+            let explicit = match &descriptor.limit {
+                Some(o) => Some(unit_params(o.requests_per_unit, o.unit)?),
+                None => None,
+            };
+            let key = match explicit {
+                Some(p) => key_with_params(&base_key, p),
+                None => base_key,
+            };
+            let hits = descriptor
+                .hits_addend
+                .as_ref()
+                .map_or(request_hits, |h| h.value.max(1));
+            let req = AcquireRequest {
+                limit: limit_name,
+                key: &key,
+                tokens: hits,
+                params: explicit,
+                ..Default::default()
+            };
+            let set = self.limiter.limits();
+            let params = explicit.or_else(|| {
+                set.by_name(limit_name)
+                    .map(|l| l.params_for(l.bucket_key(&key)))
+            });
+            let Some(params) = params else {
+                return Err(ApiError::NotFound {
+                    kind: "limit",
+                    name: limit_name.to_string(),
+                }
+                .into());
+            };
+            let outcome = if descriptor.is_negative_hits {
+                self.limiter.give_back(&req)
+            } else if hits > params.burst {
+                // More hits than the bucket holds can never fit: over limit, not an error.
+                self.limiter
+                    .try_acquire(&AcquireRequest {
+                        dry_run: true,
+                        tokens: 1,
+                        ..req
+                    })
+                    .map(|o| Outcome {
+                        allowed: false,
+                        ..o
+                    })
+            } else {
+                self.limiter.try_acquire(&req)
+            }
+            .map_err(|e| {
+                let api = ApiError::from(e);
+                Status::new(api.code(), format!("descriptors[{i}]: {api}"))
+            })?;
+            let current = as_envoy_limit(limit_name, params);
+            over |= !outcome.allowed;
+            statuses.push(DescriptorStatus {
+                code: if outcome.allowed {
+                    Code::Ok
+                } else {
+                    Code::OverLimit
+                } as i32,
+                current_limit: Some(current.clone()),
+                limit_remaining: u32::try_from(outcome.remaining).unwrap_or(u32::MAX),
+                duration_until_reset: Some(envoy_duration(outcome.reset_after)),
+                ..Default::default()
+            });
+            if tightest
+                .as_ref()
+                .is_none_or(|(t, _)| outcome.remaining < t.remaining)
+            {
+                tightest = Some((outcome, current));
+            }
+        }
+
+        let mut response_headers_to_add = Vec::new();
+        if self.limiter.settings().envoy_response_headers
+            && let Some((outcome, limit)) = tightest
+        {
+            let window = UNITS
+                .iter()
+                .find(|(u, _)| *u as i32 == limit.unit)
+                .map_or(1, |(_, s)| *s);
+            response_headers_to_add.push(header(
+                "X-RateLimit-Limit",
+                format!(
+                    "{}, {};w={window}",
+                    limit.requests_per_unit, limit.requests_per_unit
+                ),
+            ));
+            response_headers_to_add.push(header(
+                "X-RateLimit-Remaining",
+                outcome.remaining.to_string(),
+            ));
+            response_headers_to_add.push(header(
+                "X-RateLimit-Reset",
+                outcome.reset_after.as_secs_f64().ceil().to_string(),
+            ));
+        }
+        tracing::debug!(domain = %r.domain, descriptors = r.descriptors.len(), over, "envoy.should_rate_limit");
+        Ok(Response::new(RateLimitResponse {
+            overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
+            statuses,
+            response_headers_to_add,
+            ..Default::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_expressed_in_the_smallest_whole_unit() {
+        let per_second = as_envoy_limit(
+            "a",
+            Params {
+                rate: 100,
+                period_ns: 1_000_000_000,
+                burst: 100,
+            },
+        );
+        assert_eq!(
+            (per_second.requests_per_unit, per_second.unit),
+            (100, Unit::Second as i32)
+        );
+        let per_minute = as_envoy_limit(
+            "a",
+            Params {
+                rate: 10,
+                period_ns: 6_000_000_000,
+                burst: 10,
+            },
+        );
+        assert_eq!(
+            (per_minute.requests_per_unit, per_minute.unit),
+            (100, Unit::Minute as i32)
+        );
+        let per_hour = as_envoy_limit(
+            "a",
+            Params {
+                rate: 1,
+                period_ns: 3_600_000_000_000,
+                burst: 1,
+            },
+        );
+        assert_eq!(
+            (per_hour.requests_per_unit, per_hour.unit),
+            (1, Unit::Hour as i32)
+        );
+    }
+
+    #[test]
+    fn overrides_become_parameters() {
+        let p = unit_params(5, Unit::Minute as i32).unwrap();
+        assert_eq!(
+            p,
+            Params {
+                rate: 5,
+                period_ns: 60_000_000_000,
+                burst: 5
+            }
+        );
+        assert!(unit_params(0, Unit::Second as i32).is_err());
+        assert!(unit_params(5, 0).is_err());
+    }
+}

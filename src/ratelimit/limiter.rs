@@ -18,6 +18,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{Notify, oneshot};
 
 use super::RateLimitError;
+use super::descriptors::EnvoyRules;
 use super::gcra::{BucketState, Decision, Params};
 use super::limits::{Limit, LimitSet};
 use super::metrics::RateLimitMetrics;
@@ -101,7 +102,8 @@ struct Shard {
 
 /// Settings that a reload may change without touching the buckets.
 #[derive(Debug, Clone)]
-struct Settings {
+pub struct Settings {
+    pub envoy_response_headers: bool,
     max_waiters: usize,
     max_key_bytes: usize,
     max_batch: usize,
@@ -110,6 +112,7 @@ struct Settings {
 impl Settings {
     fn from(config: &RateLimitConfig) -> Self {
         Self {
+            envoy_response_headers: config.envoy_response_headers,
             max_waiters: usize::try_from(config.max_waiters).unwrap_or(usize::MAX),
             max_key_bytes: usize::try_from(config.max_key_bytes).unwrap_or(usize::MAX),
             max_batch: usize::try_from(config.max_batch).unwrap_or(usize::MAX),
@@ -119,6 +122,7 @@ impl Settings {
 
 struct Inner {
     limits: ArcSwap<LimitSet>,
+    envoy: ArcSwap<EnvoyRules>,
     settings: ArcSwap<Settings>,
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
@@ -141,6 +145,9 @@ pub struct AcquireRequest<'a> {
     pub max_wait: Duration,
     pub dry_run: bool,
     pub client: &'a str,
+    /// Explicit bucket parameters (Envoy's descriptor `limit` override); the
+    /// key must then come from `limits::key_with_params`.
+    pub params: Option<Params>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -213,6 +220,7 @@ impl RateLimiter {
         Self {
             inner: Arc::new(Inner {
                 limits: ArcSwap::from_pointee(limits),
+                envoy: ArcSwap::from_pointee(EnvoyRules::from_config(config)),
                 settings: ArcSwap::from_pointee(Settings::from(config)),
                 shards,
                 hasher,
@@ -229,6 +237,15 @@ impl RateLimiter {
     /// The limits in force now.
     pub fn limits(&self) -> Arc<LimitSet> {
         self.inner.limits.load_full()
+    }
+
+    /// The Envoy descriptor rules in force now.
+    pub fn envoy_rules(&self) -> Arc<EnvoyRules> {
+        self.inner.envoy.load_full()
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.inner.settings.load_full()
     }
 
     pub fn max_batch(&self) -> usize {
@@ -325,6 +342,25 @@ impl RateLimiter {
         Ok(result)
     }
 
+    /// Returns tokens to a bucket (Envoy's `is_negative_hits`). A missing
+    /// bucket is full already, so there is nothing to return.
+    pub fn give_back(&self, req: &AcquireRequest<'_>) -> Result<Outcome, RateLimitError> {
+        let set = self.inner.limits.load();
+        let prepared = self.inner.prepare(&set, req, "")?;
+        let now = self.inner.clock.now_ns();
+        let mut shard = self.inner.lock(prepared.key);
+        if let Some(bucket) = shard.map.get_mut(&prepared.key) {
+            bucket.state.refund(&prepared.params, now, prepared.tokens);
+        }
+        drop(shard);
+        let mut outcome = self.try_acquire(&AcquireRequest {
+            dry_run: true,
+            ..*req
+        })?;
+        outcome.allowed = true;
+        Ok(outcome)
+    }
+
     /// Decides several acquisitions; see `AcquireBatchRequest` in the proto.
     /// Every request is validated before anything is consumed, so an invalid
     /// one fails the whole call with nothing taken.
@@ -381,6 +417,7 @@ impl RateLimiter {
             ))
         };
         inner.settings.store(Arc::new(Settings::from(config)));
+        inner.envoy.store(Arc::new(EnvoyRules::from_config(config)));
         inner.limits.store(new.clone());
         let now = inner.clock.now_ns();
         let mut removed = 0usize;
@@ -571,8 +608,13 @@ impl Inner {
                 max: settings.max_key_bytes,
             });
         }
+        if req.params.is_none() && req.key.contains(super::limits::OVERRIDE_MARK) {
+            return Err(RateLimitError::BadKey {
+                field: format!("{field_prefix}key"),
+            });
+        }
         let bucket_key = limit.bucket_key(req.key);
-        let params = limit.params_for(bucket_key);
+        let params = req.params.unwrap_or_else(|| limit.params_for(bucket_key));
         let tokens = req.tokens.max(1);
         if tokens > params.burst {
             return Err(RateLimitError::TooManyTokens {

@@ -41,9 +41,37 @@ pub struct Limit {
     pub counters: LimitCounters,
 }
 
+/// Marks a bucket key that carries its own parameters (Envoy's per-descriptor
+/// `limit` override): `<key>\u{1e}<rate>/<period_ns>/<burst>`. Callers of the
+/// gantry API cannot send it (keys with this character are refused), so only
+/// the Envoy adapter can make such buckets.
+pub const OVERRIDE_MARK: char = '\u{1e}';
+
+/// The bucket key for `key` with explicit parameters.
+pub fn key_with_params(key: &str, p: Params) -> String {
+    format!("{key}{OVERRIDE_MARK}{}/{}/{}", p.rate, p.period_ns, p.burst)
+}
+
+fn params_in_key(key: &str) -> Option<Params> {
+    let (_, spec) = key.rsplit_once(OVERRIDE_MARK)?;
+    let mut parts = spec.split('/').map(|p| p.parse::<u64>().ok());
+    let (rate, period_ns, burst) = (parts.next()??, parts.next()??, parts.next()??);
+    (rate > 0 && period_ns > 0 && burst > 0).then_some(Params {
+        rate,
+        period_ns,
+        burst,
+    })
+}
+
 impl Limit {
-    /// The parameters for a key: its override, or the limit's own.
+    /// The parameters for a bucket key: its own (an Envoy override), its
+    /// per-key override, or the limit's.
     pub fn params_for(&self, key: &str) -> Params {
+        if key.contains(OVERRIDE_MARK)
+            && let Some(p) = params_in_key(key)
+        {
+            return p;
+        }
         if self.overrides.is_empty() {
             return self.params;
         }
@@ -54,7 +82,8 @@ impl Limit {
     pub fn bucket_key<'k>(&self, key: &'k str) -> &'k str {
         match self.scope {
             Scope::PerKey => key,
-            Scope::Shared => "",
+            // One bucket per limit, or per explicit parameter set.
+            Scope::Shared => key.find(OVERRIDE_MARK).map_or("", |i| &key[i..]),
         }
     }
 }
@@ -170,6 +199,30 @@ mod tests {
             scope: LimitScopeConfig::PerKey,
             overrides: vec![],
         }
+    }
+
+    #[test]
+    fn explicit_parameters_ride_in_the_key() {
+        let metrics = RateLimitMetrics::default();
+        let rl = RateLimitConfig {
+            limits: vec![limit("api", 10)],
+            ..Default::default()
+        };
+        let set = LimitSet::build(&rl, None, &mut 0, &metrics);
+        let api = set.by_name("api").unwrap();
+        let custom = Params {
+            rate: 7,
+            period_ns: 60_000_000_000,
+            burst: 7,
+        };
+        let key = key_with_params("1.2.3.4", custom);
+        assert_eq!(api.params_for(&key), custom);
+        assert_eq!(api.params_for("1.2.3.4").rate, 10);
+        assert_eq!(
+            api.params_for("x\u{1e}garbage").rate,
+            10,
+            "an unparsable suffix is ignored"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! hot reload, persistence across restarts, and Envoy's rate-limit protocol.
 //! Everything here but `service.rs` and `envoy.rs` is free of gRPC types.
 
+pub mod descriptors;
 pub mod envoy;
 pub mod gcra;
 pub mod limiter;
@@ -28,6 +29,8 @@ pub enum RateLimitError {
         len: usize,
         max: usize,
     },
+    #[error("{field}: must not contain the control character U+001E")]
+    BadKey { field: String },
     #[error(
         "{field}: {tokens} exceeds the burst of {burst} of limit {limit:?}; it could never be granted"
     )]
@@ -63,6 +66,7 @@ impl From<RateLimitError> for ApiError {
                 name: name.clone(),
             },
             RateLimitError::EmptyKey { field }
+            | RateLimitError::BadKey { field }
             | RateLimitError::TooLong { field, .. }
             | RateLimitError::TooManyTokens { field, .. } => {
                 let text = err.to_string();

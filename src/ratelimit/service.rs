@@ -1,1 +1,139 @@
+//! `gantry.v1.RateLimiter` over gRPC: converts and validates, then asks the limiter.
 
+use tonic::{Request, Response, Status};
+
+use super::limits::Scope;
+use super::{AcquireRequest, Outcome, RateLimiter};
+use crate::error::ApiError;
+use crate::grpc::{duration_from_pb, duration_to_pb, grpc_timeout, wait_within_deadline};
+use crate::proto::gantry::v1 as pb;
+
+pub struct RateLimiterService {
+    limiter: RateLimiter,
+}
+
+impl RateLimiterService {
+    pub fn new(limiter: RateLimiter) -> Self {
+        Self { limiter }
+    }
+}
+
+fn to_pb(o: Outcome) -> pb::AcquireResponse {
+    pb::AcquireResponse {
+        allowed: o.allowed,
+        remaining: o.remaining,
+        retry_after: Some(duration_to_pb(o.retry_after)),
+        reset_after: Some(duration_to_pb(o.reset_after)),
+        limit: o.limit,
+        waited: Some(duration_to_pb(o.waited)),
+    }
+}
+
+fn to_domain<'a>(r: &'a pb::AcquireRequest, field: &str) -> Result<AcquireRequest<'a>, ApiError> {
+    Ok(AcquireRequest {
+        limit: &r.limit,
+        key: &r.key,
+        tokens: r.tokens,
+        max_wait: duration_from_pb(&format!("{field}max_wait"), r.max_wait.as_ref())?,
+        dry_run: r.dry_run,
+        client: &r.client,
+        params: None,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let deadline = grpc_timeout(request.metadata());
+        let r = request.get_ref();
+        let mut req = to_domain(r, "")?;
+        // A wait must end in an answer before the caller's deadline does.
+        req.max_wait = wait_within_deadline(req.max_wait, deadline);
+        let span = tracing::debug_span!(
+            "ratelimit.acquire",
+            limit = %r.limit,
+            tokens = r.tokens,
+            max_wait_ms = req.max_wait.as_millis() as u64,
+            dry_run = r.dry_run,
+            allowed = tracing::field::Empty,
+        );
+        let outcome = tracing::Instrument::instrument(self.limiter.acquire(&req), span.clone())
+            .await
+            .map_err(ApiError::from)?;
+        span.record("allowed", outcome.allowed);
+        Ok(Response::new(to_pb(outcome)))
+    }
+
+    async fn acquire_batch(
+        &self,
+        request: Request<pb::AcquireBatchRequest>,
+    ) -> Result<Response<pb::AcquireBatchResponse>, Status> {
+        let r = request.get_ref();
+        let reqs = r
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, item)| to_domain(item, &format!("requests[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcomes = self
+            .limiter
+            .acquire_batch(&reqs, r.all_or_nothing)
+            .map_err(ApiError::from)?;
+        tracing::debug!(
+            items = reqs.len(),
+            all_or_nothing = r.all_or_nothing,
+            allowed = outcomes.iter().filter(|o| o.allowed).count(),
+            "ratelimit.acquire_batch"
+        );
+        Ok(Response::new(pb::AcquireBatchResponse {
+            responses: outcomes.into_iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn list_limits(
+        &self,
+        _request: Request<pb::ListLimitsRequest>,
+    ) -> Result<Response<pb::ListLimitsResponse>, Status> {
+        let set = self.limiter.limits();
+        let limits = set
+            .sorted()
+            .into_iter()
+            .map(|limit| {
+                let mut overrides: Vec<pb::LimitOverride> = limit
+                    .overrides
+                    .iter()
+                    .map(|(key, p)| pb::LimitOverride {
+                        key: key.clone(),
+                        rate: p.rate,
+                        period: Some(duration_to_pb(std::time::Duration::from_nanos(p.period_ns))),
+                        burst: p.burst,
+                    })
+                    .collect();
+                overrides.sort_by(|a, b| a.key.cmp(&b.key));
+                pb::LimitInfo {
+                    name: limit.name.clone(),
+                    rate: limit.params.rate,
+                    period: Some(duration_to_pb(std::time::Duration::from_nanos(
+                        limit.params.period_ns,
+                    ))),
+                    burst: limit.params.burst,
+                    scope: match limit.scope {
+                        Scope::PerKey => pb::LimitScope::PerKey,
+                        Scope::Shared => pb::LimitScope::Shared,
+                    } as i32,
+                    overrides,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListLimitsResponse {
+            limits,
+            default_limit: set
+                .default_limit()
+                .map(|l| l.name.clone())
+                .unwrap_or_default(),
+        }))
+    }
+}

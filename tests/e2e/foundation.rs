@@ -135,28 +135,10 @@ async fn services_that_have_not_landed_answer_unimplemented() {
     use pb::cache_client::CacheClient;
     use pb::leases_client::LeasesClient;
     use pb::query_analyzer_client::QueryAnalyzerClient;
-    use pb::rate_limiter_client::RateLimiterClient;
     use pb::traces_client::TracesClient;
 
     let server = TestServer::start().await;
     let ch = server.channel.clone();
-
-    let mut rl = RateLimiterClient::new(ch.clone());
-    assert_pending(
-        rl.acquire(pb::AcquireRequest::default()).await,
-        "RateLimiter/Acquire",
-        "#4",
-    );
-    assert_pending(
-        rl.acquire_batch(pb::AcquireBatchRequest::default()).await,
-        "RateLimiter/AcquireBatch",
-        "#4",
-    );
-    assert_pending(
-        rl.list_limits(pb::ListLimitsRequest::default()).await,
-        "RateLimiter/ListLimits",
-        "#4",
-    );
 
     let mut cache = CacheClient::new(ch.clone());
     assert_pending(
@@ -351,8 +333,9 @@ async fn metrics_count_calls_by_method_and_code() {
         check(&mut health, "").await.unwrap();
     }
     check(&mut health, "nope").await.unwrap_err();
-    let mut rl = pb::rate_limiter_client::RateLimiterClient::new(server.channel.clone());
-    rl.list_limits(pb::ListLimitsRequest::default())
+    let mut leases = pb::leases_client::LeasesClient::new(server.channel.clone());
+    leases
+        .pool_status(pb::PoolStatusRequest::default())
         .await
         .unwrap_err();
 
@@ -383,7 +366,7 @@ async fn metrics_count_calls_by_method_and_code() {
     assert_eq!(
         metric_value(
             &text,
-            "grpc_server_handled_total{grpc_service=\"gantry.v1.RateLimiter\",grpc_method=\"ListLimits\",grpc_code=\"Unimplemented\"}"
+            "grpc_server_handled_total{grpc_service=\"gantry.v1.Leases\",grpc_method=\"PoolStatus\",grpc_code=\"Unimplemented\"}"
         ),
         Some(1.0)
     );

@@ -1,0 +1,157 @@
+//! Hot reload: on SIGHUP, and whenever the configuration file's content
+//! changes (polled, which also catches an atomic rename and a Kubernetes
+//! ConfigMap symlink swap that file-watch APIs miss). A file that does not
+//! load is refused with a log line and a metric; what is in force stays.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, ConfigError, FlagOverrides};
+use crate::ratelimit::RateLimiter;
+use crate::ratelimit::metrics::RateLimitMetrics;
+
+/// Where the configuration came from, so it can be assembled again.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    pub flags: FlagOverrides,
+}
+
+impl ConfigSource {
+    /// Reads the file and assembles the configuration as at start. Returns the
+    /// file's text too, to notice the next change.
+    pub fn load(&self) -> Result<(Config, Option<String>), ConfigError> {
+        let text = match &self.path {
+            Some(path) => Some(config::read_file(path)?),
+            None => None,
+        };
+        let file = self.path.as_deref().zip(text.as_deref());
+        let loaded = Config::load(file, &self.env, &self.flags)?;
+        Ok((loaded.config, text))
+    }
+}
+
+/// What a reload can change.
+#[derive(Clone)]
+pub struct ReloadTargets {
+    pub limiter: RateLimiter,
+    pub metrics: RateLimitMetrics,
+}
+
+pub struct Reloader {
+    source: ConfigSource,
+    targets: ReloadTargets,
+    current: Config,
+    /// The file text (or read error) last acted on, so a change is acted on once.
+    last_seen: Option<Result<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied,
+    Unchanged,
+    Refused(String),
+}
+
+impl Reloader {
+    pub fn new(source: ConfigSource, targets: ReloadTargets, current: Config) -> Self {
+        let last_seen = source
+            .path
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).map_err(|e| e.to_string()));
+        Self {
+            source,
+            targets,
+            current,
+            last_seen,
+        }
+    }
+
+    /// Reloads if the file changed since the last look (`force`: regardless).
+    pub fn check(&mut self, force: bool) -> ReloadOutcome {
+        let Some(path) = &self.source.path else {
+            return ReloadOutcome::Unchanged;
+        };
+        let seen = std::fs::read_to_string(path).map_err(|e| e.to_string());
+        if !force && self.last_seen.as_ref() == Some(&seen) {
+            return ReloadOutcome::Unchanged;
+        }
+        self.last_seen = Some(seen);
+        match self.source.load() {
+            Ok((config, _)) => {
+                self.apply(config);
+                self.targets.metrics.reload(true);
+                ReloadOutcome::Applied
+            }
+            Err(e) => {
+                self.targets.metrics.reload(false);
+                tracing::error!(error = %e, "configuration reload refused; the configuration in force stays");
+                ReloadOutcome::Refused(e.to_string())
+            }
+        }
+    }
+
+    fn apply(&mut self, config: Config) {
+        self.targets.limiter.reload(&config.ratelimit);
+        let restart_needed: Vec<&str> = [
+            ("server", self.current.server != config.server),
+            ("storage", self.current.storage != config.storage),
+            ("telemetry", self.current.telemetry != config.telemetry),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
+        if !restart_needed.is_empty() {
+            tracing::warn!(
+                sections = ?restart_needed,
+                "these sections changed but take effect only after a restart"
+            );
+        }
+        tracing::info!(
+            limits = config.ratelimit.limits.len(),
+            envoy_domains = config.ratelimit.envoy.len(),
+            "configuration reloaded"
+        );
+        self.current = config;
+    }
+
+    /// Polls every `interval` (zero: never) and reloads on SIGHUP, until `shutdown`.
+    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file change only");
+                None
+            }
+        };
+        let poll = !interval.is_zero();
+        let period = if poll {
+            interval
+        } else {
+            Duration::from_secs(3600)
+        };
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick(), if poll => { self.check(false); }
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    self.check(true);
+                }
+            }
+        }
+    }
+}
