@@ -5,3 +5,4 @@ mod common;
 mod docs;
 mod foundation;
 mod process;
+mod ratelimit;

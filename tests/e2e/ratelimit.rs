@@ -1,0 +1,760 @@
+//! `gantry.v1.RateLimiter` and Envoy's `ShouldRateLimit` over real gRPC.
+
+use std::time::Duration;
+
+use gantry::config::{
+    Config, EnvoyDescriptorConfig, EnvoyDomainConfig, EnvoyEntryConfig, HumanDuration, LimitConfig,
+    LimitOverrideConfig, LimitScopeConfig,
+};
+use gantry::proto::gantry::v1 as pb;
+use pb::rate_limiter_client::RateLimiterClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::common::{TestServer, http_get, metric_value};
+
+fn limit(name: &str, rate: u64, period: Duration, burst: u64) -> LimitConfig {
+    LimitConfig {
+        name: name.into(),
+        rate,
+        period: HumanDuration(period),
+        burst: Some(burst),
+        scope: LimitScopeConfig::PerKey,
+        overrides: vec![],
+    }
+}
+
+fn hour() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn acquire(limit: &str, key: &str) -> pb::AcquireRequest {
+    pb::AcquireRequest {
+        limit: limit.into(),
+        key: key.into(),
+        tokens: 1,
+        ..Default::default()
+    }
+}
+
+fn pb_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn std_duration(d: Option<prost_types::Duration>) -> Duration {
+    let d = d.expect("duration set");
+    Duration::new(d.seconds as u64, d.nanos as u32)
+}
+
+async fn start(
+    limits: Vec<LimitConfig>,
+    adjust: impl FnOnce(&mut Config),
+) -> (TestServer, RateLimiterClient<Channel>) {
+    let server = TestServer::start_with(|c| {
+        c.ratelimit.limits = limits;
+        adjust(c);
+    })
+    .await;
+    let client = RateLimiterClient::new(server.channel.clone());
+    (server, client)
+}
+
+#[tokio::test]
+async fn acquire_spends_the_burst_then_answers_exactly_when_to_retry() {
+    let (server, mut rl) = start(vec![limit("api", 10, Duration::from_secs(1), 3)], |_| {}).await;
+    for left in [2, 1, 0] {
+        let r = rl
+            .acquire(acquire("api", "alice"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.allowed);
+        assert_eq!((r.remaining, r.limit), (left, 3));
+    }
+    let denied = rl
+        .acquire(acquire("api", "alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!denied.allowed);
+    let retry = std_duration(denied.retry_after);
+    assert!(
+        retry <= Duration::from_millis(100) && retry > Duration::from_millis(80),
+        "{retry:?}"
+    );
+    let reset = std_duration(denied.reset_after);
+    assert!(
+        reset <= Duration::from_millis(300) && reset > Duration::from_millis(250),
+        "{reset:?}"
+    );
+    // A dry run of another key consumes nothing.
+    for _ in 0..5 {
+        let r = rl
+            .acquire(pb::AcquireRequest {
+                dry_run: true,
+                tokens: 3,
+                ..acquire("api", "bob")
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.allowed);
+        assert_eq!(r.remaining, 3);
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_naming_field_and_value() {
+    let (server, mut rl) = start(vec![limit("api", 10, Duration::from_secs(1), 5)], |c| {
+        c.ratelimit.max_key_bytes = 16
+    })
+    .await;
+    let cases: Vec<(pb::AcquireRequest, Code, &str)> = vec![
+        (
+            acquire("nope", "k"),
+            Code::NotFound,
+            "limit \"nope\" not found",
+        ),
+        (
+            acquire("api", ""),
+            Code::InvalidArgument,
+            "key: must not be empty",
+        ),
+        (
+            pb::AcquireRequest {
+                tokens: 6,
+                ..acquire("api", "k")
+            },
+            Code::InvalidArgument,
+            "tokens: 6 exceeds the burst of 5",
+        ),
+        (
+            acquire("api", "a-key-that-is-far-too-long"),
+            Code::InvalidArgument,
+            "key: 26 bytes is longer than the limit of 16",
+        ),
+        (
+            pb::AcquireRequest {
+                max_wait: Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                }),
+                ..acquire("api", "k")
+            },
+            Code::InvalidArgument,
+            "max_wait: must not be negative",
+        ),
+        (
+            acquire("api", "x\u{1e}9/1/9"),
+            Code::InvalidArgument,
+            "U+001E",
+        ),
+    ];
+    for (request, code, text) in cases {
+        let status = rl.acquire(request.clone()).await.unwrap_err();
+        assert_eq!(status.code(), code, "{request:?}: {status:?}");
+        assert!(
+            status.message().contains(text),
+            "{request:?}: {}",
+            status.message()
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_are_atomic_when_asked_and_bounded() {
+    let (server, mut rl) = start(
+        vec![limit("a", 1, hour(), 5), limit("b", 1, hour(), 1)],
+        |c| c.ratelimit.max_batch = 4,
+    )
+    .await;
+    rl.acquire(acquire("b", "k")).await.unwrap(); // b is empty now
+    let batch = pb::AcquireBatchRequest {
+        requests: vec![
+            pb::AcquireRequest {
+                tokens: 3,
+                ..acquire("a", "k")
+            },
+            acquire("b", "k"),
+        ],
+        all_or_nothing: true,
+    };
+    let out = rl
+        .acquire_batch(batch)
+        .await
+        .unwrap()
+        .into_inner()
+        .responses;
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|r| !r.allowed));
+    let a = rl
+        .acquire(pb::AcquireRequest {
+            dry_run: true,
+            ..acquire("a", "k")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.remaining, 5, "nothing was taken from a");
+
+    let each = pb::AcquireBatchRequest {
+        requests: vec![
+            pb::AcquireRequest {
+                tokens: 3,
+                ..acquire("a", "k")
+            },
+            acquire("b", "k"),
+        ],
+        all_or_nothing: false,
+    };
+    let out = rl.acquire_batch(each).await.unwrap().into_inner().responses;
+    assert_eq!(
+        out.iter().map(|r| r.allowed).collect::<Vec<_>>(),
+        vec![true, false]
+    );
+
+    let too_many = pb::AcquireBatchRequest {
+        requests: vec![acquire("a", "k"); 5],
+        all_or_nothing: false,
+    };
+    let status = rl.acquire_batch(too_many).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("5 requests exceed the batch limit of 4"),
+        "{}",
+        status.message()
+    );
+
+    let bad_item = pb::AcquireBatchRequest {
+        requests: vec![acquire("a", "k"), acquire("zzz", "k")],
+        all_or_nothing: false,
+    };
+    assert_eq!(
+        rl.acquire_batch(bad_item).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let empty_key = pb::AcquireBatchRequest {
+        requests: vec![acquire("a", "k"), acquire("a", "")],
+        all_or_nothing: true,
+    };
+    let status = rl.acquire_batch(empty_key).await.unwrap_err();
+    assert!(
+        status.message().starts_with("requests[1].key"),
+        "{}",
+        status.message()
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn list_limits_shows_what_is_configured() {
+    let mut shared = limit("svc", 50, Duration::from_secs(60), 100);
+    shared.scope = LimitScopeConfig::Shared;
+    let mut api = limit("api", 10, Duration::from_secs(1), 20);
+    api.overrides.push(LimitOverrideConfig {
+        key: "partner".into(),
+        rate: 100,
+        period: None,
+        burst: Some(200),
+    });
+    let (server, mut rl) = start(vec![shared, api], |c| {
+        c.ratelimit.default_limit = "api".into()
+    })
+    .await;
+    let list = rl
+        .list_limits(pb::ListLimitsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.default_limit, "api");
+    let names: Vec<&str> = list.limits.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, vec!["api", "svc"]);
+    let api = &list.limits[0];
+    assert_eq!((api.rate, api.burst), (10, 20));
+    assert_eq!(std_duration(api.period), Duration::from_secs(1));
+    assert_eq!(api.overrides.len(), 1);
+    assert_eq!(
+        (api.overrides[0].key.as_str(), api.overrides[0].burst),
+        ("partner", 200)
+    );
+    assert_eq!(list.limits[1].scope, pb::LimitScope::Shared as i32);
+    // The default limit answers for unknown names.
+    assert!(
+        rl.acquire(acquire("unconfigured", "k"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_waiter_is_granted_when_tokens_accrue_and_a_short_deadline_is_a_denial() {
+    let (server, mut rl) = start(vec![limit("api", 10, Duration::from_secs(1), 1)], |_| {}).await;
+    rl.acquire(acquire("api", "k")).await.unwrap();
+    let waited = rl
+        .acquire(pb::AcquireRequest {
+            max_wait: Some(pb_duration(Duration::from_secs(2))),
+            ..acquire("api", "k")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(waited.allowed);
+    let w = std_duration(waited.waited);
+    assert!(
+        w >= Duration::from_millis(80) && w < Duration::from_millis(300),
+        "{w:?}"
+    );
+
+    // Empty the bucket again, queue one waiter (granted at ~100 ms), then ask
+    // with a 150 ms deadline: its token would come at ~200 ms, so the answer is
+    // a denial that arrives before the deadline, never DEADLINE_EXCEEDED.
+    rl.acquire(pb::AcquireRequest {
+        max_wait: Some(pb_duration(Duration::from_secs(2))),
+        ..acquire("api", "k")
+    })
+    .await
+    .unwrap();
+    let mut slow = rl.clone();
+    let mut hold_queue = pb::AcquireRequest {
+        max_wait: Some(pb_duration(Duration::from_secs(10))),
+        tokens: 1,
+        ..acquire("api", "k")
+    };
+    hold_queue.client = "first".into();
+    let holder = tokio::spawn(async move { slow.acquire(hold_queue).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut request = tonic::Request::new(pb::AcquireRequest {
+        max_wait: Some(pb_duration(Duration::from_secs(10))),
+        ..acquire("api", "k")
+    });
+    request.set_timeout(Duration::from_millis(150));
+    let started = std::time::Instant::now();
+    let answer = rl
+        .acquire(request)
+        .await
+        .expect("a denial, not an error")
+        .into_inner();
+    assert!(!answer.allowed);
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(std_duration(answer.retry_after) > Duration::ZERO);
+    assert!(holder.await.unwrap().unwrap().into_inner().allowed);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_callers_over_grpc_get_exactly_the_burst() {
+    let (server, rl) = start(vec![limit("api", 1, hour(), 100)], |_| {}).await;
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let mut rl = rl.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut granted = 0u32;
+            for _ in 0..5 {
+                if rl
+                    .acquire(acquire("api", "hot"))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .allowed
+                {
+                    granted += 1;
+                }
+            }
+            granted
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    assert_eq!(total, 100, "64 x 5 calls on a bucket of 100");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_queue_and_a_full_server_are_resource_exhausted() {
+    let (server, rl) = start(vec![limit("api", 1, hour(), 1)], |c| {
+        c.ratelimit.max_waiters = 1;
+        c.server.max_inflight = 2;
+    })
+    .await;
+    let mut first = rl.clone();
+    first.acquire(acquire("api", "k")).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        first
+            .acquire(pb::AcquireRequest {
+                max_wait: Some(pb_duration(Duration::from_secs(1))),
+                ..acquire("api", "k")
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One waiter holds the queue (max_waiters = 1) and one of the two call slots.
+    let mut second = rl.clone();
+    let status = second
+        .acquire(pb::AcquireRequest {
+            max_wait: Some(pb_duration(Duration::from_secs(1))),
+            ..acquire("api", "k")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("max_waiters"),
+        "{}",
+        status.message()
+    );
+
+    // A second waiter on another key takes the last call slot; a third call is shed.
+    let mut third = rl.clone();
+    third.acquire(acquire("api", "other")).await.unwrap();
+    let other_waiter = tokio::spawn(async move {
+        third
+            .acquire(pb::AcquireRequest {
+                max_wait: Some(pb_duration(Duration::from_secs(1))),
+                ..acquire("api", "other")
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = rl.clone();
+    let shed = fourth
+        .list_limits(pb::ListLimitsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted);
+    assert!(
+        shed.message().contains("server.max_inflight"),
+        "{}",
+        shed.message()
+    );
+    assert!(!waiter.await.unwrap().unwrap().into_inner().allowed);
+    assert!(!other_waiter.await.unwrap().unwrap().into_inner().allowed);
+    let (_, metrics) = http_get(server.metrics, "/metrics").await;
+    assert_eq!(
+        metric_value(&metrics, "gantry_grpc_shed_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_leaves_the_queue_without_consuming() {
+    let (server, mut rl) = start(vec![limit("api", 10, Duration::from_secs(1), 2)], |_| {}).await;
+    rl.acquire(pb::AcquireRequest {
+        tokens: 2,
+        ..acquire("api", "k")
+    })
+    .await
+    .unwrap();
+    let mut impatient = rl.clone();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        impatient.acquire(pb::AcquireRequest {
+            tokens: 2,
+            max_wait: Some(pb_duration(Duration::from_secs(10))),
+            ..acquire("api", "k")
+        }),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the client abandoned its call");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Had the abandoned waiter been granted, the bucket would be empty again.
+    let check = rl
+        .acquire(pb::AcquireRequest {
+            dry_run: true,
+            ..acquire("api", "k")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(check.remaining, 2);
+    let (_, metrics) = http_get(server.metrics, "/metrics").await;
+    assert_eq!(
+        metric_value(&metrics, "gantry_ratelimit_waiting{limit=\"api\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bucket_levels_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::common::test_config(dir.path());
+    config.ratelimit.limits = vec![limit("api", 1, hour(), 10)];
+    for round in 0..2 {
+        let gantry = gantry::server::Gantry::build(config.clone(), false)
+            .await
+            .unwrap();
+        let addr = gantry.grpc_addr();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let handle = tokio::spawn(gantry.serve(shutdown.clone()));
+        let mut rl = RateLimiterClient::new(crate::common::connect(addr).await);
+        if round == 0 {
+            let r = rl
+                .acquire(pb::AcquireRequest {
+                    tokens: 9,
+                    ..acquire("api", "alice")
+                })
+                .await
+                .unwrap();
+            assert_eq!(r.into_inner().remaining, 1);
+        } else {
+            let r = rl
+                .acquire(pb::AcquireRequest {
+                    dry_run: true,
+                    ..acquire("api", "alice")
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.remaining, 1, "a restart must not hand out a fresh burst");
+            assert!(
+                !rl.acquire(pb::AcquireRequest {
+                    tokens: 2,
+                    ..acquire("api", "alice")
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .allowed
+            );
+        }
+        drop(rl);
+        shutdown.cancel();
+        handle.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_metrics_are_exported_per_limit() {
+    let (server, mut rl) = start(vec![limit("api", 1, hour(), 2)], |_| {}).await;
+    for _ in 0..3 {
+        rl.acquire(acquire("api", "k")).await.unwrap();
+    }
+    let (_, text) = http_get(server.metrics, "/metrics").await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "gantry_ratelimit_decisions_total{limit=\"api\",result=\"allowed\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "gantry_ratelimit_decisions_total{limit=\"api\",result=\"denied\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "gantry_ratelimit_tokens_granted_total{limit=\"api\"}"
+        ),
+        Some(2.0)
+    );
+    assert!(
+        text.contains("gantry_ratelimit_wait_seconds_bucket"),
+        "{text}"
+    );
+    server.stop().await.unwrap();
+}
+
+mod envoy {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+        Entry, RateLimitOverride,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as RlsCode;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+
+    pub fn envoy_config(c: &mut Config, rate: u64, period: Duration) {
+        c.ratelimit.limits = vec![
+            limit("per-ip", rate, period, rate),
+            limit("login", 1, hour(), 1),
+        ];
+        let entry = |key: &str, value: Option<&str>| EnvoyEntryConfig {
+            key: key.into(),
+            value: value.map(String::from),
+        };
+        c.ratelimit.envoy = vec![EnvoyDomainConfig {
+            domain: "edge".into(),
+            descriptors: vec![
+                EnvoyDescriptorConfig {
+                    entries: vec![entry("path", Some("/login")), entry("remote_address", None)],
+                    limit: "login".into(),
+                },
+                EnvoyDescriptorConfig {
+                    entries: vec![entry("remote_address", None)],
+                    limit: "per-ip".into(),
+                },
+                EnvoyDescriptorConfig {
+                    entries: vec![entry("generic_key", None)],
+                    limit: "per-ip".into(),
+                },
+            ],
+        }];
+    }
+
+    fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+        RateLimitRequest {
+            domain: "edge".into(),
+            descriptors,
+            hits_addend: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn should_rate_limit_maps_descriptors_to_buckets() {
+        let server = TestServer::start_with(|c| {
+            envoy_config(c, 2, Duration::from_secs(60));
+            c.ratelimit.envoy_response_headers = true;
+        })
+        .await;
+        let mut rls = RateLimitServiceClient::new(server.channel.clone());
+        let ip = descriptor(&[("remote_address", "10.0.0.1")]);
+        for remaining in [1, 0] {
+            let r = rls
+                .should_rate_limit(request(vec![ip.clone()]))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.overall_code, RlsCode::Ok as i32);
+            let status = &r.statuses[0];
+            assert_eq!(status.limit_remaining, remaining);
+            let current = status.current_limit.as_ref().unwrap();
+            assert_eq!(
+                (current.requests_per_unit, current.name.as_str()),
+                (2, "per-ip")
+            );
+            assert!(status.duration_until_reset.is_some());
+        }
+        let over = rls
+            .should_rate_limit(request(vec![ip.clone()]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(over.overall_code, RlsCode::OverLimit as i32);
+        assert_eq!(over.statuses[0].code, RlsCode::OverLimit as i32);
+        let headers: Vec<(&str, &str)> = over
+            .response_headers_to_add
+            .iter()
+            .map(|h| (h.key.as_str(), h.value.as_str()))
+            .collect();
+        assert!(
+            headers.contains(&("X-RateLimit-Limit", "2, 2;w=60")),
+            "{headers:?}"
+        );
+        assert!(
+            headers.contains(&("X-RateLimit-Remaining", "0")),
+            "{headers:?}"
+        );
+
+        // Another address has its own bucket; an unmatched descriptor is not limited.
+        let mixed = rls
+            .should_rate_limit(request(vec![
+                descriptor(&[("remote_address", "10.0.0.2")]),
+                descriptor(&[("user", "bob")]),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(mixed.overall_code, RlsCode::Ok as i32);
+        assert_eq!(mixed.statuses.len(), 2);
+        assert!(mixed.statuses[1].current_limit.is_none());
+
+        // Any over-limit descriptor makes the whole answer OVER_LIMIT.
+        let both = rls
+            .should_rate_limit(request(vec![
+                descriptor(&[("remote_address", "10.0.0.3")]),
+                ip.clone(),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(both.overall_code, RlsCode::OverLimit as i32);
+        assert_eq!(both.statuses[0].code, RlsCode::Ok as i32);
+        assert_eq!(both.statuses[1].code, RlsCode::OverLimit as i32);
+
+        // hits_addend takes several tokens at once.
+        let mut heavy = request(vec![descriptor(&[("remote_address", "10.0.0.4")])]);
+        heavy.hits_addend = 2;
+        let r = rls
+            .should_rate_limit(heavy.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (r.overall_code, r.statuses[0].limit_remaining),
+            (RlsCode::Ok as i32, 0)
+        );
+
+        // The descriptor's own limit override gets a bucket with those parameters.
+        let mut overridden = descriptor(&[("remote_address", "10.0.0.1")]);
+        overridden.limit = Some(RateLimitOverride {
+            requests_per_unit: 5,
+            unit: 2, // MINUTE
+        });
+        let r = rls
+            .should_rate_limit(request(vec![overridden]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.overall_code, RlsCode::Ok as i32);
+        assert_eq!(r.statuses[0].limit_remaining, 4);
+        assert_eq!(
+            r.statuses[0]
+                .current_limit
+                .as_ref()
+                .unwrap()
+                .requests_per_unit,
+            5
+        );
+
+        let status = rls
+            .should_rate_limit(RateLimitRequest {
+                domain: String::new(),
+                descriptors: vec![ip],
+                hits_addend: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("domain"));
+        server.stop().await.unwrap();
+    }
+}
+pub use envoy::envoy_config;
