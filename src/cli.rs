@@ -218,15 +218,21 @@ pub async fn serve(loaded: config::Loaded, source: crate::reload::ConfigSource) 
         tracing::warn!("{warning}");
     }
 
-    // Register signal handlers before anything slow, so an early SIGTERM is not lost.
+    // Register signal handlers before anything slow, so an early SIGTERM or
+    // SIGHUP is neither lost nor fatal.
     let shutdown = CancellationToken::new();
-    if let Err(e) = spawn_signal_handler(shutdown.clone()) {
+    let reload = std::sync::Arc::new(tokio::sync::Notify::new());
+    if let Err(e) = spawn_signal_handler(shutdown.clone(), reload.clone()) {
         tracing::error!(error = %e, "cannot install signal handlers");
         return exit::FAILURE;
     }
 
     let gantry = match Gantry::build(config, telemetry.exporting()).await {
-        Ok(gantry) => gantry.with_config_source(source),
+        Ok(gantry) => {
+            let gantry = gantry.with_config_source(source);
+            forward_reloads(reload, gantry.reload_trigger());
+            gantry
+        }
         Err(e) => {
             tracing::error!("cannot start: {e}");
             eprintln!("gantry: cannot start: {e}");
@@ -244,9 +250,31 @@ pub async fn serve(loaded: config::Loaded, source: crate::reload::ConfigSource) 
     code
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
-fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
+/// Passes SIGHUP notifications on to the server's reloader.
+fn forward_reloads(
+    from: std::sync::Arc<tokio::sync::Notify>,
+    to: std::sync::Arc<tokio::sync::Notify>,
+) {
+    tokio::spawn(async move {
+        loop {
+            from.notified().await;
+            to.notify_one();
+        }
+    });
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once. SIGHUP: reload.
+fn spawn_signal_handler(
+    shutdown: CancellationToken,
+    reload: std::sync::Arc<tokio::sync::Notify>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            reload.notify_one();
+        }
+    });
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {

@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, FlagOverrides};
@@ -119,16 +121,14 @@ impl Reloader {
         self.current = config;
     }
 
-    /// Polls every `interval` (zero: never) and reloads on SIGHUP, until `shutdown`.
-    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(signal) => Some(signal),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file change only");
-                None
-            }
-        };
+    /// Polls every `interval` (zero: never) and reloads whenever `trigger` is
+    /// notified (the signal handler does so on SIGHUP), until `shutdown`.
+    pub async fn run(
+        mut self,
+        interval: Duration,
+        trigger: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
         let poll = !interval.is_zero();
         let period = if poll {
             interval
@@ -142,12 +142,7 @@ impl Reloader {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick(), if poll => { self.check(false); }
-                Some(()) = async {
-                    match hangup.as_mut() {
-                        Some(signal) => signal.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                _ = trigger.notified() => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     self.check(true);
                 }

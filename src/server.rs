@@ -83,6 +83,7 @@ pub struct Gantry {
     limiter: RateLimiter,
     rl_metrics: RateLimitMetrics,
     source: Option<ConfigSource>,
+    reload_trigger: Arc<tokio::sync::Notify>,
 }
 
 type HealthService =
@@ -130,6 +131,7 @@ impl Gantry {
             limiter,
             rl_metrics,
             source: None,
+            reload_trigger: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -138,6 +140,12 @@ impl Gantry {
     pub fn with_config_source(mut self, source: ConfigSource) -> Self {
         self.source = Some(source);
         self
+    }
+
+    /// Notify it to reload the configuration now (the SIGHUP handler does).
+    /// A notification before serving starts is kept, not lost.
+    pub fn reload_trigger(&self) -> Arc<tokio::sync::Notify> {
+        self.reload_trigger.clone()
     }
 
     pub fn limiter(&self) -> RateLimiter {
@@ -185,6 +193,7 @@ impl Gantry {
             limiter,
             rl_metrics,
             source,
+            reload_trigger,
         } = self;
         let server_cfg = &config.server;
         let limit = usize::try_from(server_cfg.max_message_bytes).unwrap_or(usize::MAX);
@@ -269,7 +278,11 @@ impl Gantry {
                 },
                 config.clone(),
             );
-            tasks.spawn(reloader.run(server_cfg.config_poll_interval.get(), background.clone()));
+            tasks.spawn(reloader.run(
+                server_cfg.config_poll_interval.get(),
+                reload_trigger,
+                background.clone(),
+            ));
         }
 
         // Metrics stay up while the gRPC side drains, so the drain can be watched.

