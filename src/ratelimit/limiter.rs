@@ -29,24 +29,45 @@ const SHARDS: usize = 64;
 /// A full table re-sweeps a shard at most this often when new keys keep coming.
 const RESWEEP_NS: u64 = 10_000_000;
 
-/// Monotonic nanoseconds since the limiter was created (tokio's clock, so
-/// tests can pause and advance time).
+/// Monotonic nanoseconds since the limiter was created. Unit tests use
+/// tokio's clock, so they can pause and advance time; everything else reads
+/// quanta's calibrated TSC clock, which costs about a third of
+/// `Instant::now()` here (measured: ~27 ns per std read on this machine),
+/// and every decision reads the clock once.
 #[derive(Debug, Clone)]
 pub struct Clock {
+    #[cfg(test)]
     start: tokio::time::Instant,
+    #[cfg(not(test))]
+    clock: quanta::Clock,
+    #[cfg(not(test))]
+    start: quanta::Instant,
 }
 
 impl Default for Clock {
     fn default() -> Self {
+        #[cfg(not(test))]
+        let clock = quanta::Clock::new();
         Self {
+            #[cfg(test)]
             start: tokio::time::Instant::now(),
+            #[cfg(not(test))]
+            start: clock.now(),
+            #[cfg(not(test))]
+            clock,
         }
     }
 }
 
 impl Clock {
+    #[cfg(test)]
     pub fn now_ns(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    #[cfg(not(test))]
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.clock.now().duration_since(self.start).as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -57,7 +78,7 @@ struct BucketKey {
 }
 
 /// A borrowed bucket key, for lookups without allocating.
-#[derive(Debug, Clone, Copy, Hash)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 struct KeyRef<'a> {
     limit: u32,
     key: &'a str,
@@ -193,7 +214,7 @@ enum Enqueued {
 
 /// A validated request, resolved to its limit and bucket.
 struct Prepared<'a> {
-    limit: Arc<Limit>,
+    limit: &'a Limit,
     params: Params,
     key: KeyRef<'a>,
     tokens: u64,
@@ -260,7 +281,7 @@ impl RateLimiter {
     /// Decides now, never waiting (`max_wait` is ignored).
     pub fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<Outcome, RateLimitError> {
         let set = self.inner.limits.load();
-        let prepared = self.inner.prepare(&set, req, "")?;
+        let prepared = self.inner.prepare(&set, req, None)?;
         let now = self.inner.clock.now_ns();
         let mut shard = self.inner.lock(prepared.key);
         let outcome = self
@@ -278,7 +299,7 @@ impl RateLimiter {
             return self.try_acquire(req);
         }
         let set = self.inner.limits.load_full();
-        let prepared = self.inner.prepare(&set, req, "")?;
+        let prepared = self.inner.prepare(&set, req, None)?;
         let started = tokio::time::Instant::now();
         let (id, rx, outcome) = match enqueue(&self.inner, &prepared, req.client)? {
             Enqueued::Decided(outcome) => {
@@ -294,7 +315,10 @@ impl RateLimiter {
             key: prepared.key.owned(),
             id,
             rx: Some(rx),
-            limit: prepared.limit.clone(),
+            limit: set
+                .by_id(prepared.key.limit)
+                .cloned()
+                .ok_or_else(|| RateLimitError::Internal("limit vanished".into()))?,
             tokens: prepared.tokens,
         };
         let deadline = started + req.max_wait;
@@ -346,7 +370,7 @@ impl RateLimiter {
     /// bucket is full already, so there is nothing to return.
     pub fn give_back(&self, req: &AcquireRequest<'_>) -> Result<Outcome, RateLimitError> {
         let set = self.inner.limits.load();
-        let prepared = self.inner.prepare(&set, req, "")?;
+        let prepared = self.inner.prepare(&set, req, None)?;
         let now = self.inner.clock.now_ns();
         let mut shard = self.inner.lock(prepared.key);
         if let Some(bucket) = shard.map.get_mut(&prepared.key) {
@@ -380,7 +404,7 @@ impl RateLimiter {
         let prepared = reqs
             .iter()
             .enumerate()
-            .map(|(i, r)| self.inner.prepare(&set, r, &format!("requests[{i}].")))
+            .map(|(i, r)| self.inner.prepare(&set, r, Some(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let outcomes = if all_or_nothing {
             let dry_run = reqs.iter().all(|r| r.dry_run);
@@ -552,14 +576,6 @@ impl RateLimiter {
     }
 }
 
-/// The locked shard with index `i` among a batch's guards.
-fn locked<'g>(guards: &'g mut [(usize, MutexGuard<'_, Shard>)], i: usize) -> Option<&'g mut Shard> {
-    guards
-        .iter_mut()
-        .find(|(id, _)| *id == i)
-        .map(|(_, g)| &mut **g)
-}
-
 fn sweep_shard(shard: &mut Shard, set: &LimitSet, now: u64) -> usize {
     let before = shard.map.len();
     shard.map.retain(|key, bucket| {
@@ -579,38 +595,44 @@ impl Inner {
         self.shards[self.shard_of(key)].lock()
     }
 
+    /// Validates a request and resolves its limit and bucket. `item`: its
+    /// index in a batch, named in errors (formatted only when there is one).
     fn prepare<'a>(
         &self,
-        set: &LimitSet,
+        set: &'a LimitSet,
         req: &AcquireRequest<'a>,
-        field_prefix: &str,
+        item: Option<usize>,
     ) -> Result<Prepared<'a>, RateLimitError> {
+        let field = |name: &str| match item {
+            Some(i) => format!("requests[{i}].{name}"),
+            None => name.to_string(),
+        };
         let settings = self.settings.load();
         let limit = set
             .resolve(req.limit)
             .ok_or_else(|| RateLimitError::UnknownLimit(req.limit.to_string()))?;
         if req.key.is_empty() {
             return Err(RateLimitError::EmptyKey {
-                field: format!("{field_prefix}key"),
+                field: field("key"),
             });
         }
         if req.key.len() > settings.max_key_bytes {
             return Err(RateLimitError::TooLong {
-                field: format!("{field_prefix}key"),
+                field: field("key"),
                 len: req.key.len(),
                 max: settings.max_key_bytes,
             });
         }
         if req.client.len() > settings.max_key_bytes {
             return Err(RateLimitError::TooLong {
-                field: format!("{field_prefix}client"),
+                field: field("client"),
                 len: req.client.len(),
                 max: settings.max_key_bytes,
             });
         }
         if req.params.is_none() && req.key.contains(super::limits::OVERRIDE_MARK) {
             return Err(RateLimitError::BadKey {
-                field: format!("{field_prefix}key"),
+                field: field("key"),
             });
         }
         let bucket_key = limit.bucket_key(req.key);
@@ -618,14 +640,14 @@ impl Inner {
         let tokens = req.tokens.max(1);
         if tokens > params.burst {
             return Err(RateLimitError::TooManyTokens {
-                field: format!("{field_prefix}tokens"),
+                field: field("tokens"),
                 tokens,
                 burst: params.burst,
                 limit: limit.name.clone(),
             });
         }
         Ok(Prepared {
-            limit: limit.clone(),
+            limit,
             params,
             key: KeyRef {
                 limit: limit.id,
@@ -720,31 +742,40 @@ impl Inner {
         dry_run: bool,
     ) -> Result<Vec<Outcome>, RateLimitError> {
         // Sum the tokens per distinct bucket: a bucket named twice must hold both.
-        let mut distinct: Vec<(KeyRef<'_>, Params, u64, usize)> = Vec::new();
+        let mut distinct: Vec<(KeyRef<'_>, Params, u64, usize)> = Vec::with_capacity(prepared.len());
+        let mut index_of: HashMap<KeyRef<'_>, usize, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(prepared.len(), self.hasher.clone());
+        let mut item_bucket: Vec<usize> = Vec::with_capacity(prepared.len());
         for p in prepared {
-            match distinct
-                .iter_mut()
-                .find(|(k, ..)| k.limit == p.key.limit && k.key == p.key.key)
-            {
-                Some(entry) => entry.2 = entry.2.saturating_add(p.tokens),
-                None => distinct.push((p.key, p.params, p.tokens, self.shard_of(p.key))),
-            }
+            let index = *index_of.entry(p.key).or_insert_with(|| {
+                distinct.push((p.key, p.params, 0, self.shard_of(p.key)));
+                distinct.len() - 1
+            });
+            distinct[index].2 = distinct[index].2.saturating_add(p.tokens);
+            item_bucket.push(index);
         }
         // Lock every shard involved, in index order, so batches cannot deadlock.
-        let mut shard_ids: Vec<usize> = distinct.iter().map(|d| d.3).collect();
-        shard_ids.sort_unstable();
-        shard_ids.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = shard_ids
+        let mut involved = [false; SHARDS];
+        for d in &distinct {
+            involved[d.3] = true;
+        }
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = involved
             .iter()
-            .map(|&i| (i, self.shards[i].lock()))
+            .enumerate()
+            .filter(|(_, used)| **used)
+            .map(|(i, _)| (i, self.shards[i].lock()))
             .collect();
+        let mut slot = [usize::MAX; SHARDS];
+        for (position, (shard, _)) in guards.iter().enumerate() {
+            slot[*shard] = position;
+        }
         let now = self.clock.now_ns();
 
         // Phase 1: would every bucket grant its sum?
         let mut all_allowed = true;
         let mut new_buckets = 0usize;
         for (key, params, tokens, shard) in &distinct {
-            let Some(shard) = locked(&mut guards, *shard) else {
+            let Some(shard) = guards.get_mut(slot[*shard]).map(|(_, g)| &mut **g) else {
                 return Err(RateLimitError::Internal("batch shard not locked".into()));
             };
             let allowed = match shard.map.get(key) {
@@ -778,7 +809,7 @@ impl Inner {
         // Phase 2: consume (or not) and report each bucket's state.
         let mut per_bucket: Vec<Decision> = Vec::with_capacity(distinct.len());
         for (key, params, tokens, shard) in &distinct {
-            let Some(shard) = locked(&mut guards, *shard) else {
+            let Some(shard) = guards.get_mut(slot[*shard]).map(|(_, g)| &mut **g) else {
                 return Err(RateLimitError::Internal("batch shard not locked".into()));
             };
             let decision = match shard.map.get_mut(key) {
@@ -805,11 +836,8 @@ impl Inner {
 
         Ok(prepared
             .iter()
-            .map(|p| {
-                let index = distinct
-                    .iter()
-                    .position(|(k, ..)| k.limit == p.key.limit && k.key == p.key.key)
-                    .unwrap_or(0);
+            .zip(item_bucket)
+            .map(|(p, index)| {
                 let mut outcome =
                     Outcome::from(per_bucket.get(index).copied().unwrap_or(Decision {
                         allowed: false,

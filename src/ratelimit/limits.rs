@@ -37,7 +37,7 @@ pub struct Limit {
     pub name: String,
     pub params: Params,
     pub scope: Scope,
-    pub overrides: HashMap<String, Params>,
+    pub overrides: FastMap<String, Params>,
     pub counters: LimitCounters,
 }
 
@@ -89,10 +89,12 @@ impl Limit {
 }
 
 /// Every limit in force, by name and by id.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub struct LimitSet {
-    by_name: HashMap<String, Arc<Limit>>,
-    by_id: HashMap<u32, Arc<Limit>>,
+    by_name: FastMap<String, Arc<Limit>>,
+    by_id: FastMap<u32, Arc<Limit>>,
     default: Option<Arc<Limit>>,
 }
 

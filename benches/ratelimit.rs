@@ -1,0 +1,93 @@
+//! Rate-limit hot paths in process: one GCRA decision, one decision on an
+//! existing bucket through the limiter (hash, shard lock, arithmetic), and a
+//! batch of 100. Run: `cargo bench --bench ratelimit`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gantry::config::{HumanDuration, LimitConfig, LimitScopeConfig, RateLimitConfig};
+use gantry::ratelimit::gcra::{BucketState, Params};
+use gantry::ratelimit::metrics::RateLimitMetrics;
+use gantry::ratelimit::{AcquireRequest, RateLimiter};
+
+fn limiter() -> RateLimiter {
+    let config = RateLimitConfig {
+        limits: vec![LimitConfig {
+            name: "bench".into(),
+            rate: 1_000_000_000,
+            period: HumanDuration(Duration::from_secs(1)),
+            burst: Some(1_000_000_000),
+            scope: LimitScopeConfig::PerKey,
+            overrides: vec![],
+        }],
+        ..Default::default()
+    };
+    RateLimiter::new(&config, RateLimitMetrics::default())
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("k-{i:014}")).collect()
+}
+
+fn benches(c: &mut Criterion) {
+    let params = Params {
+        rate: 1_000_000,
+        period_ns: 1_000_000_000,
+        burst: 1_000_000,
+    };
+    let mut state = BucketState::default();
+    let mut now = 0u64;
+    c.bench_function("gcra_decide", |b| {
+        b.iter(|| {
+            now += 1_000;
+            black_box(state.decide(&params, black_box(now), 1, true))
+        })
+    });
+
+    let rl = limiter();
+    let keys = keys(10_000);
+    for key in &keys {
+        let _ = rl.try_acquire(&AcquireRequest { limit: "bench", key, tokens: 1, ..Default::default() });
+    }
+    let mut i = 0usize;
+    c.bench_function("try_acquire_existing_bucket", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(rl.try_acquire(&AcquireRequest {
+                limit: "bench",
+                key: &keys[i],
+                tokens: 1,
+                ..Default::default()
+            }))
+        })
+    });
+
+    let mut group = c.benchmark_group("acquire_batch");
+    group.throughput(Throughput::Elements(100));
+    let mut start = 0usize;
+    group.bench_function("100_items", |b| {
+        b.iter(|| {
+            start = (start + 100) % (keys.len() - 100);
+            let batch: Vec<AcquireRequest<'_>> = keys[start..start + 100]
+                .iter()
+                .map(|key| AcquireRequest { limit: "bench", key, tokens: 1, ..Default::default() })
+                .collect();
+            black_box(rl.acquire_batch(&batch, false))
+        })
+    });
+    group.bench_function("100_items_all_or_nothing", |b| {
+        b.iter(|| {
+            start = (start + 100) % (keys.len() - 100);
+            let batch: Vec<AcquireRequest<'_>> = keys[start..start + 100]
+                .iter()
+                .map(|key| AcquireRequest { limit: "bench", key, tokens: 1, ..Default::default() })
+                .collect();
+            black_box(rl.acquire_batch(&batch, true))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(ratelimit, benches);
+criterion_main!(ratelimit);

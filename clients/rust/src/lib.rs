@@ -1,0 +1,23 @@
+//! The Rust client for gantry: the generated gRPC clients, and a connection
+//! helper with deadlines and retries.
+#![forbid(unsafe_code)]
+
+pub mod connect;
+pub mod load;
+
+/// Generated from the repository's `proto/`. The only place lints are relaxed.
+pub mod proto {
+    pub mod gantry {
+        pub mod v1 {
+            #![allow(clippy::all, clippy::pedantic, missing_docs)]
+            tonic::include_proto!("gantry.v1");
+        }
+    }
+    /// throttlecrab-server's interface, for side-by-side benchmarks.
+    pub mod throttlecrab {
+        #![allow(clippy::all, clippy::pedantic, missing_docs)]
+        tonic::include_proto!("throttlecrab");
+    }
+}
+
+pub use connect::{ConnectError, connect};
