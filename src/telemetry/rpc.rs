@@ -18,19 +18,58 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::metrics::{HandledLabels, MethodLabels, RpcMetrics, code_label};
+
 use crate::error::ApiError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One method's metric handles, created at start so a call does no label
+/// allocation or family lookup.
+struct MethodHandles {
+    labels: MethodLabels,
+    started: prometheus_client::metrics::counter::Counter,
+    handling: prometheus_client::metrics::histogram::Histogram,
+    /// By gRPC code number (0..=16), created on first use.
+    handled: [std::sync::OnceLock<prometheus_client::metrics::counter::Counter>; 17],
+}
+
+impl MethodHandles {
+    fn new(metrics: &RpcMetrics, labels: MethodLabels) -> Self {
+        let started = metrics.started.get_or_create(&labels).clone();
+        let handling = metrics.handling_seconds.get_or_create(&labels).clone();
+        Self {
+            labels,
+            started,
+            handling,
+            handled: Default::default(),
+        }
+    }
+
+    fn handled(&self, metrics: &RpcMetrics, code: tonic::Code) -> &prometheus_client::metrics::counter::Counter {
+        let slot = (code as usize).min(16);
+        self.handled[slot].get_or_init(|| {
+            metrics
+                .handled
+                .get_or_create(&HandledLabels {
+                    grpc_service: self.labels.grpc_service.clone(),
+                    grpc_method: self.labels.grpc_method.clone(),
+                    grpc_code: code_label(code),
+                })
+                .clone()
+        })
+    }
+}
 
 /// Shared by every connection's copy of the layer.
 struct Shared {
     metrics: RpcMetrics,
     inflight: Arc<Semaphore>,
     max_inflight: u32,
-    /// `/package.Service/Method` paths that get their own metric labels;
-    /// anything else is labelled `unknown` so random paths cannot blow up cardinality.
-    known_paths: HashSet<String>,
-    /// Extract `traceparent` only when our own spans are exported.
+    /// Handles per `/package.Service/Method` path; any other path shares the
+    /// `unknown` handles, so random paths cannot blow up cardinality.
+    methods: std::collections::HashMap<String, Arc<MethodHandles>, foldhash::fast::RandomState>,
+    unknown: Arc<MethodHandles>,
+    /// Extract `traceparent` (and open spans at INFO) only when our own spans are exported.
     propagate_context: bool,
 }
 
@@ -46,12 +85,21 @@ impl RpcLayer {
         known_paths: HashSet<String>,
         propagate_context: bool,
     ) -> Self {
+        let methods = known_paths
+            .iter()
+            .map(|path| {
+                let handles = MethodHandles::new(&metrics, method_labels(path, &known_paths));
+                (path.clone(), Arc::new(handles))
+            })
+            .collect();
+        let unknown = Arc::new(MethodHandles::new(&metrics, method_labels("", &known_paths)));
         Self {
             shared: Arc::new(Shared {
                 metrics,
                 inflight: Arc::new(Semaphore::new(max_inflight as usize)),
                 max_inflight,
-                known_paths,
+                methods,
+                unknown,
                 propagate_context,
             }),
         }
@@ -167,18 +215,34 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
 
-        let labels = method_labels(req.uri().path(), &shared.known_paths);
-        shared.metrics.started.get_or_create(&labels).inc();
-        let span = tracing::info_span!(
-            "grpc.request",
-            otel.name = %req.uri().path().trim_start_matches('/'),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = %labels.grpc_service,
-            rpc.method = %labels.grpc_method,
-            rpc.grpc.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
+        let method = shared
+            .methods
+            .get(req.uri().path())
+            .unwrap_or(&shared.unknown)
+            .clone();
+        method.started.inc();
+        // INFO when the span is exported (it is part of the caller's trace),
+        // DEBUG otherwise: a span per call costs time on the hot path.
+        macro_rules! request_span {
+            ($level:expr) => {
+                tracing::span!(
+                    $level,
+                    "grpc.request",
+                    otel.name = %req.uri().path().trim_start_matches('/'),
+                    otel.kind = "server",
+                    rpc.system = "grpc",
+                    rpc.service = %method.labels.grpc_service,
+                    rpc.method = %method.labels.grpc_method,
+                    rpc.grpc.status_code = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                )
+            };
+        }
+        let span = if shared.propagate_context {
+            request_span!(tracing::Level::INFO)
+        } else {
+            request_span!(tracing::Level::DEBUG)
+        };
         if shared.propagate_context {
             use tracing_opentelemetry::OpenTelemetrySpanExt;
             let parent = opentelemetry::global::get_text_map_propagator(|p| {
@@ -190,7 +254,7 @@ where
         }
         let mut call = CallRecord {
             shared: shared.clone(),
-            labels,
+            method,
             start: Instant::now(),
             span: span.clone(),
             done: false,
@@ -237,7 +301,7 @@ where
 /// (a client that went away before the end counts as CANCELLED).
 struct CallRecord {
     shared: Arc<Shared>,
-    labels: MethodLabels,
+    method: Arc<MethodHandles>,
     start: Instant,
     span: tracing::Span,
     done: bool,
@@ -250,19 +314,8 @@ impl CallRecord {
         }
         self.done = true;
         let elapsed = self.start.elapsed();
-        let metrics = &self.shared.metrics;
-        metrics
-            .handled
-            .get_or_create(&HandledLabels {
-                grpc_service: self.labels.grpc_service.clone(),
-                grpc_method: self.labels.grpc_method.clone(),
-                grpc_code: code_label(code),
-            })
-            .inc();
-        metrics
-            .handling_seconds
-            .get_or_create(&self.labels)
-            .observe(elapsed.as_secs_f64());
+        self.method.handled(&self.shared.metrics, code).inc();
+        self.method.handling.observe(elapsed.as_secs_f64());
         self.span.record("rpc.grpc.status_code", code as i32);
         if code != tonic::Code::Ok {
             self.span.record("otel.status_code", "ERROR");
