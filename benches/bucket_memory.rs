@@ -21,7 +21,10 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let buckets: usize = std::env::var("BUCKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let buckets: usize = std::env::var("BUCKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let config = RateLimitConfig {
         max_buckets: buckets as u64 + 1,
         limits: vec![LimitConfig {
@@ -34,14 +37,22 @@ fn main() {
         }],
         ..Default::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let _guard = runtime.enter();
     let before = rss_bytes();
     let rl = RateLimiter::new(&config, RateLimitMetrics::default());
     for i in 0..buckets {
         let key = format!("k-{i:014}");
         let o = rl
-            .try_acquire(&AcquireRequest { limit: "api", key: &key, tokens: 1, ..Default::default() })
+            .try_acquire(&AcquireRequest {
+                limit: "api",
+                key: &key,
+                tokens: 1,
+                ..Default::default()
+            })
             .expect("acquire");
         assert!(o.allowed);
     }

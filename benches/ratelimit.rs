@@ -48,7 +48,12 @@ fn benches(c: &mut Criterion) {
     let rl = limiter();
     let keys = keys(10_000);
     for key in &keys {
-        let _ = rl.try_acquire(&AcquireRequest { limit: "bench", key, tokens: 1, ..Default::default() });
+        let _ = rl.try_acquire(&AcquireRequest {
+            limit: "bench",
+            key,
+            tokens: 1,
+            ..Default::default()
+        });
     }
     let mut i = 0usize;
     c.bench_function("try_acquire_existing_bucket", |b| {
@@ -71,7 +76,12 @@ fn benches(c: &mut Criterion) {
             start = (start + 100) % (keys.len() - 100);
             let batch: Vec<AcquireRequest<'_>> = keys[start..start + 100]
                 .iter()
-                .map(|key| AcquireRequest { limit: "bench", key, tokens: 1, ..Default::default() })
+                .map(|key| AcquireRequest {
+                    limit: "bench",
+                    key,
+                    tokens: 1,
+                    ..Default::default()
+                })
                 .collect();
             black_box(rl.acquire_batch(&batch, false))
         })
@@ -81,7 +91,12 @@ fn benches(c: &mut Criterion) {
             start = (start + 100) % (keys.len() - 100);
             let batch: Vec<AcquireRequest<'_>> = keys[start..start + 100]
                 .iter()
-                .map(|key| AcquireRequest { limit: "bench", key, tokens: 1, ..Default::default() })
+                .map(|key| AcquireRequest {
+                    limit: "bench",
+                    key,
+                    tokens: 1,
+                    ..Default::default()
+                })
                 .collect();
             black_box(rl.acquire_batch(&batch, true))
         })

@@ -260,42 +260,26 @@ mod tests {
 
     #[test]
     fn limits_are_expressed_in_the_smallest_whole_unit() {
-        let per_second = as_envoy_limit(
-            "a",
-            Params {
-                rate: 100,
-                period_ns: 1_000_000_000,
-                burst: 100,
-            },
-        );
-        assert_eq!(
-            (per_second.requests_per_unit, per_second.unit),
-            (100, Unit::Second as i32)
-        );
-        let per_minute = as_envoy_limit(
-            "a",
-            Params {
-                rate: 10,
-                period_ns: 6_000_000_000,
-                burst: 10,
-            },
-        );
-        assert_eq!(
-            (per_minute.requests_per_unit, per_minute.unit),
-            (100, Unit::Minute as i32)
-        );
-        let per_hour = as_envoy_limit(
-            "a",
-            Params {
-                rate: 1,
-                period_ns: 3_600_000_000_000,
-                burst: 1,
-            },
-        );
-        assert_eq!(
-            (per_hour.requests_per_unit, per_hour.unit),
-            (1, Unit::Hour as i32)
-        );
+        // (rate, period in seconds) -> (requests per unit, unit)
+        let cases = [
+            ((100, 1), (100, Unit::Second)),
+            ((10, 6), (100, Unit::Minute)),
+            ((1, 3_600), (1, Unit::Hour)),
+            ((3, 86_400), (3, Unit::Day)),
+        ];
+        for ((rate, secs), (rpu, unit)) in cases {
+            let p = Params {
+                rate,
+                period_ns: secs * 1_000_000_000,
+                burst: rate,
+            };
+            let limit = as_envoy_limit("a", p);
+            assert_eq!(
+                (limit.requests_per_unit, limit.unit),
+                (rpu, unit as i32),
+                "{rate}/{secs}s"
+            );
+        }
     }
 
     #[test]

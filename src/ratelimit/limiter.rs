@@ -289,7 +289,7 @@ impl RateLimiter {
             .decide_now(&mut shard, &prepared, now, req.dry_run)?;
         drop(shard);
         self.inner
-            .count(&prepared.limit, &outcome, prepared.tokens, req.dry_run);
+            .count(prepared.limit, &outcome, prepared.tokens, req.dry_run);
         Ok(outcome)
     }
 
@@ -304,7 +304,7 @@ impl RateLimiter {
         let (id, rx, outcome) = match enqueue(&self.inner, &prepared, req.client)? {
             Enqueued::Decided(outcome) => {
                 self.inner
-                    .count(&prepared.limit, &outcome, prepared.tokens, false);
+                    .count(prepared.limit, &outcome, prepared.tokens, false);
                 return Ok(outcome);
             }
             Enqueued::Waiting { id, rx, outcome } => (id, rx, outcome),
@@ -362,7 +362,7 @@ impl RateLimiter {
             .wait_seconds
             .observe(waited.as_secs_f64());
         self.inner
-            .count(&prepared.limit, &result, prepared.tokens, false);
+            .count(prepared.limit, &result, prepared.tokens, false);
         Ok(result)
     }
 
@@ -420,7 +420,7 @@ impl RateLimiter {
         };
         for ((p, r), outcome) in prepared.iter().zip(reqs).zip(&outcomes) {
             self.inner
-                .count(&p.limit, outcome, p.tokens, r.dry_run || !outcome.allowed);
+                .count(p.limit, outcome, p.tokens, r.dry_run || !outcome.allowed);
         }
         Ok(outcomes)
     }
@@ -742,7 +742,8 @@ impl Inner {
         dry_run: bool,
     ) -> Result<Vec<Outcome>, RateLimitError> {
         // Sum the tokens per distinct bucket: a bucket named twice must hold both.
-        let mut distinct: Vec<(KeyRef<'_>, Params, u64, usize)> = Vec::with_capacity(prepared.len());
+        let mut distinct: Vec<(KeyRef<'_>, Params, u64, usize)> =
+            Vec::with_capacity(prepared.len());
         let mut index_of: HashMap<KeyRef<'_>, usize, foldhash::fast::RandomState> =
             HashMap::with_capacity_and_hasher(prepared.len(), self.hasher.clone());
         let mut item_bucket: Vec<usize> = Vec::with_capacity(prepared.len());

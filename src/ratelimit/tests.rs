@@ -39,6 +39,24 @@ fn limiter(limits: Vec<LimitConfig>) -> RateLimiter {
     limiter_with(limits, |_| {})
 }
 
+/// Starts a caller that waits up to `max_wait` for `tokens` from `limit`/"k".
+fn spawn_waiter(
+    rl: &RateLimiter,
+    limit: &'static str,
+    tokens: u64,
+    max_wait: Duration,
+) -> tokio::task::JoinHandle<Result<Outcome, RateLimitError>> {
+    let rl = rl.clone();
+    tokio::spawn(async move {
+        rl.acquire(&AcquireRequest {
+            tokens,
+            max_wait,
+            ..req(limit, "k")
+        })
+        .await
+    })
+}
+
 /// tokio's timers tick in whole milliseconds: a grant may land up to 1 ms
 /// after the exact instant its tokens accrue.
 #[track_caller]
@@ -278,18 +296,7 @@ async fn a_large_head_is_not_overtaken_by_small_requests() {
         .unwrap()
         .allowed
     );
-    let waiting = {
-        let rl = rl.clone();
-        tokio::spawn(async move {
-            rl.acquire(&AcquireRequest {
-                tokens: 5,
-                max_wait: Duration::from_secs(10),
-                ..req("api", "k")
-            })
-            .await
-            .unwrap()
-        })
-    };
+    let waiting = spawn_waiter(&rl, "api", 5, Duration::from_secs(10));
     tokio::task::yield_now().await;
     let immediate = rl.try_acquire(&req("api", "k")).unwrap();
     assert!(
@@ -301,7 +308,7 @@ async fn a_large_head_is_not_overtaken_by_small_requests() {
         500 * MS,
         "behind the head's 4 missing tokens, then its own"
     );
-    let head = waiting.await.unwrap();
+    let head = waiting.await.unwrap().unwrap();
     assert!(head.allowed);
     assert_on_time(head.waited, 400 * MS);
 }
@@ -317,17 +324,7 @@ async fn a_cancelled_waiter_leaves_without_consuming() {
         .unwrap()
         .allowed
     );
-    let big = {
-        let rl = rl.clone();
-        tokio::spawn(async move {
-            rl.acquire(&AcquireRequest {
-                tokens: 2,
-                max_wait: Duration::from_secs(10),
-                ..req("api", "k")
-            })
-            .await
-        })
-    };
+    let big = spawn_waiter(&rl, "api", 2, Duration::from_secs(10));
     tokio::task::yield_now().await;
     tokio::time::advance(50 * MS).await;
     big.abort();
@@ -359,14 +356,7 @@ async fn the_queue_is_bounded() {
     assert!(rl.try_acquire(&req("api", "k")).unwrap().allowed);
     let mut waiting = Vec::new();
     for _ in 0..2 {
-        let rl = rl.clone();
-        waiting.push(tokio::spawn(async move {
-            rl.acquire(&AcquireRequest {
-                max_wait: Duration::from_secs(60),
-                ..req("api", "k")
-            })
-            .await
-        }));
+        waiting.push(spawn_waiter(&rl, "api", 1, Duration::from_secs(60)));
         tokio::task::yield_now().await;
     }
     let third = rl
@@ -575,16 +565,7 @@ async fn reload_keeps_levels_and_drops_removed_limits() {
         .allowed
     );
     assert!(rl.try_acquire(&req("old", "k")).unwrap().allowed);
-    let waiter = {
-        let rl = rl.clone();
-        tokio::spawn(async move {
-            rl.acquire(&AcquireRequest {
-                max_wait: Duration::from_secs(60),
-                ..req("old", "k")
-            })
-            .await
-        })
-    };
+    let waiter = spawn_waiter(&rl, "old", 1, Duration::from_secs(60));
     tokio::task::yield_now().await;
 
     rl.reload(&RateLimitConfig {

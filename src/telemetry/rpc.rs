@@ -45,7 +45,11 @@ impl MethodHandles {
         }
     }
 
-    fn handled(&self, metrics: &RpcMetrics, code: tonic::Code) -> &prometheus_client::metrics::counter::Counter {
+    fn handled(
+        &self,
+        metrics: &RpcMetrics,
+        code: tonic::Code,
+    ) -> &prometheus_client::metrics::counter::Counter {
         let slot = (code as usize).min(16);
         self.handled[slot].get_or_init(|| {
             metrics
@@ -92,7 +96,10 @@ impl RpcLayer {
                 (path.clone(), Arc::new(handles))
             })
             .collect();
-        let unknown = Arc::new(MethodHandles::new(&metrics, method_labels("", &known_paths)));
+        let unknown = Arc::new(MethodHandles::new(
+            &metrics,
+            method_labels("", &known_paths),
+        ));
         Self {
             shared: Arc::new(Shared {
                 metrics,

@@ -46,54 +46,35 @@ async fn health_answers_for_the_server_and_every_gantry_service() {
     server.stop().await.unwrap();
 }
 
-async fn reflection_v1_services(channel: tonic::transport::Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+/// Lists the services through one version of the reflection protocol (the
+/// two versions have the same shape in different packages).
+macro_rules! reflection_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
 
-    let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = stream.next().await.unwrap().unwrap();
-    match reply.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
+        let mut client = ServerReflectionClient::new($channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = stream.next().await.unwrap().unwrap();
+        match reply.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => list
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<String>>(),
+            other => panic!("unexpected reflection reply {other:?}"),
         }
-        other => panic!("unexpected reflection reply {other:?}"),
-    }
-}
-
-async fn reflection_v1alpha_services(channel: tonic::transport::Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-
-    let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = stream.next().await.unwrap().unwrap();
-    match reply.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection reply {other:?}"),
-    }
+    }};
 }
 
 #[tokio::test]
@@ -104,8 +85,8 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
     expected.push("grpc.reflection.v1.ServerReflection".to_string());
     expected.push("grpc.reflection.v1alpha.ServerReflection".to_string());
     for listed in [
-        reflection_v1_services(server.channel.clone()).await,
-        reflection_v1alpha_services(server.channel.clone()).await,
+        reflection_services!(v1, server.channel.clone()),
+        reflection_services!(v1alpha, server.channel.clone()),
     ] {
         for name in &expected {
             assert!(listed.contains(name), "{name} missing from {listed:?}");

@@ -33,7 +33,11 @@ pub enum Distribution {
 }
 
 #[derive(Debug, Clone, Parser, serde::Serialize)]
-#[command(name = "gantry-load", version, about = "Load generator for gantry and its peers")]
+#[command(
+    name = "gantry-load",
+    version,
+    about = "Load generator for gantry and its peers"
+)]
 pub struct LoadArgs {
     /// What to call.
     #[arg(long, value_enum)]
@@ -95,7 +99,10 @@ pub struct LoadArgs {
 }
 
 mod humantime_serde_compat {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }

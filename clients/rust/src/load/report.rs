@@ -56,7 +56,11 @@ impl Report {
         let errors = if self.errors.is_empty() {
             "none".to_string()
         } else {
-            self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         let load = match (self.mode, self.concurrency, self.target_rate) {
             ("open", _, Some(rate)) => format!("open loop at {rate}/s"),

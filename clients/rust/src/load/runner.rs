@@ -44,12 +44,19 @@ impl Tally {
                 // Values above the bound are clamped rather than lost.
                 self.histogram.saturating_record(micros(latency));
             }
-            Err(status) => *self.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+            Err(status) => {
+                *self
+                    .errors
+                    .entry(format!("{:?}", status.code()))
+                    .or_default() += 1
+            }
         }
     }
 
     fn merge(&mut self, other: Tally) -> Result<(), String> {
-        self.histogram.add(&other.histogram).map_err(|e| e.to_string())?;
+        self.histogram
+            .add(&other.histogram)
+            .map_err(|e| e.to_string())?;
         self.ok += other.ok;
         self.items += other.items;
         for (code, n) in other.errors {
@@ -71,7 +78,11 @@ pub async fn run(args: LoadArgs, channels: Vec<Channel>) -> Result<Report, Strin
     }
 }
 
-async fn closed_loop(args: Arc<LoadArgs>, channels: Vec<Channel>, keys: KeyPicker) -> Result<Report, String> {
+async fn closed_loop(
+    args: Arc<LoadArgs>,
+    channels: Vec<Channel>,
+    keys: KeyPicker,
+) -> Result<Report, String> {
     let started = Instant::now();
     let measure_from = started + args.warmup;
     let end = measure_from + args.duration;
@@ -102,13 +113,19 @@ async fn closed_loop(args: Arc<LoadArgs>, channels: Vec<Channel>, keys: KeyPicke
     Ok(report(&args, total, 0, "closed"))
 }
 
-async fn open_loop(args: Arc<LoadArgs>, channels: Vec<Channel>, keys: KeyPicker, rate: u64) -> Result<Report, String> {
+async fn open_loop(
+    args: Arc<LoadArgs>,
+    channels: Vec<Channel>,
+    keys: KeyPicker,
+    rate: u64,
+) -> Result<Report, String> {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let started = Instant::now();
     let measure_from = started + args.warmup;
     let end = measure_from + args.duration;
     let inflight = Arc::new(Semaphore::new(args.max_inflight.max(1)));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Result<u64, tonic::Status>, Duration)>();
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Result<u64, tonic::Status>, Duration)>();
     let mut skipped = 0u64;
     let mut k: u64 = 0;
     let collector = tokio::spawn(async move {

@@ -80,7 +80,12 @@ fn now_nanos() -> u64 {
 }
 
 impl Caller {
-    pub fn new(scenario: ScenarioName, args: std::sync::Arc<LoadArgs>, keys: KeyPicker, channel: Channel) -> Self {
+    pub fn new(
+        scenario: ScenarioName,
+        args: std::sync::Arc<LoadArgs>,
+        keys: KeyPicker,
+        channel: Channel,
+    ) -> Self {
         Self {
             scenario,
             value: vec![b'x'; args.value_size],
