@@ -48,6 +48,23 @@ pub struct Decision {
     pub limit: u64,
 }
 
+/// `a / b` and `a % b`, on native 64-bit division when both fit (the common
+/// case), since 128-bit division is a slow library call.
+#[inline]
+fn divmod(a: u128, b: u64) -> (u128, u64) {
+    match u64::try_from(a) {
+        Ok(a) => (u128::from(a / b), a % b),
+        // The remainder of a division by a u64 is below it.
+        Err(_) => (a / u128::from(b), (a % u128::from(b)) as u64),
+    }
+}
+
+#[inline]
+fn div_ceil(a: u128, b: u64) -> u128 {
+    let (q, r) = divmod(a, b);
+    q + u128::from(r > 0)
+}
+
 impl Params {
     /// Nanoseconds one token takes to accrue, rounded up (for reporting).
     pub fn token_interval_ns(&self) -> u64 {
@@ -60,7 +77,7 @@ impl Params {
 
     /// Scaled units back to nanoseconds, rounded up so waits are never short.
     fn ns_ceil(&self, scaled: u128) -> u64 {
-        u64::try_from(scaled.div_ceil(u128::from(self.rate))).unwrap_or(u64::MAX)
+        u64::try_from(div_ceil(scaled, self.rate)).unwrap_or(u64::MAX)
     }
 
     fn tau(&self) -> u128 {
@@ -78,10 +95,9 @@ impl BucketState {
     }
 
     fn set_scaled(&mut self, params: &Params, scaled: u128) {
-        let rate = u128::from(params.rate);
-        self.tat_ns = u64::try_from(scaled / rate).unwrap_or(u64::MAX);
-        // The remainder is below `rate`, which is a u64.
-        self.frac = u64::try_from(scaled % rate).unwrap_or(0);
+        let (q, r) = divmod(scaled, params.rate);
+        self.tat_ns = u64::try_from(q).unwrap_or(u64::MAX);
+        self.frac = r;
     }
 
     /// A bucket whose TAT is not after `now` is full: it can be forgotten.
@@ -111,7 +127,7 @@ impl BucketState {
         let now = params.scaled(now_ns);
         let tat = self.tat_scaled(params).max(now);
         let level = (now + params.tau()).saturating_sub(tat);
-        u64::try_from(level / u128::from(params.period_ns)).unwrap_or(u64::MAX)
+        u64::try_from(divmod(level, params.period_ns).0).unwrap_or(u64::MAX)
     }
 
     /// Decides whether `tokens` can be taken now, and takes them when
@@ -130,7 +146,7 @@ impl BucketState {
             tat
         };
         let level = (now + tau).saturating_sub(final_tat);
-        let remaining = u64::try_from(level / u128::from(params.period_ns)).unwrap_or(u64::MAX);
+        let remaining = u64::try_from(divmod(level, params.period_ns).0).unwrap_or(u64::MAX);
         let retry_after_ns = if allowed {
             0
         } else {
@@ -188,6 +204,23 @@ mod tests {
             rate,
             period_ns,
             burst,
+        }
+    }
+
+    #[test]
+    fn divmod_matches_128_bit_division_on_both_paths() {
+        for (a, b) in [
+            (10u128, 3u64),
+            (u128::from(u64::MAX), 7),
+            (u128::from(u64::MAX) * 5 + 3, 11),
+            (0, 1),
+        ] {
+            assert_eq!(
+                divmod(a, b),
+                (a / u128::from(b), (a % u128::from(b)) as u64),
+                "{a} / {b}"
+            );
+            assert_eq!(div_ceil(a, b), a.div_ceil(u128::from(b)));
         }
     }
 

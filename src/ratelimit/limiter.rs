@@ -636,7 +636,10 @@ impl Inner {
             });
         }
         let bucket_key = limit.bucket_key(req.key);
-        let params = req.params.unwrap_or_else(|| limit.params_for(bucket_key));
+        // Without explicit parameters the key was just checked to carry none.
+        let params = req
+            .params
+            .unwrap_or_else(|| limit.params_for_plain_key(bucket_key));
         let tokens = req.tokens.max(1);
         if tokens > params.burst {
             return Err(RateLimitError::TooManyTokens {

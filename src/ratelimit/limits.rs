@@ -72,6 +72,11 @@ impl Limit {
         {
             return p;
         }
+        self.params_for_plain_key(key)
+    }
+
+    /// Parameters for a key known not to carry its own (the caller checked).
+    pub fn params_for_plain_key(&self, key: &str) -> Params {
         if self.overrides.is_empty() {
             return self.params;
         }
