@@ -757,3 +757,49 @@ mod envoy {
         server.stop().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn calls_beyond_the_per_connection_limit_wait_for_a_free_slot() {
+    // One call in flight per connection: while a rate-limit wait holds the
+    // slot, a health check on the same connection waits; on a new connection it does not.
+    let (server, mut rl) = start(vec![limit("api", 1, Duration::from_secs(1), 1)], |c| {
+        c.server.max_concurrent_streams = 1
+    })
+    .await;
+    rl.acquire(acquire("api", "k")).await.unwrap();
+    let mut waiting = rl.clone();
+    let holder = tokio::spawn(async move {
+        waiting
+            .acquire(pb::AcquireRequest {
+                max_wait: Some(pb_duration(Duration::from_secs(2))),
+                ..acquire("api", "k")
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // While the wait holds the slot (about a second), a new connection is not held up...
+    let fresh = crate::common::connect(server.grpc).await;
+    let started = std::time::Instant::now();
+    tonic_health::pb::health_client::HealthClient::new(fresh)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // ...but a call on the busy connection waits for the slot.
+    let started = std::time::Instant::now();
+    let mut same = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    same.check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    let queued = started.elapsed();
+    assert!(holder.await.unwrap().unwrap().into_inner().allowed);
+    assert!(
+        queued >= Duration::from_millis(500),
+        "the check did not wait for the slot: {queued:?}"
+    );
+    server.stop().await.unwrap();
+}
