@@ -298,12 +298,19 @@ async fn list_limits_shows_what_is_configured() {
 
 #[tokio::test]
 async fn a_waiter_is_granted_when_tokens_accrue_and_a_short_deadline_is_a_denial() {
-    let (server, mut rl) = start(vec![limit("api", 10, Duration::from_secs(1), 1)], |_| {}).await;
-    rl.acquire(acquire("api", "k")).await.unwrap();
+    let (server, mut rl) = start(
+        vec![
+            limit("fast", 10, Duration::from_secs(1), 1),
+            limit("slow", 1, Duration::from_secs(2), 1),
+        ],
+        |_| {},
+    )
+    .await;
+    rl.acquire(acquire("fast", "k")).await.unwrap();
     let waited = rl
         .acquire(pb::AcquireRequest {
             max_wait: Some(pb_duration(Duration::from_secs(2))),
-            ..acquire("api", "k")
+            ..acquire("fast", "k")
         })
         .await
         .unwrap()
@@ -311,33 +318,30 @@ async fn a_waiter_is_granted_when_tokens_accrue_and_a_short_deadline_is_a_denial
     assert!(waited.allowed);
     let w = std_duration(waited.waited);
     assert!(
-        w >= Duration::from_millis(80) && w < Duration::from_millis(300),
+        w >= Duration::from_millis(80) && w < Duration::from_secs(1),
         "{w:?}"
     );
 
-    // Empty the bucket again, queue one waiter (granted at ~100 ms), then ask
-    // with a 150 ms deadline: its token would come at ~200 ms, so the answer is
-    // a denial that arrives before the deadline, never DEADLINE_EXCEEDED.
-    rl.acquire(pb::AcquireRequest {
-        max_wait: Some(pb_duration(Duration::from_secs(2))),
-        ..acquire("api", "k")
-    })
-    .await
-    .unwrap();
-    let mut slow = rl.clone();
-    let mut hold_queue = pb::AcquireRequest {
-        max_wait: Some(pb_duration(Duration::from_secs(10))),
-        tokens: 1,
-        ..acquire("api", "k")
-    };
-    hold_queue.client = "first".into();
-    let holder = tokio::spawn(async move { slow.acquire(hold_queue).await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Empty the slow bucket and queue a waiter (granted at ~2 s). A caller
+    // whose own deadline is 1 s (max_wait 10 s) is answered with a denial
+    // before that deadline — never DEADLINE_EXCEEDED.
+    rl.acquire(acquire("slow", "k")).await.unwrap();
+    let mut first = rl.clone();
+    let holder = tokio::spawn(async move {
+        first
+            .acquire(pb::AcquireRequest {
+                max_wait: Some(pb_duration(Duration::from_secs(5))),
+                client: "first".into(),
+                ..acquire("slow", "k")
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let mut request = tonic::Request::new(pb::AcquireRequest {
         max_wait: Some(pb_duration(Duration::from_secs(10))),
-        ..acquire("api", "k")
+        ..acquire("slow", "k")
     });
-    request.set_timeout(Duration::from_millis(150));
+    request.set_timeout(Duration::from_secs(1));
     let started = std::time::Instant::now();
     let answer = rl
         .acquire(request)
@@ -346,7 +350,7 @@ async fn a_waiter_is_granted_when_tokens_accrue_and_a_short_deadline_is_a_denial
         .into_inner();
     assert!(!answer.allowed);
     assert!(
-        started.elapsed() < Duration::from_millis(150),
+        started.elapsed() < Duration::from_secs(1),
         "{:?}",
         started.elapsed()
     );
@@ -455,7 +459,10 @@ async fn a_full_queue_and_a_full_server_are_resource_exhausted() {
 
 #[tokio::test]
 async fn a_caller_that_gives_up_leaves_the_queue_without_consuming() {
-    let (server, mut rl) = start(vec![limit("api", 10, Duration::from_secs(1), 2)], |_| {}).await;
+    // One token a second, burst 2. Empty the bucket at t0; a caller that wants
+    // 2 tokens would be granted at t0 + 2 s, but gives up at t0 + 50 ms.
+    let (server, mut rl) = start(vec![limit("api", 1, Duration::from_secs(1), 2)], |_| {}).await;
+    let t0 = std::time::Instant::now();
     rl.acquire(pb::AcquireRequest {
         tokens: 2,
         ..acquire("api", "k")
@@ -473,8 +480,12 @@ async fn a_caller_that_gives_up_leaves_the_queue_without_consuming() {
     )
     .await;
     assert!(gave_up.is_err(), "the client abandoned its call");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // Had the abandoned waiter been granted, the bucket would be empty again.
+    // At t0 + 2.3 s the bucket is full (2) if nobody took the tokens; had the
+    // abandoned waiter been granted at t0 + 2 s, it would hold no whole token.
+    tokio::time::sleep(
+        (t0 + Duration::from_millis(2300)).saturating_duration_since(std::time::Instant::now()),
+    )
+    .await;
     let check = rl
         .acquire(pb::AcquireRequest {
             dry_run: true,
@@ -483,6 +494,11 @@ async fn a_caller_that_gives_up_leaves_the_queue_without_consuming() {
         .await
         .unwrap()
         .into_inner();
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "checked too late to tell: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(check.remaining, 2);
     let (_, metrics) = http_get(server.metrics, "/metrics").await;
     assert_eq!(

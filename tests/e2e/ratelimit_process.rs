@@ -284,7 +284,7 @@ async fn a_real_envoy_answers_429_when_the_limit_is_spent_and_200_after_refill()
     let config = cwd.path().join("gantry.toml");
     std::fs::write(
         &config,
-        "[[ratelimit.limits]]\nname = \"per-key\"\nrate = 2\nperiod = \"1s\"\nburst = 2\n\n\
+        "[[ratelimit.limits]]\nname = \"per-key\"\nrate = 1\nperiod = \"1s\"\nburst = 2\n\n\
          [[ratelimit.envoy]]\ndomain = \"edge\"\n\n[[ratelimit.envoy.descriptors]]\n\
          entries = [{ key = \"generic_key\" }]\nlimit = \"per-key\"\n",
     )
@@ -327,7 +327,7 @@ async fn a_real_envoy_answers_429_when_the_limit_is_spent_and_200_after_refill()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The bucket is full (2): two requests pass, the third is limited.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let mut codes = Vec::new();
     for _ in 0..3 {
         codes.push(http_get(front_addr, "/").await.0);
@@ -337,8 +337,8 @@ async fn a_real_envoy_answers_429_when_the_limit_is_spent_and_200_after_refill()
         vec![200, 200, 429],
         "envoy answers as gantry decides"
     );
-    // Two tokens per second: half a second later one token is back.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // One token per second: a second later one token is back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         http_get(front_addr, "/").await.0,
         200,
