@@ -221,7 +221,7 @@ impl RateLimitService for EnvoyRateLimitService {
         }
 
         let mut response_headers_to_add = Vec::new();
-        if self.limiter.settings().envoy_response_headers
+        if self.limiter.envoy_response_headers()
             && let Some((outcome, limit)) = tightest
         {
             let window = UNITS

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hashbrown::{Equivalent, HashMap};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{Notify, oneshot};
 
@@ -77,17 +76,13 @@ struct BucketKey {
     key: Box<str>,
 }
 
-/// A borrowed bucket key, for lookups without allocating.
+/// A borrowed bucket key with its hash, computed once per lookup: the hash
+/// picks the shard and places the key in the shard's table.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 struct KeyRef<'a> {
     limit: u32,
     key: &'a str,
-}
-
-impl Equivalent<BucketKey> for KeyRef<'_> {
-    fn equivalent(&self, other: &BucketKey) -> bool {
-        self.limit == other.limit && self.key == &*other.key
-    }
+    hash: u64,
 }
 
 impl KeyRef<'_> {
@@ -96,6 +91,69 @@ impl KeyRef<'_> {
             limit: self.limit,
             key: self.key.into(),
         }
+    }
+
+    fn matches(&self, other: &BucketKey) -> bool {
+        self.limit == other.limit && self.key == &*other.key
+    }
+}
+
+struct Entry {
+    key: BucketKey,
+    hash: u64,
+    bucket: Bucket,
+}
+
+/// One shard's buckets: a hash table probed with the precomputed hash.
+#[derive(Default)]
+struct Map {
+    table: hashbrown::HashTable<Entry>,
+}
+
+impl Map {
+    fn get(&self, k: &KeyRef<'_>) -> Option<&Bucket> {
+        self.table
+            .find(k.hash, |e| k.matches(&e.key))
+            .map(|e| &e.bucket)
+    }
+
+    fn get_mut(&mut self, k: &KeyRef<'_>) -> Option<&mut Bucket> {
+        self.table
+            .find_mut(k.hash, |e| k.matches(&e.key))
+            .map(|e| &mut e.bucket)
+    }
+
+    fn insert(&mut self, k: KeyRef<'_>, bucket: Bucket) {
+        match self.get_mut(&k) {
+            Some(existing) => *existing = bucket,
+            None => {
+                self.table.insert_unique(
+                    k.hash,
+                    Entry {
+                        key: k.owned(),
+                        hash: k.hash,
+                        bucket,
+                    },
+                    |e| e.hash,
+                );
+            }
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&BucketKey, &mut Bucket) -> bool) {
+        self.table.retain(|e| keep(&e.key, &mut e.bucket));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&BucketKey, &Bucket)> {
+        self.table.iter().map(|e| (&e.key, &e.bucket))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &BucketKey> {
+        self.table.iter().map(|e| &e.key)
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
     }
 }
 
@@ -113,8 +171,6 @@ struct Bucket {
     state: BucketState,
     queue: Option<Box<Queue>>,
 }
-
-type Map = HashMap<BucketKey, Bucket, foldhash::fast::RandomState>;
 
 struct Shard {
     map: Map,
@@ -141,10 +197,26 @@ impl Settings {
     }
 }
 
+/// Everything a reload replaces, swapped as one so a decision reads it with
+/// a single atomic load.
+struct State {
+    limits: Arc<LimitSet>,
+    settings: Settings,
+    envoy: Arc<EnvoyRules>,
+}
+
+impl State {
+    fn new(limits: LimitSet, config: &RateLimitConfig) -> Self {
+        Self {
+            limits: Arc::new(limits),
+            settings: Settings::from(config),
+            envoy: Arc::new(EnvoyRules::from_config(config)),
+        }
+    }
+}
+
 struct Inner {
-    limits: ArcSwap<LimitSet>,
-    envoy: ArcSwap<EnvoyRules>,
-    settings: ArcSwap<Settings>,
+    state: ArcSwap<State>,
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
     buckets: AtomicUsize,
@@ -233,16 +305,14 @@ impl RateLimiter {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    map: Map::with_hasher(hasher.clone()),
+                    map: Map::default(),
                     last_sweep_ns: 0,
                 })
             })
             .collect();
         Self {
             inner: Arc::new(Inner {
-                limits: ArcSwap::from_pointee(limits),
-                envoy: ArcSwap::from_pointee(EnvoyRules::from_config(config)),
-                settings: ArcSwap::from_pointee(Settings::from(config)),
+                state: ArcSwap::from_pointee(State::new(limits, config)),
                 shards,
                 hasher,
                 buckets: AtomicUsize::new(0),
@@ -257,20 +327,21 @@ impl RateLimiter {
 
     /// The limits in force now.
     pub fn limits(&self) -> Arc<LimitSet> {
-        self.inner.limits.load_full()
+        self.inner.state.load().limits.clone()
     }
 
     /// The Envoy descriptor rules in force now.
     pub fn envoy_rules(&self) -> Arc<EnvoyRules> {
-        self.inner.envoy.load_full()
+        self.inner.state.load().envoy.clone()
     }
 
-    pub fn settings(&self) -> Arc<Settings> {
-        self.inner.settings.load_full()
+    /// Whether Envoy answers carry draft-03 `X-RateLimit-*` headers.
+    pub fn envoy_response_headers(&self) -> bool {
+        self.inner.state.load().settings.envoy_response_headers
     }
 
     pub fn max_batch(&self) -> usize {
-        self.inner.settings.load().max_batch
+        self.inner.state.load().settings.max_batch
     }
 
     /// Buckets held in memory now.
@@ -280,8 +351,8 @@ impl RateLimiter {
 
     /// Decides now, never waiting (`max_wait` is ignored).
     pub fn try_acquire(&self, req: &AcquireRequest<'_>) -> Result<Outcome, RateLimitError> {
-        let set = self.inner.limits.load();
-        let prepared = self.inner.prepare(&set, req, None)?;
+        let state = self.inner.state.load();
+        let prepared = self.inner.prepare(&state, req, None)?;
         let now = self.inner.clock.now_ns();
         let mut shard = self.inner.lock(prepared.key);
         let outcome = self
@@ -298,8 +369,9 @@ impl RateLimiter {
         if req.max_wait.is_zero() || req.dry_run {
             return self.try_acquire(req);
         }
-        let set = self.inner.limits.load_full();
-        let prepared = self.inner.prepare(&set, req, None)?;
+        let state = self.inner.state.load_full();
+        let set = &*state.limits;
+        let prepared = self.inner.prepare(&state, req, None)?;
         let started = tokio::time::Instant::now();
         let (id, rx, outcome) = match enqueue(&self.inner, &prepared, req.client)? {
             Enqueued::Decided(outcome) => {
@@ -369,8 +441,8 @@ impl RateLimiter {
     /// Returns tokens to a bucket (Envoy's `is_negative_hits`). A missing
     /// bucket is full already, so there is nothing to return.
     pub fn give_back(&self, req: &AcquireRequest<'_>) -> Result<Outcome, RateLimitError> {
-        let set = self.inner.limits.load();
-        let prepared = self.inner.prepare(&set, req, None)?;
+        let state = self.inner.state.load();
+        let prepared = self.inner.prepare(&state, req, None)?;
         let now = self.inner.clock.now_ns();
         let mut shard = self.inner.lock(prepared.key);
         if let Some(bucket) = shard.map.get_mut(&prepared.key) {
@@ -400,11 +472,11 @@ impl RateLimiter {
                 max,
             });
         }
-        let set = self.inner.limits.load();
+        let state = self.inner.state.load();
         let prepared = reqs
             .iter()
             .enumerate()
-            .map(|(i, r)| self.inner.prepare(&set, r, Some(i)))
+            .map(|(i, r)| self.inner.prepare(&state, r, Some(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let outcomes = if all_or_nothing {
             let dry_run = reqs.iter().all(|r| r.dry_run);
@@ -430,19 +502,14 @@ impl RateLimiter {
     /// their waiters answered `allowed = false`.
     pub fn reload(&self, config: &RateLimitConfig) {
         let inner = &self.inner;
-        let old = inner.limits.load_full();
+        let old = inner.state.load().limits.clone();
         let new = {
             let mut next_id = inner.next_limit_id.lock();
-            Arc::new(LimitSet::build(
-                config,
-                Some(&old),
-                &mut next_id,
-                &inner.metrics,
-            ))
+            LimitSet::build(config, Some(&old), &mut next_id, &inner.metrics)
         };
-        inner.settings.store(Arc::new(Settings::from(config)));
-        inner.envoy.store(Arc::new(EnvoyRules::from_config(config)));
-        inner.limits.store(new.clone());
+        let state = Arc::new(State::new(new, config));
+        let new = state.limits.clone();
+        inner.state.store(state);
         let now = inner.clock.now_ns();
         let mut removed = 0usize;
         for shard in inner.shards.iter() {
@@ -481,13 +548,14 @@ impl RateLimiter {
     /// refreshes the bucket gauges. Returns how many were dropped.
     pub fn sweep(&self) -> usize {
         let inner = &self.inner;
-        let set = inner.limits.load();
+        let state = inner.state.load();
+        let set = &*state.limits;
         let now = inner.clock.now_ns();
         let mut per_limit: std::collections::HashMap<u32, i64> = Default::default();
         let mut dropped = 0;
         for shard in inner.shards.iter() {
             let mut shard = shard.lock();
-            dropped += sweep_shard(&mut shard, &set, now);
+            dropped += sweep_shard(&mut shard, set, now);
             for key in shard.map.keys() {
                 *per_limit.entry(key.limit).or_default() += 1;
             }
@@ -508,12 +576,13 @@ impl RateLimiter {
 
     /// Every non-full bucket, for saving across a restart.
     pub fn snapshot(&self) -> Vec<SavedBucket> {
-        let set = self.inner.limits.load();
+        let state = self.inner.state.load();
+        let set = &*state.limits;
         let now = self.inner.clock.now_ns();
         let mut saved = Vec::new();
         for shard in self.inner.shards.iter() {
             let shard = shard.lock();
-            for (key, bucket) in &shard.map {
+            for (key, bucket) in shard.map.iter() {
                 let deficit = bucket.state.deficit_ns(now);
                 if deficit == 0 {
                     continue;
@@ -533,7 +602,8 @@ impl RateLimiter {
     /// Restores saved buckets, counting `downtime` as refill time. Buckets of
     /// limits no longer configured, or already full again, are skipped.
     pub fn restore(&self, saved: &[SavedBucket], downtime: Duration) -> usize {
-        let set = self.inner.limits.load();
+        let state = self.inner.state.load();
+        let set = &*state.limits;
         let now = self.inner.clock.now_ns();
         let mut restored = 0;
         for bucket in saved {
@@ -550,10 +620,7 @@ impl RateLimiter {
             if self.inner.buckets.load(Ordering::Relaxed) >= self.inner.max_buckets {
                 break;
             }
-            let key = KeyRef {
-                limit: limit.id,
-                key: &bucket.key,
-            };
+            let key = self.inner.key_ref(limit.id, &bucket.key);
             let params = limit.params_for(&bucket.key);
             // Never restore more deficit than an empty bucket has.
             let max_deficit =
@@ -564,7 +631,7 @@ impl RateLimiter {
                 self.inner.buckets.fetch_add(1, Ordering::Relaxed);
             }
             shard.map.insert(
-                key.owned(),
+                key,
                 Bucket {
                     state: BucketState::with_deficit(now, left_ns),
                     queue: None,
@@ -586,9 +653,19 @@ fn sweep_shard(shard: &mut Shard, set: &LimitSet, now: u64) -> usize {
 }
 
 impl Inner {
+    fn key_ref<'a>(&self, limit: u32, key: &'a str) -> KeyRef<'a> {
+        KeyRef {
+            limit,
+            key,
+            hash: self.hasher.hash_one((limit, key)),
+        }
+    }
+
     fn shard_of(&self, key: KeyRef<'_>) -> usize {
-        // The top bits pick the shard; hashbrown uses the low ones inside it.
-        (self.hasher.hash_one(key) >> 58) as usize % SHARDS
+        // The shard's table uses the top 7 bits (control bytes) and the low
+        // bits (position) of the same hash: picking the shard from bits
+        // 50..56 leaves both with full entropy.
+        ((key.hash >> 50) as usize) % SHARDS
     }
 
     fn lock(&self, key: KeyRef<'_>) -> MutexGuard<'_, Shard> {
@@ -599,15 +676,16 @@ impl Inner {
     /// index in a batch, named in errors (formatted only when there is one).
     fn prepare<'a>(
         &self,
-        set: &'a LimitSet,
+        state: &'a State,
         req: &AcquireRequest<'a>,
         item: Option<usize>,
     ) -> Result<Prepared<'a>, RateLimitError> {
+        let set = &*state.limits;
         let field = |name: &str| match item {
             Some(i) => format!("requests[{i}].{name}"),
             None => name.to_string(),
         };
-        let settings = self.settings.load();
+        let settings = &state.settings;
         let limit = set
             .resolve(req.limit)
             .ok_or_else(|| RateLimitError::UnknownLimit(req.limit.to_string()))?;
@@ -652,10 +730,7 @@ impl Inner {
         Ok(Prepared {
             limit,
             params,
-            key: KeyRef {
-                limit: limit.id,
-                key: bucket_key,
-            },
+            key: self.key_ref(limit.id, bucket_key),
             tokens,
         })
     }
@@ -706,8 +781,9 @@ impl Inner {
     ) -> Result<(), RateLimitError> {
         if self.buckets.load(Ordering::Relaxed) >= self.max_buckets {
             if now.saturating_sub(shard.last_sweep_ns) >= RESWEEP_NS {
-                let set = self.limits.load();
-                let dropped = sweep_shard(shard, &set, now);
+                let state = self.state.load();
+                let set = &*state.limits;
+                let dropped = sweep_shard(shard, set, now);
                 self.buckets.fetch_sub(dropped, Ordering::Relaxed);
             }
             if self.buckets.load(Ordering::Relaxed) >= self.max_buckets {
@@ -719,9 +795,7 @@ impl Inner {
             }
         }
         self.buckets.fetch_add(1, Ordering::Relaxed);
-        shard
-            .map
-            .insert(p.key.owned(), Bucket { state, queue: None });
+        shard.map.insert(p.key, Bucket { state, queue: None });
         Ok(())
     }
 
@@ -747,14 +821,23 @@ impl Inner {
         // Sum the tokens per distinct bucket: a bucket named twice must hold both.
         let mut distinct: Vec<(KeyRef<'_>, Params, u64, usize)> =
             Vec::with_capacity(prepared.len());
-        let mut index_of: HashMap<KeyRef<'_>, usize, foldhash::fast::RandomState> =
-            HashMap::with_capacity_and_hasher(prepared.len(), self.hasher.clone());
+        // Positions in `distinct`, found by the keys' precomputed hashes.
+        let mut index_of: hashbrown::HashTable<usize> =
+            hashbrown::HashTable::with_capacity(prepared.len());
         let mut item_bucket: Vec<usize> = Vec::with_capacity(prepared.len());
         for p in prepared {
-            let index = *index_of.entry(p.key).or_insert_with(|| {
-                distinct.push((p.key, p.params, 0, self.shard_of(p.key)));
-                distinct.len() - 1
-            });
+            let found = index_of
+                .find(p.key.hash, |&i| distinct[i].0 == p.key)
+                .copied();
+            let index = match found {
+                Some(index) => index,
+                None => {
+                    distinct.push((p.key, p.params, 0, self.shard_of(p.key)));
+                    let index = distinct.len() - 1;
+                    index_of.insert_unique(p.key.hash, index, |&i| distinct[i].0.hash);
+                    index
+                }
+            };
             distinct[index].2 = distinct[index].2.saturating_add(p.tokens);
             item_bucket.push(index);
         }
@@ -829,7 +912,7 @@ impl Inner {
                     let d = state.decide(params, now, *tokens, consume);
                     if consume {
                         self.buckets.fetch_add(1, Ordering::Relaxed);
-                        shard.map.insert(key.owned(), Bucket { state, queue: None });
+                        shard.map.insert(*key, Bucket { state, queue: None });
                     }
                     d
                 }
@@ -882,7 +965,7 @@ fn enqueue(inner: &Arc<Inner>, p: &Prepared<'_>, client: &str) -> Result<Enqueue
         return Ok(Enqueued::Decided(outcome));
     }
     // decide_now created the bucket if it was missing.
-    let max_waiters = inner.settings.load().max_waiters;
+    let max_waiters = inner.state.load().settings.max_waiters;
     let Some(bucket) = shard.map.get_mut(&p.key) else {
         return Err(RateLimitError::Internal(
             "bucket vanished under its lock".into(),
@@ -928,14 +1011,12 @@ fn enqueue(inner: &Arc<Inner>, p: &Prepared<'_>, client: &str) -> Result<Enqueue
 /// `own` identifies the queue this dispatcher serves: a queue that emptied and
 /// was replaced has a dispatcher of its own.
 async fn dispatch(inner: Arc<Inner>, key: BucketKey, own: Arc<Notify>) {
-    let key_ref = KeyRef {
-        limit: key.limit,
-        key: &key.key,
-    };
+    let key_ref = inner.key_ref(key.limit, &key.key);
     loop {
         let (sleep_ns, wake) = {
             let mut shard = inner.lock(key_ref);
-            let set = inner.limits.load();
+            let state = inner.state.load();
+            let set = &*state.limits;
             let Some(bucket) = shard.map.get_mut(&key_ref) else {
                 return;
             };
@@ -1001,10 +1082,7 @@ impl WaitGuard {
     /// Leaves the queue. Returns a grant that raced with the departure.
     fn leave(&mut self) -> Option<Granted> {
         let mut rx = self.rx.take()?;
-        let key = KeyRef {
-            limit: self.key.limit,
-            key: &self.key.key,
-        };
+        let key = self.inner.key_ref(self.key.limit, &self.key.key);
         let mut shard = self.inner.lock(key);
         if let Some(queue) = shard.map.get_mut(&key).and_then(|b| b.queue.as_mut()) {
             let was_head = queue.waiters.head().map(|w| w.id) == Some(self.id);
@@ -1033,10 +1111,7 @@ impl Drop for WaitGuard {
     fn drop(&mut self) {
         // A caller that went away must not keep tokens it will never use.
         if let Some(Granted(decision)) = self.leave() {
-            let key = KeyRef {
-                limit: self.key.limit,
-                key: &self.key.key,
-            };
+            let key = self.inner.key_ref(self.key.limit, &self.key.key);
             let params = self.limit.params_for(&self.key.key);
             let now = self.inner.clock.now_ns();
             let mut shard = self.inner.lock(key);

@@ -6,6 +6,10 @@ use std::sync::Arc;
 use super::{BatchOp, CasConflict, Domain, KeyValue, Store, StoreError, Tree};
 use crate::config::StorageConfig;
 
+/// How long `open` waits for a lock that is being released (20 x 25 ms).
+const LOCK_RETRIES: u32 = 20;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+
 pub struct SledStore {
     db: sled::Db,
     dir: PathBuf,
@@ -23,12 +27,24 @@ impl SledStore {
             ))
         })?;
         let flush_ms = u64::try_from(config.flush_interval.get().as_millis()).unwrap_or(u64::MAX);
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&dir)
             .cache_capacity(config.cache_capacity_bytes)
-            .flush_every_ms(Some(flush_ms.max(1)))
-            .open()
-            .map_err(|e| classify_open_error(&dir, e))?;
+            .flush_every_ms(Some(flush_ms.max(1)));
+        // sled's flusher thread lets go of the directory lock a moment after
+        // a Db is dropped; a restart within the same process (tests, or a
+        // supervisor that restarts fast) must not mistake that for another
+        // gantry. A lock still held after the grace period is one.
+        let mut attempts = 0;
+        let db = loop {
+            match sled_config.open().map_err(|e| classify_open_error(&dir, e)) {
+                Err(StoreError::Locked { .. }) if attempts < LOCK_RETRIES => {
+                    attempts += 1;
+                    std::thread::sleep(LOCK_RETRY_PAUSE);
+                }
+                other => break other?,
+            }
+        };
         let mut trees = Vec::with_capacity(Domain::ALL.len());
         for domain in Domain::ALL {
             let tree = db
