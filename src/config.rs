@@ -163,6 +163,9 @@ pub struct RateLimitConfig {
     pub persist_interval: HumanDuration,
     /// Add draft-03 `X-RateLimit-*` headers to Envoy ShouldRateLimit answers.
     pub envoy_response_headers: bool,
+    /// Decide immediate Acquire calls on a few decision tasks that answer in
+    /// groups (fewer write system calls per call); false: decide in each call.
+    pub coalesce: bool,
     /// The limits, e.g. `[[ratelimit.limits]] name = "api" rate = 100 period = "1s" burst = 200`.
     pub limits: Vec<LimitConfig>,
     /// Envoy domains and how their descriptors map to limits.
@@ -180,6 +183,7 @@ impl Default for RateLimitConfig {
             sweep_interval: HumanDuration::from_secs(10),
             persist_interval: HumanDuration::from_secs(60),
             envoy_response_headers: false,
+            coalesce: true,
             limits: Vec::new(),
             envoy: Vec::new(),
         }

@@ -20,6 +20,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::proto::gantry::v1 as pb;
+use crate::ratelimit::coalesce::Coalescer;
 use crate::ratelimit::envoy::EnvoyRateLimitService;
 use crate::ratelimit::metrics::RateLimitMetrics;
 use crate::ratelimit::service::RateLimiterService;
@@ -30,6 +31,9 @@ use crate::telemetry::metrics::{self, ProcessCollector, RpcMetrics};
 use crate::telemetry::rpc::RpcLayer;
 use crate::unimplemented::{PendingCache, PendingLeases, PendingQueryAnalyzer, PendingTraces};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+
+/// Queue depth of each decision lane; a full lane makes callers decide in place.
+const COALESCE_DEPTH: usize = 4096;
 
 /// Envoy's rate-limit service, served beside gantry's own.
 pub const ENVOY_RLS: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -214,6 +218,11 @@ impl Gantry {
             propagate_context,
         );
 
+        let coalescer = config.ratelimit.coalesce.then(|| {
+            let lanes = std::thread::available_parallelism().map_or(2, |n| n.get());
+            Coalescer::spawn(limiter.clone(), lanes, COALESCE_DEPTH)
+        });
+
         // Every service gets the same message limit and gzip both ways.
         macro_rules! limited {
             ($service:expr) => {
@@ -236,7 +245,7 @@ impl Gantry {
             .add_service(limited!(reflection_v1))
             .add_service(limited!(reflection_v1alpha))
             .add_service(limited!(pb::rate_limiter_server::RateLimiterServer::new(
-                RateLimiterService::new(limiter.clone())
+                RateLimiterService::new(limiter.clone(), coalescer)
             )))
             .add_service(limited!(RateLimitServiceServer::new(
                 EnvoyRateLimitService::new(limiter.clone())

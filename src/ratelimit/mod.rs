@@ -2,6 +2,7 @@
 //! hot reload, persistence across restarts, and Envoy's rate-limit protocol.
 //! Everything here but `service.rs` and `envoy.rs` is free of gRPC types.
 
+pub mod coalesce;
 pub mod descriptors;
 pub mod envoy;
 pub mod gcra;

@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::coalesce::{Coalescer, OwnedAcquire};
 use super::limits::Scope;
 use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
@@ -10,11 +11,13 @@ use crate::proto::gantry::v1 as pb;
 
 pub struct RateLimiterService {
     limiter: RateLimiter,
+    /// Decides immediate acquisitions in groups (`ratelimit.coalesce`).
+    coalescer: Option<Coalescer>,
 }
 
 impl RateLimiterService {
-    pub fn new(limiter: RateLimiter) -> Self {
-        Self { limiter }
+    pub fn new(limiter: RateLimiter, coalescer: Option<Coalescer>) -> Self {
+        Self { limiter, coalescer }
     }
 }
 
@@ -52,6 +55,22 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
         let mut req = to_domain(r, "")?;
         // A wait must end in an answer before the caller's deadline does.
         req.max_wait = wait_within_deadline(req.max_wait, deadline);
+        if req.max_wait.is_zero()
+            && let Some(coalescer) = &self.coalescer
+        {
+            let r = request.into_inner();
+            let outcome = coalescer
+                .decide(OwnedAcquire {
+                    limit: r.limit,
+                    key: r.key,
+                    tokens: r.tokens,
+                    dry_run: r.dry_run,
+                    client: r.client,
+                })
+                .await
+                .map_err(ApiError::from)?;
+            return Ok(Response::new(to_pb(outcome)));
+        }
         let span = tracing::debug_span!(
             "ratelimit.acquire",
             limit = %r.limit,

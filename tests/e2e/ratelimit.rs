@@ -361,32 +361,41 @@ async fn a_waiter_is_granted_when_tokens_accrue_and_a_short_deadline_is_a_denial
 
 #[tokio::test]
 async fn concurrent_callers_over_grpc_get_exactly_the_burst() {
-    let (server, rl) = start(vec![limit("api", 1, hour(), 100)], |_| {}).await;
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let mut rl = rl.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut granted = 0u32;
-            for _ in 0..5 {
-                if rl
-                    .acquire(acquire("api", "hot"))
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .allowed
-                {
-                    granted += 1;
+    // Both decision paths: coalesced on decision tasks (default), and in each call.
+    for coalesce in [true, false] {
+        let (server, rl) = start(vec![limit("api", 1, hour(), 100)], |c| {
+            c.ratelimit.coalesce = coalesce
+        })
+        .await;
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let mut rl = rl.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut granted = 0u32;
+                for _ in 0..5 {
+                    if rl
+                        .acquire(acquire("api", "hot"))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .allowed
+                    {
+                        granted += 1;
+                    }
                 }
-            }
-            granted
-        }));
+                granted
+            }));
+        }
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.unwrap();
+        }
+        assert_eq!(
+            total, 100,
+            "64 x 5 calls on a bucket of 100 (coalesce = {coalesce})"
+        );
+        server.stop().await.unwrap();
     }
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.unwrap();
-    }
-    assert_eq!(total, 100, "64 x 5 calls on a bucket of 100");
-    server.stop().await.unwrap();
 }
 
 #[tokio::test]
