@@ -70,37 +70,24 @@ fn benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("acquire_batch");
     group.throughput(Throughput::Elements(100));
-    let mut start = 0usize;
-    group.bench_function("100_items", |b| {
-        b.iter(|| {
-            start = (start + 100) % (keys.len() - 100);
-            let batch: Vec<AcquireRequest<'_>> = keys[start..start + 100]
-                .iter()
-                .map(|key| AcquireRequest {
-                    limit: "bench",
-                    key,
-                    tokens: 1,
-                    ..Default::default()
-                })
-                .collect();
-            black_box(rl.acquire_batch(&batch, false))
-        })
-    });
-    group.bench_function("100_items_all_or_nothing", |b| {
-        b.iter(|| {
-            start = (start + 100) % (keys.len() - 100);
-            let batch: Vec<AcquireRequest<'_>> = keys[start..start + 100]
-                .iter()
-                .map(|key| AcquireRequest {
-                    limit: "bench",
-                    key,
-                    tokens: 1,
-                    ..Default::default()
-                })
-                .collect();
-            black_box(rl.acquire_batch(&batch, true))
-        })
-    });
+    for (name, all_or_nothing) in [("100_items", false), ("100_items_all_or_nothing", true)] {
+        let mut start = 0usize;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                start = (start + 100) % (keys.len() - 100);
+                let batch: Vec<AcquireRequest<'_>> = keys[start..start + 100]
+                    .iter()
+                    .map(|key| AcquireRequest {
+                        limit: "bench",
+                        key,
+                        tokens: 1,
+                        ..Default::default()
+                    })
+                    .collect();
+                black_box(rl.acquire_batch(&batch, all_or_nothing))
+            })
+        });
+    }
     group.finish();
 }
 

@@ -39,6 +39,24 @@ fn limiter(limits: Vec<LimitConfig>) -> RateLimiter {
     limiter_with(limits, |_| {})
 }
 
+/// Takes `tokens` from `limit`/`key` now.
+fn take(rl: &RateLimiter, limit: &str, key: &str, tokens: u64) -> Outcome {
+    rl.try_acquire(&AcquireRequest {
+        tokens,
+        ..req(limit, key)
+    })
+    .unwrap()
+}
+
+/// What `limit`/`key` would answer now, consuming nothing.
+fn peek(rl: &RateLimiter, limit: &str, key: &str) -> Outcome {
+    rl.try_acquire(&AcquireRequest {
+        dry_run: true,
+        ..req(limit, key)
+    })
+    .unwrap()
+}
+
 /// Starts a caller that waits up to `max_wait` for `tokens` from `limit`/"k".
 fn spawn_waiter(
     rl: &RateLimiter,
@@ -149,14 +167,7 @@ async fn dry_run_consumes_nothing_and_creates_no_bucket() {
         assert_eq!(o.remaining, 2);
     }
     assert_eq!(rl.bucket_count(), 0);
-    assert!(
-        rl.try_acquire(&AcquireRequest {
-            tokens: 2,
-            ..req("api", "k")
-        })
-        .unwrap()
-        .allowed
-    );
+    assert!(take(&rl, "api", "k", 2).allowed);
 }
 
 #[tokio::test]
@@ -276,26 +287,12 @@ async fn grants_rotate_between_clients() {
 #[tokio::test(start_paused = true)]
 async fn a_large_head_is_not_overtaken_by_small_requests() {
     let rl = limiter(vec![limit("api", 10, 1000, 5)]);
-    assert!(
-        rl.try_acquire(&AcquireRequest {
-            tokens: 5,
-            ..req("api", "k")
-        })
-        .unwrap()
-        .allowed
-    );
+    assert!(take(&rl, "api", "k", 5).allowed);
     let order = grant_order(&rl, &[("", 5), ("", 1), ("", 1)]).await;
     assert_eq!(order, vec![0, 1, 2]);
     // While someone waits, an immediate request is refused even if a token is free.
     let rl = limiter(vec![limit("api", 10, 1000, 5)]);
-    assert!(
-        rl.try_acquire(&AcquireRequest {
-            tokens: 4,
-            ..req("api", "k")
-        })
-        .unwrap()
-        .allowed
-    );
+    assert!(take(&rl, "api", "k", 4).allowed);
     let waiting = spawn_waiter(&rl, "api", 5, Duration::from_secs(10));
     tokio::task::yield_now().await;
     let immediate = rl.try_acquire(&req("api", "k")).unwrap();
@@ -316,14 +313,7 @@ async fn a_large_head_is_not_overtaken_by_small_requests() {
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_waiter_leaves_without_consuming() {
     let rl = limiter(vec![limit("api", 10, 1000, 2)]);
-    assert!(
-        rl.try_acquire(&AcquireRequest {
-            tokens: 2,
-            ..req("api", "k")
-        })
-        .unwrap()
-        .allowed
-    );
+    assert!(take(&rl, "api", "k", 2).allowed);
     let big = spawn_waiter(&rl, "api", 2, Duration::from_secs(10));
     tokio::task::yield_now().await;
     tokio::time::advance(50 * MS).await;
@@ -388,15 +378,7 @@ async fn an_atomic_batch_consumes_everywhere_or_nowhere() {
     ];
     let out = rl.acquire_batch(&batch, true).unwrap();
     assert!(out.iter().all(|o| !o.allowed));
-    assert_eq!(
-        rl.try_acquire(&AcquireRequest {
-            dry_run: true,
-            ..req("a", "k")
-        })
-        .unwrap()
-        .remaining,
-        5
-    );
+    assert_eq!(peek(&rl, "a", "k").remaining, 5);
 
     // The same bucket twice must hold the sum.
     let twice = [
@@ -531,39 +513,17 @@ async fn a_full_table_refuses_new_keys_instead_of_resetting_old_ones() {
 async fn sweep_drops_only_full_buckets() {
     let rl = limiter(vec![limit("api", 10, 1000, 10)]);
     assert!(rl.try_acquire(&req("api", "a")).unwrap().allowed);
-    assert!(
-        rl.try_acquire(&AcquireRequest {
-            tokens: 10,
-            ..req("api", "b")
-        })
-        .unwrap()
-        .allowed
-    );
+    assert!(take(&rl, "api", "b", 10).allowed);
     tokio::time::advance(100 * MS).await; // a is full again, b is not
     assert_eq!(rl.sweep(), 1);
     assert_eq!(rl.bucket_count(), 1);
-    assert_eq!(
-        rl.try_acquire(&AcquireRequest {
-            dry_run: true,
-            ..req("api", "b")
-        })
-        .unwrap()
-        .remaining,
-        1
-    );
+    assert_eq!(peek(&rl, "api", "b").remaining, 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn reload_keeps_levels_and_drops_removed_limits() {
     let rl = limiter(vec![limit("api", 10, 1000, 10), limit("old", 1, 1000, 1)]);
-    assert!(
-        rl.try_acquire(&AcquireRequest {
-            tokens: 7,
-            ..req("api", "k")
-        })
-        .unwrap()
-        .allowed
-    );
+    assert!(take(&rl, "api", "k", 7).allowed);
     assert!(rl.try_acquire(&req("old", "k")).unwrap().allowed);
     let waiter = spawn_waiter(&rl, "old", 1, Duration::from_secs(60));
     tokio::task::yield_now().await;
@@ -599,22 +559,8 @@ async fn reload_keeps_levels_and_drops_removed_limits() {
 #[tokio::test(start_paused = true)]
 async fn snapshot_and_restore_count_downtime_as_refill() {
     let rl = limiter(vec![limit("api", 10, 1000, 10)]);
-    assert!(
-        rl.try_acquire(&AcquireRequest {
-            tokens: 10,
-            ..req("api", "a")
-        })
-        .unwrap()
-        .allowed
-    );
-    assert!(
-        rl.try_acquire(&AcquireRequest {
-            tokens: 2,
-            ..req("api", "b")
-        })
-        .unwrap()
-        .allowed
-    );
+    assert!(take(&rl, "api", "a", 10).allowed);
+    assert!(take(&rl, "api", "b", 2).allowed);
     assert!(rl.try_acquire(&req("api", "c")).unwrap().allowed);
     let saved = rl.snapshot();
     assert_eq!(saved.len(), 3);
