@@ -127,7 +127,9 @@ impl RateLimitService for EnvoyRateLimitService {
             )
             .into());
         }
+        // Read the rules and limits once per request, not once per descriptor.
         let rules = self.limiter.envoy_rules();
+        let set = self.limiter.limits();
         let request_hits = u64::from(r.hits_addend.max(1));
 
         let mut statuses = Vec::with_capacity(r.descriptors.len());
@@ -166,7 +168,6 @@ impl RateLimitService for EnvoyRateLimitService {
                 params: explicit,
                 ..Default::default()
             };
-            let set = self.limiter.limits();
             let params = explicit.or_else(|| {
                 set.by_name(limit_name)
                     .map(|l| l.params_for(l.bucket_key(&key)))

@@ -179,8 +179,8 @@ struct Shard {
 
 /// Settings that a reload may change without touching the buckets.
 #[derive(Debug, Clone)]
-pub struct Settings {
-    pub envoy_response_headers: bool,
+struct Settings {
+    envoy_response_headers: bool,
     max_waiters: usize,
     max_key_bytes: usize,
     max_batch: usize,

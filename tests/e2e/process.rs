@@ -278,18 +278,22 @@ fn gantry_health_fails_without_a_server() {
     assert!(stderr.contains("cannot connect"), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_an_open_call_finish_and_a_second_signal_exits_at_once() {
-    let cwd = tempfile::tempdir().unwrap();
+type Watch = tonic::codec::Streaming<tonic_health::pb::HealthCheckResponse>;
+
+/// Starts gantry (grace 60 s), opens a health watch — a call that never ends
+/// by itself and so holds the drain open — sends SIGTERM, and checks that the
+/// watcher sees NOT_SERVING while the process keeps draining.
+async fn draining_gantry(
+    cwd: &std::path::Path,
+) -> (GantryProcess, tonic::transport::Channel, Watch) {
     let mut gantry = GantryProcess::spawn(
         &serve_args(&[]),
         &[("GANTRY_SERVER_SHUTDOWN_GRACE", "60s")],
-        cwd.path(),
+        cwd,
     );
     let (grpc, _) = gantry.wait_until_listening();
     let channel = connect(grpc).await;
-    // A health watch is a call that never ends by itself: it holds the drain open.
-    let mut watch = HealthClient::new(channel)
+    let mut watch = HealthClient::new(channel.clone())
         .watch(HealthCheckRequest {
             service: String::new(),
         })
@@ -300,19 +304,23 @@ async fn sigterm_lets_an_open_call_finish_and_a_second_signal_exits_at_once() {
         watch.next().await.unwrap().unwrap().status(),
         ServingStatus::Serving
     );
-
     gantry.signal("TERM");
     let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
         .await
         .unwrap();
     assert_eq!(next.unwrap().unwrap().status(), ServingStatus::NotServing);
-    // Still draining: the open call keeps the process alive within the grace period.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         gantry.child.try_wait().unwrap().is_none(),
         "exited before the open call ended"
     );
+    (gantry, channel, watch)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_open_call_finish_and_a_second_signal_exits_at_once() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (mut gantry, _channel, _watch) = draining_gantry(cwd.path()).await;
     gantry.signal("TERM");
     let code = gantry.wait_exit(Duration::from_secs(5));
     assert_eq!(code, 130, "{}", gantry.stderr_text());
@@ -326,34 +334,7 @@ async fn sigterm_lets_an_open_call_finish_and_a_second_signal_exits_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_waits_for_the_open_call_then_exits_zero() {
     let cwd = tempfile::tempdir().unwrap();
-    let mut gantry = GantryProcess::spawn(
-        &serve_args(&[]),
-        &[("GANTRY_SERVER_SHUTDOWN_GRACE", "60s")],
-        cwd.path(),
-    );
-    let (grpc, _) = gantry.wait_until_listening();
-    let channel = connect(grpc).await;
-    let mut watch = HealthClient::new(channel.clone())
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    watch.next().await.unwrap().unwrap();
-
-    gantry.signal("TERM");
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), watch.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-            .status(),
-        ServingStatus::NotServing
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(gantry.child.try_wait().unwrap().is_none());
+    let (mut gantry, channel, watch) = draining_gantry(cwd.path()).await;
     // The caller finishes its call: the server exits well before the 60 s grace.
     drop(watch);
     drop(channel);
