@@ -418,10 +418,147 @@ pub struct QueryConfig {}
 #[serde(deny_unknown_fields, default)]
 pub struct TracesConfig {}
 
-/// `[leases]`: keys arrive with the leases capability.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// `[leases]`: global budgets (pools) leased out to holders. Hot-reloadable:
+/// `pools`, `max_waiters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LeasesConfig {}
+pub struct LeasesConfig {
+    /// `sync`: a grant or renewal is answered only after it is flushed to disk,
+    /// so a crash never over-grants. `periodic`: written to the store before
+    /// the answer but flushed every `storage.flush_interval`.
+    pub durability: Durability,
+    /// Most callers waiting in one pool's queue; beyond it, RESOURCE_EXHAUSTED.
+    pub max_waiters: u64,
+    /// Longest `holder` accepted, in bytes.
+    pub max_holder_bytes: u64,
+    /// The pools, e.g. `[[leases.pools]] name = "orders-db" capacity = 200`.
+    pub pools: Vec<PoolConfig>,
+}
+
+impl Default for LeasesConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Sync,
+            max_waiters: 1_000,
+            max_holder_bytes: 256,
+            pools: Vec::new(),
+        }
+    }
+}
+
+/// When a write counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Flushed to disk before the answer.
+    #[default]
+    Sync,
+    /// In the store before the answer, on disk within `storage.flush_interval`.
+    Periodic,
+}
+
+/// One pool: `[[leases.pools]] name = "orders-db" capacity = 200`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// Units leased out at most at any moment, over every holder.
+    pub capacity: u32,
+    /// Most units one holder may hold over all its leases; default: the capacity.
+    #[serde(default)]
+    pub max_per_holder: Option<u32>,
+    /// TTL of a lease that asks for none; default 30s.
+    #[serde(default = "default_lease_ttl")]
+    pub default_ttl: HumanDuration,
+    /// Longest TTL granted (longer asks are capped); default 10m.
+    #[serde(default = "max_lease_ttl")]
+    pub max_ttl: HumanDuration,
+}
+
+fn default_lease_ttl() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+fn max_lease_ttl() -> HumanDuration {
+    HumanDuration::from_secs(600)
+}
+
+/// Longest pool name.
+pub const MAX_POOL_NAME_BYTES: usize = 256;
+
+/// Longest lease TTL a pool may allow, so expiry times stay far from overflow.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+impl LeasesConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: String, reason: String| Err((key, reason));
+        if self.max_holder_bytes == 0 {
+            return err(
+                "leases.max_holder_bytes".into(),
+                "must be at least 1, got 0".into(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            let at = format!("leases.pools[{i}]");
+            if pool.name.trim().is_empty() {
+                return err(format!("{at}.name"), "must not be empty".into());
+            }
+            if pool.name.chars().any(char::is_control) {
+                return err(
+                    format!("{at}.name"),
+                    format!("{:?} contains a control character", pool.name),
+                );
+            }
+            if pool.name.len() > MAX_POOL_NAME_BYTES {
+                return err(
+                    format!("{at}.name"),
+                    format!(
+                        "{} bytes is longer than the limit of {MAX_POOL_NAME_BYTES}",
+                        pool.name.len()
+                    ),
+                );
+            }
+            if !names.insert(pool.name.as_str()) {
+                return err(
+                    format!("{at}.name"),
+                    format!("{:?} is defined twice", pool.name),
+                );
+            }
+            if pool.capacity == 0 {
+                return err(format!("{at}.capacity"), "must be at least 1, got 0".into());
+            }
+            if let Some(max) = pool.max_per_holder
+                && (max == 0 || max > pool.capacity)
+            {
+                return err(
+                    format!("{at}.max_per_holder"),
+                    format!(
+                        "{max} is out of range; use 1 to the capacity ({})",
+                        pool.capacity
+                    ),
+                );
+            }
+            let (default_ttl, max_ttl) = (pool.default_ttl.get(), pool.max_ttl.get());
+            if max_ttl < Duration::from_millis(1) || max_ttl > MAX_LEASE_TTL {
+                return err(
+                    format!("{at}.max_ttl"),
+                    format!("{} is out of range; use 1ms to 366 days", pool.max_ttl),
+                );
+            }
+            if default_ttl < Duration::from_millis(1) || default_ttl > max_ttl {
+                return err(
+                    format!("{at}.default_ttl"),
+                    format!(
+                        "{} is out of range; use 1ms to max_ttl ({})",
+                        pool.default_ttl, pool.max_ttl
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A duration written the human way in TOML and environment variables: `"500ms"`, `"10s"`, `"1h 30m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -621,7 +758,8 @@ impl Config {
     fn validate(&self) -> Result<(), (String, String)> {
         self.validate_core()
             .map_err(|(key, reason)| (key.to_string(), reason))?;
-        self.ratelimit.validate()
+        self.ratelimit.validate()?;
+        self.leases.validate()
     }
 
     fn validate_core(&self) -> Result<(), (&'static str, String)> {
@@ -1101,6 +1239,59 @@ mod tests {
             assert!(err.starts_with(key), "{text}: {err}");
             assert!(err.contains(value), "{text}: {err}");
             assert!(err.contains("gantry.toml"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn lease_pools_are_read_and_checked() {
+        let config = load_text(
+            "[leases]\ndurability = \"periodic\"\n[[leases.pools]]\nname = \"orders-db\"\ncapacity = 200\nmax_per_holder = 20\n",
+        )
+        .unwrap();
+        assert_eq!(config.leases.durability, Durability::Periodic);
+        let pool = &config.leases.pools[0];
+        assert_eq!((pool.capacity, pool.max_per_holder), (200, Some(20)));
+        assert_eq!(pool.default_ttl.get(), Duration::from_secs(30));
+        assert_eq!(pool.max_ttl.get(), Duration::from_secs(600));
+
+        let pool = |body: &str| format!("[[leases.pools]]\nname = \"p\"\n{body}\n");
+        let cases = [
+            (pool("capacity = 0"), "leases.pools[0].capacity", "0"),
+            (
+                pool("capacity = 5\nmax_per_holder = 6"),
+                "leases.pools[0].max_per_holder",
+                "6",
+            ),
+            (
+                pool("capacity = 5\ndefault_ttl = \"20m\""),
+                "leases.pools[0].default_ttl",
+                "20m",
+            ),
+            (
+                pool("capacity = 5\nmax_ttl = \"0s\""),
+                "leases.pools[0].max_ttl",
+                "0s",
+            ),
+            (
+                format!("{}{}", pool("capacity = 1"), pool("capacity = 2")),
+                "leases.pools[1].name",
+                "\"p\"",
+            ),
+            (
+                "[[leases.pools]]\nname = \"\"\ncapacity = 1\n".to_string(),
+                "leases.pools[0].name",
+                "empty",
+            ),
+            (
+                "[leases]\nmax_holder_bytes = 0\n".to_string(),
+                "leases.max_holder_bytes",
+                "0",
+            ),
+        ];
+        for (text, key, value) in cases {
+            let err = load_text(&text).expect_err(&text).to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+            assert!(err.contains(value), "{text}: {err}");
         }
     }
 

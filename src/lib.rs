@@ -7,15 +7,16 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod leases;
+pub mod ratelimit;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod unimplemented;
+pub mod waitqueue;
 
 /// Code generated from `proto/` by build.rs. The only place lints are relaxed.
-pub mod ratelimit;
-pub mod reload;
-
 pub mod proto {
     pub mod gantry {
         pub mod v1 {

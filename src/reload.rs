@@ -2,6 +2,7 @@
 //! changes (polled, which also catches an atomic rename and a Kubernetes
 //! ConfigMap symlink swap that file-watch APIs miss). A file that does not
 //! load is refused with a log line and a metric; what is in force stays.
+//! Hot-reloadable: `[ratelimit]` and `[leases]`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, FlagOverrides};
+use crate::leases::LeaseManager;
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::metrics::RateLimitMetrics;
 
@@ -42,6 +44,7 @@ impl ConfigSource {
 pub struct ReloadTargets {
     pub limiter: RateLimiter,
     pub metrics: RateLimitMetrics,
+    pub leases: LeaseManager,
 }
 
 pub struct Reloader {
@@ -99,6 +102,7 @@ impl Reloader {
 
     fn apply(&mut self, config: Config) {
         self.targets.limiter.reload(&config.ratelimit);
+        self.targets.leases.reload(&config.leases);
         let restart_needed: Vec<&str> = [
             ("server", self.current.server != config.server),
             ("storage", self.current.storage != config.storage),
@@ -116,6 +120,7 @@ impl Reloader {
         tracing::info!(
             limits = config.ratelimit.limits.len(),
             envoy_domains = config.ratelimit.envoy.len(),
+            lease_pools = config.leases.pools.len(),
             "configuration reloaded"
         );
         self.current = config;

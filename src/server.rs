@@ -19,6 +19,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
+use crate::leases::LeaseManager;
+use crate::leases::metrics::LeaseMetrics;
+use crate::leases::service::LeasesService;
 use crate::proto::gantry::v1 as pb;
 use crate::ratelimit::coalesce::Coalescer;
 use crate::ratelimit::envoy::EnvoyRateLimitService;
@@ -29,7 +32,7 @@ use crate::reload::{ConfigSource, ReloadTargets, Reloader};
 use crate::store::{self, Domain, Store, StoreError};
 use crate::telemetry::metrics::{self, ProcessCollector, RpcMetrics};
 use crate::telemetry::rpc::RpcLayer;
-use crate::unimplemented::{PendingCache, PendingLeases, PendingQueryAnalyzer, PendingTraces};
+use crate::unimplemented::{PendingCache, PendingQueryAnalyzer, PendingTraces};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 /// Queue depth of each decision lane; a full lane makes callers decide in place.
@@ -54,6 +57,8 @@ pub const GANTRY_SERVICES: [&str; 5] = [
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot start the lease journal thread: {0}")]
+    Journal(std::io::Error),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -86,6 +91,7 @@ pub struct Gantry {
     health_service: HealthService,
     limiter: RateLimiter,
     rl_metrics: RateLimitMetrics,
+    leases: LeaseManager,
     source: Option<ConfigSource>,
     reload_trigger: Arc<tokio::sync::Notify>,
 }
@@ -116,6 +122,13 @@ impl Gantry {
         let rl_metrics = RateLimitMetrics::register(&mut registry);
         let limiter = RateLimiter::new(&config.ratelimit, rl_metrics.clone());
         restore_buckets(&limiter, store.as_ref()).await;
+        let leases = LeaseManager::new(
+            &config.leases,
+            store.clone(),
+            LeaseMetrics::register(&mut registry),
+        )
+        .map_err(StartError::Journal)?;
+        restore_leases(&leases, &store).await?;
 
         let health = HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
@@ -134,6 +147,7 @@ impl Gantry {
             health_service,
             limiter,
             rl_metrics,
+            leases,
             source: None,
             reload_trigger: Arc::new(tokio::sync::Notify::new()),
         })
@@ -154,6 +168,10 @@ impl Gantry {
 
     pub fn limiter(&self) -> RateLimiter {
         self.limiter.clone()
+    }
+
+    pub fn leases(&self) -> LeaseManager {
+        self.leases.clone()
     }
 
     /// The health reporter, for components that must report themselves NOT_SERVING.
@@ -196,6 +214,7 @@ impl Gantry {
             health_service,
             limiter,
             rl_metrics,
+            leases,
             source,
             reload_trigger,
         } = self;
@@ -258,7 +277,7 @@ impl Gantry {
                 PendingTraces
             )))
             .add_service(limited!(pb::leases_server::LeasesServer::new(
-                PendingLeases
+                LeasesService::new(leases.clone())
             )));
 
         let incoming = TcpIncoming::from(grpc_listener)
@@ -278,12 +297,14 @@ impl Gantry {
             config.ratelimit.persist_interval.get(),
             background.clone(),
         ));
+        tasks.spawn(leases.clone().run_expiry(background.clone()));
         if let Some(source) = source {
             let reloader = Reloader::new(
                 source,
                 ReloadTargets {
                     limiter: limiter.clone(),
                     metrics: rl_metrics,
+                    leases: leases.clone(),
                 },
                 config.clone(),
             );
@@ -333,6 +354,9 @@ impl Gantry {
         let _ = metrics_task.await;
         background.cancel();
         while tasks.join_next().await.is_some() {}
+
+        // Lease changes still queued reach the store before it is flushed.
+        leases.stop().await;
 
         // Bucket levels survive the restart, so clients get no fresh burst.
         if let Err(e) = save_buckets(&limiter, &store).await {
@@ -386,6 +410,24 @@ async fn restore_buckets(limiter: &RateLimiter, store: &dyn Store) {
             tracing::error!(error = %e, "cannot read saved rate-limit buckets; starting with full buckets")
         }
     }
+}
+
+/// Puts back the leases granted before a restart. Unlike bucket levels,
+/// leases that cannot be read are a reason not to start: serving without
+/// them could grant units that are still held.
+async fn restore_leases(leases: &LeaseManager, store: &Arc<dyn Store>) -> Result<(), StartError> {
+    let (leases, store) = (leases.clone(), store.clone());
+    let report = tokio::task::spawn_blocking(move || leases.restore(store.as_ref()))
+        .await
+        .map_err(|e| StoreError::Io(format!("lease restore panicked: {e}")))??;
+    if report.restored > 0 || !report.stale.is_empty() {
+        tracing::info!(
+            restored = report.restored,
+            dropped = report.stale.len(),
+            "leases restored (expired ones and those of removed pools dropped)"
+        );
+    }
+    Ok(())
 }
 
 async fn save_buckets(limiter: &RateLimiter, store: &Arc<dyn Store>) -> Result<usize, String> {

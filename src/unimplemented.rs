@@ -18,7 +18,6 @@ fn not_landed<T>(method: &'static str, detail: &'static str) -> Result<T, Status
 const CACHE: &str = "the cache capability has not landed yet (issue #5)";
 const QUERY: &str = "the query-analysis capability has not landed yet (issue #6)";
 const TRACES: &str = "the span-ingestion capability has not landed yet (issue #7)";
-const LEASES: &str = "the leases capability has not landed yet (issue #8)";
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PendingCache;
@@ -117,36 +116,5 @@ impl pb::traces_server::Traces for PendingTraces {
         _: Request<pb::EndpointStatsRequest>,
     ) -> Result<Response<pb::EndpointStatsResponse>, Status> {
         not_landed("gantry.v1.Traces/EndpointStats", TRACES)
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PendingLeases;
-
-#[tonic::async_trait]
-impl pb::leases_server::Leases for PendingLeases {
-    async fn acquire(
-        &self,
-        _: Request<pb::AcquireLeaseRequest>,
-    ) -> Result<Response<pb::Lease>, Status> {
-        not_landed("gantry.v1.Leases/Acquire", LEASES)
-    }
-    async fn renew(
-        &self,
-        _: Request<pb::RenewLeaseRequest>,
-    ) -> Result<Response<pb::Lease>, Status> {
-        not_landed("gantry.v1.Leases/Renew", LEASES)
-    }
-    async fn release(
-        &self,
-        _: Request<pb::ReleaseLeaseRequest>,
-    ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
-        not_landed("gantry.v1.Leases/Release", LEASES)
-    }
-    async fn pool_status(
-        &self,
-        _: Request<pb::PoolStatusRequest>,
-    ) -> Result<Response<pb::PoolStatusResponse>, Status> {
-        not_landed("gantry.v1.Leases/PoolStatus", LEASES)
     }
 }

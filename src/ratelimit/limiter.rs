@@ -21,8 +21,8 @@ use super::descriptors::EnvoyRules;
 use super::gcra::{BucketState, Decision, Params};
 use super::limits::{Limit, LimitSet};
 use super::metrics::RateLimitMetrics;
-use super::queue::{WaitQueue, Waiter};
 use crate::config::RateLimitConfig;
+use crate::waitqueue::{WaitQueue, Waiter};
 
 const SHARDS: usize = 64;
 /// A full table re-sweeps a shard at most this often when new keys keep coming.

@@ -10,7 +10,6 @@ pub mod limiter;
 pub mod limits;
 pub mod metrics;
 pub mod persist;
-pub mod queue;
 pub mod service;
 
 pub use limiter::{AcquireRequest, Outcome, RateLimiter, SavedBucket};

@@ -1,11 +1,13 @@
-//! A bucket's wait queue: first come, first served, rotating between clients.
+//! A fair wait queue, shared by rate-limit buckets and lease pools: first
+//! come, first served, rotating between parties (a rate-limit `client`, a
+//! lease `holder`).
 //!
-//! Waiters are grouped by the `client` they named; the groups form a ring in
+//! Waiters are grouped by the party they named; the groups form a ring in
 //! order of arrival. The head of the queue is the oldest waiter of the first
 //! group; once it is granted, its group moves to the back of the ring, so one
 //! caller with many waiters cannot starve the others. A waiter without a
-//! client is a group of its own, which makes plain callers strictly FIFO.
-//! Only the head is ever granted: a large request at the head is never
+//! party is a group of its own, which makes plain callers strictly FIFO.
+//! Only a group's head is ever granted: a large request at the head is never
 //! overtaken by smaller ones behind it.
 
 use std::collections::VecDeque;
@@ -89,7 +91,32 @@ impl<T> WaitQueue<T> {
 
     /// Removes the head and rotates its client to the back of the ring.
     pub fn pop_head(&mut self) -> Option<Waiter<T>> {
-        let mut queue = self.ring.pop_front()?;
+        self.pop_group_head(0)
+    }
+
+    /// The first group head, in ring order, that `passes` accepts (given the
+    /// group's party, empty for anonymous), with the group's position for
+    /// [`WaitQueue::pop_group_head`]. Lets a caller pass over a party that may
+    /// not be served now (a lease holder at its own maximum) without letting
+    /// anyone overtake the first head that may.
+    pub fn first_head_where(
+        &self,
+        mut passes: impl FnMut(&str, &Waiter<T>) -> bool,
+    ) -> Option<(usize, &Waiter<T>)> {
+        self.ring.iter().enumerate().find_map(|(i, c)| {
+            let head = c.waiters.front()?;
+            let party = match &c.group {
+                Group::Named(name) => &**name,
+                Group::Anonymous => "",
+            };
+            passes(party, head).then_some((i, head))
+        })
+    }
+
+    /// Removes the head of the group at `position` and rotates that group to
+    /// the back of the ring.
+    pub fn pop_group_head(&mut self, position: usize) -> Option<Waiter<T>> {
+        let mut queue = self.ring.remove(position)?;
         let waiter = queue.waiters.pop_front();
         if !queue.waiters.is_empty() {
             self.ring.push_back(queue);
@@ -98,6 +125,17 @@ impl<T> WaitQueue<T> {
             self.len -= 1;
         }
         waiter
+    }
+
+    /// Every waiter, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Waiter<T>> {
+        self.ring.iter().flat_map(|c| c.waiters.iter())
+    }
+
+    /// Takes every waiter out, in no particular order (to answer them all at once).
+    pub fn drain(&mut self) -> impl Iterator<Item = Waiter<T>> + '_ {
+        self.len = 0;
+        self.ring.drain(..).flat_map(|c| c.waiters)
     }
 
     /// Removes a waiter wherever it is (it cancelled or its time ran out).
@@ -182,6 +220,31 @@ mod tests {
         );
         assert_eq!(q.len(), 2);
         assert_eq!(drain(&mut q), vec![1, 3]);
+    }
+
+    #[test]
+    fn a_passed_over_party_keeps_its_place() {
+        let mut q = WaitQueue::default();
+        q.push("capped", w(1, 1));
+        q.push("b", w(2, 1));
+        q.push("capped", w(3, 1));
+        q.push("c", w(4, 1));
+        let (at, head) = q.first_head_where(|party, _| party != "capped").unwrap();
+        assert_eq!((at, head.id), (1, 2));
+        assert_eq!(q.pop_group_head(at).map(|w| w.id), Some(2));
+        // "capped" is still first; "c" is next among the others.
+        assert_eq!(q.head().map(|w| w.id), Some(1));
+        assert_eq!(
+            q.first_head_where(|party, _| party != "capped")
+                .map(|(_, w)| w.id),
+            Some(4)
+        );
+        assert!(q.first_head_where(|_, w| w.tokens > 1).is_none());
+        assert_eq!(q.len(), 3);
+        let mut all: Vec<u64> = q.drain().map(|w| w.id).collect();
+        all.sort_unstable();
+        assert_eq!(all, vec![1, 3, 4]);
+        assert!(q.is_empty());
     }
 
     #[test]
