@@ -4,6 +4,8 @@
 mod common;
 mod docs;
 mod foundation;
+mod leases;
+mod leases_process;
 mod process;
 mod ratelimit;
 mod ratelimit_process;
