@@ -300,10 +300,13 @@ impl LeaseManager {
     /// expires what is due first); it makes waiting callers wake at once.
     pub async fn run_expiry(self, stop: CancellationToken) {
         loop {
+            // Reset before reading the table: a lease granted after the read
+            // then finds armed_at above its expiry and wakes us.
+            self.inner.armed_at.store(u64::MAX, Ordering::SeqCst);
             let next = self.inner.table.lock().next_expiry();
             self.inner
                 .armed_at
-                .store(next.unwrap_or(u64::MAX), Ordering::SeqCst);
+                .fetch_min(next.unwrap_or(u64::MAX), Ordering::SeqCst);
             let sleep = next.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -329,8 +332,7 @@ impl LeaseManager {
 impl Inner {
     /// Wakes the timer if `expires_at_ms` is sooner than what it sleeps until.
     fn arm(&self, expires_at_ms: u64) {
-        if expires_at_ms < self.armed_at.load(Ordering::SeqCst) {
-            self.armed_at.store(expires_at_ms, Ordering::SeqCst);
+        if expires_at_ms < self.armed_at.fetch_min(expires_at_ms, Ordering::SeqCst) {
             self.timer.notify_one();
         }
     }
