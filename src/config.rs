@@ -95,6 +95,17 @@ pub struct StorageConfig {
     pub flush_interval: HumanDuration,
     /// sled's page cache, in bytes.
     pub cache_capacity_bytes: u64,
+    /// A data directory that fails to open because it is damaged: `fail` stops
+    /// with an error; `quarantine` moves it aside, logs loudly and starts empty.
+    pub on_corruption: OnCorruption,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnCorruption {
+    #[default]
+    Fail,
+    Quarantine,
 }
 
 impl Default for StorageConfig {
@@ -104,6 +115,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./data"),
             flush_interval: HumanDuration::from_millis(500),
             cache_capacity_bytes: 128 * 1024 * 1024,
+            on_corruption: OnCorruption::Fail,
         }
     }
 }
@@ -403,10 +415,104 @@ fn check_bucket(
     Ok(())
 }
 
-/// `[cache]`: keys arrive with the cache capability.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// `[cache]`: the shared cache. Hot-reloadable: none yet (read at start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {}
+pub struct CacheConfig {
+    /// `periodic`: a Put is in the store when answered and on disk within
+    /// `storage.flush_interval`. `sync`: a Put is answered after it is on disk
+    /// (concurrent Puts share one flush).
+    pub durability: Durability,
+    /// Longest namespace name, in bytes.
+    pub max_namespace_bytes: u64,
+    /// Most namespaces; a Put into a new one beyond it is RESOURCE_EXHAUSTED
+    /// (each namespace has its own series on /metrics).
+    pub max_namespaces: u64,
+    /// Longest key, in bytes.
+    pub max_key_bytes: u64,
+    /// Largest value, in bytes.
+    pub max_value_bytes: u64,
+    /// Most items in one GetMany or PutMany.
+    pub max_batch: u64,
+    /// Most entries in the in-memory hot tier.
+    pub hot_entries: u64,
+    /// Most value bytes in the in-memory hot tier.
+    pub hot_bytes: u64,
+    /// Values of at least this many bytes are gzip-compressed when that saves space.
+    pub compress_min_bytes: u64,
+    /// gzip level, 1 (fastest) to 9 (smallest).
+    pub compression_level: u32,
+    /// How often expired entries are removed from the store.
+    pub sweep_interval: HumanDuration,
+    /// Most expired entries removed per sweep step (between steps requests run).
+    pub sweep_batch: u64,
+    /// Events buffered per watched namespace before a slow watcher is told to resync.
+    pub watch_buffer: u64,
+    /// Most concurrent Watch streams.
+    pub max_watchers: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Periodic,
+            max_namespace_bytes: 128,
+            max_namespaces: 1_000,
+            max_key_bytes: 1024,
+            max_value_bytes: 1024 * 1024,
+            max_batch: 1_000,
+            hot_entries: 100_000,
+            hot_bytes: 64 * 1024 * 1024,
+            compress_min_bytes: 1024,
+            compression_level: 1,
+            sweep_interval: HumanDuration::from_secs(1),
+            sweep_batch: 1_000,
+            watch_buffer: 1_024,
+            max_watchers: 1_000,
+        }
+    }
+}
+
+impl CacheConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let at_least_one = [
+            ("max_namespace_bytes", self.max_namespace_bytes),
+            ("max_namespaces", self.max_namespaces),
+            ("max_key_bytes", self.max_key_bytes),
+            ("max_value_bytes", self.max_value_bytes),
+            ("max_batch", self.max_batch),
+            ("hot_entries", self.hot_entries),
+            ("hot_bytes", self.hot_bytes),
+            ("sweep_batch", self.sweep_batch),
+            ("watch_buffer", self.watch_buffer),
+            ("max_watchers", self.max_watchers),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err((format!("cache.{key}"), "must be at least 1, got 0".into()));
+            }
+        }
+        if !(1..=9).contains(&self.compression_level) {
+            return Err((
+                "cache.compression_level".into(),
+                format!("{} is out of range; use 1 to 9", self.compression_level),
+            ));
+        }
+        if self.sweep_interval.get().is_zero() {
+            return Err((
+                "cache.sweep_interval".into(),
+                "must be positive, got 0s".into(),
+            ));
+        }
+        if self.watch_buffer > 1 << 20 {
+            return Err((
+                "cache.watch_buffer".into(),
+                format!("{} is out of range; use 1 to 1048576", self.watch_buffer),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// `[query]`: keys arrive with the query-analysis capability.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -759,6 +865,7 @@ impl Config {
         self.validate_core()
             .map_err(|(key, reason)| (key.to_string(), reason))?;
         self.ratelimit.validate()?;
+        self.cache.validate()?;
         self.leases.validate()
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub use sled_store::SledStore;
 
-use crate::config::{StorageBackend, StorageConfig};
+use crate::config::{OnCorruption, StorageBackend, StorageConfig};
 
 /// The areas that keep state, one tree (keyspace) each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,13 +114,52 @@ pub trait Store: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes on disk, for metrics.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// A number larger than every number it returned before, across restarts
+    /// (cache versions come from it, so a re-created key never reuses one).
+    fn next_id(&self) -> Result<u64, StoreError>;
 }
 
-/// Opens the configured backend.
+/// Opens the configured backend. A damaged data directory stops the start,
+/// or with `storage.on_corruption = "quarantine"` is moved aside (to
+/// `<dir>.corrupt-<unix seconds>`) and an empty one is started instead.
 pub fn open(config: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
     match config.backend {
-        StorageBackend::Sled => Ok(Arc::new(SledStore::open(config)?)),
+        StorageBackend::Sled => match SledStore::open(config) {
+            Ok(store) => Ok(Arc::new(store)),
+            Err(StoreError::Corrupt { dir, detail })
+                if config.on_corruption == OnCorruption::Quarantine =>
+            {
+                let moved = quarantine(&dir)?;
+                tracing::error!(
+                    dir = %dir.display(),
+                    moved_to = %moved.display(),
+                    %detail,
+                    "DATA DIRECTORY CORRUPT: moved aside and starting EMPTY (storage.on_corruption = quarantine); \
+                     cached entries, leases and bucket levels are gone"
+                );
+                Ok(Arc::new(SledStore::open(config)?))
+            }
+            Err(e) => Err(e),
+        },
     }
+}
+
+fn quarantine(dir: &std::path::Path) -> Result<PathBuf, StoreError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut target = dir.as_os_str().to_owned();
+    target.push(format!(".corrupt-{stamp}"));
+    let target = PathBuf::from(target);
+    std::fs::rename(dir, &target).map_err(|e| {
+        StoreError::Io(format!(
+            "cannot move the corrupt data directory {} aside to {}: {e}",
+            dir.display(),
+            target.display()
+        ))
+    })?;
+    Ok(target)
 }
 
 /// The behaviour every backend must share, run against each one (as limitador does).

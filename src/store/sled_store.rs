@@ -99,6 +99,10 @@ impl Store for SledStore {
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(io)
     }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.db.generate_id().map_err(io)
+    }
 }
 
 struct SledTree {
@@ -209,6 +213,53 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("in use by another process"));
+    }
+
+    #[test]
+    fn ids_grow_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = {
+            let store = SledStore::open(&config(dir.path())).unwrap();
+            let a = store.next_id().unwrap();
+            let b = store.next_id().unwrap();
+            assert!(b > a);
+            b
+        };
+        let store = SledStore::open(&config(dir.path())).unwrap();
+        assert!(store.next_id().unwrap() > last);
+    }
+
+    /// Damage that sled detects at open: a config file whose checksum fails.
+    fn damage(dir: &Path) {
+        std::fs::write(dir.join("conf"), b"not a sled config at all, and no valid crc").unwrap();
+    }
+
+    #[test]
+    fn a_damaged_directory_fails_or_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            let store = SledStore::open(&config(&data)).unwrap();
+            store.tree(Domain::Cache).insert(b"k", b"v").unwrap();
+            store.flush().unwrap();
+        }
+        damage(&data);
+        let err = crate::store::open(&config(&data)).err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+
+        let quarantine = StorageConfig {
+            on_corruption: crate::config::OnCorruption::Quarantine,
+            ..config(&data)
+        };
+        let store = crate::store::open(&quarantine).unwrap();
+        assert_eq!(store.tree(Domain::Cache).get(b"k").unwrap(), None, "starts empty");
+        let moved: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("data.corrupt-"))
+            .collect();
+        assert_eq!(moved.len(), 1, "the damaged directory is kept aside: {moved:?}");
     }
 
     #[test]
