@@ -41,6 +41,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Cache values are handed from the hot tier to responses and watchers
+        // without copying: `bytes::Bytes` instead of `Vec<u8>`.
+        .bytes(".gantry.v1")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! global connection budgets.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod store;
 pub mod telemetry;
 pub mod unimplemented;
 pub mod waitqueue;
+pub mod wallclock;
 
 /// Code generated from `proto/` by build.rs. The only place lints are relaxed.
 pub mod proto {

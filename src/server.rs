@@ -18,6 +18,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::cache::CacheEngine;
+use crate::cache::service::CacheService;
+use crate::cache::stats::CacheCollector;
 use crate::config::Config;
 use crate::leases::LeaseManager;
 use crate::leases::metrics::LeaseMetrics;
@@ -32,7 +35,7 @@ use crate::reload::{ConfigSource, ReloadTargets, Reloader};
 use crate::store::{self, Domain, Store, StoreError};
 use crate::telemetry::metrics::{self, ProcessCollector, RpcMetrics};
 use crate::telemetry::rpc::RpcLayer;
-use crate::unimplemented::{PendingCache, PendingQueryAnalyzer, PendingTraces};
+use crate::unimplemented::{PendingQueryAnalyzer, PendingTraces};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 /// Queue depth of each decision lane; a full lane makes callers decide in place.
@@ -92,6 +95,7 @@ pub struct Gantry {
     limiter: RateLimiter,
     rl_metrics: RateLimitMetrics,
     leases: LeaseManager,
+    cache: CacheEngine,
     source: Option<ConfigSource>,
     reload_trigger: Arc<tokio::sync::Notify>,
 }
@@ -129,6 +133,9 @@ impl Gantry {
         )
         .map_err(StartError::Journal)?;
         restore_leases(&leases, &store).await?;
+        let cache = open_cache(&config, &store).await?;
+        registry.register_collector(Box::new(CacheCollector(cache.namespaces())));
+        registry.register_collector(Box::new(crate::cache::stats::WatchCollector(cache.clone())));
 
         let health = HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
@@ -148,6 +155,7 @@ impl Gantry {
             limiter,
             rl_metrics,
             leases,
+            cache,
             source: None,
             reload_trigger: Arc::new(tokio::sync::Notify::new()),
         })
@@ -172,6 +180,10 @@ impl Gantry {
 
     pub fn leases(&self) -> LeaseManager {
         self.leases.clone()
+    }
+
+    pub fn cache(&self) -> CacheEngine {
+        self.cache.clone()
     }
 
     /// The health reporter, for components that must report themselves NOT_SERVING.
@@ -215,6 +227,7 @@ impl Gantry {
             limiter,
             rl_metrics,
             leases,
+            cache,
             source,
             reload_trigger,
         } = self;
@@ -269,7 +282,9 @@ impl Gantry {
             .add_service(limited!(RateLimitServiceServer::new(
                 EnvoyRateLimitService::new(limiter.clone())
             )))
-            .add_service(limited!(pb::cache_server::CacheServer::new(PendingCache)))
+            .add_service(limited!(pb::cache_server::CacheServer::new(
+                CacheService::new(cache.clone())
+            )))
             .add_service(limited!(
                 pb::query_analyzer_server::QueryAnalyzerServer::new(PendingQueryAnalyzer)
             ))
@@ -298,6 +313,12 @@ impl Gantry {
             background.clone(),
         ));
         tasks.spawn(leases.clone().run_expiry(background.clone()));
+        tasks.spawn(crate::cache::engine::run_sweeper(
+            cache.clone(),
+            config.cache.sweep_interval.get(),
+            usize::try_from(config.cache.sweep_batch).unwrap_or(usize::MAX),
+            background.clone(),
+        ));
         if let Some(source) = source {
             let reloader = Reloader::new(
                 source,
@@ -410,6 +431,29 @@ async fn restore_buckets(limiter: &RateLimiter, store: &dyn Store) {
             tracing::error!(error = %e, "cannot read saved rate-limit buckets; starting with full buckets")
         }
     }
+}
+
+/// Opens the cache over the store, counting the entries it holds (a scan).
+async fn open_cache(config: &Config, store: &Arc<dyn Store>) -> Result<CacheEngine, StartError> {
+    let (cache_config, store) = (config.cache.clone(), store.clone());
+    let started = std::time::Instant::now();
+    let cache = tokio::task::spawn_blocking(move || CacheEngine::open(&cache_config, store))
+        .await
+        .map_err(|e| StoreError::Io(format!("cache open panicked: {e}")))??;
+    let entries: u64 = cache
+        .namespaces()
+        .snapshot()
+        .iter()
+        .map(|(_, s)| s.entries)
+        .sum();
+    if entries > 0 {
+        tracing::info!(
+            entries,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cache entries counted"
+        );
+    }
+    Ok(cache)
 }
 
 /// Puts back the leases granted before a restart. Unlike bucket levels,

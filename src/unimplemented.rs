@@ -3,9 +3,6 @@
 //! brings it, so generated clients can be built and wired today. A capability
 //! that lands replaces its stub here with its own `service.rs`.
 
-use std::pin::Pin;
-
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
@@ -15,53 +12,8 @@ fn not_landed<T>(method: &'static str, detail: &'static str) -> Result<T, Status
     Err(ApiError::Unimplemented { method, detail }.into())
 }
 
-const CACHE: &str = "the cache capability has not landed yet (issue #5)";
 const QUERY: &str = "the query-analysis capability has not landed yet (issue #6)";
 const TRACES: &str = "the span-ingestion capability has not landed yet (issue #7)";
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PendingCache;
-
-#[tonic::async_trait]
-impl pb::cache_server::Cache for PendingCache {
-    async fn get(&self, _: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        not_landed("gantry.v1.Cache/Get", CACHE)
-    }
-    async fn put(&self, _: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        not_landed("gantry.v1.Cache/Put", CACHE)
-    }
-    async fn delete(
-        &self,
-        _: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
-        not_landed("gantry.v1.Cache/Delete", CACHE)
-    }
-    async fn get_many(
-        &self,
-        _: Request<pb::GetManyRequest>,
-    ) -> Result<Response<pb::GetManyResponse>, Status> {
-        not_landed("gantry.v1.Cache/GetMany", CACHE)
-    }
-    async fn put_many(
-        &self,
-        _: Request<pb::PutManyRequest>,
-    ) -> Result<Response<pb::PutManyResponse>, Status> {
-        not_landed("gantry.v1.Cache/PutMany", CACHE)
-    }
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
-    async fn watch(
-        &self,
-        _: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        not_landed("gantry.v1.Cache/Watch", CACHE)
-    }
-    async fn stats(
-        &self,
-        _: Request<pb::CacheStatsRequest>,
-    ) -> Result<Response<pb::CacheStats>, Status> {
-        not_landed("gantry.v1.Cache/Stats", CACHE)
-    }
-}
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PendingQueryAnalyzer;

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
@@ -23,6 +23,7 @@ use super::pool::PoolSpec;
 use super::table::{Admission, Ask, Effects, Lease, Limits, PoolStatus, Restored, Table, WaitEnd};
 use crate::config::LeasesConfig;
 use crate::store::{BatchOp, Domain, Store, StoreError};
+use crate::wallclock::now_ms;
 
 /// What a waiter is told.
 #[derive(Debug)]
@@ -73,13 +74,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct LeaseManager {
     inner: Arc<Inner>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn specs(config: &LeasesConfig) -> Vec<PoolSpec> {

@@ -3,6 +3,7 @@
 //! without touching them. The embedded default is sled: one `sled::Db`, one
 //! tree per domain.
 
+pub mod flush;
 mod sled_store;
 
 use std::path::PathBuf;

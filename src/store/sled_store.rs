@@ -231,7 +231,11 @@ mod tests {
 
     /// Damage that sled detects at open: a config file whose checksum fails.
     fn damage(dir: &Path) {
-        std::fs::write(dir.join("conf"), b"not a sled config at all, and no valid crc").unwrap();
+        std::fs::write(
+            dir.join("conf"),
+            b"not a sled config at all, and no valid crc",
+        )
+        .unwrap();
     }
 
     #[test]
@@ -253,13 +257,21 @@ mod tests {
             ..config(&data)
         };
         let store = crate::store::open(&quarantine).unwrap();
-        assert_eq!(store.tree(Domain::Cache).get(b"k").unwrap(), None, "starts empty");
+        assert_eq!(
+            store.tree(Domain::Cache).get(b"k").unwrap(),
+            None,
+            "starts empty"
+        );
         let moved: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with("data.corrupt-"))
             .collect();
-        assert_eq!(moved.len(), 1, "the damaged directory is kept aside: {moved:?}");
+        assert_eq!(
+            moved.len(),
+            1,
+            "the damaged directory is kept aside: {moved:?}"
+        );
     }
 
     #[test]

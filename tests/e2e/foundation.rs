@@ -208,7 +208,7 @@ async fn an_oversized_message_is_resource_exhausted_naming_the_limit() {
     let request = pb::PutRequest {
         namespace: "ns".into(),
         key: "k".into(),
-        value: vec![7u8; 8192],
+        value: vec![7u8; 8192].into(),
         ..Default::default()
     };
     let status = cache.put(request).await.unwrap_err();
@@ -224,7 +224,7 @@ async fn an_oversized_message_is_resource_exhausted_naming_the_limit() {
     let small = pb::PutRequest {
         namespace: "ns".into(),
         key: "k".into(),
-        value: vec![7u8; 512],
+        value: vec![7u8; 512].into(),
         ..Default::default()
     };
     assert_eq!(
@@ -274,7 +274,7 @@ async fn gzip_is_accepted_and_offered() {
         .put(pb::PutRequest {
             namespace: "ns".into(),
             key: "k".into(),
-            value: vec![0u8; 64 * 1024],
+            value: vec![0u8; 64 * 1024].into(),
             ..Default::default()
         })
         .await

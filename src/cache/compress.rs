@@ -1,0 +1,107 @@
+//! gzip for large values, only when it saves space; the reader never sees
+//! the difference.
+
+use std::io::{Read, Write};
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+
+/// The value as it will be stored: gzip when `raw` has at least `min_bytes`
+/// and compresses to fewer bytes, else raw. Returns (compressed, bytes).
+pub fn pack(raw: &[u8], min_bytes: usize, level: u32) -> (bool, Vec<u8>) {
+    if raw.len() < min_bytes || raw.is_empty() {
+        return (false, raw.to_vec());
+    }
+    let mut encoder = GzEncoder::new(Vec::with_capacity(raw.len() / 2), Compression::new(level));
+    let packed = encoder.write_all(raw).and_then(|()| encoder.finish());
+    match packed {
+        Ok(packed) if packed.len() < raw.len() => (true, packed),
+        _ => (false, raw.to_vec()),
+    }
+}
+
+/// The value as it was put. `raw_len` (from the entry's header) bounds the
+/// output, so damaged data cannot inflate without limit.
+pub fn unpack(compressed: bool, data: &[u8], raw_len: u64) -> Result<Vec<u8>, String> {
+    if !compressed {
+        return Ok(data.to_vec());
+    }
+    let capacity = usize::try_from(raw_len).map_err(|_| "raw length too large".to_string())?;
+    let mut out = Vec::with_capacity(capacity);
+    GzDecoder::new(data)
+        .take(raw_len.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| format!("gzip: {e}"))?;
+    if out.len() as u64 != raw_len {
+        return Err(format!(
+            "gzip: {} bytes decompressed, the header says {raw_len}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_like(n: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        for i in 0..n {
+            v.extend_from_slice(
+                format!(
+                    "{{\"id\":{i},\"name\":\"user-{i}\",\"active\":true,\"tags\":[\"a\",\"b\"]}},"
+                )
+                .as_bytes(),
+            );
+        }
+        v
+    }
+
+    /// Bytes from a simple generator: gzip cannot shrink them.
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compressible_values_are_gzipped_and_come_back() {
+        let raw = json_like(200);
+        let (compressed, packed) = pack(&raw, 1024, 1);
+        assert!(compressed);
+        assert!(
+            packed.len() * 4 < raw.len(),
+            "{} -> {}",
+            raw.len(),
+            packed.len()
+        );
+        assert_eq!(unpack(true, &packed, raw.len() as u64).unwrap(), raw);
+    }
+
+    #[test]
+    fn incompressible_small_and_empty_values_are_stored_raw() {
+        let raw = noise(4096);
+        assert_eq!(pack(&raw, 1024, 6), (false, raw.clone()));
+        let small = json_like(2);
+        assert!(!pack(&small, 1024, 6).0, "under min_bytes");
+        assert_eq!(pack(&[], 0, 6), (false, Vec::new()));
+        assert_eq!(unpack(false, &raw, raw.len() as u64).unwrap(), raw);
+    }
+
+    #[test]
+    fn damaged_or_lying_data_is_an_error_not_a_bomb() {
+        let raw = json_like(100);
+        let (_, packed) = pack(&raw, 1, 1);
+        let err = unpack(true, &packed, 10).unwrap_err();
+        assert!(err.contains("header says 10"), "{err}");
+        assert!(unpack(true, b"not gzip", 5).is_err());
+    }
+}

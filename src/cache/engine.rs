@@ -1,0 +1,565 @@
+//! The cache itself: reads through the hot tier to the store, conditional
+//! writes, deletes, and the expiry sweeper. No gRPC types.
+//!
+//! Every write of a key happens under that key's stripe lock (one of 1024),
+//! which makes read-check-write conditions atomic and keeps the hot tier
+//! coherent: a writer updates the store and the hot tier before it lets go,
+//! and a reader that fills the hot tier after a miss does so under the same
+//! lock. Hot-tier hits take no lock.
+//!
+//! The store holds every live entry; TTLs are wall-clock times, so entries
+//! survive a restart with the time they have left. An expired entry is never
+//! returned: reads check the time, and the sweeper removes expired entries in
+//! bounded steps through the expiry index.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+use prost::bytes::Bytes;
+
+use super::CacheError;
+use super::compress;
+use super::entry::{self, Stored};
+use super::hot::{HotEntry, HotTier};
+use super::stats::{Counters, Namespaces};
+use super::watch::{Change, ChangeKind, MAX_EVENT_VALUE_BYTES, Subscription, WatchHub};
+use crate::config::{CacheConfig, Durability};
+use crate::store::flush::GroupFlush;
+use crate::store::{Domain, Store, StoreError, Tree};
+use crate::wallclock::now_ms;
+
+const STRIPES: usize = 1024;
+
+/// When a write may happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Always,
+    /// Only when no live entry exists.
+    IfAbsent,
+    /// Only when the live entry has this version (compare-and-set).
+    IfVersion(u64),
+}
+
+/// A live entry as a read sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub value: Bytes,
+    pub version: u64,
+    /// 0: never expires.
+    pub expires_at_ms: u64,
+}
+
+/// A successful write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_namespace_bytes: usize,
+    max_key_bytes: usize,
+    max_value_bytes: usize,
+    max_batch: usize,
+    compress_min_bytes: usize,
+    compression_level: u32,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    tree: Arc<dyn Tree>,
+    hot: HotTier,
+    stripes: Box<[Mutex<()>]>,
+    hasher: foldhash::fast::RandomState,
+    namespaces: Arc<Namespaces>,
+    watch: WatchHub,
+    limits: Limits,
+    /// Set in `sync` durability: writes are answered after a shared flush.
+    flush: Option<GroupFlush>,
+}
+
+#[derive(Clone)]
+pub struct CacheEngine {
+    inner: Arc<Inner>,
+}
+
+fn usize_of(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+fn damaged(name: &[u8], detail: impl Into<String>) -> CacheError {
+    let (namespace, key) = entry::split_name(name).unwrap_or(("?", "?"));
+    CacheError::Damaged {
+        namespace: namespace.to_string(),
+        key: key.to_string(),
+        detail: detail.into(),
+    }
+}
+
+impl CacheEngine {
+    /// Opens the cache over the store and counts what it already holds
+    /// (blocking: reads every entry's header once).
+    pub fn open(config: &CacheConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let namespaces = Arc::new(Namespaces::new(usize_of(config.max_namespaces)));
+        let tree = store.tree(Domain::Cache);
+        for item in tree.scan_prefix(entry::ENTRY_PREFIX) {
+            let (key, value) = item?;
+            let name = &key[entry::ENTRY_PREFIX.len()..];
+            if let (Some((ns, _)), Some((header, stored_len))) =
+                (entry::split_name(name), Stored::decode_header(&value))
+            {
+                namespaces
+                    .load(ns)
+                    .resize(1, header.raw_len as i64, stored_len as i64);
+            }
+        }
+        let flush = match config.durability {
+            Durability::Sync => Some(
+                GroupFlush::start(store.clone(), "cache")
+                    .map_err(|e| StoreError::Io(format!("cannot start the flusher: {e}")))?,
+            ),
+            Durability::Periodic => None,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tree,
+                store,
+                hot: HotTier::new(config.hot_entries, config.hot_bytes, namespaces.clone()),
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                hasher: foldhash::fast::RandomState::default(),
+                namespaces,
+                watch: WatchHub::new(usize_of(config.watch_buffer), usize_of(config.max_watchers)),
+                limits: Limits {
+                    max_namespace_bytes: usize_of(config.max_namespace_bytes),
+                    max_key_bytes: usize_of(config.max_key_bytes),
+                    max_value_bytes: usize_of(config.max_value_bytes),
+                    max_batch: usize_of(config.max_batch),
+                    compress_min_bytes: usize_of(config.compress_min_bytes),
+                    compression_level: config.compression_level,
+                },
+                flush,
+            }),
+        })
+    }
+
+    pub fn namespaces(&self) -> Arc<Namespaces> {
+        self.inner.namespaces.clone()
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.inner.limits.max_batch
+    }
+
+    pub fn watchers(&self) -> usize {
+        self.inner.watch.watchers()
+    }
+
+    pub fn hot_entries(&self) -> usize {
+        self.inner.hot.len()
+    }
+
+    /// Checks a namespace (for Watch and Stats as well as reads and writes).
+    pub fn check_namespace(&self, namespace: &str) -> Result<(), CacheError> {
+        let field = "namespace";
+        if namespace.is_empty() {
+            return Err(CacheError::Empty {
+                field: field.into(),
+            });
+        }
+        if namespace.len() > self.inner.limits.max_namespace_bytes {
+            return Err(CacheError::TooLong {
+                field: field.into(),
+                len: namespace.len(),
+                max: self.inner.limits.max_namespace_bytes,
+                setting: "cache.max_namespace_bytes",
+            });
+        }
+        if namespace.chars().any(char::is_control) {
+            return Err(CacheError::ControlCharacter {
+                field: field.into(),
+                value: namespace.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check(&self, namespace: &str, key: &str) -> Result<(), CacheError> {
+        self.check_namespace(namespace)?;
+        if key.is_empty() {
+            return Err(CacheError::Empty {
+                field: "key".into(),
+            });
+        }
+        if key.len() > self.inner.limits.max_key_bytes {
+            return Err(CacheError::TooLong {
+                field: "key".into(),
+                len: key.len(),
+                max: self.inner.limits.max_key_bytes,
+                setting: "cache.max_key_bytes",
+            });
+        }
+        Ok(())
+    }
+
+    fn lock(&self, name: &[u8]) -> MutexGuard<'_, ()> {
+        let hash = self.inner.hasher.hash_one(name);
+        self.inner.stripes[(hash as usize) % STRIPES].lock()
+    }
+
+    /// The stored header of an entry (and its stored length), without the value.
+    fn header(&self, name: &[u8]) -> Result<Option<(Stored, usize)>, CacheError> {
+        match self.inner.tree.get(&entry::entry_key(name))? {
+            None => Ok(None),
+            Some(bytes) => Stored::decode_header(&bytes)
+                .map(Some)
+                .ok_or_else(|| damaged(name, "unreadable entry header")),
+        }
+    }
+
+    pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Found>, CacheError> {
+        self.check(namespace, key)?;
+        let counters = self.inner.namespaces.get(namespace);
+        let count = |f: fn(&Counters)| {
+            if let Some(c) = &counters {
+                f(c);
+            }
+        };
+        let name = entry::name(namespace, key);
+        let now = now_ms();
+        if let Some(hot) = self.inner.hot.get(&name) {
+            // The hot tier is coherent with the store, so an expired hot
+            // entry is an expired entry.
+            if hot.expires_at_ms != 0 && hot.expires_at_ms <= now {
+                count(Counters::hot_miss);
+                count(Counters::store_miss);
+                return Ok(None);
+            }
+            count(Counters::hot_hit);
+            return Ok(Some(Found {
+                value: hot.value,
+                version: hot.version,
+                expires_at_ms: hot.expires_at_ms,
+            }));
+        }
+        count(Counters::hot_miss);
+        let _guard = self.lock(&name);
+        let Some(bytes) = self.inner.tree.get(&entry::entry_key(&name))? else {
+            count(Counters::store_miss);
+            return Ok(None);
+        };
+        let stored = Stored::decode(&bytes).ok_or_else(|| damaged(&name, "unreadable entry"))?;
+        if !stored.is_live(now) {
+            count(Counters::store_miss);
+            return Ok(None);
+        }
+        let value = compress::unpack(stored.compressed, &stored.data, stored.raw_len)
+            .map_err(|e| damaged(&name, e))?;
+        let value = Bytes::from(value);
+        self.inner.hot.insert(
+            name,
+            HotEntry {
+                version: stored.version,
+                expires_at_ms: stored.expires_at_ms,
+                value: value.clone(),
+            },
+        );
+        count(Counters::store_hit);
+        Ok(Some(Found {
+            value,
+            version: stored.version,
+            expires_at_ms: stored.expires_at_ms,
+        }))
+    }
+
+    /// Writes an entry if `condition` holds. `ttl` None: no expiry. In `sync`
+    /// durability, wait for [`Self::durable`] before answering.
+    pub fn put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        condition: Condition,
+    ) -> Result<Written, CacheError> {
+        self.check(namespace, key)?;
+        let limits = self.inner.limits;
+        if value.len() > limits.max_value_bytes {
+            return Err(CacheError::TooLong {
+                field: "value".into(),
+                len: value.len(),
+                max: limits.max_value_bytes,
+                setting: "cache.max_value_bytes",
+            });
+        }
+        let counters = self.inner.namespaces.get_or_create(namespace)?;
+        let (compressed, data) =
+            compress::pack(&value, limits.compress_min_bytes, limits.compression_level);
+        let name = entry::name(namespace, key);
+        let now = now_ms();
+        // Millisecond resolution; a positive TTL below 1 ms still expires.
+        let expires_at_ms = ttl.map_or(0, |t| {
+            now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
+        });
+
+        let _guard = self.lock(&name);
+        let current = self.header(&name)?;
+        let live = current
+            .as_ref()
+            .filter(|(c, _)| c.is_live(now))
+            .map(|(c, _)| c);
+        check_condition(namespace, key, condition, live.map(|c| c.version))?;
+        let version = self.inner.store.next_id()?;
+        let stored = Stored {
+            version,
+            expires_at_ms,
+            compressed,
+            raw_len: value.len() as u64,
+            data,
+        };
+        let tree = &self.inner.tree;
+        // Index first: a crash in between leaves an index entry without an
+        // entry (the sweeper skips it), never an entry the sweeper cannot find.
+        if expires_at_ms != 0 {
+            tree.insert(&entry::expiry_key(expires_at_ms, &name), &[])?;
+        }
+        tree.insert(&entry::entry_key(&name), &stored.encode())?;
+        if let Some((old, _)) = &current
+            && old.expires_at_ms != 0
+            && old.expires_at_ms != expires_at_ms
+        {
+            tree.remove(&entry::expiry_key(old.expires_at_ms, &name))?;
+        }
+        let (raw, stored_len) = (value.len() as i64, stored.data.len() as i64);
+        match &current {
+            Some((old, old_len)) => {
+                counters.resize(0, raw - old.raw_len as i64, stored_len - *old_len as i64)
+            }
+            None => counters.resize(1, raw, stored_len),
+        }
+        self.inner.hot.insert(
+            name,
+            HotEntry {
+                version,
+                expires_at_ms,
+                value: value.clone(),
+            },
+        );
+        self.inner.watch.publish(namespace, || Change {
+            kind: ChangeKind::Put,
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            version,
+            value: (value.len() <= MAX_EVENT_VALUE_BYTES).then_some(value),
+            at_ms: now,
+        });
+        Ok(Written { version })
+    }
+
+    /// Resolves once every write made before the call is on disk (`sync`
+    /// durability); at once in `periodic`.
+    pub async fn durable(&self) -> Result<(), CacheError> {
+        match &self.inner.flush {
+            Some(flush) => flush.flushed().await.map_err(CacheError::from),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes a live entry (only at `if_version` when given). False when
+    /// there was no live entry.
+    pub fn delete(
+        &self,
+        namespace: &str,
+        key: &str,
+        if_version: Option<u64>,
+    ) -> Result<bool, CacheError> {
+        self.check(namespace, key)?;
+        let name = entry::name(namespace, key);
+        let now = now_ms();
+        let _guard = self.lock(&name);
+        let current = self.header(&name)?;
+        let live = current
+            .as_ref()
+            .filter(|(c, _)| c.is_live(now))
+            .map(|(c, _)| c);
+        if let Some(v) = if_version {
+            check_condition(
+                namespace,
+                key,
+                Condition::IfVersion(v),
+                live.map(|c| c.version),
+            )?;
+        }
+        let Some(old) = live else {
+            // Nothing live; an expired entry is left to the sweeper, which counts it.
+            return Ok(false);
+        };
+        let stored_len = current.as_ref().map_or(0, |(_, l)| *l);
+        self.remove_locked(&name, old)?;
+        if let Some(c) = self.inner.namespaces.get(namespace) {
+            c.resize(-1, -(old.raw_len as i64), -(stored_len as i64));
+        }
+        let version = old.version;
+        self.inner.watch.publish(namespace, || Change {
+            kind: ChangeKind::Delete,
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            version,
+            value: None,
+            at_ms: now,
+        });
+        Ok(true)
+    }
+
+    fn remove_locked(&self, name: &[u8], old: &Stored) -> Result<(), CacheError> {
+        let tree = &self.inner.tree;
+        tree.remove(&entry::entry_key(name))?;
+        if old.expires_at_ms != 0 {
+            tree.remove(&entry::expiry_key(old.expires_at_ms, name))?;
+        }
+        self.inner.hot.remove(name);
+        Ok(())
+    }
+
+    /// Removes up to `batch` entries whose expiry is due, through the expiry
+    /// index (never a scan of the entries). Returns how many index entries it
+    /// handled: call again while it returns `batch`.
+    pub fn sweep_step(&self, now: u64, batch: usize) -> Result<usize, CacheError> {
+        let mut due = Vec::with_capacity(batch.min(1024));
+        for item in self.inner.tree.scan_prefix(entry::EXPIRY_PREFIX) {
+            let (index_key, _) = item?;
+            match entry::parse_expiry_key(&index_key) {
+                Some((at, _)) if at > now => break,
+                Some((at, name)) => {
+                    let name = name.to_vec();
+                    due.push((index_key, at, name));
+                }
+                // Damaged index keys are dropped.
+                None => due.push((index_key, 0, Vec::new())),
+            }
+            if due.len() >= batch {
+                break;
+            }
+        }
+        for (index_key, at, name) in &due {
+            if !name.is_empty() {
+                self.expire_one(name, *at, now)?;
+            }
+            self.inner.tree.remove(index_key)?;
+        }
+        Ok(due.len())
+    }
+
+    fn expire_one(&self, name: &[u8], at: u64, now: u64) -> Result<(), CacheError> {
+        let _guard = self.lock(name);
+        let Some((current, stored_len)) = self.header(name)? else {
+            return Ok(());
+        };
+        // The index may be stale: the entry was rewritten with another expiry.
+        if current.expires_at_ms != at || current.is_live(now) {
+            return Ok(());
+        }
+        self.remove_locked(name, &current)?;
+        let Some((namespace, key)) = entry::split_name(name) else {
+            return Ok(());
+        };
+        if let Some(c) = self.inner.namespaces.get(namespace) {
+            c.resize(-1, -(current.raw_len as i64), -(stored_len as i64));
+            c.expirations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.watch.publish(namespace, || Change {
+            kind: ChangeKind::Expire,
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            version: current.version,
+            value: None,
+            at_ms: now,
+        });
+        Ok(())
+    }
+
+    pub fn subscribe(&self, namespace: &str) -> Result<Subscription, CacheError> {
+        self.check_namespace(namespace)?;
+        self.inner.watch.subscribe(namespace)
+    }
+
+    /// Counts a watcher that fell behind and was told to resync.
+    pub fn count_resync(&self) {
+        self.inner
+            .watch
+            .resyncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn resyncs(&self) -> u64 {
+        self.inner
+            .watch
+            .resyncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drops broadcast channels nobody listens to any more.
+    pub fn prune_watch_channels(&self) {
+        self.inner.watch.prune();
+    }
+}
+
+fn check_condition(
+    namespace: &str,
+    key: &str,
+    condition: Condition,
+    live_version: Option<u64>,
+) -> Result<(), CacheError> {
+    let failed = |what: String| {
+        Err(CacheError::ConditionFailed(format!(
+            "namespace {namespace:?} key {key:?} {what}"
+        )))
+    };
+    match (condition, live_version) {
+        (Condition::Always, _) => Ok(()),
+        (Condition::IfAbsent, None) => Ok(()),
+        (Condition::IfAbsent, Some(v)) => failed(format!("exists at version {v} (if_absent)")),
+        (Condition::IfVersion(want), Some(v)) if v == want => Ok(()),
+        (Condition::IfVersion(want), Some(v)) => {
+            failed(format!("is at version {v}, not {want} (if_version)"))
+        }
+        (Condition::IfVersion(want), None) => failed(format!("does not exist (if_version {want})")),
+    }
+}
+
+/// Removes expired entries every `every`, in bounded steps off the async
+/// workers, until `stop`.
+pub async fn run_sweeper(
+    engine: CacheEngine,
+    every: Duration,
+    batch: usize,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        engine.prune_watch_channels();
+        loop {
+            let step = engine.clone();
+            let done = tokio::task::spawn_blocking(move || step.sweep_step(now_ms(), batch)).await;
+            match done {
+                Ok(Ok(n)) if n >= batch && !stop.is_cancelled() => continue,
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cache expiry sweep failed; retrying next interval");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cache expiry sweep panicked");
+                    break;
+                }
+            }
+        }
+    }
+}

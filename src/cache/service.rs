@@ -1,0 +1,289 @@
+//! `gantry.v1.Cache` over gRPC: converts and validates, then asks the engine.
+
+use std::pin::Pin;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::stats::Snapshot;
+use super::watch::ChangeKind;
+use super::{CacheEngine, CacheError, Condition, Found};
+use crate::error::ApiError;
+use crate::grpc::{duration_from_pb, duration_to_pb};
+use crate::proto::gantry::v1 as pb;
+use crate::wallclock::now_ms;
+
+pub struct CacheService {
+    engine: CacheEngine,
+}
+
+impl CacheService {
+    pub fn new(engine: CacheEngine) -> Self {
+        Self { engine }
+    }
+
+    fn check_batch(&self, len: usize) -> Result<(), Status> {
+        let max = self.engine.max_batch();
+        if len > max {
+            return Err(ApiError::from(CacheError::BatchTooLarge { len, max }).into());
+        }
+        Ok(())
+    }
+}
+
+fn timestamp(unix_ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(unix_ms))
+}
+
+fn get_response(found: Option<Found>) -> pb::GetResponse {
+    match found {
+        None => pb::GetResponse::default(),
+        Some(f) => pb::GetResponse {
+            found: true,
+            value: f.value,
+            version: f.version,
+            ttl_remaining: (f.expires_at_ms != 0).then(|| {
+                duration_to_pb(Duration::from_millis(
+                    f.expires_at_ms.saturating_sub(now_ms()),
+                ))
+            }),
+        },
+    }
+}
+
+fn item_error(err: CacheError) -> pb::ItemError {
+    let api = ApiError::from(err);
+    pb::ItemError {
+        code: api.code() as i32,
+        message: api.to_string(),
+    }
+}
+
+/// Field errors of a PutRequest that happen before the engine sees it.
+fn put_args(r: &pb::PutRequest) -> Result<(Option<Duration>, Condition), CacheError> {
+    let ttl = duration_from_pb("ttl", r.ttl.as_ref()).map_err(|e| match e {
+        ApiError::InvalidArgument { field, reason } => CacheError::Invalid { field, reason },
+        other => CacheError::Invalid {
+            field: "ttl".into(),
+            reason: other.to_string(),
+        },
+    })?;
+    let condition = match r.condition {
+        None | Some(pb::put_request::Condition::IfAbsent(false)) => Condition::Always,
+        Some(pb::put_request::Condition::IfAbsent(true)) => Condition::IfAbsent,
+        Some(pb::put_request::Condition::IfVersion(v)) => Condition::IfVersion(v),
+    };
+    Ok(((!ttl.is_zero()).then_some(ttl), condition))
+}
+
+fn put_one(engine: &CacheEngine, r: pb::PutRequest) -> Result<pb::PutResponse, CacheError> {
+    let (ttl, condition) = put_args(&r)?;
+    let written = engine.put(&r.namespace, &r.key, r.value, ttl, condition)?;
+    Ok(pb::PutResponse {
+        stored: true,
+        version: written.version,
+    })
+}
+
+fn stats_pb(namespace: String, s: &Snapshot) -> pb::NamespaceStats {
+    pb::NamespaceStats {
+        namespace,
+        hot_hits: s.hot_hits,
+        hot_misses: s.hot_misses,
+        store_hits: s.store_hits,
+        store_misses: s.store_misses,
+        entries: s.entries,
+        raw_bytes: s.raw_bytes,
+        stored_bytes: s.stored_bytes,
+        evictions: s.evictions,
+        expirations: s.expirations,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cache_server::Cache for CacheService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let r = request.get_ref();
+        let found = self
+            .engine
+            .get(&r.namespace, &r.key)
+            .map_err(ApiError::from)?;
+        tracing::debug!(namespace = %r.namespace, found = found.is_some(), "cache.get");
+        Ok(Response::new(get_response(found)))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let r = request.into_inner();
+        let namespace = r.namespace.clone();
+        let response = put_one(&self.engine, r).map_err(ApiError::from)?;
+        self.engine.durable().await.map_err(ApiError::from)?;
+        tracing::debug!(%namespace, version = response.version, "cache.put");
+        Ok(Response::new(response))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = request.get_ref();
+        let deleted = self
+            .engine
+            .delete(&r.namespace, &r.key, r.if_version)
+            .map_err(ApiError::from)?;
+        if deleted {
+            self.engine.durable().await.map_err(ApiError::from)?;
+        }
+        tracing::debug!(namespace = %r.namespace, deleted, "cache.delete");
+        Ok(Response::new(pb::DeleteResponse { deleted }))
+    }
+
+    async fn get_many(
+        &self,
+        request: Request<pb::GetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let items = &request.get_ref().items;
+        self.check_batch(items.len())?;
+        let results: Vec<pb::GetManyResult> = items
+            .iter()
+            .enumerate()
+            .map(
+                |(i, item)| match self.engine.get(&item.namespace, &item.key) {
+                    Ok(found) => pb::GetManyResult {
+                        response: Some(get_response(found)),
+                        error: None,
+                    },
+                    Err(e) => pb::GetManyResult {
+                        response: None,
+                        error: Some(item_error(e.in_item(i))),
+                    },
+                },
+            )
+            .collect();
+        tracing::debug!(
+            items = items.len(),
+            found = results
+                .iter()
+                .filter(|r| r.response.as_ref().is_some_and(|r| r.found))
+                .count(),
+            "cache.get_many"
+        );
+        Ok(Response::new(pb::GetManyResponse { results }))
+    }
+
+    async fn put_many(
+        &self,
+        request: Request<pb::PutManyRequest>,
+    ) -> Result<Response<pb::PutManyResponse>, Status> {
+        let items = request.into_inner().items;
+        self.check_batch(items.len())?;
+        let count = items.len();
+        let results: Vec<pb::PutManyResult> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match put_one(&self.engine, item) {
+                Ok(response) => pb::PutManyResult {
+                    response: Some(response),
+                    error: None,
+                },
+                Err(e) => pb::PutManyResult {
+                    response: None,
+                    error: Some(item_error(e.in_item(i))),
+                },
+            })
+            .collect();
+        let stored = results.iter().filter(|r| r.response.is_some()).count();
+        if stored > 0 {
+            // One flush for the whole batch in `sync` durability.
+            self.engine.durable().await.map_err(ApiError::from)?;
+        }
+        tracing::debug!(items = count, stored, "cache.put_many");
+        Ok(Response::new(pb::PutManyResponse { results }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = request.into_inner();
+        let subscription = self
+            .engine
+            .subscribe(&r.namespace)
+            .map_err(ApiError::from)?;
+        tracing::debug!(namespace = %r.namespace, prefix = %r.key_prefix, "cache.watch started");
+        let engine = self.engine.clone();
+        let guard = subscription.guard;
+        let (namespace, prefix, include_values) = (r.namespace, r.key_prefix, r.include_values);
+        let events = BroadcastStream::new(subscription.rx).filter_map(move |item| {
+            // The guard lives as long as the stream: the watcher count drops with it.
+            let _watching = &guard;
+            match item {
+                Ok(change) if change.key.starts_with(&prefix) => Some(Ok(pb::WatchEvent {
+                    kind: match change.kind {
+                        ChangeKind::Put => pb::watch_event::Kind::Put,
+                        ChangeKind::Delete => pb::watch_event::Kind::Delete,
+                        ChangeKind::Expire => pb::watch_event::Kind::Expire,
+                    } as i32,
+                    namespace: change.namespace.clone(),
+                    key: change.key.clone(),
+                    version: change.version,
+                    value: if include_values {
+                        change.value.clone().unwrap_or_default()
+                    } else {
+                        Default::default()
+                    },
+                    time: Some(timestamp(change.at_ms)),
+                })),
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(lost)) => {
+                    engine.count_resync();
+                    tracing::debug!(namespace = %namespace, lost, "cache watcher fell behind; sending resync");
+                    Some(Ok(pb::WatchEvent {
+                        kind: pb::watch_event::Kind::Resync as i32,
+                        namespace: namespace.clone(),
+                        time: Some(timestamp(now_ms())),
+                        ..Default::default()
+                    }))
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<pb::CacheStatsRequest>,
+    ) -> Result<Response<pb::CacheStats>, Status> {
+        let wanted = request.into_inner().namespace;
+        if !wanted.is_empty() {
+            self.engine
+                .check_namespace(&wanted)
+                .map_err(ApiError::from)?;
+        }
+        let mut all = self.engine.namespaces().snapshot();
+        if !wanted.is_empty() {
+            all.retain(|(n, _)| *n == wanted);
+            if all.is_empty() {
+                all.push((wanted, Snapshot::default()));
+            }
+        }
+        let mut total = Snapshot::default();
+        for (_, s) in &all {
+            total.add(s);
+        }
+        Ok(Response::new(pb::CacheStats {
+            namespaces: all.into_iter().map(|(n, s)| stats_pb(n, &s)).collect(),
+            total: Some(stats_pb(String::new(), &total)),
+        }))
+    }
+}

@@ -1,0 +1,356 @@
+//! Per-namespace counters: what Stats answers and /metrics shows. Atomics
+//! bumped on the request path; the Prometheus collector reads them at scrape
+//! time, so a request pays no label lookup.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::CacheError;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub hot_hits: AtomicU64,
+    pub hot_misses: AtomicU64,
+    pub store_hits: AtomicU64,
+    pub store_misses: AtomicU64,
+    /// Signed: a decrement racing an increment never wraps.
+    pub entries: AtomicI64,
+    pub raw_bytes: AtomicI64,
+    pub stored_bytes: AtomicI64,
+    pub evictions: AtomicU64,
+    pub expirations: AtomicU64,
+}
+
+/// A point-in-time copy of one namespace's counters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub hot_hits: u64,
+    pub hot_misses: u64,
+    pub store_hits: u64,
+    pub store_misses: u64,
+    pub entries: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+}
+
+impl Snapshot {
+    pub fn add(&mut self, o: &Snapshot) {
+        self.hot_hits += o.hot_hits;
+        self.hot_misses += o.hot_misses;
+        self.store_hits += o.store_hits;
+        self.store_misses += o.store_misses;
+        self.entries += o.entries;
+        self.raw_bytes += o.raw_bytes;
+        self.stored_bytes += o.stored_bytes;
+        self.evictions += o.evictions;
+        self.expirations += o.expirations;
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub fn hot_hit(&self) {
+        bump(&self.hot_hits);
+    }
+    pub fn hot_miss(&self) {
+        bump(&self.hot_misses);
+    }
+    pub fn store_hit(&self) {
+        bump(&self.store_hits);
+    }
+    pub fn store_miss(&self) {
+        bump(&self.store_misses);
+    }
+    pub fn evicted(&self) {
+        bump(&self.evictions);
+    }
+
+    /// An entry appeared (`+1`) or went away (`-1`), or was replaced (`0`),
+    /// with the change in raw and stored bytes.
+    pub fn resize(&self, entries: i64, raw: i64, stored: i64) {
+        self.entries.fetch_add(entries, Ordering::Relaxed);
+        self.raw_bytes.fetch_add(raw, Ordering::Relaxed);
+        self.stored_bytes.fetch_add(stored, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let gauge = |c: &AtomicI64| u64::try_from(c.load(Ordering::Relaxed)).unwrap_or(0);
+        Snapshot {
+            hot_hits: get(&self.hot_hits),
+            hot_misses: get(&self.hot_misses),
+            store_hits: get(&self.store_hits),
+            store_misses: get(&self.store_misses),
+            entries: gauge(&self.entries),
+            raw_bytes: gauge(&self.raw_bytes),
+            stored_bytes: gauge(&self.stored_bytes),
+            evictions: get(&self.evictions),
+            expirations: get(&self.expirations),
+        }
+    }
+}
+
+/// Every namespace's counters, bounded by `cache.max_namespaces`.
+#[derive(Debug)]
+pub struct Namespaces {
+    map: RwLock<HashMap<String, Arc<Counters>>>,
+    max: usize,
+}
+
+impl Namespaces {
+    pub fn new(max: usize) -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+            max,
+        }
+    }
+
+    /// The counters of a namespace that has (or had) entries.
+    pub fn get(&self, namespace: &str) -> Option<Arc<Counters>> {
+        self.map.read().get(namespace).cloned()
+    }
+
+    /// The counters of a namespace about to receive an entry; a new
+    /// namespace beyond the limit is refused.
+    pub fn get_or_create(&self, namespace: &str) -> Result<Arc<Counters>, CacheError> {
+        if let Some(c) = self.get(namespace) {
+            return Ok(c);
+        }
+        let mut map = self.map.write();
+        if let Some(c) = map.get(namespace) {
+            return Ok(c.clone());
+        }
+        if map.len() >= self.max {
+            return Err(CacheError::TooManyNamespaces {
+                namespace: namespace.to_string(),
+                max: self.max,
+            });
+        }
+        let c = Arc::new(Counters::default());
+        map.insert(namespace.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// At start: namespaces found in the store count even above the limit.
+    pub fn load(&self, namespace: &str) -> Arc<Counters> {
+        self.map
+            .write()
+            .entry(namespace.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Sorted by namespace.
+    pub fn snapshot(&self) -> Vec<(String, Snapshot)> {
+        let mut all: Vec<(String, Snapshot)> = self
+            .map
+            .read()
+            .iter()
+            .map(|(n, c)| (n.clone(), c.snapshot()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NsLabel {
+    namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    namespace: String,
+    tier: &'static str,
+}
+
+/// Per-namespace series on /metrics, read from the counters at scrape time.
+#[derive(Debug)]
+pub struct CacheCollector(pub Arc<Namespaces>);
+
+fn counter_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(L, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (labels, value) in rows {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(NsLabel, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (labels, value) in rows {
+        ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX))
+            .encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let all = self.0.snapshot();
+        if all.is_empty() {
+            return Ok(());
+        }
+        let ns = |n: &str| NsLabel {
+            namespace: n.to_string(),
+        };
+        let tier = |n: &str, tier| TierLabels {
+            namespace: n.to_string(),
+            tier,
+        };
+        let hits: Vec<_> = all
+            .iter()
+            .flat_map(|(n, s)| {
+                [
+                    (tier(n, "hot"), s.hot_hits),
+                    (tier(n, "store"), s.store_hits),
+                ]
+            })
+            .collect();
+        counter_family(
+            &mut encoder,
+            "gantry_cache_hits",
+            "Reads answered, by namespace and tier",
+            &hits,
+        )?;
+        let misses: Vec<_> = all
+            .iter()
+            .flat_map(|(n, s)| {
+                [
+                    (tier(n, "hot"), s.hot_misses),
+                    (tier(n, "store"), s.store_misses),
+                ]
+            })
+            .collect();
+        counter_family(
+            &mut encoder,
+            "gantry_cache_misses",
+            "Reads a tier could not answer (store misses are misses of the whole cache)",
+            &misses,
+        )?;
+        let rows = |f: fn(&Snapshot) -> u64| -> Vec<(NsLabel, u64)> {
+            all.iter().map(|(n, s)| (ns(n), f(s))).collect()
+        };
+        counter_family(
+            &mut encoder,
+            "gantry_cache_evictions",
+            "Entries evicted from the hot tier (they stay in the store)",
+            &rows(|s| s.evictions),
+        )?;
+        counter_family(
+            &mut encoder,
+            "gantry_cache_expirations",
+            "Entries removed because their TTL ran out",
+            &rows(|s| s.expirations),
+        )?;
+        gauge_family(
+            &mut encoder,
+            "gantry_cache_entries",
+            "Live entries",
+            &rows(|s| s.entries),
+        )?;
+        gauge_family(
+            &mut encoder,
+            "gantry_cache_raw_bytes",
+            "Bytes of the values as they were put",
+            &rows(|s| s.raw_bytes),
+        )?;
+        gauge_family(
+            &mut encoder,
+            "gantry_cache_stored_bytes",
+            "Bytes of the values as stored (after compression)",
+            &rows(|s| s.stored_bytes),
+        )?;
+        Ok(())
+    }
+}
+
+/// Watch and hot-tier series, read at scrape time.
+pub struct WatchCollector(pub super::CacheEngine);
+
+impl std::fmt::Debug for WatchCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchCollector")
+    }
+}
+
+impl Collector for WatchCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(i64::try_from(self.0.watchers()).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "gantry_cache_watchers",
+            "Watch streams open now",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?)?;
+        let resyncs = ConstCounter::new(self.0.resyncs());
+        resyncs.encode(encoder.encode_descriptor(
+            "gantry_cache_watch_resyncs",
+            "Resync events sent to watchers that fell behind",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?)?;
+        let hot = ConstGauge::new(i64::try_from(self.0.hot_entries()).unwrap_or(i64::MAX));
+        hot.encode(encoder.encode_descriptor(
+            "gantry_cache_hot_entries",
+            "Entries in the in-memory hot tier",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_bounded_but_loading_is_not() {
+        let ns = Namespaces::new(2);
+        ns.get_or_create("a").unwrap();
+        ns.get_or_create("b").unwrap();
+        ns.get_or_create("a").unwrap();
+        assert!(matches!(
+            ns.get_or_create("c"),
+            Err(CacheError::TooManyNamespaces { max: 2, .. })
+        ));
+        ns.load("c").resize(1, 10, 4);
+        let all = ns.snapshot();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[2].1.entries, 1);
+        assert_eq!(all[2].1.stored_bytes, 4);
+    }
+}

@@ -1,0 +1,78 @@
+//! Group commit for "answer after it is on disk": callers that wrote ask for
+//! a flush and wait; one thread flushes once for everyone who asked while
+//! the previous flush ran. A flush that starts after a request covers the
+//! write made before it.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+use super::{Store, StoreError};
+
+type Waiter = oneshot::Sender<Result<(), StoreError>>;
+
+pub struct GroupFlush {
+    tx: mpsc::Sender<Waiter>,
+}
+
+impl GroupFlush {
+    pub fn start(store: Arc<dyn Store>, name: &str) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Waiter>();
+        std::thread::Builder::new()
+            .name(format!("gantry-flush-{name}"))
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let result = store.flush();
+                    for waiter in waiting {
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    /// Resolves once everything written before this call is on disk.
+    pub async fn flushed(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(tx)
+            .map_err(|_| StoreError::Io("the flusher thread is gone".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Io("the flusher thread is gone".into()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StorageConfig;
+    use crate::store::{Domain, SledStore};
+
+    #[tokio::test]
+    async fn concurrent_callers_are_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SledStore::open(&StorageConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let flush = Arc::new(GroupFlush::start(store.clone(), "test").unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..20u8 {
+            let (store, flush) = (store.clone(), flush.clone());
+            tasks.push(tokio::spawn(async move {
+                store.tree(Domain::Cache).insert(&[i], &[i]).unwrap();
+                flush.flushed().await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(store.tree(Domain::Cache).len(), 20);
+    }
+}
