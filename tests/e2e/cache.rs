@@ -1,0 +1,577 @@
+//! The cache over real gRPC: every RPC and error, TTLs (read path and
+//! sweeper), compare-and-set races, batches with mixed outcomes, compression
+//! round trips, restarts, Stats and /metrics, and Watch with its resync.
+
+use std::time::{Duration, Instant};
+
+use gantry::config::HumanDuration;
+use gantry::proto::gantry::v1 as pb;
+use pb::cache_client::CacheClient;
+use prost::bytes::Bytes;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::common::{TestServer, http_get, metric_value};
+
+fn put_req(ns: &str, key: &str, value: impl Into<Bytes>) -> pb::PutRequest {
+    pb::PutRequest {
+        namespace: ns.into(),
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+fn get_req(ns: &str, key: &str) -> pb::GetRequest {
+    pb::GetRequest {
+        namespace: ns.into(),
+        key: key.into(),
+    }
+}
+
+fn ttl(d: Duration) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    })
+}
+
+async fn get(c: &mut CacheClient<Channel>, ns: &str, key: &str) -> pb::GetResponse {
+    c.get(get_req(ns, key)).await.unwrap().into_inner()
+}
+
+async fn put(c: &mut CacheClient<Channel>, req: pb::PutRequest) -> u64 {
+    let r = c.put(req).await.unwrap().into_inner();
+    assert!(r.stored);
+    r.version
+}
+
+fn json_like(n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| format!("{{\"user\":{i},\"plan\":\"pro\",\"active\":true}},").into_bytes())
+        .collect()
+}
+
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn put_get_delete_with_versions_and_ttl() {
+    let server = TestServer::start().await;
+    let mut c = CacheClient::new(server.channel.clone());
+
+    assert!(!get(&mut c, "orders", "o-1").await.found);
+    let v1 = put(&mut c, put_req("orders", "o-1", &b"pending"[..])).await;
+    let r = get(&mut c, "orders", "o-1").await;
+    assert!(r.found);
+    assert_eq!((&r.value[..], r.version), (&b"pending"[..], v1));
+    assert_eq!(r.ttl_remaining, None, "no TTL: never expires");
+
+    let mut with_ttl = put_req("orders", "o-1", &b"paid"[..]);
+    with_ttl.ttl = ttl(Duration::from_secs(30));
+    let v2 = put(&mut c, with_ttl).await;
+    assert!(v2 > v1);
+    let r = get(&mut c, "orders", "o-1").await;
+    let left = r.ttl_remaining.unwrap();
+    assert!((25..=30).contains(&left.seconds), "{left:?}");
+
+    let deleted = c
+        .delete(pb::DeleteRequest {
+            namespace: "orders".into(),
+            key: "o-1".into(),
+            if_version: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.deleted);
+    assert!(!get(&mut c, "orders", "o-1").await.found);
+    let again = c
+        .delete(pb::DeleteRequest {
+            namespace: "orders".into(),
+            key: "o-1".into(),
+            if_version: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.deleted);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn conditions_lose_with_failed_precondition() {
+    let server = TestServer::start().await;
+    let mut c = CacheClient::new(server.channel.clone());
+    let mut absent = put_req("ns", "lock", &b"me"[..]);
+    absent.condition = Some(pb::put_request::Condition::IfAbsent(true));
+    let v = put(&mut c, absent.clone()).await;
+    let err = c.put(absent).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("exists at version"),
+        "{}",
+        err.message()
+    );
+
+    let mut cas = put_req("ns", "lock", &b"you"[..]);
+    cas.condition = Some(pb::put_request::Condition::IfVersion(v + 1000));
+    let err = c.put(cas.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains(&format!("is at version {v}")),
+        "{}",
+        err.message()
+    );
+    cas.condition = Some(pb::put_request::Condition::IfVersion(v));
+    let v2 = put(&mut c, cas).await;
+
+    let err = c
+        .delete(pb::DeleteRequest {
+            namespace: "ns".into(),
+            key: "lock".into(),
+            if_version: Some(v),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        c.delete(pb::DeleteRequest {
+            namespace: "ns".into(),
+            key: "lock".into(),
+            if_version: Some(v2),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deleted
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_naming_the_field() {
+    let server = TestServer::start_with(|c| {
+        c.cache.max_value_bytes = 1000;
+        c.cache.max_key_bytes = 16;
+        c.cache.max_batch = 3;
+        c.cache.max_namespaces = 2;
+    })
+    .await;
+    let mut c = CacheClient::new(server.channel.clone());
+    let expect = |status: tonic::Status, code: Code, words: &[&str]| {
+        assert_eq!(status.code(), code, "{status:?}");
+        for w in words {
+            assert!(
+                status.message().contains(w),
+                "{w:?} in {}",
+                status.message()
+            );
+        }
+    };
+    expect(
+        c.get(get_req("", "k")).await.unwrap_err(),
+        Code::InvalidArgument,
+        &["namespace", "empty"],
+    );
+    expect(
+        c.get(get_req("ns", "")).await.unwrap_err(),
+        Code::InvalidArgument,
+        &["key", "empty"],
+    );
+    expect(
+        c.get(get_req("ns", &"k".repeat(17))).await.unwrap_err(),
+        Code::InvalidArgument,
+        &["key", "17 bytes", "cache.max_key_bytes"],
+    );
+    expect(
+        c.put(put_req("ns", "k", vec![0u8; 1001]))
+            .await
+            .unwrap_err(),
+        Code::InvalidArgument,
+        &["value", "1001 bytes", "cache.max_value_bytes"],
+    );
+    let mut negative = put_req("ns", "k", &b"v"[..]);
+    negative.ttl = Some(prost_types::Duration {
+        seconds: -5,
+        nanos: 0,
+    });
+    expect(
+        c.put(negative).await.unwrap_err(),
+        Code::InvalidArgument,
+        &["ttl", "negative"],
+    );
+    let too_many = pb::GetManyRequest {
+        items: (0..4).map(|i| get_req("ns", &format!("k{i}"))).collect(),
+    };
+    expect(
+        c.get_many(too_many).await.unwrap_err(),
+        Code::InvalidArgument,
+        &["items", "4 items", "cache.max_batch"],
+    );
+    put(&mut c, put_req("a", "k", &b"v"[..])).await;
+    put(&mut c, put_req("b", "k", &b"v"[..])).await;
+    expect(
+        c.put(put_req("c", "k", &b"v"[..])).await.unwrap_err(),
+        Code::ResourceExhausted,
+        &["\"c\"", "cache.max_namespaces"],
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_answer_per_item_in_order() {
+    let server = TestServer::start().await;
+    let mut c = CacheClient::new(server.channel.clone());
+    let v = put(&mut c, put_req("ns", "existing", &b"old"[..])).await;
+    let mut lost = put_req("ns", "existing", &b"new"[..]);
+    lost.condition = Some(pb::put_request::Condition::IfVersion(v + 1));
+    let results = c
+        .put_many(pb::PutManyRequest {
+            items: vec![
+                put_req("ns", "a", &b"1"[..]),
+                put_req("ns", "", &b"2"[..]),
+                lost,
+                put_req("ns", "b", &b"3"[..]),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 4);
+    assert!(results[0].response.as_ref().unwrap().stored);
+    let e1 = results[1].error.as_ref().unwrap();
+    assert_eq!(e1.code, Code::InvalidArgument as i32);
+    assert!(e1.message.starts_with("items[1].key"), "{}", e1.message);
+    let e2 = results[2].error.as_ref().unwrap();
+    assert_eq!(e2.code, Code::FailedPrecondition as i32, "{}", e2.message);
+    assert!(results[3].response.is_some());
+
+    let results = c
+        .get_many(pb::GetManyRequest {
+            items: vec![
+                get_req("ns", "b"),
+                get_req("ns", "missing"),
+                get_req("", "x"),
+                get_req("ns", "existing"),
+                get_req("ns", "a"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let values: Vec<Option<&[u8]>> = results
+        .iter()
+        .map(|r| {
+            r.response
+                .as_ref()
+                .filter(|g| g.found)
+                .map(|g| &g.value[..])
+        })
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            Some(&b"3"[..]),
+            None,
+            None,
+            Some(&b"old"[..]),
+            Some(&b"1"[..])
+        ]
+    );
+    assert!(
+        results[1].response.is_some() && results[1].error.is_none(),
+        "a miss is not an error"
+    );
+    assert!(
+        results[2]
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .starts_with("items[2].namespace")
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_compare_and_set_has_exactly_one_winner() {
+    let server = TestServer::start().await;
+    let mut c = CacheClient::new(server.channel.clone());
+    for round in 0..5 {
+        let key = format!("counter-{round}");
+        let v = put(&mut c, put_req("ns", &key, &b"0"[..])).await;
+        let mut tasks = Vec::new();
+        for writer in 0..16 {
+            let mut c = c.clone();
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut req = put_req("ns", &key, writer.to_string().into_bytes());
+                req.condition = Some(pb::put_request::Condition::IfVersion(v));
+                c.put(req).await.map(|r| r.into_inner().version)
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(version) => winners.push(version),
+                Err(status) => assert_eq!(status.code(), Code::FailedPrecondition),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}");
+        assert_eq!(get(&mut c, "ns", &key).await.version, winners[0]);
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn values_round_trip_whether_compressed_or_not() {
+    let server = TestServer::start_with(|c| c.cache.compress_min_bytes = 512).await;
+    let mut c = CacheClient::new(server.channel.clone());
+    let json = json_like(500);
+    let random = noise(20_000);
+    for (key, value) in [
+        ("json", json.clone()),
+        ("noise", random.clone()),
+        ("empty", Vec::new()),
+    ] {
+        put(&mut c, put_req("blobs", key, value.clone())).await;
+        assert_eq!(
+            &get(&mut c, "blobs", key).await.value[..],
+            &value[..],
+            "{key}"
+        );
+    }
+    let stats = c
+        .stats(pb::CacheStatsRequest {
+            namespace: "blobs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let s = &stats.namespaces[0];
+    assert_eq!(s.entries, 3);
+    assert_eq!(s.raw_bytes, (json.len() + random.len()) as u64);
+    // JSON shrinks several times; noise is stored raw (no growth).
+    assert!(
+        s.stored_bytes < random.len() as u64 + json.len() as u64 / 3,
+        "{s:?}"
+    );
+    assert!(s.stored_bytes >= random.len() as u64, "{s:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn expired_entries_are_not_returned_and_are_swept() {
+    let server = TestServer::start_with(|c| {
+        c.cache.sweep_interval = HumanDuration::from_millis(50);
+    })
+    .await;
+    let mut c = CacheClient::new(server.channel.clone());
+    let mut short = put_req("sessions", "s-1", &b"token"[..]);
+    short.ttl = ttl(Duration::from_millis(300));
+    put(&mut c, short).await;
+    put(&mut c, put_req("sessions", "s-2", &b"keep"[..])).await;
+    assert!(get(&mut c, "sessions", "s-1").await.found);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!get(&mut c, "sessions", "s-1").await.found);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = c
+            .stats(pb::CacheStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let total = stats.total.unwrap();
+        if total.expirations == 1 {
+            assert_eq!(total.entries, 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not swept: {total:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, metrics) = http_get(server.metrics, "/metrics").await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "gantry_cache_expirations_total{namespace=\"sessions\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "gantry_cache_entries{namespace=\"sessions\"}"),
+        Some(1.0)
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            "gantry_cache_hits_total{namespace=\"sessions\",tier=\"hot\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn entries_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |dir: std::path::PathBuf| async move {
+        let config = crate::common::test_config(&dir);
+        let gantry = gantry::server::Gantry::build(config, false).await.unwrap();
+        let grpc = gantry.grpc_addr();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let handle = tokio::spawn(gantry.serve(shutdown.clone()));
+        (
+            CacheClient::new(crate::common::connect(grpc).await),
+            shutdown,
+            handle,
+        )
+    };
+    let (mut c, shutdown, handle) = start(dir.path().to_path_buf()).await;
+    let v = put(&mut c, put_req("cfg", "flags", json_like(100))).await;
+    let mut expiring = put_req("cfg", "soon", &b"x"[..]);
+    expiring.ttl = ttl(Duration::from_millis(200));
+    put(&mut c, expiring).await;
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (mut c, shutdown, handle) = start(dir.path().to_path_buf()).await;
+    let r = get(&mut c, "cfg", "flags").await;
+    assert_eq!((&r.value[..], r.version), (&json_like(100)[..], v));
+    assert!(
+        !get(&mut c, "cfg", "soon").await.found,
+        "its TTL ran out while down"
+    );
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn watch_streams_puts_deletes_and_expiries_of_a_prefix() {
+    let server = TestServer::start_with(|c| {
+        c.cache.sweep_interval = HumanDuration::from_millis(50);
+    })
+    .await;
+    let mut c = CacheClient::new(server.channel.clone());
+    let mut stream = c
+        .watch(pb::WatchRequest {
+            namespace: "cfg".into(),
+            key_prefix: "feature/".into(),
+            include_values: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    put(&mut c, put_req("cfg", "other", &b"ignored"[..])).await;
+    put(&mut c, put_req("elsewhere", "feature/x", &b"ignored"[..])).await;
+    let v = put(&mut c, put_req("cfg", "feature/a", &b"on"[..])).await;
+    let e = next_event(&mut stream).await;
+    assert_eq!(e.kind, pb::watch_event::Kind::Put as i32);
+    assert_eq!(
+        (e.key.as_str(), e.version, &e.value[..]),
+        ("feature/a", v, &b"on"[..])
+    );
+    assert!(e.time.is_some());
+
+    c.delete(pb::DeleteRequest {
+        namespace: "cfg".into(),
+        key: "feature/a".into(),
+        if_version: None,
+    })
+    .await
+    .unwrap();
+    let e = next_event(&mut stream).await;
+    assert_eq!(
+        (e.kind, e.version),
+        (pb::watch_event::Kind::Delete as i32, v)
+    );
+
+    let mut short = put_req("cfg", "feature/b", &b"1"[..]);
+    short.ttl = ttl(Duration::from_millis(100));
+    put(&mut c, short).await;
+    assert_eq!(
+        next_event(&mut stream).await.kind,
+        pb::watch_event::Kind::Put as i32
+    );
+    let e = next_event(&mut stream).await;
+    assert_eq!(
+        (e.kind, e.key.as_str()),
+        (pb::watch_event::Kind::Expire as i32, "feature/b")
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_falls_behind_gets_a_resync() {
+    let server = TestServer::start_with(|c| c.cache.watch_buffer = 4).await;
+    let mut c = CacheClient::new(server.channel.clone());
+    let mut stream = c
+        .watch(pb::WatchRequest {
+            namespace: "big".into(),
+            key_prefix: String::new(),
+            include_values: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // 60 KB events fill the HTTP/2 flow-control windows (connection and
+    // stream) quickly, so the server cannot drain the buffer of 4 while this
+    // watcher does not read: 200 of them are 12 MB.
+    let value = noise(60_000);
+    for i in 0..200 {
+        put(&mut c, put_req("big", &format!("k{i}"), value.clone())).await;
+    }
+    put(&mut c, put_req("big", "last", &b"after"[..])).await;
+    let mut kinds = Vec::new();
+    loop {
+        let e = next_event(&mut stream).await;
+        if e.kind == pb::watch_event::Kind::Resync as i32 {
+            kinds.push("resync");
+        } else {
+            kinds.push("put");
+        }
+        if e.key == "last" {
+            break;
+        }
+    }
+    assert!(kinds.contains(&"resync"), "{kinds:?}");
+    assert!(
+        kinds.len() < 200,
+        "events were dropped, not buffered: {} events",
+        kinds.len()
+    );
+    assert_eq!(
+        kinds.last(),
+        Some(&"put"),
+        "the stream goes on after a resync"
+    );
+    let (_, metrics) = http_get(server.metrics, "/metrics").await;
+    assert!(metric_value(&metrics, "gantry_cache_watch_resyncs_total").unwrap() >= 1.0);
+    assert_eq!(metric_value(&metrics, "gantry_cache_watchers"), Some(1.0));
+    drop(stream);
+    server.stop().await.unwrap();
+}

@@ -1,0 +1,139 @@
+//! The cache in the real binary: a write acknowledged in `sync` durability
+//! survives SIGKILL, and a damaged data directory either stops the server
+//! with a clear error or is quarantined.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry::proto::gantry::v1 as pb;
+use pb::cache_client::CacheClient;
+
+use crate::common::{GantryProcess, connect, run_gantry};
+
+fn spawn(cwd: &std::path::Path, envs: &[(&str, &str)]) -> GantryProcess {
+    GantryProcess::spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        envs,
+        cwd,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_acknowledged_in_sync_mode_survives_sigkill() {
+    let cwd = tempfile::tempdir().unwrap();
+    // A long periodic flush, so only the sync path can make the writes durable in time.
+    let envs = [
+        ("GANTRY_CACHE_DURABILITY", "sync"),
+        ("GANTRY_STORAGE_FLUSH_INTERVAL", "1h"),
+    ];
+    let mut gantry = spawn(cwd.path(), &envs);
+    let (grpc, _) = gantry.wait_until_listening();
+    let channel = connect(grpc).await;
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut c = CacheClient::new(channel.clone());
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let key = format!("w{w}-{i}");
+                let put = c
+                    .put(pb::PutRequest {
+                        namespace: "orders".into(),
+                        key: key.clone(),
+                        value: format!("value of {key}").into_bytes().into(),
+                        ..Default::default()
+                    })
+                    .await;
+                match put {
+                    Ok(r) => acknowledged
+                        .lock()
+                        .unwrap()
+                        .push((key, r.into_inner().version)),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acknowledged.lock().unwrap().len() < 300 {
+        assert!(Instant::now() < deadline, "puts are too slow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gantry.signal("KILL");
+    gantry.wait_exit(Duration::from_secs(10));
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let mut gantry = spawn(cwd.path(), &envs);
+    let (grpc, _) = gantry.wait_until_listening();
+    let mut c = CacheClient::new(connect(grpc).await);
+    for (key, version) in &acknowledged {
+        let r = c
+            .get(pb::GetRequest {
+                namespace: "orders".into(),
+                key: key.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.found, "acknowledged put {key} lost");
+        assert_eq!(r.version, *version);
+        assert_eq!(&r.value[..], format!("value of {key}").as_bytes());
+    }
+    gantry.signal("TERM");
+    assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
+}
+
+#[test]
+fn a_damaged_data_directory_stops_the_server_or_is_quarantined() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut gantry = spawn(cwd.path(), &[]);
+    gantry.wait_until_listening();
+    gantry.signal("TERM");
+    assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
+    std::fs::write(cwd.path().join("data/conf"), b"garbage, no checksum").unwrap();
+
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let (code, _, stderr) = run_gantry(&args, &[], cwd.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is corrupt"), "{stderr}");
+
+    let mut gantry = spawn(
+        cwd.path(),
+        &[("GANTRY_STORAGE_ON_CORRUPTION", "quarantine")],
+    );
+    gantry.wait_until_listening();
+    assert!(
+        gantry.stderr_text().contains("DATA DIRECTORY CORRUPT"),
+        "{}",
+        gantry.stderr_text()
+    );
+    let moved = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("data.corrupt-")
+        })
+        .count();
+    assert_eq!(moved, 1);
+    gantry.signal("TERM");
+    assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
+}
