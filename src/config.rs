@@ -450,6 +450,9 @@ pub struct CacheConfig {
     pub watch_buffer: u64,
     /// Most concurrent Watch streams.
     pub max_watchers: u64,
+    /// Answer Get calls from a few read tasks in groups (fewer write system
+    /// calls per call); false: each call reads on its own.
+    pub coalesce: bool,
 }
 
 impl Default for CacheConfig {
@@ -469,6 +472,7 @@ impl Default for CacheConfig {
             sweep_batch: 1_000,
             watch_buffer: 1_024,
             max_watchers: 1_000,
+            coalesce: true,
         }
     }
 }

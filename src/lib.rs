@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod lanes;
 pub mod leases;
 pub mod ratelimit;
 pub mod reload;

@@ -107,6 +107,7 @@ impl Reloader {
             ("server", self.current.server != config.server),
             ("storage", self.current.storage != config.storage),
             ("telemetry", self.current.telemetry != config.telemetry),
+            ("cache", self.current.cache != config.cache),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))

@@ -283,7 +283,7 @@ impl Gantry {
                 EnvoyRateLimitService::new(limiter.clone())
             )))
             .add_service(limited!(pb::cache_server::CacheServer::new(
-                CacheService::new(cache.clone())
+                CacheService::new(cache.clone(), config.cache.coalesce)
             )))
             .add_service(limited!(
                 pb::query_analyzer_server::QueryAnalyzerServer::new(PendingQueryAnalyzer)

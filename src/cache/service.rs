@@ -13,16 +13,47 @@ use super::watch::ChangeKind;
 use super::{CacheEngine, CacheError, Condition, Found};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb};
+use crate::lanes::{Lanes, default_lanes};
 use crate::proto::gantry::v1 as pb;
 use crate::wallclock::now_ms;
 
+type ReadJob = (
+    String,
+    String,
+    tokio::sync::oneshot::Sender<Result<Option<Found>, CacheError>>,
+);
+
 pub struct CacheService {
     engine: CacheEngine,
+    /// Answers Get in groups (`cache.coalesce`).
+    reads: Option<Lanes<ReadJob>>,
 }
 
 impl CacheService {
-    pub fn new(engine: CacheEngine) -> Self {
-        Self { engine }
+    /// `coalesce`: answer Get calls from read lanes (needs a Tokio runtime).
+    pub fn new(engine: CacheEngine, coalesce: bool) -> Self {
+        let reads = coalesce.then(|| {
+            let reader = engine.clone();
+            Lanes::spawn(default_lanes(), 4096, move |(ns, key, reply): ReadJob| {
+                let _ = reply.send(reader.get(&ns, &key));
+            })
+        });
+        Self { engine, reads }
+    }
+
+    async fn read(&self, namespace: String, key: String) -> Result<Option<Found>, CacheError> {
+        let Some(lanes) = &self.reads else {
+            return self.engine.get(&namespace, &key);
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        match lanes.submit((namespace, key, reply)) {
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                Err(CacheError::Store(crate::store::StoreError::Io(
+                    "cache read task stopped".into(),
+                )))
+            }),
+            Err((namespace, key, _)) => self.engine.get(&namespace, &key),
+        }
     }
 
     fn check_batch(&self, len: usize) -> Result<(), Status> {
@@ -109,12 +140,12 @@ impl pb::cache_server::Cache for CacheService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let r = request.get_ref();
+        let r = request.into_inner();
         let found = self
-            .engine
-            .get(&r.namespace, &r.key)
+            .read(r.namespace, r.key)
+            .await
             .map_err(ApiError::from)?;
-        tracing::debug!(namespace = %r.namespace, found = found.is_some(), "cache.get");
+        tracing::debug!(found = found.is_some(), "cache.get");
         Ok(Response::new(get_response(found)))
     }
 

@@ -33,7 +33,12 @@ impl KeyPicker {
 
     /// A 16-byte key such as `k-00000000000042`.
     pub fn key(&self, rng: &mut impl Rng) -> String {
-        format!("k-{:014}", self.index(rng))
+        Self::nth(self.index(rng))
+    }
+
+    /// The key of index `i` (what `key` draws from).
+    pub fn nth(i: u64) -> String {
+        format!("k-{i:014}")
     }
 }
 

@@ -72,6 +72,15 @@ pub async fn run(args: LoadArgs, channels: Vec<Channel>) -> Result<Report, Strin
     }
     let keys = KeyPicker::new(args.keys, args.distribution, args.zipf_exponent)?;
     let args = Arc::new(args);
+    Caller::new(
+        args.scenario,
+        args.clone(),
+        keys.clone(),
+        channels[0].clone(),
+    )
+    .prefill()
+    .await
+    .map_err(|e| format!("prefilling the keys failed: {e}"))?;
     match args.rate {
         Some(rate) => open_loop(args, channels, keys, rate).await,
         None => closed_loop(args, channels, keys).await,
