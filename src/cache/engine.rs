@@ -208,6 +208,25 @@ impl CacheEngine {
         self.inner.stripes[(hash as usize) % STRIPES].lock()
     }
 
+    /// The header of an entry (and its stored length), from the hot tier
+    /// when it holds the entry (it is coherent with the store under the
+    /// stripe lock), else from the store.
+    fn current(&self, name: &[u8]) -> Result<Option<(Stored, usize)>, CacheError> {
+        match self.inner.hot.get(name) {
+            Some(hot) => Ok(Some((
+                Stored {
+                    version: hot.version,
+                    expires_at_ms: hot.expires_at_ms,
+                    compressed: false,
+                    raw_len: hot.value.len() as u64,
+                    data: Vec::new(),
+                },
+                hot.stored_len,
+            ))),
+            None => self.header(name),
+        }
+    }
+
     /// The stored header of an entry (and its stored length), without the value.
     fn header(&self, name: &[u8]) -> Result<Option<(Stored, usize)>, CacheError> {
         match self.inner.tree.get(&entry::entry_key(name))? {
@@ -263,6 +282,7 @@ impl CacheEngine {
                 version: stored.version,
                 expires_at_ms: stored.expires_at_ms,
                 value: value.clone(),
+                stored_len: stored.data.len(),
             },
         );
         count(Counters::store_hit);
@@ -304,7 +324,7 @@ impl CacheEngine {
         });
 
         let _guard = self.lock(&name);
-        let current = self.header(&name)?;
+        let current = self.current(&name)?;
         let live = current
             .as_ref()
             .filter(|(c, _)| c.is_live(now))
@@ -322,9 +342,9 @@ impl CacheEngine {
         // Index first: a crash in between leaves an index entry without an
         // entry (the sweeper skips it), never an entry the sweeper cannot find.
         if expires_at_ms != 0 {
-            tree.insert(&entry::expiry_key(expires_at_ms, &name), &[])?;
+            tree.set(&entry::expiry_key(expires_at_ms, &name), &[])?;
         }
-        tree.insert(&entry::entry_key(&name), &stored.encode())?;
+        tree.set(&entry::entry_key(&name), &stored.encode())?;
         if let Some((old, _)) = &current
             && old.expires_at_ms != 0
             && old.expires_at_ms != expires_at_ms
@@ -344,6 +364,7 @@ impl CacheEngine {
                 version,
                 expires_at_ms,
                 value: value.clone(),
+                stored_len: stored_len as usize,
             },
         );
         self.inner.watch.publish(namespace, || Change {
@@ -378,7 +399,7 @@ impl CacheEngine {
         let name = entry::name(namespace, key);
         let now = now_ms();
         let _guard = self.lock(&name);
-        let current = self.header(&name)?;
+        let current = self.current(&name)?;
         let live = current
             .as_ref()
             .filter(|(c, _)| c.is_live(now))

@@ -19,6 +19,8 @@ pub struct HotEntry {
     /// 0: never expires.
     pub expires_at_ms: u64,
     pub value: Bytes,
+    /// Bytes of the value as stored (after compression), for the counters.
+    pub stored_len: usize,
 }
 
 /// Bookkeeping bytes per entry besides key and value.
@@ -119,6 +121,7 @@ mod tests {
             version: 1,
             expires_at_ms: 0,
             value: Bytes::from(vec![b'x'; len]),
+            stored_len: len,
         }
     }
 

@@ -83,6 +83,8 @@ pub trait Tree: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes `value`, returning the previous value.
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes `value` without reading the previous one (cheaper for large values).
+    fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     /// Removes `key`, returning the previous value.
     fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Atomically replaces `expected` (None: absent) by `new` (None: remove).
@@ -172,6 +174,10 @@ pub(crate) fn conformance(store: &dyn Store) {
     assert_eq!(tree.get(b"k").unwrap(), None);
     assert_eq!(tree.insert(b"k", b"v1").unwrap(), None);
     assert_eq!(tree.insert(b"k", b"v2").unwrap(), Some(b"v1".to_vec()));
+    tree.set(b"s", b"first").unwrap();
+    tree.set(b"s", b"second").unwrap();
+    assert_eq!(tree.get(b"s").unwrap(), Some(b"second".to_vec()));
+    assert_eq!(tree.remove(b"s").unwrap(), Some(b"second".to_vec()));
     assert_eq!(tree.get(b"k").unwrap(), Some(b"v2".to_vec()));
     assert_eq!(
         other.get(b"k").unwrap(),

@@ -122,6 +122,10 @@ impl Tree for SledTree {
             .map(|v| v.to_vec()))
     }
 
+    fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tree.insert(key, value).map(drop).map_err(io)
+    }
+
     fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.remove(key).map_err(io)?.map(|v| v.to_vec()))
     }
