@@ -1,11 +1,52 @@
 //! gzip for large values, only when it saves space; the reader never sees
 //! the difference.
 
-use std::io::{Read, Write};
+use std::cell::RefCell;
+use std::io::Read;
 
-use flate2::Compression;
 use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
+use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+
+/// A gzip member header (RFC 1952): deflate, no flags, no mtime, unknown OS.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+thread_local! {
+    /// One deflate state per thread and level, reset between values: setting
+    /// one up allocates and clears its tables, which cost more than
+    /// compressing a 1 KiB value (docs/benchmarks.md).
+    static DEFLATE: RefCell<Option<(u32, Compress)>> = const { RefCell::new(None) };
+}
+
+fn gzip(raw: &[u8], level: u32) -> Option<Vec<u8>> {
+    DEFLATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let deflate = match slot.as_mut() {
+            Some((l, d)) if *l == level => {
+                d.reset();
+                d
+            }
+            _ => {
+                &mut slot
+                    .insert((level, Compress::new(Compression::new(level), false)))
+                    .1
+            }
+        };
+        // Stop as soon as the output would not be smaller than the input.
+        let mut out = Vec::with_capacity(raw.len());
+        out.extend_from_slice(&GZIP_HEADER);
+        let status = deflate
+            .compress_vec(raw, &mut out, FlushCompress::Finish)
+            .ok()?;
+        if status != Status::StreamEnd || out.len() + 8 >= raw.len() {
+            return None;
+        }
+        let mut crc = Crc::new();
+        crc.update(raw);
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        Some(out)
+    })
+}
 
 /// The value as it will be stored: gzip when `raw` has at least `min_bytes`
 /// and compresses to fewer bytes, else raw. Returns (compressed, bytes).
@@ -13,11 +54,9 @@ pub fn pack(raw: &[u8], min_bytes: usize, level: u32) -> (bool, Vec<u8>) {
     if raw.len() < min_bytes || raw.is_empty() {
         return (false, raw.to_vec());
     }
-    let mut encoder = GzEncoder::new(Vec::with_capacity(raw.len() / 2), Compression::new(level));
-    let packed = encoder.write_all(raw).and_then(|()| encoder.finish());
-    match packed {
-        Ok(packed) if packed.len() < raw.len() => (true, packed),
-        _ => (false, raw.to_vec()),
+    match gzip(raw, level) {
+        Some(packed) => (true, packed),
+        None => (false, raw.to_vec()),
     }
 }
 
