@@ -1,7 +1,6 @@
 //! gzip for large values, only when it saves space; the reader never sees
 //! the difference.
 
-use std::cell::RefCell;
 use std::io::Read;
 
 use flate2::read::GzDecoder;
@@ -10,42 +9,26 @@ use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 /// A gzip member header (RFC 1952): deflate, no flags, no mtime, unknown OS.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
-thread_local! {
-    /// One deflate state per thread and level, reset between values: setting
-    /// one up allocates and clears its tables, which cost more than
-    /// compressing a 1 KiB value (docs/benchmarks.md).
-    static DEFLATE: RefCell<Option<(u32, Compress)>> = const { RefCell::new(None) };
-}
-
+/// gzip framing written here around one raw deflate stream, so the output
+/// buffer is sized once. A fresh deflate state per value: reusing one with
+/// `reset()` is faster still, but zlib-rs 0.6.8 panics on the value after an
+/// incompressible one (see the test below), and a value must never panic the server.
 fn gzip(raw: &[u8], level: u32) -> Option<Vec<u8>> {
-    DEFLATE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let deflate = match slot.as_mut() {
-            Some((l, d)) if *l == level => {
-                d.reset();
-                d
-            }
-            _ => {
-                &mut slot
-                    .insert((level, Compress::new(Compression::new(level), false)))
-                    .1
-            }
-        };
-        // Stop as soon as the output would not be smaller than the input.
-        let mut out = Vec::with_capacity(raw.len());
-        out.extend_from_slice(&GZIP_HEADER);
-        let status = deflate
-            .compress_vec(raw, &mut out, FlushCompress::Finish)
-            .ok()?;
-        if status != Status::StreamEnd || out.len() + 8 >= raw.len() {
-            return None;
-        }
-        let mut crc = Crc::new();
-        crc.update(raw);
-        out.extend_from_slice(&crc.sum().to_le_bytes());
-        out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-        Some(out)
-    })
+    let mut deflate = Compress::new(Compression::new(level), false);
+    // Room for the worst case (stored blocks), so the stream always ends.
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 64 + 64);
+    out.extend_from_slice(&GZIP_HEADER);
+    let status = deflate
+        .compress_vec(raw, &mut out, FlushCompress::Finish)
+        .ok()?;
+    if status != Status::StreamEnd || out.len() + 8 >= raw.len() {
+        return None;
+    }
+    let mut crc = Crc::new();
+    crc.update(raw);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    Some(out)
 }
 
 /// The value as it will be stored: gzip when `raw` has at least `min_bytes`
@@ -133,6 +116,22 @@ mod tests {
         assert!(!pack(&small, 1024, 6).0, "under min_bytes");
         assert_eq!(pack(&[], 0, 6), (false, Vec::new()));
         assert_eq!(unpack(false, &raw, raw.len() as u64).unwrap(), raw);
+    }
+
+    #[test]
+    fn a_reused_deflate_state_handles_every_kind_of_value() {
+        // Incompressible values stop the deflate stream early (the output
+        // would not be smaller); the state must be usable again after that.
+        for round in 0..3 {
+            for size in [1024, 60_000, 200_000] {
+                let raw = noise(size + round);
+                assert!(!pack(&raw, 1, 1).0, "noise of {size} stays raw");
+                let json = json_like(size / 50 + 1);
+                let (compressed, packed) = pack(&json, 1, 1);
+                assert!(compressed);
+                assert_eq!(unpack(true, &packed, json.len() as u64).unwrap(), json);
+            }
+        }
     }
 
     #[test]
