@@ -32,12 +32,25 @@ fn to_pb(o: Outcome) -> pb::AcquireResponse {
     }
 }
 
-fn to_domain<'a>(r: &'a pb::AcquireRequest, field: &str) -> Result<AcquireRequest<'a>, ApiError> {
+/// `item`: the position in a batch, named in errors (`requests[3].max_wait`).
+fn to_domain(r: &pb::AcquireRequest, item: Option<usize>) -> Result<AcquireRequest<'_>, ApiError> {
+    // The field name is built only for an error: a batch of 100 must not
+    // format 100 strings to say nothing went wrong.
+    let max_wait = match r.max_wait.as_ref() {
+        None => std::time::Duration::ZERO,
+        Some(d) => duration_from_pb("max_wait", Some(d)).map_err(|e| match (e, item) {
+            (ApiError::InvalidArgument { field, reason }, Some(i)) => ApiError::InvalidArgument {
+                field: format!("requests[{i}].{field}"),
+                reason,
+            },
+            (e, _) => e,
+        })?,
+    };
     Ok(AcquireRequest {
         limit: &r.limit,
         key: &r.key,
         tokens: r.tokens,
-        max_wait: duration_from_pb(&format!("{field}max_wait"), r.max_wait.as_ref())?,
+        max_wait,
         dry_run: r.dry_run,
         client: &r.client,
         params: None,
@@ -52,7 +65,7 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let deadline = grpc_timeout(request.metadata());
         let r = request.get_ref();
-        let mut req = to_domain(r, "")?;
+        let mut req = to_domain(r, None)?;
         // A wait must end in an answer before the caller's deadline does.
         req.max_wait = wait_within_deadline(req.max_wait, deadline);
         if req.max_wait.is_zero()
@@ -95,7 +108,7 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
             .requests
             .iter()
             .enumerate()
-            .map(|(i, item)| to_domain(item, &format!("requests[{i}].")))
+            .map(|(i, item)| to_domain(item, Some(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let outcomes = self
             .limiter

@@ -250,6 +250,26 @@ async fn batches_are_atomic_when_asked_and_bounded() {
         "{}",
         status.message()
     );
+    let mut negative_wait = acquire("a", "k");
+    negative_wait.max_wait = Some(prost_types::Duration {
+        seconds: -1,
+        nanos: 0,
+    });
+    let status = rl
+        .acquire_batch(pb::AcquireBatchRequest {
+            requests: vec![acquire("a", "k"), acquire("a", "k"), negative_wait],
+            all_or_nothing: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("requests[2].max_wait: must not be negative"),
+        "{}",
+        status.message()
+    );
     server.stop().await.unwrap();
 }
 
