@@ -6,6 +6,12 @@ use std::collections::BTreeMap;
 use clap::Parser;
 use gantry::cli::{self, Cli, Command, exit};
 
+/// mimalloc instead of glibc's malloc: a batch call decodes and encodes
+/// hundreds of small strings and messages, and malloc/free were ~15% of the
+/// server's time under AcquireBatch load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let env: BTreeMap<String, String> = std::env::vars().collect();
