@@ -325,11 +325,7 @@ impl CacheEngine {
 
         let _guard = self.lock(&name);
         let current = self.current(&name)?;
-        let live = current
-            .as_ref()
-            .filter(|(c, _)| c.is_live(now))
-            .map(|(c, _)| c);
-        check_condition(namespace, key, condition, live.map(|c| c.version))?;
+        check_condition(namespace, key, condition, live_version(&current, now))?;
         let version = self.inner.store.next_id()?;
         let stored = Stored {
             version,
@@ -400,18 +396,18 @@ impl CacheEngine {
         let now = now_ms();
         let _guard = self.lock(&name);
         let current = self.current(&name)?;
-        let live = current
-            .as_ref()
-            .filter(|(c, _)| c.is_live(now))
-            .map(|(c, _)| c);
         if let Some(v) = if_version {
             check_condition(
                 namespace,
                 key,
                 Condition::IfVersion(v),
-                live.map(|c| c.version),
+                live_version(&current, now),
             )?;
         }
+        let live = current
+            .as_ref()
+            .filter(|(c, _)| c.is_live(now))
+            .map(|(c, _)| c);
         let Some(old) = live else {
             // Nothing live; an expired entry is left to the sweeper, which counts it.
             return Ok(false);
@@ -525,6 +521,14 @@ impl CacheEngine {
     pub fn prune_watch_channels(&self) {
         self.inner.watch.prune();
     }
+}
+
+/// The version of the entry if it is live at `now`.
+fn live_version(current: &Option<(Stored, usize)>, now: u64) -> Option<u64> {
+    current
+        .as_ref()
+        .filter(|(c, _)| c.is_live(now))
+        .map(|(c, _)| c.version)
 }
 
 fn check_condition(

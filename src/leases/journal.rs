@@ -172,19 +172,10 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StorageConfig;
-    use crate::store::SledStore;
 
     #[tokio::test]
     async fn changes_are_in_the_store_when_the_ticket_resolves() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SledStore::open(&StorageConfig {
-                data_dir: dir.path().to_path_buf(),
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        let (_dir, store) = crate::store::temp_store();
         let metrics = super::super::metrics::LeaseMetrics::default().journal;
         let journal = Journal::start(store.clone(), Durability::Sync, metrics.clone()).unwrap();
         let tickets: Vec<Ticket> = (0..50u8)

@@ -73,8 +73,7 @@ pub fn load(tree: &dyn Tree) -> Result<(Vec<Lease>, Vec<Vec<u8>>), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StorageConfig;
-    use crate::store::{Domain, SledStore, Store};
+    use crate::store::Domain;
 
     fn lease(id: &str, pool: &str, holder: &str) -> Lease {
         Lease {
@@ -118,12 +117,7 @@ mod tests {
 
     #[test]
     fn load_reads_every_lease_and_names_the_damaged_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(&StorageConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        })
-        .unwrap();
+        let (_dir, store) = crate::store::temp_store();
         let tree = store.tree(Domain::Leases);
         for l in [lease("a", "db", "h1"), lease("b", "db", "h2")] {
             tree.insert(&key(&l.id), &encode(&l)).unwrap();

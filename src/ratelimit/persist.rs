@@ -98,17 +98,11 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StorageConfig;
-    use crate::store::{Domain, SledStore, Store};
+    use crate::store::Domain;
 
     #[test]
     fn a_snapshot_round_trips_and_replaces_the_previous_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(&StorageConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        })
-        .unwrap();
+        let (_dir, store) = crate::store::temp_store();
         let tree = store.tree(Domain::RateLimit);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let first = vec![
@@ -144,12 +138,7 @@ mod tests {
 
     #[test]
     fn nothing_saved_loads_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(&StorageConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        })
-        .unwrap();
+        let (_dir, store) = crate::store::temp_store();
         let (loaded, downtime, _) =
             load(&*store.tree(Domain::RateLimit), SystemTime::now()).unwrap();
         assert!(loaded.is_empty());

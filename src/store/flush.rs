@@ -48,19 +48,11 @@ impl GroupFlush {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StorageConfig;
-    use crate::store::{Domain, SledStore};
+    use crate::store::Domain;
 
     #[tokio::test]
     async fn concurrent_callers_are_flushed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SledStore::open(&StorageConfig {
-                data_dir: dir.path().to_path_buf(),
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        let (_dir, store) = crate::store::temp_store();
         let flush = Arc::new(GroupFlush::start(store.clone(), "test").unwrap());
         let mut tasks = Vec::new();
         for i in 0..20u8 {

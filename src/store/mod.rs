@@ -165,6 +165,18 @@ fn quarantine(dir: &std::path::Path) -> Result<PathBuf, StoreError> {
     Ok(target)
 }
 
+/// A sled store in a fresh temporary directory (tests).
+#[cfg(test)]
+pub(crate) fn temp_store() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = SledStore::open(&StorageConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .expect("a sled store in a temporary directory");
+    (dir, Arc::new(store))
+}
+
 /// The behaviour every backend must share, run against each one (as limitador does).
 #[cfg(test)]
 pub(crate) fn conformance(store: &dyn Store) {

@@ -41,6 +41,21 @@ async fn get(c: &mut CacheClient<Channel>, ns: &str, key: &str) -> pb::GetRespon
     c.get(get_req(ns, key)).await.unwrap().into_inner()
 }
 
+async fn delete(
+    c: &mut CacheClient<Channel>,
+    ns: &str,
+    key: &str,
+    if_version: Option<u64>,
+) -> Result<bool, tonic::Status> {
+    c.delete(pb::DeleteRequest {
+        namespace: ns.into(),
+        key: key.into(),
+        if_version,
+    })
+    .await
+    .map(|r| r.into_inner().deleted)
+}
+
 async fn put(c: &mut CacheClient<Channel>, req: pb::PutRequest) -> u64 {
     let r = c.put(req).await.unwrap().into_inner();
     assert!(r.stored);
@@ -85,27 +100,12 @@ async fn put_get_delete_with_versions_and_ttl() {
     let left = r.ttl_remaining.unwrap();
     assert!((25..=30).contains(&left.seconds), "{left:?}");
 
-    let deleted = c
-        .delete(pb::DeleteRequest {
-            namespace: "orders".into(),
-            key: "o-1".into(),
-            if_version: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(deleted.deleted);
+    assert!(delete(&mut c, "orders", "o-1", None).await.unwrap());
     assert!(!get(&mut c, "orders", "o-1").await.found);
-    let again = c
-        .delete(pb::DeleteRequest {
-            namespace: "orders".into(),
-            key: "o-1".into(),
-            if_version: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!again.deleted);
+    assert!(
+        !delete(&mut c, "orders", "o-1", None).await.unwrap(),
+        "already gone"
+    );
     server.stop().await.unwrap();
 }
 
@@ -136,26 +136,9 @@ async fn conditions_lose_with_failed_precondition() {
     cas.condition = Some(pb::put_request::Condition::IfVersion(v));
     let v2 = put(&mut c, cas).await;
 
-    let err = c
-        .delete(pb::DeleteRequest {
-            namespace: "ns".into(),
-            key: "lock".into(),
-            if_version: Some(v),
-        })
-        .await
-        .unwrap_err();
+    let err = delete(&mut c, "ns", "lock", Some(v)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(
-        c.delete(pb::DeleteRequest {
-            namespace: "ns".into(),
-            key: "lock".into(),
-            if_version: Some(v2),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .deleted
-    );
+    assert!(delete(&mut c, "ns", "lock", Some(v2)).await.unwrap());
     server.stop().await.unwrap();
 }
 
@@ -430,36 +413,24 @@ async fn expired_entries_are_not_returned_and_are_swept() {
 #[tokio::test]
 async fn entries_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let start = |dir: std::path::PathBuf| async move {
-        let config = crate::common::test_config(&dir);
-        let gantry = gantry::server::Gantry::build(config, false).await.unwrap();
-        let grpc = gantry.grpc_addr();
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let handle = tokio::spawn(gantry.serve(shutdown.clone()));
-        (
-            CacheClient::new(crate::common::connect(grpc).await),
-            shutdown,
-            handle,
-        )
-    };
-    let (mut c, shutdown, handle) = start(dir.path().to_path_buf()).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let mut c = CacheClient::new(server.channel.clone());
     let v = put(&mut c, put_req("cfg", "flags", json_like(100))).await;
     let mut expiring = put_req("cfg", "soon", &b"x"[..]);
     expiring.ttl = ttl(Duration::from_millis(200));
     put(&mut c, expiring).await;
-    shutdown.cancel();
-    handle.await.unwrap().unwrap();
+    server.stop().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let (mut c, shutdown, handle) = start(dir.path().to_path_buf()).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let mut c = CacheClient::new(server.channel.clone());
     let r = get(&mut c, "cfg", "flags").await;
     assert_eq!((&r.value[..], r.version), (&json_like(100)[..], v));
     assert!(
         !get(&mut c, "cfg", "soon").await.found,
         "its TTL ran out while down"
     );
-    shutdown.cancel();
-    handle.await.unwrap().unwrap();
+    server.stop().await.unwrap();
 }
 
 async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
@@ -497,13 +468,7 @@ async fn watch_streams_puts_deletes_and_expiries_of_a_prefix() {
     );
     assert!(e.time.is_some());
 
-    c.delete(pb::DeleteRequest {
-        namespace: "cfg".into(),
-        key: "feature/a".into(),
-        if_version: None,
-    })
-    .await
-    .unwrap();
+    delete(&mut c, "cfg", "feature/a", None).await.unwrap();
     let e = next_event(&mut stream).await;
     assert_eq!(
         (e.kind, e.version),

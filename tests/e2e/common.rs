@@ -68,6 +68,28 @@ impl TestServer {
         self.shutdown.cancel();
         self.handle.await.unwrap()
     }
+
+    /// A server on a data directory the test keeps, for restarts on the same data.
+    pub async fn start_in(dir: &Path, adjust: impl FnOnce(&mut Config)) -> Self {
+        let kept = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir);
+        adjust(&mut config);
+        let gantry = Gantry::build(config, false).await.unwrap();
+        let (grpc, metrics, health) = (gantry.grpc_addr(), gantry.metrics_addr(), gantry.health());
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(gantry.serve(shutdown.clone()));
+        let channel = connect(grpc).await;
+        Self {
+            grpc,
+            metrics,
+            channel,
+            shutdown,
+            handle,
+            health,
+            // Unused: the data lives in `dir`, which outlives this server.
+            dir: kept,
+        }
+    }
 }
 
 pub async fn connect(addr: SocketAddr) -> Channel {

@@ -451,29 +451,18 @@ async fn a_cancelled_waiter_leaves_the_queue_without_consuming() {
 #[tokio::test]
 async fn leases_survive_a_restart_and_those_that_expired_meanwhile_do_not() {
     let dir = tempfile::tempdir().unwrap();
-    let start = |dir: std::path::PathBuf| async move {
-        let mut config = crate::common::test_config(&dir);
-        config.leases.pools = vec![pool("db", 5)];
-        let gantry = gantry::server::Gantry::build(config, false).await.unwrap();
-        let grpc = gantry.grpc_addr();
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let handle = tokio::spawn(gantry.serve(shutdown.clone()));
-        (
-            LeasesClient::new(crate::common::connect(grpc).await),
-            shutdown,
-            handle,
-        )
-    };
-    let (mut client, shutdown, handle) = start(dir.path().to_path_buf()).await;
+    let start = || TestServer::start_in(dir.path(), |c| c.leases.pools = vec![pool("db", 5)]);
+    let server = start().await;
+    let mut client = LeasesClient::new(server.channel.clone());
     let long = acquire(&mut client, ask("db", "long", 3)).await;
     let mut short = ask("db", "short", 2);
     short.ttl = Some(pb_duration(Duration::from_millis(300)));
     assert!(acquire(&mut client, short).await.granted);
-    shutdown.cancel();
-    handle.await.unwrap().unwrap();
+    server.stop().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let (mut client, shutdown, handle) = start(dir.path().to_path_buf()).await;
+    let server = start().await;
+    let mut client = LeasesClient::new(server.channel.clone());
     let s = status(&mut client, "db").await;
     assert_eq!(s.in_use, 3, "{s:?}");
     assert_eq!(s.holders.len(), 1);
@@ -484,8 +473,7 @@ async fn leases_survive_a_restart_and_those_that_expired_meanwhile_do_not() {
         "the old id still works"
     );
     assert!(acquire(&mut client, ask("db", "x", 5)).await.granted);
-    shutdown.cancel();
-    handle.await.unwrap().unwrap();
+    server.stop().await.unwrap();
 }
 
 /// Many tasks acquire (some waiting), hold briefly and release at random.
