@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::common::{TestServer, http_get, metric_value};
+use crate::common::{TestServer, assert_status, http_get, metric_value};
 
 fn put_req(ns: &str, key: &str, value: impl Into<Bytes>) -> pb::PutRequest {
     pb::PutRequest {
@@ -152,16 +152,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     })
     .await;
     let mut c = CacheClient::new(server.channel.clone());
-    let expect = |status: tonic::Status, code: Code, words: &[&str]| {
-        assert_eq!(status.code(), code, "{status:?}");
-        for w in words {
-            assert!(
-                status.message().contains(w),
-                "{w:?} in {}",
-                status.message()
-            );
-        }
-    };
+    let expect = assert_status;
     expect(
         c.get(get_req("", "k")).await.unwrap_err(),
         Code::InvalidArgument,

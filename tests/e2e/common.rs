@@ -45,6 +45,10 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         adjust(&mut config);
+        Self::launch(config, dir).await
+    }
+
+    async fn launch(config: Config, dir: tempfile::TempDir) -> Self {
         let gantry = Gantry::build(config, false).await.unwrap();
         let grpc = gantry.grpc_addr();
         let metrics = gantry.metrics_addr();
@@ -71,24 +75,23 @@ impl TestServer {
 
     /// A server on a data directory the test keeps, for restarts on the same data.
     pub async fn start_in(dir: &Path, adjust: impl FnOnce(&mut Config)) -> Self {
-        let kept = tempfile::tempdir().unwrap();
         let mut config = test_config(dir);
         adjust(&mut config);
-        let gantry = Gantry::build(config, false).await.unwrap();
-        let (grpc, metrics, health) = (gantry.grpc_addr(), gantry.metrics_addr(), gantry.health());
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(gantry.serve(shutdown.clone()));
-        let channel = connect(grpc).await;
-        Self {
-            grpc,
-            metrics,
-            channel,
-            shutdown,
-            handle,
-            health,
-            // Unused: the data lives in `dir`, which outlives this server.
-            dir: kept,
-        }
+        // The data lives in `dir`, which outlives this server; its own
+        // temporary directory stays empty.
+        Self::launch(config, tempfile::tempdir().unwrap()).await
+    }
+}
+
+/// Asserts a call failed with `code` and a message containing every one of `words`.
+pub fn assert_status(status: tonic::Status, code: tonic::Code, words: &[&str]) {
+    assert_eq!(status.code(), code, "{status:?}");
+    for w in words {
+        assert!(
+            status.message().contains(w),
+            "{w:?} in {}",
+            status.message()
+        );
     }
 }
 

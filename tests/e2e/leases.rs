@@ -12,7 +12,7 @@ use pb::leases_client::LeasesClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::common::{TestServer, http_get, metric_value};
+use crate::common::{TestServer, assert_status, http_get, metric_value};
 
 fn pool(name: &str, capacity: u32) -> PoolConfig {
     PoolConfig {
@@ -191,16 +191,8 @@ async fn bad_calls_get_clear_errors() {
     .await;
     let mut client = LeasesClient::new(server.channel.clone());
     let expect =
-        |result: Result<tonic::Response<pb::Lease>, tonic::Status>, code: Code, words: &[&str]| {
-            let status = result.unwrap_err();
-            assert_eq!(status.code(), code, "{status:?}");
-            for w in words {
-                assert!(
-                    status.message().contains(w),
-                    "{w:?} in {}",
-                    status.message()
-                );
-            }
+        |result: Result<tonic::Response<pb::Lease>, tonic::Status>, code, words: &[&str]| {
+            assert_status(result.unwrap_err(), code, words)
         };
     expect(
         client.acquire(ask("nope", "h", 1)).await,
