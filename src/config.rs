@@ -450,7 +450,7 @@ pub struct CacheConfig {
     pub watch_buffer: u64,
     /// Most concurrent Watch streams.
     pub max_watchers: u64,
-    /// Answer Get calls from a few read tasks in groups (fewer write system
+    /// Answer Get and Put calls from a few tasks in groups (fewer write system
     /// calls per call); false: each call reads on its own.
     pub coalesce: bool,
 }

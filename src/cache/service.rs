@@ -16,43 +16,71 @@ use crate::grpc::{duration_from_pb, duration_to_pb};
 use crate::lanes::{Lanes, default_lanes};
 use crate::proto::gantry::v1 as pb;
 use crate::wallclock::now_ms;
+use tokio::sync::oneshot;
 
-type ReadJob = (
-    String,
-    String,
-    tokio::sync::oneshot::Sender<Result<Option<Found>, CacheError>>,
-);
+/// A call answered on a lane (`cache.coalesce`).
+enum Job {
+    Get(
+        String,
+        String,
+        oneshot::Sender<Result<Option<Found>, CacheError>>,
+    ),
+    Put(
+        pb::PutRequest,
+        oneshot::Sender<Result<pb::PutResponse, CacheError>>,
+    ),
+}
+
+fn lane_stopped() -> CacheError {
+    CacheError::Store(crate::store::StoreError::Io(
+        "cache lane task stopped".into(),
+    ))
+}
 
 pub struct CacheService {
     engine: CacheEngine,
-    /// Answers Get in groups (`cache.coalesce`).
-    reads: Option<Lanes<ReadJob>>,
+    /// Answers Get and Put in groups (`cache.coalesce`).
+    lanes: Option<Lanes<Job>>,
 }
 
 impl CacheService {
-    /// `coalesce`: answer Get calls from read lanes (needs a Tokio runtime).
+    /// `coalesce`: answer Get and Put calls from lanes (needs a Tokio runtime).
     pub fn new(engine: CacheEngine, coalesce: bool) -> Self {
-        let reads = coalesce.then(|| {
-            let reader = engine.clone();
-            Lanes::spawn(default_lanes(), 4096, move |(ns, key, reply): ReadJob| {
-                let _ = reply.send(reader.get(&ns, &key));
+        let lanes = coalesce.then(|| {
+            let worker = engine.clone();
+            Lanes::spawn(default_lanes(), 4096, move |job: Job| match job {
+                Job::Get(ns, key, reply) => {
+                    let _ = reply.send(worker.get(&ns, &key));
+                }
+                Job::Put(request, reply) => {
+                    let _ = reply.send(put_one(&worker, request));
+                }
             })
         });
-        Self { engine, reads }
+        Self { engine, lanes }
     }
 
     async fn read(&self, namespace: String, key: String) -> Result<Option<Found>, CacheError> {
-        let Some(lanes) = &self.reads else {
+        let Some(lanes) = &self.lanes else {
             return self.engine.get(&namespace, &key);
         };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        match lanes.submit((namespace, key, reply)) {
-            Ok(()) => answer.await.unwrap_or_else(|_| {
-                Err(CacheError::Store(crate::store::StoreError::Io(
-                    "cache read task stopped".into(),
-                )))
-            }),
-            Err((namespace, key, _)) => self.engine.get(&namespace, &key),
+        let (reply, answer) = oneshot::channel();
+        match lanes.submit(Job::Get(namespace, key, reply)) {
+            Ok(()) => answer.await.unwrap_or_else(|_| Err(lane_stopped())),
+            Err(Job::Get(namespace, key, _)) => self.engine.get(&namespace, &key),
+            Err(Job::Put(..)) => Err(lane_stopped()),
+        }
+    }
+
+    async fn write(&self, request: pb::PutRequest) -> Result<pb::PutResponse, CacheError> {
+        let Some(lanes) = &self.lanes else {
+            return put_one(&self.engine, request);
+        };
+        let (reply, answer) = oneshot::channel();
+        match lanes.submit(Job::Put(request, reply)) {
+            Ok(()) => answer.await.unwrap_or_else(|_| Err(lane_stopped())),
+            Err(Job::Put(request, _)) => put_one(&self.engine, request),
+            Err(Job::Get(..)) => Err(lane_stopped()),
         }
     }
 
@@ -155,7 +183,7 @@ impl pb::cache_server::Cache for CacheService {
     ) -> Result<Response<pb::PutResponse>, Status> {
         let r = request.into_inner();
         let namespace = r.namespace.clone();
-        let response = put_one(&self.engine, r).map_err(ApiError::from)?;
+        let response = self.write(r).await.map_err(ApiError::from)?;
         self.engine.durable().await.map_err(ApiError::from)?;
         tracing::debug!(%namespace, version = response.version, "cache.put");
         Ok(Response::new(response))
