@@ -451,7 +451,7 @@ pub struct CacheConfig {
     /// Most concurrent Watch streams.
     pub max_watchers: u64,
     /// Answer Get and Put calls from a few tasks in groups (fewer write system
-    /// calls per call); false: each call reads on its own.
+    /// calls per call); false: each call runs on its own.
     pub coalesce: bool,
 }
 
