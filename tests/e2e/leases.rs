@@ -66,7 +66,10 @@ async fn release(client: &mut LeasesClient<Channel>, id: &str) -> bool {
         .released
 }
 
-async fn status(client: &mut LeasesClient<Channel>, pool: &str) -> pb::PoolStatusResponse {
+pub(crate) async fn status(
+    client: &mut LeasesClient<Channel>,
+    pool: &str,
+) -> pb::PoolStatusResponse {
     client
         .pool_status(pb::PoolStatusRequest { pool: pool.into() })
         .await
@@ -75,7 +78,7 @@ async fn status(client: &mut LeasesClient<Channel>, pool: &str) -> pb::PoolStatu
 }
 
 /// Polls PoolStatus until `check` holds (waiters queue asynchronously).
-async fn wait_for_status(
+pub(crate) async fn wait_for_status(
     client: &mut LeasesClient<Channel>,
     pool: &str,
     what: &str,

@@ -10,6 +10,7 @@ use pb::leases_client::LeasesClient;
 use tonic::transport::Channel;
 
 use crate::common::{GantryProcess, connect};
+use crate::leases::{status, wait_for_status};
 
 fn pools_toml(pools: &[(&str, u32)]) -> String {
     pools
@@ -51,14 +52,6 @@ fn ask(pool: &str, holder: &str, count: u32) -> pb::AcquireLeaseRequest {
     }
 }
 
-async fn status(client: &mut LeasesClient<Channel>, pool: &str) -> pb::PoolStatusResponse {
-    client
-        .pool_status(pb::PoolStatusRequest { pool: pool.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn granted(
     client: &mut LeasesClient<Channel>,
     req: pb::AcquireLeaseRequest,
@@ -79,23 +72,6 @@ async fn release(client: &mut LeasesClient<Channel>, id: &str) {
     assert!(released, "{id}");
 }
 
-async fn wait_for(
-    client: &mut LeasesClient<Channel>,
-    pool: &str,
-    what: &str,
-    check: impl Fn(&pb::PoolStatusResponse) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = status(client, pool).await;
-        if check(&s) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: still {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_shrinks_a_pool_without_breaking_leases_and_growing_grants_waiters() {
     let cwd = tempfile::tempdir().unwrap();
@@ -110,7 +86,7 @@ async fn a_reload_shrinks_a_pool_without_breaking_leases_and_growing_grants_wait
     }
 
     std::fs::write(&config, pools_toml(&[("db", 2), ("new", 3)])).unwrap();
-    wait_for(&mut client, "db", "capacity 2", |s| s.capacity == 2).await;
+    wait_for_status(&mut client, "db", "capacity 2", |s| s.capacity == 2).await;
     let s = status(&mut client, "db").await;
     assert_eq!(
         s.in_use, 4,
@@ -143,7 +119,7 @@ async fn a_reload_shrinks_a_pool_without_breaking_leases_and_growing_grants_wait
         });
         waiter.acquire(req).await.unwrap().into_inner()
     });
-    wait_for(&mut client, "db", "one waiter", |s| s.waiting == 1).await;
+    wait_for_status(&mut client, "db", "one waiter", |s| s.waiting == 1).await;
     std::fs::write(&config, pools_toml(&[("db", 3), ("new", 3)])).unwrap();
     let lease = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
