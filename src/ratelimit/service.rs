@@ -7,18 +7,60 @@ use super::limits::Scope;
 use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb, grpc_timeout, wait_within_deadline};
+use crate::lanes::{Lanes, default_lanes};
 use crate::proto::gantry::v1 as pb;
+
+type BatchJob = (
+    pb::AcquireBatchRequest,
+    tokio::sync::oneshot::Sender<Result<pb::AcquireBatchResponse, ApiError>>,
+);
 
 pub struct RateLimiterService {
     limiter: RateLimiter,
     /// Decides immediate acquisitions in groups (`ratelimit.coalesce`).
     coalescer: Option<Coalescer>,
+    /// Decides batches in groups too (`ratelimit.coalesce`).
+    batches: Option<Lanes<BatchJob>>,
 }
 
 impl RateLimiterService {
     pub fn new(limiter: RateLimiter, coalescer: Option<Coalescer>) -> Self {
-        Self { limiter, coalescer }
+        let batches = coalescer.is_some().then(|| {
+            let deciding = limiter.clone();
+            Lanes::spawn(default_lanes(), 1024, move |(request, reply): BatchJob| {
+                let _ = reply.send(decide_batch(&deciding, &request));
+            })
+        });
+        Self {
+            limiter,
+            coalescer,
+            batches,
+        }
     }
+}
+
+fn decide_batch(
+    limiter: &RateLimiter,
+    r: &pb::AcquireBatchRequest,
+) -> Result<pb::AcquireBatchResponse, ApiError> {
+    let reqs = r
+        .requests
+        .iter()
+        .enumerate()
+        .map(|(i, item)| to_domain(item, Some(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outcomes = limiter
+        .acquire_batch(&reqs, r.all_or_nothing)
+        .map_err(ApiError::from)?;
+    tracing::debug!(
+        items = reqs.len(),
+        all_or_nothing = r.all_or_nothing,
+        allowed = outcomes.iter().filter(|o| o.allowed).count(),
+        "ratelimit.acquire_batch"
+    );
+    Ok(pb::AcquireBatchResponse {
+        responses: outcomes.into_iter().map(to_pb).collect(),
+    })
 }
 
 fn to_pb(o: Outcome) -> pb::AcquireResponse {
@@ -103,26 +145,18 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
         &self,
         request: Request<pb::AcquireBatchRequest>,
     ) -> Result<Response<pb::AcquireBatchResponse>, Status> {
-        let r = request.get_ref();
-        let reqs = r
-            .requests
-            .iter()
-            .enumerate()
-            .map(|(i, item)| to_domain(item, Some(i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let outcomes = self
-            .limiter
-            .acquire_batch(&reqs, r.all_or_nothing)
-            .map_err(ApiError::from)?;
-        tracing::debug!(
-            items = reqs.len(),
-            all_or_nothing = r.all_or_nothing,
-            allowed = outcomes.iter().filter(|o| o.allowed).count(),
-            "ratelimit.acquire_batch"
-        );
-        Ok(Response::new(pb::AcquireBatchResponse {
-            responses: outcomes.into_iter().map(to_pb).collect(),
-        }))
+        let r = request.into_inner();
+        let Some(lanes) = &self.batches else {
+            return Ok(Response::new(decide_batch(&self.limiter, &r)?));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let response = match lanes.submit((r, reply)) {
+            Ok(()) => answer
+                .await
+                .map_err(|_| ApiError::Internal("batch decision task stopped".into()))??,
+            Err((r, _)) => decide_batch(&self.limiter, &r)?,
+        };
+        Ok(Response::new(response))
     }
 
     async fn list_limits(
