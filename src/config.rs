@@ -175,7 +175,7 @@ pub struct RateLimitConfig {
     pub persist_interval: HumanDuration,
     /// Add draft-03 `X-RateLimit-*` headers to Envoy ShouldRateLimit answers.
     pub envoy_response_headers: bool,
-    /// Decide immediate Acquire calls on a few decision tasks that answer in
+    /// Decide immediate Acquire and AcquireBatch calls on a few decision tasks that answer in
     /// groups (fewer write system calls per call); false: decide in each call.
     pub coalesce: bool,
     /// The limits, e.g. `[[ratelimit.limits]] name = "api" rate = 100 period = "1s" burst = 200`.
