@@ -1,49 +1,42 @@
-//! Work lanes that answer in groups: callers hand a small job to one of a
-//! few tasks, each of which runs everything queued in one go. The answers
-//! then leave the server together — a handful of write system calls for many
-//! calls instead of about one each — which is where a small call's time goes
-//! on a busy machine (docs/benchmarks.md). Used for immediate rate-limit
-//! decisions and cache reads. A full lane never refuses: the caller gets its
-//! job back and runs it in place.
+//! Work lanes that answer in groups: callers hand a small piece of work to
+//! one of a few tasks, each of which runs everything queued in one go. The
+//! answers then leave the server together — a handful of write system calls
+//! for many calls instead of about one each — which is where a small call's
+//! time goes on a busy machine (docs/benchmarks.md). One set of lanes serves
+//! rate-limit decisions and cache reads and writes. A full lane never
+//! refuses: the work then runs in place.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-/// Most jobs one lane takes off its queue at a time.
+/// Most tasks one lane takes off its queue at a time.
 const GULP: usize = 256;
 
-pub struct Lanes<J> {
-    lanes: Arc<[mpsc::Sender<J>]>,
+type Work = Box<dyn FnOnce() + Send>;
+
+/// The lane's task stopped before answering (its runtime is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneStopped;
+
+#[derive(Clone)]
+pub struct Lanes {
+    lanes: Arc<[mpsc::Sender<Work>]>,
     next: Arc<AtomicUsize>,
 }
 
-impl<J> Clone for Lanes<J> {
-    fn clone(&self) -> Self {
-        Self {
-            lanes: self.lanes.clone(),
-            next: self.next.clone(),
-        }
-    }
-}
-
-impl<J: Send + 'static> Lanes<J> {
-    /// Starts `lanes` tasks, each with a queue of `depth` jobs, running `run` on every job.
-    pub fn spawn<F>(lanes: usize, depth: usize, run: F) -> Self
-    where
-        F: Fn(J) + Send + Sync + 'static,
-    {
-        let run = Arc::new(run);
-        let lanes: Arc<[mpsc::Sender<J>]> = (0..lanes.max(1))
+impl Lanes {
+    /// Starts `lanes` tasks (needs a Tokio runtime), each with a queue of `depth`.
+    pub fn spawn(lanes: usize, depth: usize) -> Self {
+        let lanes: Arc<[mpsc::Sender<Work>]> = (0..lanes.max(1))
             .map(|_| {
-                let (tx, mut rx) = mpsc::channel::<J>(depth.max(1));
-                let run = run.clone();
+                let (tx, mut rx) = mpsc::channel::<Work>(depth.max(1));
                 tokio::spawn(async move {
-                    let mut jobs = Vec::with_capacity(GULP);
-                    while rx.recv_many(&mut jobs, GULP).await > 0 {
-                        for job in jobs.drain(..) {
-                            run(job);
+                    let mut queued = Vec::with_capacity(GULP);
+                    while rx.recv_many(&mut queued, GULP).await > 0 {
+                        for work in queued.drain(..) {
+                            work();
                         }
                     }
                 });
@@ -56,12 +49,22 @@ impl<J: Send + 'static> Lanes<J> {
         }
     }
 
-    /// Queues a job on the next lane; gives it back when that lane is full.
-    pub fn submit(&self, job: J) -> Result<(), J> {
+    /// Runs `work` on the next lane and returns its result; when that lane is
+    /// full, runs it here instead.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, LaneStopped> {
+        let (reply, answer) = oneshot::channel();
+        // A caller that went away just does not read its answer.
+        let task: Work = Box::new(move || drop(reply.send(work())));
         let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        self.lanes[lane].try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
-        })
+        if let Err(e) = self.lanes[lane].try_send(task) {
+            let (mpsc::error::TrySendError::Full(task) | mpsc::error::TrySendError::Closed(task)) =
+                e;
+            task();
+        }
+        answer.await.map_err(|_| LaneStopped)
     }
 }
 
@@ -73,23 +76,14 @@ pub fn default_lanes() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::oneshot;
 
     #[tokio::test]
-    async fn jobs_run_and_a_full_lane_gives_the_job_back() {
-        let lanes = Lanes::spawn(1, 1, |(n, reply): (u32, oneshot::Sender<u32>)| {
-            let _ = reply.send(n * 2);
-        });
-        let (tx, rx) = oneshot::channel();
-        lanes.submit((21, tx)).map_err(|_| ()).unwrap();
-        assert_eq!(rx.await.unwrap(), 42);
-        // Fill the single slot before the lane runs, then the next comes back.
-        let (tx1, rx1) = oneshot::channel();
-        let (tx2, _rx2) = oneshot::channel();
-        let first = lanes.submit((1, tx1));
-        let second = lanes.submit((2, tx2));
-        assert!(first.is_ok());
-        assert_eq!(second.err().map(|(n, _)| n), Some(2));
-        assert_eq!(rx1.await.unwrap(), 2);
+    async fn work_runs_on_a_lane_or_in_place_when_the_lane_is_full() {
+        let lanes = Lanes::spawn(1, 1);
+        assert_eq!(lanes.run(|| 21 * 2).await, Ok(42));
+        // Three at once on a queue of one: at least one runs in place, and
+        // every caller gets its own answer.
+        let (a, b, c) = tokio::join!(lanes.run(|| 1), lanes.run(|| 2), lanes.run(|| 3));
+        assert_eq!((a, b, c), (Ok(1), Ok(2), Ok(3)));
     }
 }

@@ -22,6 +22,7 @@ use crate::cache::CacheEngine;
 use crate::cache::service::CacheService;
 use crate::cache::stats::CacheCollector;
 use crate::config::Config;
+use crate::lanes::{Lanes, default_lanes};
 use crate::leases::LeaseManager;
 use crate::leases::metrics::LeaseMetrics;
 use crate::leases::service::LeasesService;
@@ -38,7 +39,7 @@ use crate::telemetry::rpc::RpcLayer;
 use crate::unimplemented::{PendingQueryAnalyzer, PendingTraces};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
-/// Queue depth of each decision lane; a full lane makes callers decide in place.
+/// Queue depth of each lane; a full lane makes callers run their work in place.
 const COALESCE_DEPTH: usize = 4096;
 
 /// Envoy's rate-limit service, served beside gantry's own.
@@ -250,10 +251,14 @@ impl Gantry {
             propagate_context,
         );
 
-        let coalescer = config.ratelimit.coalesce.then(|| {
-            let lanes = std::thread::available_parallelism().map_or(2, |n| n.get());
-            Coalescer::spawn(limiter.clone(), lanes, COALESCE_DEPTH)
-        });
+        // One set of lanes (a task per core) for every service that coalesces.
+        let lanes = (config.ratelimit.coalesce || config.cache.coalesce)
+            .then(|| Lanes::spawn(default_lanes(), COALESCE_DEPTH));
+        let coalescer = lanes
+            .clone()
+            .filter(|_| config.ratelimit.coalesce)
+            .map(|lanes| Coalescer::new(limiter.clone(), lanes));
+        let cache_lanes = lanes.filter(|_| config.cache.coalesce);
 
         // Every service gets the same message limit and gzip both ways.
         macro_rules! limited {
@@ -283,7 +288,7 @@ impl Gantry {
                 EnvoyRateLimitService::new(limiter.clone())
             )))
             .add_service(limited!(pb::cache_server::CacheServer::new(
-                CacheService::new(cache.clone(), config.cache.coalesce)
+                CacheService::new(cache.clone(), cache_lanes)
             )))
             .add_service(limited!(
                 pb::query_analyzer_server::QueryAnalyzerServer::new(PendingQueryAnalyzer)

@@ -13,75 +13,44 @@ use super::watch::ChangeKind;
 use super::{CacheEngine, CacheError, Condition, Found};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb};
-use crate::lanes::{Lanes, default_lanes};
+use crate::lanes::Lanes;
 use crate::proto::gantry::v1 as pb;
 use crate::wallclock::now_ms;
-use tokio::sync::oneshot;
-
-/// A call answered on a lane (`cache.coalesce`).
-enum Job {
-    Get(
-        String,
-        String,
-        oneshot::Sender<Result<Option<Found>, CacheError>>,
-    ),
-    Put(
-        pb::PutRequest,
-        oneshot::Sender<Result<pb::PutResponse, CacheError>>,
-    ),
-}
-
-fn lane_stopped() -> CacheError {
-    CacheError::Store(crate::store::StoreError::Io(
-        "cache lane task stopped".into(),
-    ))
-}
 
 pub struct CacheService {
     engine: CacheEngine,
     /// Answers Get and Put in groups (`cache.coalesce`).
-    lanes: Option<Lanes<Job>>,
+    lanes: Option<Lanes>,
 }
 
 impl CacheService {
-    /// `coalesce`: answer Get and Put calls from lanes (needs a Tokio runtime).
-    pub fn new(engine: CacheEngine, coalesce: bool) -> Self {
-        let lanes = coalesce.then(|| {
-            let worker = engine.clone();
-            Lanes::spawn(default_lanes(), 4096, move |job: Job| match job {
-                Job::Get(ns, key, reply) => {
-                    let _ = reply.send(worker.get(&ns, &key));
-                }
-                Job::Put(request, reply) => {
-                    let _ = reply.send(put_one(&worker, request));
-                }
-            })
-        });
+    pub fn new(engine: CacheEngine, lanes: Option<Lanes>) -> Self {
         Self { engine, lanes }
     }
 
-    async fn read(&self, namespace: String, key: String) -> Result<Option<Found>, CacheError> {
+    /// Runs `work` on a lane when coalescing, else here.
+    async fn on_lane<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&CacheEngine) -> Result<R, CacheError> + Send + 'static,
+    ) -> Result<R, CacheError> {
         let Some(lanes) = &self.lanes else {
-            return self.engine.get(&namespace, &key);
+            return work(&self.engine);
         };
-        let (reply, answer) = oneshot::channel();
-        match lanes.submit(Job::Get(namespace, key, reply)) {
-            Ok(()) => answer.await.unwrap_or_else(|_| Err(lane_stopped())),
-            Err(Job::Get(namespace, key, _)) => self.engine.get(&namespace, &key),
-            Err(Job::Put(..)) => Err(lane_stopped()),
-        }
+        let engine = self.engine.clone();
+        lanes.run(move || work(&engine)).await.unwrap_or_else(|_| {
+            Err(CacheError::Store(crate::store::StoreError::Io(
+                "cache lane task stopped".into(),
+            )))
+        })
+    }
+
+    async fn read(&self, namespace: String, key: String) -> Result<Option<Found>, CacheError> {
+        self.on_lane(move |engine| engine.get(&namespace, &key))
+            .await
     }
 
     async fn write(&self, request: pb::PutRequest) -> Result<pb::PutResponse, CacheError> {
-        let Some(lanes) = &self.lanes else {
-            return put_one(&self.engine, request);
-        };
-        let (reply, answer) = oneshot::channel();
-        match lanes.submit(Job::Put(request, reply)) {
-            Ok(()) => answer.await.unwrap_or_else(|_| Err(lane_stopped())),
-            Err(Job::Put(request, _)) => put_one(&self.engine, request),
-            Err(Job::Get(..)) => Err(lane_stopped()),
-        }
+        self.on_lane(move |engine| put_one(engine, request)).await
     }
 
     fn check_batch(&self, len: usize) -> Result<(), Status> {

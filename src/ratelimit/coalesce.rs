@@ -3,8 +3,6 @@
 //! (strace, 64 calls in flight). A full lane never refuses: the caller then
 //! decides in place.
 
-use tokio::sync::oneshot;
-
 use crate::lanes::Lanes;
 
 use super::{AcquireRequest, Outcome, RateLimitError, RateLimiter};
@@ -32,38 +30,42 @@ impl OwnedAcquire {
     }
 }
 
-type Job = (
-    OwnedAcquire,
-    oneshot::Sender<Result<Outcome, RateLimitError>>,
-);
-
+/// The rate limiter on lanes.
 #[derive(Clone)]
 pub struct Coalescer {
     limiter: RateLimiter,
-    lanes: Lanes<Job>,
+    lanes: Lanes,
 }
 
 impl Coalescer {
-    /// Starts `lanes` decision tasks, each with a queue of `depth` jobs.
-    pub fn spawn(limiter: RateLimiter, lanes: usize, depth: usize) -> Self {
-        let deciding = limiter.clone();
-        let lanes = Lanes::spawn(lanes, depth, move |(request, reply): Job| {
-            // A caller that went away just does not read its answer.
-            let _ = reply.send(deciding.try_acquire(&request.borrowed()));
-        });
+    pub fn new(limiter: RateLimiter, lanes: Lanes) -> Self {
         Self { limiter, lanes }
     }
 
-    /// Decides now (never waits for tokens), through a lane when one has room.
+    /// Decides now (never waits for tokens), on a lane.
     pub async fn decide(&self, request: OwnedAcquire) -> Result<Outcome, RateLimitError> {
-        let (reply, answer) = oneshot::channel();
-        match self.lanes.submit((request, reply)) {
-            Ok(()) => answer
-                .await
-                .map_err(|_| RateLimitError::Internal("decision task stopped".into()))?,
-            Err((request, _)) => self.limiter.try_acquire(&request.borrowed()),
-        }
+        let limiter = self.limiter.clone();
+        self.lanes
+            .run(move || limiter.try_acquire(&request.borrowed()))
+            .await
+            .unwrap_or_else(|_| Err(stopped()))
     }
+
+    /// Runs other rate-limit work (a whole batch) on the same lanes.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&RateLimiter) -> R + Send + 'static,
+    ) -> Result<R, RateLimitError> {
+        let limiter = self.limiter.clone();
+        self.lanes
+            .run(move || work(&limiter))
+            .await
+            .map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> RateLimitError {
+    RateLimitError::Internal("decision task stopped".into())
 }
 
 #[cfg(test)]
@@ -102,7 +104,7 @@ mod tests {
     async fn coalesced_callers_get_exactly_the_burst() {
         // Depth 1 forces some callers onto the in-place path as well.
         for depth in [1, 1024] {
-            let coalescer = Coalescer::spawn(limiter(100), 2, depth);
+            let coalescer = Coalescer::new(limiter(100), Lanes::spawn(2, depth));
             let mut tasks = Vec::new();
             for _ in 0..32 {
                 let coalescer = coalescer.clone();
@@ -126,7 +128,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_come_back_to_the_caller() {
-        let coalescer = Coalescer::spawn(limiter(1), 1, 16);
+        let coalescer = Coalescer::new(limiter(1), Lanes::spawn(1, 16));
         let err = coalescer
             .decide(OwnedAcquire {
                 limit: "nope".into(),

@@ -7,35 +7,17 @@ use super::limits::Scope;
 use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb, grpc_timeout, wait_within_deadline};
-use crate::lanes::{Lanes, default_lanes};
 use crate::proto::gantry::v1 as pb;
-
-type BatchJob = (
-    pb::AcquireBatchRequest,
-    tokio::sync::oneshot::Sender<Result<pb::AcquireBatchResponse, ApiError>>,
-);
 
 pub struct RateLimiterService {
     limiter: RateLimiter,
-    /// Decides immediate acquisitions in groups (`ratelimit.coalesce`).
+    /// Decides immediate acquisitions and batches in groups (`ratelimit.coalesce`).
     coalescer: Option<Coalescer>,
-    /// Decides batches in groups too (`ratelimit.coalesce`).
-    batches: Option<Lanes<BatchJob>>,
 }
 
 impl RateLimiterService {
     pub fn new(limiter: RateLimiter, coalescer: Option<Coalescer>) -> Self {
-        let batches = coalescer.is_some().then(|| {
-            let deciding = limiter.clone();
-            Lanes::spawn(default_lanes(), 1024, move |(request, reply): BatchJob| {
-                let _ = reply.send(decide_batch(&deciding, &request));
-            })
-        });
-        Self {
-            limiter,
-            coalescer,
-            batches,
-        }
+        Self { limiter, coalescer }
     }
 }
 
@@ -146,15 +128,12 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
         request: Request<pb::AcquireBatchRequest>,
     ) -> Result<Response<pb::AcquireBatchResponse>, Status> {
         let r = request.into_inner();
-        let Some(lanes) = &self.batches else {
-            return Ok(Response::new(decide_batch(&self.limiter, &r)?));
-        };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let response = match lanes.submit((r, reply)) {
-            Ok(()) => answer
+        let response = match &self.coalescer {
+            Some(coalescer) => coalescer
+                .run(move |limiter| decide_batch(limiter, &r))
                 .await
-                .map_err(|_| ApiError::Internal("batch decision task stopped".into()))??,
-            Err((r, _)) => decide_batch(&self.limiter, &r)?,
+                .map_err(ApiError::from)??,
+            None => decide_batch(&self.limiter, &r)?,
         };
         Ok(Response::new(response))
     }
