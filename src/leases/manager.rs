@@ -35,18 +35,6 @@ enum Answer {
 
 type Reply = oneshot::Sender<Answer>;
 
-/// An acquisition as the manager takes it.
-#[derive(Debug, Clone, Copy)]
-pub struct AcquireRequest<'a> {
-    pub pool: &'a str,
-    pub holder: &'a str,
-    pub count: u32,
-    /// None: the pool's default TTL.
-    pub ttl: Option<Duration>,
-    /// Zero: decide now.
-    pub max_wait: Duration,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcquireOutcome {
     /// None: not granted.
@@ -135,16 +123,15 @@ impl LeaseManager {
         Ok(report)
     }
 
-    /// Grants now, waits in the pool's fair queue up to `max_wait`, or denies.
-    pub async fn acquire(&self, req: AcquireRequest<'_>) -> Result<AcquireOutcome, LeaseError> {
+    /// Grants now, waits in the pool's fair queue up to `max_wait` (zero:
+    /// decide now), or denies.
+    pub async fn acquire(
+        &self,
+        ask: Ask<'_>,
+        max_wait: Duration,
+    ) -> Result<AcquireOutcome, LeaseError> {
         let started = tokio::time::Instant::now();
-        let ask = Ask {
-            pool: req.pool,
-            holder: req.holder,
-            count: req.count,
-            ttl: req.ttl,
-        };
-        let (reply, rx) = if req.max_wait.is_zero() {
+        let (reply, rx) = if max_wait.is_zero() {
             (None, None)
         } else {
             let (tx, rx) = oneshot::channel();
@@ -161,7 +148,7 @@ impl LeaseManager {
                 }
                 _ => None,
             };
-            let settlement = self.inner.record(&table, fx, Some(req.pool));
+            let settlement = self.inner.record(&table, fx, Some(ask.pool));
             (admission, own_ticket, settlement)
         };
         self.inner.settle(settlement);
@@ -174,14 +161,14 @@ impl LeaseManager {
                     ticket.wait().await?;
                 }
                 undo.disarm();
-                metrics.acquired(req.pool, AcquireResult::Granted);
+                metrics.acquired(ask.pool, AcquireResult::Granted);
                 Ok(AcquireOutcome {
                     lease: Some(lease),
                     waited: started.elapsed(),
                 })
             }
             Admission::Denied => {
-                metrics.acquired(req.pool, AcquireResult::Denied);
+                metrics.acquired(ask.pool, AcquireResult::Denied);
                 Ok(AcquireOutcome {
                     lease: None,
                     waited: Duration::ZERO,
@@ -195,16 +182,16 @@ impl LeaseManager {
                 };
                 let mut guard = WaitGuard {
                     inner: self.inner.clone(),
-                    pool: req.pool.to_string(),
+                    pool: ask.pool.to_string(),
                     waiter,
                     rx: Some(rx),
                 };
-                let result = guard.wait(req.max_wait).await;
+                let result = guard.wait(max_wait).await;
                 let waited = started.elapsed();
-                metrics.waited(req.pool, waited.as_secs_f64());
+                metrics.waited(ask.pool, waited.as_secs_f64());
                 let lease = result?;
                 metrics.acquired(
-                    req.pool,
+                    ask.pool,
                     if lease.is_some() {
                         AcquireResult::Granted
                     } else {

@@ -4,7 +4,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
-use super::manager::AcquireRequest;
+use super::table::Ask;
 use super::{Lease, LeaseManager};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb, grpc_timeout, wait_within_deadline};
@@ -62,16 +62,16 @@ impl pb::leases_server::Leases for LeasesService {
             granted = tracing::field::Empty,
             lease_id = tracing::field::Empty,
         );
-        let req = AcquireRequest {
+        let ask = Ask {
             pool: &r.pool,
             holder: &r.holder,
             count: r.count,
             ttl: ttl("ttl", r.ttl.as_ref())?,
-            max_wait,
         };
-        let outcome = tracing::Instrument::instrument(self.manager.acquire(req), span.clone())
-            .await
-            .map_err(ApiError::from)?;
+        let outcome =
+            tracing::Instrument::instrument(self.manager.acquire(ask, max_wait), span.clone())
+                .await
+                .map_err(ApiError::from)?;
         span.record("granted", outcome.lease.is_some());
         let lease = match outcome.lease {
             Some(lease) => {
