@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use parking_lot::RwLock;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
@@ -180,39 +181,24 @@ struct TierLabels {
 #[derive(Debug)]
 pub struct CacheCollector(pub Arc<Namespaces>);
 
-fn counter_family<L: EncodeLabelSet>(
+/// A series' name, help, type, and how to read its value.
+type SeriesOf<T> = (&'static str, &'static str, MetricType, fn(&T) -> u64);
+
+/// One metric family of constant values read at scrape time.
+fn family<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
+    kind: MetricType,
     rows: &[(L, u64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        name,
-        help,
-        None,
-        prometheus_client::metrics::MetricType::Counter,
-    )?;
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
     for (labels, value) in rows {
-        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-fn gauge_family(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(NsLabel, u64)],
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        name,
-        help,
-        None,
-        prometheus_client::metrics::MetricType::Gauge,
-    )?;
-    for (labels, value) in rows {
-        ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX))
-            .encode(family.encode_family(labels)?)?;
+        let metric = family.encode_family(labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(*value).encode(metric)?,
+            _ => ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX)).encode(metric)?,
+        }
     }
     Ok(())
 }
@@ -239,10 +225,11 @@ impl Collector for CacheCollector {
                 ]
             })
             .collect();
-        counter_family(
+        family(
             &mut encoder,
             "gantry_cache_hits",
             "Reads answered, by namespace and tier",
+            MetricType::Counter,
             &hits,
         )?;
         let misses: Vec<_> = all
@@ -254,45 +241,49 @@ impl Collector for CacheCollector {
                 ]
             })
             .collect();
-        counter_family(
+        family(
             &mut encoder,
             "gantry_cache_misses",
             "Reads a tier could not answer (store misses are misses of the whole cache)",
+            MetricType::Counter,
             &misses,
         )?;
-        let rows = |f: fn(&Snapshot) -> u64| -> Vec<(NsLabel, u64)> {
-            all.iter().map(|(n, s)| (ns(n), f(s))).collect()
-        };
-        counter_family(
-            &mut encoder,
-            "gantry_cache_evictions",
-            "Entries evicted from the hot tier (they stay in the store)",
-            &rows(|s| s.evictions),
-        )?;
-        counter_family(
-            &mut encoder,
-            "gantry_cache_expirations",
-            "Entries removed because their TTL ran out",
-            &rows(|s| s.expirations),
-        )?;
-        gauge_family(
-            &mut encoder,
-            "gantry_cache_entries",
-            "Live entries",
-            &rows(|s| s.entries),
-        )?;
-        gauge_family(
-            &mut encoder,
-            "gantry_cache_raw_bytes",
-            "Bytes of the values as they were put",
-            &rows(|s| s.raw_bytes),
-        )?;
-        gauge_family(
-            &mut encoder,
-            "gantry_cache_stored_bytes",
-            "Bytes of the values as stored (after compression)",
-            &rows(|s| s.stored_bytes),
-        )?;
+        let per_namespace: [SeriesOf<Snapshot>; 5] = [
+            (
+                "gantry_cache_evictions",
+                "Entries evicted from the hot tier (they stay in the store)",
+                MetricType::Counter,
+                |s| s.evictions,
+            ),
+            (
+                "gantry_cache_expirations",
+                "Entries removed because their TTL ran out",
+                MetricType::Counter,
+                |s| s.expirations,
+            ),
+            (
+                "gantry_cache_entries",
+                "Live entries",
+                MetricType::Gauge,
+                |s| s.entries,
+            ),
+            (
+                "gantry_cache_raw_bytes",
+                "Bytes of the values as they were put",
+                MetricType::Gauge,
+                |s| s.raw_bytes,
+            ),
+            (
+                "gantry_cache_stored_bytes",
+                "Bytes of the values as stored (after compression)",
+                MetricType::Gauge,
+                |s| s.stored_bytes,
+            ),
+        ];
+        for (name, help, kind, value) in per_namespace {
+            let rows: Vec<(NsLabel, u64)> = all.iter().map(|(n, s)| (ns(n), value(s))).collect();
+            family(&mut encoder, name, help, kind, &rows)?;
+        }
         Ok(())
     }
 }
@@ -306,30 +297,45 @@ impl std::fmt::Debug for WatchCollector {
     }
 }
 
+/// One series without labels, read at scrape time.
+fn single(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, kind)?;
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(metric),
+        _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric),
+    }
+}
+
 impl Collector for WatchCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gauge = ConstGauge::new(i64::try_from(self.0.watchers()).unwrap_or(i64::MAX));
-        gauge.encode(encoder.encode_descriptor(
+        let cache = &self.0;
+        single(
+            &mut encoder,
             "gantry_cache_watchers",
             "Watch streams open now",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?)?;
-        let resyncs = ConstCounter::new(self.0.resyncs());
-        resyncs.encode(encoder.encode_descriptor(
+            MetricType::Gauge,
+            cache.watchers() as u64,
+        )?;
+        single(
+            &mut encoder,
             "gantry_cache_watch_resyncs",
             "Resync events sent to watchers that fell behind",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?)?;
-        let hot = ConstGauge::new(i64::try_from(self.0.hot_entries()).unwrap_or(i64::MAX));
-        hot.encode(encoder.encode_descriptor(
+            MetricType::Counter,
+            cache.resyncs(),
+        )?;
+        single(
+            &mut encoder,
             "gantry_cache_hot_entries",
             "Entries in the in-memory hot tier",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?)?;
-        Ok(())
+            MetricType::Gauge,
+            cache.hot_entries() as u64,
+        )
     }
 }
 
