@@ -3,7 +3,10 @@
 //! load, many grants share one flush instead of paying one each.
 //!
 //! Changes are submitted under the lease table's lock, so the store sees
-//! them in the same order as the table did.
+//! them in the same order as the table did. The writes themselves happen on
+//! the journal thread, not under that lock: a sled write waits behind a flush
+//! in progress, and writing inline (with the cache's `GroupFlush` for the
+//! flushes) made `sync` lease calls stall on the disk (docs/benchmarks.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
