@@ -15,6 +15,7 @@ pub mod reload;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod traces;
 pub mod unimplemented;
 pub mod waitqueue;
 pub mod wallclock;

@@ -36,14 +36,22 @@ use crate::reload::{ConfigSource, ReloadTargets, Reloader};
 use crate::store::{self, Domain, Store, StoreError};
 use crate::telemetry::metrics::{self, ProcessCollector, RpcMetrics};
 use crate::telemetry::rpc::RpcLayer;
-use crate::unimplemented::{PendingQueryAnalyzer, PendingTraces};
+use crate::traces::Traces;
+use crate::traces::forward::{ForwardSettings, Forwarder};
+use crate::traces::metrics::{SpanMetricsCollector, TracesMetrics};
+use crate::traces::service::{OtlpTraceService, TracesService};
+use crate::unimplemented::PendingQueryAnalyzer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 
 /// Queue depth of each lane; a full lane makes callers run their work in place.
 const COALESCE_DEPTH: usize = 4096;
 
 /// Envoy's rate-limit service, served beside gantry's own.
 pub const ENVOY_RLS: &str = "envoy.service.ratelimit.v3.RateLimitService";
+
+/// OTLP's trace receiver, served beside gantry's own Traces service.
+pub const OTLP_TRACES: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
 
 /// The encoded descriptors of gantry's own protos, written by build.rs.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gantry_descriptor");
@@ -63,6 +71,10 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot start the lease journal thread: {0}")]
     Journal(std::io::Error),
+    #[error("cannot start the span ingestion thread: {0}")]
+    TracesWorker(std::io::Error),
+    #[error("{0}")]
+    Forward(String),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -97,6 +109,8 @@ pub struct Gantry {
     rl_metrics: RateLimitMetrics,
     leases: LeaseManager,
     cache: CacheEngine,
+    traces: Traces,
+    forward: Option<ForwardTask>,
     source: Option<ConfigSource>,
     reload_trigger: Arc<tokio::sync::Notify>,
 }
@@ -137,6 +151,7 @@ impl Gantry {
         let cache = open_cache(&config, &store).await?;
         registry.register_collector(Box::new(CacheCollector(cache.namespaces())));
         registry.register_collector(Box::new(crate::cache::stats::WatchCollector(cache.clone())));
+        let (traces, forward) = start_traces(&config, &store, &mut registry)?;
 
         let health = HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
@@ -157,6 +172,8 @@ impl Gantry {
             rl_metrics,
             leases,
             cache,
+            traces,
+            forward,
             source: None,
             reload_trigger: Arc::new(tokio::sync::Notify::new()),
         })
@@ -185,6 +202,10 @@ impl Gantry {
 
     pub fn cache(&self) -> CacheEngine {
         self.cache.clone()
+    }
+
+    pub fn traces(&self) -> Traces {
+        self.traces.clone()
     }
 
     /// The health reporter, for components that must report themselves NOT_SERVING.
@@ -229,6 +250,8 @@ impl Gantry {
             rl_metrics,
             leases,
             cache,
+            traces,
+            forward,
             source,
             reload_trigger,
         } = self;
@@ -260,16 +283,21 @@ impl Gantry {
             .map(|lanes| Coalescer::new(limiter.clone(), lanes));
         let cache_lanes = lanes.filter(|_| config.cache.coalesce);
 
-        // Every service gets the same message limit and gzip both ways.
+        // Every service gets the same message limit and gzip both ways;
+        // span ingestion has its own, larger limit (OTLP batches are large).
         macro_rules! limited {
             ($service:expr) => {
+                limited!($service, limit)
+            };
+            ($service:expr, $limit:expr) => {
                 $service
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit)
+                    .max_decoding_message_size($limit)
+                    .max_encoding_message_size($limit)
                     .accept_compressed(CompressionEncoding::Gzip)
                     .send_compressed(CompressionEncoding::Gzip)
             };
         }
+        let traces_limit = usize::try_from(config.traces.max_message_bytes).unwrap_or(usize::MAX);
 
         let router = tonic::transport::Server::builder()
             .timeout(server_cfg.request_timeout.get())
@@ -293,9 +321,14 @@ impl Gantry {
             .add_service(limited!(
                 pb::query_analyzer_server::QueryAnalyzerServer::new(PendingQueryAnalyzer)
             ))
-            .add_service(limited!(pb::traces_server::TracesServer::new(
-                PendingTraces
-            )))
+            .add_service(limited!(
+                pb::traces_server::TracesServer::new(TracesService::new(traces.clone())),
+                traces_limit
+            ))
+            .add_service(limited!(
+                TraceServiceServer::new(OtlpTraceService::new(traces.clone())),
+                traces_limit
+            ))
             .add_service(limited!(pb::leases_server::LeasesServer::new(
                 LeasesService::new(leases.clone())
             )));
@@ -324,6 +357,13 @@ impl Gantry {
             usize::try_from(config.cache.sweep_batch).unwrap_or(usize::MAX),
             background.clone(),
         ));
+        if config.traces.persist {
+            tasks.spawn(sweep_persisted_spans(
+                traces.clone(),
+                config.traces.retention.get(),
+                background.clone(),
+            ));
+        }
         if let Some(source) = source {
             let reloader = Reloader::new(
                 source,
@@ -384,6 +424,14 @@ impl Gantry {
         // Lease changes still queued reach the store before it is flushed.
         leases.stop().await;
 
+        // Spans accepted before the drain are stored; then the forwarder
+        // makes its last attempt for what it still holds.
+        traces.drain().await;
+        if let Some((task, stop)) = forward {
+            stop.cancel();
+            let _ = task.await;
+        }
+
         // Bucket levels survive the restart, so clients get no fresh burst.
         if let Err(e) = save_buckets(&limiter, &store).await {
             tracing::error!(error = %e, "saving rate-limit buckets at shutdown failed");
@@ -408,11 +456,12 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(opentelemetry_proto::DESCRIPTORS)
 }
 
 async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
-    for name in GANTRY_SERVICES.into_iter().chain([ENVOY_RLS]) {
+    for name in GANTRY_SERVICES.into_iter().chain([ENVOY_RLS, OTLP_TRACES]) {
         reporter.set_service_status(name, status).await;
     }
 }
@@ -459,6 +508,54 @@ async fn open_cache(config: &Config, store: &Arc<dyn Store>) -> Result<CacheEngi
         );
     }
     Ok(cache)
+}
+
+/// The span forwarder's task and the token that ends it (after the drain).
+type ForwardTask = (tokio::task::JoinHandle<()>, CancellationToken);
+
+/// The span pipeline and, with `traces.forward_endpoint`, its forwarder task.
+fn start_traces(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    registry: &mut Registry,
+) -> Result<(Traces, Option<ForwardTask>), StartError> {
+    let metrics = TracesMetrics::register(registry);
+    let mut forward = None;
+    let forwarder = match ForwardSettings::from_config(&config.traces) {
+        Some(settings) => {
+            let stop = CancellationToken::new();
+            let (forwarder, task) = Forwarder::start(settings, metrics.clone(), stop.clone())
+                .map_err(StartError::Forward)?;
+            forward = Some((tokio::spawn(task), stop));
+            Some(forwarder)
+        }
+        None => None,
+    };
+    let traces = Traces::start(&config.traces, store, metrics, forwarder)
+        .map_err(StartError::TracesWorker)?;
+    registry.register_collector(Box::new(SpanMetricsCollector(traces.endpoint_table())));
+    Ok((traces, forward))
+}
+
+/// Removes persisted spans past `traces.retention`, once a minute (or
+/// more often for a short retention), off the async workers.
+async fn sweep_persisted_spans(traces: Traces, retention: Duration, stop: CancellationToken) {
+    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {
+                let traces = traces.clone();
+                if let Ok(removed) = tokio::task::spawn_blocking(move || traces.sweep_persisted(retention, 10_000)).await
+                    && removed > 0
+                {
+                    tracing::debug!(removed, "removed persisted spans past their retention");
+                }
+            }
+        }
+    }
 }
 
 /// Puts back the leases granted before a restart. Unlike bucket levels,
@@ -540,8 +637,9 @@ async fn persist_buckets(
 /// `/package.Service/Method` for every method this server routes, from the
 /// descriptor sets: the label set of the per-method metrics.
 pub fn known_paths() -> HashSet<String> {
-    let sets: [&[u8]; 4] = [
+    let sets: [&[u8]; 5] = [
         FILE_DESCRIPTOR_SET,
+        opentelemetry_proto::DESCRIPTORS,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,

@@ -13,7 +13,6 @@ fn not_landed<T>(method: &'static str, detail: &'static str) -> Result<T, Status
 }
 
 const QUERY: &str = "the query-analysis capability has not landed yet (issue #6)";
-const TRACES: &str = "the span-ingestion capability has not landed yet (issue #7)";
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PendingQueryAnalyzer;
@@ -43,30 +42,5 @@ impl pb::query_analyzer_server::QueryAnalyzer for PendingQueryAnalyzer {
         _: Request<pb::SlowQueriesRequest>,
     ) -> Result<Response<pb::SlowQueriesResponse>, Status> {
         not_landed("gantry.v1.QueryAnalyzer/SlowQueries", QUERY)
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PendingTraces;
-
-#[tonic::async_trait]
-impl pb::traces_server::Traces for PendingTraces {
-    async fn ingest(
-        &self,
-        _: Request<pb::IngestRequest>,
-    ) -> Result<Response<pb::IngestResponse>, Status> {
-        not_landed("gantry.v1.Traces/Ingest", TRACES)
-    }
-    async fn get_trace(
-        &self,
-        _: Request<pb::GetTraceRequest>,
-    ) -> Result<Response<pb::Trace>, Status> {
-        not_landed("gantry.v1.Traces/GetTrace", TRACES)
-    }
-    async fn endpoint_stats(
-        &self,
-        _: Request<pb::EndpointStatsRequest>,
-    ) -> Result<Response<pb::EndpointStatsResponse>, Status> {
-        not_landed("gantry.v1.Traces/EndpointStats", TRACES)
     }
 }

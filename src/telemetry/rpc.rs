@@ -45,6 +45,16 @@ impl MethodHandles {
         }
     }
 
+    /// The setting that limits this method's message size.
+    fn size_setting(&self) -> &'static str {
+        match self.labels.grpc_service.as_str() {
+            "gantry.v1.Traces" | "opentelemetry.proto.collector.trace.v1.TraceService" => {
+                "traces.max_message_bytes"
+            }
+            _ => "server.max_message_bytes",
+        }
+    }
+
     fn handled(
         &self,
         metrics: &RpcMetrics,
@@ -159,7 +169,7 @@ fn status_in(headers: &HeaderMap) -> Option<tonic::Code> {
 /// tonic reports an oversized message as OUT_OF_RANGE; the gRPC spec (and
 /// gantry's contract) say RESOURCE_EXHAUSTED. Rewrites that one status in
 /// place, naming the setting that sets the limit.
-fn rewrite_oversized(headers: &mut HeaderMap) {
+fn rewrite_oversized(headers: &mut HeaderMap, setting: &str) {
     if status_in(headers) != Some(tonic::Code::OutOfRange) {
         return;
     }
@@ -181,7 +191,7 @@ fn rewrite_oversized(headers: &mut HeaderMap) {
     };
     let (which, detail) = detail;
     let replacement = tonic::Status::resource_exhausted(format!(
-        "{which} message too large: {detail} (server.max_message_bytes)"
+        "{which} message too large: {detail} ({setting})"
     ));
     headers.remove("grpc-status");
     headers.remove("grpc-message");
@@ -286,7 +296,7 @@ where
                 match result {
                     Ok(response) => {
                         let (mut parts, body) = response.into_parts();
-                        rewrite_oversized(&mut parts.headers);
+                        rewrite_oversized(&mut parts.headers, call.method.size_setting());
                         if let Some(code) = status_in(&parts.headers) {
                             // Trailers-only response: the status is final now.
                             call.finish(code);
@@ -387,7 +397,11 @@ where
         match inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
                 Ok(mut trailers) => {
-                    rewrite_oversized(&mut trailers);
+                    let setting = this
+                        .call
+                        .as_ref()
+                        .map_or("server.max_message_bytes", |c| c.method.size_setting());
+                    rewrite_oversized(&mut trailers, setting);
                     if let Some(mut call) = this.call.take() {
                         call.finish(status_in(&trailers).unwrap_or(tonic::Code::Unknown));
                     }
@@ -450,7 +464,7 @@ mod tests {
         )
         .add_header(&mut headers)
         .unwrap();
-        rewrite_oversized(&mut headers);
+        rewrite_oversized(&mut headers, "server.max_message_bytes");
         let status = tonic::Status::from_header_map(&headers).unwrap();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(
@@ -465,7 +479,7 @@ mod tests {
         tonic::Status::out_of_range("offset 9 past the end")
             .add_header(&mut headers)
             .unwrap();
-        rewrite_oversized(&mut headers);
+        rewrite_oversized(&mut headers, "server.max_message_bytes");
         assert_eq!(status_in(&headers), Some(tonic::Code::OutOfRange));
     }
 

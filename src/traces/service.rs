@@ -1,0 +1,199 @@
+//! The two doors into span ingestion, both over gRPC: gantry's
+//! `gantry.v1.Traces` and OTLP's `TraceService/Export`. Each converts and
+//! checks spans one by one, then submits the valid ones to the pipeline.
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::TraceService,
+};
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, Converted, from_gantry, from_otlp, otlp_span_count, to_gantry};
+use super::endpoints::Window;
+use super::forward::ForwardItem;
+use super::metrics::{Protocol, ProtocolLabel, RejectLabels};
+use super::{Traces, TracesError};
+use crate::error::ApiError;
+use crate::grpc::{duration_from_pb, duration_to_pb};
+use crate::proto::gantry::v1 as pb;
+
+/// At most this many rejection lines go back to the caller.
+const MAX_ERROR_LINES: usize = 100;
+
+pub struct TracesService {
+    traces: Traces,
+}
+
+impl TracesService {
+    pub fn new(traces: Traces) -> Self {
+        Self { traces }
+    }
+}
+
+/// Counts what a request brought and what was refused.
+fn count(traces: &Traces, protocol: Protocol, received: usize, converted: &Converted) {
+    let m = traces.metrics();
+    let label = protocol.label();
+    m.received
+        .get_or_create(&ProtocolLabel { protocol: label })
+        .inc_by(received as u64);
+    for (_, e) in &converted.rejected {
+        m.rejected
+            .get_or_create(&RejectLabels {
+                protocol: label,
+                reason: e.reason(),
+            })
+            .inc();
+    }
+}
+
+fn accepted(traces: &Traces, protocol: Protocol, stored: usize) {
+    traces
+        .metrics()
+        .accepted
+        .get_or_create(&ProtocolLabel {
+            protocol: protocol.label(),
+        })
+        .inc_by(stored as u64);
+}
+
+#[tonic::async_trait]
+impl pb::traces_server::Traces for TracesService {
+    async fn ingest(
+        &self,
+        request: Request<pb::IngestRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        let spans = request.into_inner().spans;
+        let received = spans.len();
+        self.traces.check_batch(received).map_err(ApiError::from)?;
+        let span = tracing::debug_span!(
+            "traces.ingest",
+            spans = received,
+            rejected = tracing::field::Empty,
+            stored = tracing::field::Empty
+        );
+        let converted = from_gantry(spans, self.traces.limits());
+        count(&self.traces, Protocol::Gantry, received, &converted);
+        span.record("rejected", converted.rejected.len());
+        let errors = converted.error_lines(MAX_ERROR_LINES);
+        let rejected = converted.rejected.len();
+        let valid = converted.spans.len();
+        let stored = tracing::Instrument::instrument(
+            self.traces.submit(converted.spans, None),
+            span.clone(),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        span.record("stored", stored);
+        accepted(&self.traces, Protocol::Gantry, valid);
+        Ok(Response::new(pb::IngestResponse {
+            accepted: valid as u32,
+            rejected: rejected as u32,
+            errors,
+        }))
+    }
+
+    async fn get_trace(
+        &self,
+        request: Request<pb::GetTraceRequest>,
+    ) -> Result<Response<pb::Trace>, Status> {
+        let trace_id = request.into_inner().trace_id;
+        tracing::debug!(trace_id = %super::span::hex(&trace_id), "traces.get_trace");
+        let spans = if self.traces.persists() {
+            let traces = self.traces.clone();
+            let id = trace_id.clone();
+            tokio::task::spawn_blocking(move || traces.get(&id))
+                .await
+                .map_err(|e| ApiError::Internal(format!("trace reader panicked: {e}")))?
+        } else {
+            self.traces.get(&trace_id)
+        }
+        .map_err(ApiError::from)?;
+        Ok(Response::new(pb::Trace {
+            trace_id,
+            spans: spans.into_iter().map(to_gantry).collect(),
+        }))
+    }
+
+    async fn endpoint_stats(
+        &self,
+        request: Request<pb::EndpointStatsRequest>,
+    ) -> Result<Response<pb::EndpointStatsResponse>, Status> {
+        let r = request.into_inner();
+        let window = Window::round_up(duration_from_pb("window", r.window.as_ref())?);
+        let service = (!r.service.is_empty()).then_some(r.service.as_str());
+        let rows = self.traces.endpoint_stats(window, service);
+        tracing::debug!(window = ?window.length(), service = %r.service, endpoints = rows.len(), "traces.endpoint_stats");
+        Ok(Response::new(pb::EndpointStatsResponse {
+            window: Some(duration_to_pb(window.length())),
+            endpoints: rows
+                .into_iter()
+                .map(|row| pb::EndpointStats {
+                    service: row.service.to_string(),
+                    endpoint: row.endpoint.into(),
+                    calls: row.summary.calls,
+                    errors: row.summary.errors,
+                    p50: Some(duration_to_pb(row.summary.p50)),
+                    p95: Some(duration_to_pb(row.summary.p95)),
+                    p99: Some(duration_to_pb(row.summary.p99)),
+                    max: Some(duration_to_pb(row.summary.max)),
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// OTLP's trace receiver, into the same pipeline as Ingest.
+pub struct OtlpTraceService {
+    traces: Traces,
+}
+
+impl OtlpTraceService {
+    pub fn new(traces: Traces) -> Self {
+        Self { traces }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for OtlpTraceService {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let resource_spans = request.into_inner().resource_spans;
+        let received = otlp_span_count(&resource_spans);
+        self.traces.check_batch(received).map_err(ApiError::from)?;
+        let span = tracing::debug_span!(
+            "traces.otlp_export",
+            spans = received,
+            rejected = tracing::field::Empty,
+            stored = tracing::field::Empty
+        );
+        // Forwarding sends the export as it came, minus the rejected spans.
+        let mut original = self.traces.forwarding().then(|| resource_spans.clone());
+        let converted = from_otlp(resource_spans, self.traces.limits());
+        count(&self.traces, Protocol::Otlp, received, &converted);
+        span.record("rejected", converted.rejected.len());
+        if let Some(original) = original.as_mut() {
+            let rejected: Vec<usize> = converted.rejected.iter().map(|(i, _)| *i).collect();
+            convert::retain_valid(original, &rejected);
+        }
+        let partial_success = (!converted.rejected.is_empty()).then(|| ExportTracePartialSuccess {
+            rejected_spans: converted.rejected.len() as i64,
+            error_message: converted.error_lines(MAX_ERROR_LINES).join("; "),
+        });
+        let valid = converted.spans.len();
+        let stored = tracing::Instrument::instrument(
+            self.traces
+                .submit(converted.spans, original.map(ForwardItem::Otlp)),
+            span.clone(),
+        )
+        .await
+        .map_err(|e: TracesError| Status::from(ApiError::from(e)))?;
+        span.record("stored", stored);
+        accepted(&self.traces, Protocol::Otlp, valid);
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success,
+        }))
+    }
+}
