@@ -37,7 +37,7 @@ pub enum TracesError {
     #[error("{count} spans in one request, more than traces.max_batch ({max})")]
     BatchTooLarge { count: usize, max: usize },
     #[error(
-        "the ingestion queue is full ({queued} of {capacity} spans waiting); retry with backoff"
+        "the ingestion queue is full ({queued} spans waiting, traces.queue_spans = {capacity}); retry with backoff"
     )]
     QueueFull { queued: usize, capacity: usize },
     #[error("trace_id: {0}")]

@@ -11,3 +11,4 @@ mod leases_process;
 mod process;
 mod ratelimit;
 mod ratelimit_process;
+mod traces;
