@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::common::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 
+use super::attributes::Attributes;
 use super::span::{
     Span, SpanError, SpanKind, SpanLimits, StatusCode, UNKNOWN_SERVICE, check, parse_ids,
 };
@@ -94,7 +95,7 @@ pub fn from_gantry(spans: Vec<pb::Span>, limits: &SpanLimits) -> Converted {
                     end_unix_nanos: unix_nanos(s.end.as_ref()),
                     status: StatusCode::from_i32(status.code),
                     status_message: status.message,
-                    attributes: s.attributes.into_iter().collect(),
+                    attributes: Attributes::from_pairs(s.attributes),
                 }
             },
         );
@@ -120,7 +121,11 @@ pub fn to_gantry(span: Span) -> pb::Span {
             code: span.status.as_i32(),
             message: span.status_message,
         }),
-        attributes: span.attributes.into_iter().collect::<HashMap<_, _>>(),
+        attributes: span
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
     }
 }
 
@@ -197,11 +202,11 @@ pub fn from_otlp(resource_spans: Vec<otlp::ResourceSpans>, limits: &SpanLimits) 
                             end_unix_nanos: s.end_time_unix_nano,
                             status: StatusCode::from_i32(status.code),
                             status_message: status.message,
-                            attributes: s
-                                .attributes
-                                .into_iter()
-                                .map(|kv| (kv.key, value_text(kv.value)))
-                                .collect(),
+                            attributes: Attributes::from_pairs(
+                                s.attributes
+                                    .into_iter()
+                                    .map(|kv| (kv.key, value_text(kv.value))),
+                            ),
                         }
                     },
                 );
@@ -266,8 +271,8 @@ pub fn to_otlp(spans: Vec<Span>) -> Vec<otlp::ResourceSpans> {
             end_time_unix_nano: s.end_unix_nanos,
             attributes: s
                 .attributes
-                .into_iter()
-                .map(|(k, v)| string_kv(&k, v))
+                .iter()
+                .map(|(k, v)| string_kv(k, v.to_string()))
                 .collect(),
             status: Some(otlp::Status {
                 code: s.status.as_i32(),
@@ -368,11 +373,8 @@ mod tests {
         assert_eq!(&*s.service, "cart");
         assert_eq!(s.kind, SpanKind::Server);
         assert_eq!(
-            s.attributes,
-            vec![
-                ("http.status_code".to_string(), "200".to_string()),
-                ("tags".to_string(), "[a,true]".to_string())
-            ]
+            s.attributes.iter().collect::<Vec<_>>(),
+            vec![("http.status_code", "200"), ("tags", "[a,true]")]
         );
         let reasons: Vec<(usize, &str)> = converted
             .rejected

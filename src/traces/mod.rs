@@ -7,6 +7,7 @@
 //! once. A full queue refuses the call at once (RESOURCE_EXHAUSTED; OTLP
 //! exporters retry) rather than letting callers pile up.
 
+pub mod attributes;
 pub mod convert;
 pub mod endpoints;
 pub mod forward;
@@ -322,25 +323,26 @@ fn apply(shared: &Shared, group: &mut Vec<Job>, total: usize) {
         for job in group.iter_mut() {
             let mut stored = 0;
             for span in std::mem::take(&mut job.spans) {
-                if table.contains(&span.trace_id, &span.span_id) {
+                let inserted = table.insert(span, |span| {
+                    if span.kind.is_entry() {
+                        endpoints.record(
+                            now,
+                            &span.service,
+                            &span.name,
+                            span.duration_nanos(),
+                            span.status,
+                        );
+                    }
+                    if shared.persist.is_some() {
+                        to_persist.push(span.clone());
+                    }
+                });
+                if inserted.stored {
+                    stored += 1;
+                } else {
                     // An exporter's retry: already stored and counted.
                     m.duplicates.inc();
-                    continue;
                 }
-                if span.kind.is_entry() {
-                    endpoints.record(
-                        now,
-                        &span.service,
-                        &span.name,
-                        span.duration_nanos(),
-                        span.status,
-                    );
-                }
-                if shared.persist.is_some() {
-                    to_persist.push(span.clone());
-                }
-                let inserted = table.insert(span);
-                stored += usize::from(inserted.stored);
                 if inserted.evicted_traces > 0 {
                     m.evicted_traces.inc_by(inserted.evicted_traces);
                     m.evicted_spans.inc_by(inserted.evicted_spans);

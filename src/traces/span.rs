@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use super::attributes::Attributes;
+
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];
 
@@ -100,7 +102,7 @@ pub struct Span {
     pub end_unix_nanos: u64,
     pub status: StatusCode,
     pub status_message: String,
-    pub attributes: Vec<(String, String)>,
+    pub attributes: Attributes,
 }
 
 impl Span {
@@ -113,12 +115,7 @@ impl Span {
         std::mem::size_of::<Span>()
             + self.name.capacity()
             + self.status_message.capacity()
-            + self.attributes.capacity() * std::mem::size_of::<(String, String)>()
-            + self
-                .attributes
-                .iter()
-                .map(|(k, v)| k.capacity() + v.capacity())
-                .sum::<usize>()
+            + self.attributes.heap_bytes()
     }
 }
 
@@ -263,7 +260,7 @@ pub fn check(span: &Span, limits: &SpanLimits) -> Result<(), SpanError> {
             max: limits.max_attributes,
         });
     }
-    for (key, value) in &span.attributes {
+    for (key, value) in span.attributes.iter() {
         let len = key.len() + value.len();
         if len > limits.max_attribute_bytes {
             return Err(SpanError::AttributeTooLong {
@@ -351,7 +348,7 @@ pub(crate) fn sample(trace: u8, span: u8, parent: Option<u8>, start: u64) -> Spa
         end_unix_nanos: start + 1_000_000,
         status: StatusCode::Unset,
         status_message: String::new(),
-        attributes: vec![("http.method".into(), "GET".into())],
+        attributes: Attributes::from_pairs([("http.method", "GET")]),
     }
 }
 
@@ -428,11 +425,11 @@ mod tests {
             }
         ));
         assert!(matches!(
-            with(&|s| s.attributes = vec![("a".into(), "b".into()); 3]),
+            with(&|s| s.attributes = Attributes::from_pairs([("a", "b"); 3])),
             SpanError::TooManyAttributes { count: 3, max: 2 }
         ));
         assert!(matches!(
-            with(&|s| s.attributes = vec![("key".into(), "12345678901234".into())]),
+            with(&|s| s.attributes = Attributes::from_pairs([("key", "12345678901234")])),
             SpanError::AttributeTooLong {
                 len: 17,
                 max: 16,

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::span::{Span, SpanId, TraceId, order_parents_first};
+use super::span::{Span, TraceId, order_parents_first};
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -59,7 +59,9 @@ impl TraceTable {
         }
     }
 
-    pub fn insert(&mut self, span: Span) -> Inserted {
+    /// Stores a span unless the trace already holds its id; `on_new` sees
+    /// each span that is stored, before it is (one lookup for both).
+    pub fn insert(&mut self, span: Span, on_new: impl FnOnce(&Span)) -> Inserted {
         let weight = span.weight();
         let trace_id = span.trace_id;
         let entry = match self.traces.get_mut(&trace_id) {
@@ -79,6 +81,7 @@ impl TraceTable {
         if entry.spans.iter().any(|s| s.span_id == span.span_id) {
             return Inserted::default();
         }
+        on_new(&span);
         entry.spans.push(span);
         entry.bytes += weight;
         self.spans += 1;
@@ -110,12 +113,6 @@ impl TraceTable {
         (traces, spans)
     }
 
-    pub fn contains(&self, trace_id: &TraceId, span_id: &SpanId) -> bool {
-        self.traces
-            .get(trace_id)
-            .is_some_and(|e| e.spans.iter().any(|s| s.span_id == *span_id))
-    }
-
     /// A trace's spans, parents before children; None when unknown.
     pub fn get(&self, trace_id: &TraceId) -> Option<Vec<Span>> {
         self.traces
@@ -140,11 +137,11 @@ mod tests {
     #[test]
     fn late_spans_join_their_trace_and_retries_are_kept_once() {
         let mut table = TraceTable::new(100, usize::MAX);
-        assert!(table.insert(sample(1, 2, Some(1), 20)).stored);
-        assert!(table.insert(sample(2, 1, None, 5)).stored);
+        assert!(table.insert(sample(1, 2, Some(1), 20), |_| {}).stored);
+        assert!(table.insert(sample(2, 1, None, 5), |_| {}).stored);
         // The root arrives after its child, and the child is sent again.
-        assert!(table.insert(sample(1, 1, None, 10)).stored);
-        assert!(!table.insert(sample(1, 2, Some(1), 20)).stored);
+        assert!(table.insert(sample(1, 1, None, 10), |_| {}).stored);
+        assert!(!table.insert(sample(1, 2, Some(1), 20), |_| {}).stored);
         let trace: Vec<u8> = table
             .get(&[1; 16])
             .unwrap()
@@ -161,12 +158,12 @@ mod tests {
     fn whole_traces_are_evicted_oldest_first_by_span_count() {
         let mut table = TraceTable::new(5, usize::MAX);
         for span in 1..=3 {
-            table.insert(sample(1, span, None, 1));
+            table.insert(sample(1, span, None, 1), |_| {});
         }
-        table.insert(sample(2, 1, None, 1));
-        table.insert(sample(3, 1, None, 1));
+        table.insert(sample(2, 1, None, 1), |_| {});
+        table.insert(sample(3, 1, None, 1), |_| {});
         // A late span of the oldest trace does not make it younger.
-        let inserted = table.insert(sample(2, 2, None, 1));
+        let inserted = table.insert(sample(2, 2, None, 1), |_| {});
         assert_eq!((inserted.evicted_traces, inserted.evicted_spans), (1, 3));
         assert!(table.get(&[1; 16]).is_none());
         assert_eq!(table.get(&[2; 16]).unwrap().len(), 2);
@@ -187,7 +184,7 @@ mod tests {
         let mut evicted = 0;
         for trace in 1..=50u8 {
             for span in 1..=3 {
-                evicted += table.insert(sample(trace, span, None, 1)).evicted_spans;
+                evicted += table.insert(sample(trace, span, None, 1), |_| {}).evicted_spans;
             }
             let size = table.size();
             assert!(size.bytes <= weight * 10, "over the byte bound: {size:?}");
@@ -204,11 +201,11 @@ mod tests {
     fn a_trace_bigger_than_the_bound_is_not_kept_forever() {
         let mut table = TraceTable::new(2, usize::MAX);
         for span in 1..=3 {
-            table.insert(sample(1, span, None, 1));
+            table.insert(sample(1, span, None, 1), |_| {});
         }
         assert!(table.size().spans <= 2);
         // The table still works afterwards.
-        table.insert(sample(2, 1, None, 1));
+        table.insert(sample(2, 1, None, 1), |_| {});
         assert!(table.get(&[2; 16]).is_some());
     }
 }
