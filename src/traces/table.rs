@@ -10,6 +10,12 @@ use super::span::{Span, TraceId, order_parents_first};
 
 type Hasher = foldhash::fast::RandomState;
 
+/// What a trace costs besides its spans: its map slot (key, entry, control
+/// byte) and its place in the eviction order. Counted in `max_bytes`.
+const TRACE_OVERHEAD: usize = std::mem::size_of::<(TraceId, Entry)>()
+    + 1
+    + std::mem::size_of::<(TraceId, u64)>();
+
 #[derive(Debug)]
 struct Entry {
     /// Arrival number of the trace's first span: its place in `order`.
@@ -67,13 +73,15 @@ impl TraceTable {
         let entry = match self.traces.get_mut(&trace_id) {
             Some(entry) => entry,
             None => {
+                self.bytes += TRACE_OVERHEAD;
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.order.push_back((trace_id, seq));
+                // Most traces hold a few spans: start at one slot, not Vec's four.
                 self.traces.entry(trace_id).or_insert(Entry {
                     seq,
-                    spans: Vec::new(),
-                    bytes: 0,
+                    spans: Vec::with_capacity(1),
+                    bytes: TRACE_OVERHEAD,
                 })
             }
         };
@@ -180,17 +188,18 @@ mod tests {
     #[test]
     fn bytes_bound_evicts_and_accounting_returns_to_zero_sum() {
         let weight = sample(1, 1, None, 1).weight();
-        let mut table = TraceTable::new(usize::MAX, weight * 10);
+        let bound = weight * 10 + TRACE_OVERHEAD * 3;
+        let mut table = TraceTable::new(usize::MAX, bound);
         let mut evicted = 0;
         for trace in 1..=50u8 {
             for span in 1..=3 {
                 evicted += table.insert(sample(trace, span, None, 1), |_| {}).evicted_spans;
             }
             let size = table.size();
-            assert!(size.bytes <= weight * 10, "over the byte bound: {size:?}");
-            assert_eq!(size.bytes, size.spans * weight);
+            assert!(size.bytes <= bound, "over the byte bound: {size:?}");
+            assert_eq!(size.bytes, size.spans * weight + size.traces * TRACE_OVERHEAD);
         }
-        // 10 spans fit; whole traces of 3 go, so 9 are held.
+        // Three traces of 3 fit; a fourth pushes the oldest out whole.
         assert_eq!(table.size().spans, 9);
         assert_eq!(evicted, 150 - 9);
         assert!(table.get(&[50; 16]).is_some());
