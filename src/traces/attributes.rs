@@ -88,13 +88,21 @@ mod tests {
 
     #[test]
     fn pairs_round_trip_in_order_with_empty_and_unicode_text() {
-        let pairs = [("http.method", "GET"), ("", "empty key"), ("ключ", ""), ("a\0b", "ü")];
+        let pairs = [
+            ("http.method", "GET"),
+            ("", "empty key"),
+            ("ключ", ""),
+            ("a\0b", "ü"),
+        ];
         let attrs = Attributes::from_pairs(pairs);
         assert_eq!(attrs.len(), 4);
         assert_eq!(attrs.iter().collect::<Vec<_>>(), pairs.to_vec());
         assert_eq!(
             attrs.heap_bytes(),
-            pairs.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>()
+            pairs
+                .iter()
+                .map(|(k, v)| 8 + k.len() + v.len())
+                .sum::<usize>()
         );
         assert!(Attributes::default().is_empty());
         assert_eq!(Attributes::default().iter().count(), 0);

@@ -104,7 +104,7 @@ pub fn from_gantry(spans: Vec<pb::Span>, limits: &SpanLimits) -> Converted {
     out
 }
 
-pub fn to_gantry(span: Span) -> pb::Span {
+pub fn to_gantry(span: &Span) -> pb::Span {
     pb::Span {
         trace_id: span.trace_id.to_vec().into(),
         span_id: span.span_id.to_vec().into(),
@@ -113,13 +113,13 @@ pub fn to_gantry(span: Span) -> pb::Span {
             .map(|p| p.to_vec().into())
             .unwrap_or_default(),
         service: span.service.to_string(),
-        name: span.name,
+        name: span.name.clone(),
         kind: span.kind.as_i32(),
         start: Some(timestamp(span.start_unix_nanos)),
         end: Some(timestamp(span.end_unix_nanos)),
         status: Some(pb::SpanStatus {
             code: span.status.as_i32(),
-            message: span.status_message,
+            message: span.status_message.clone(),
         }),
         attributes: span
             .attributes
@@ -426,7 +426,7 @@ mod tests {
         let back = from_otlp(to_otlp(vec![span.clone()]), &SpanLimits::default());
         assert!(back.rejected.is_empty());
         assert_eq!(back.spans, vec![span.clone()]);
-        let pb = to_gantry(span.clone());
+        let pb = to_gantry(&span);
         let again = from_gantry(vec![pb], &SpanLimits::default());
         assert_eq!(again.spans, vec![span]);
     }

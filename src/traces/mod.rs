@@ -69,10 +69,16 @@ enum Message {
     Drain(oneshot::Sender<()>),
 }
 
+/// Where persisted spans go, and the store's id generator for group ids.
+struct Persist {
+    tree: Arc<dyn Tree>,
+    store: Arc<dyn Store>,
+}
+
 struct Shared {
     table: Mutex<TraceTable>,
     endpoints: Arc<Mutex<EndpointTable>>,
-    persist: Option<Arc<dyn Tree>>,
+    persist: Option<Persist>,
     metrics: TracesMetrics,
     queued: AtomicUsize,
 }
@@ -115,9 +121,10 @@ impl Traces {
                 size(config.max_bytes),
             )),
             endpoints: Arc::new(Mutex::new(EndpointTable::new(size(config.max_endpoints)))),
-            persist: config
-                .persist
-                .then(|| store.tree(crate::store::Domain::Traces)),
+            persist: config.persist.then(|| Persist {
+                tree: store.tree(crate::store::Domain::Traces),
+                store: store.clone(),
+            }),
             metrics,
             queued: AtomicUsize::new(0),
         });
@@ -212,8 +219,8 @@ impl Traces {
     pub fn get(&self, trace_id: &[u8]) -> Result<Vec<Span>, TracesError> {
         let id: TraceId = span::parse_trace_id(trace_id).map_err(TracesError::InvalidTraceId)?;
         let mut spans = self.shared.table.lock().get(&id).unwrap_or_default();
-        if let Some(tree) = &self.shared.persist {
-            let persisted = persist::read_trace(&**tree, &id)?;
+        if let Some(p) = &self.shared.persist {
+            let persisted = persist::read_trace(&*p.tree, &id)?;
             if !persisted.is_empty() {
                 for s in persisted {
                     if !spans.iter().any(|m| m.span_id == s.span_id) {
@@ -241,18 +248,19 @@ impl Traces {
             .stats(now_nanos(), window, service)
     }
 
-    /// Removes persisted spans older than `retention`, in steps of `step`.
+    /// Removes persisted spans that arrived more than `retention` ago, in
+    /// steps of `step` groups; returns how many spans went.
     pub fn sweep_persisted(&self, retention: std::time::Duration, step: usize) -> usize {
-        let Some(tree) = &self.shared.persist else {
+        let Some(p) = &self.shared.persist else {
             return 0;
         };
         let cutoff = (now_nanos() / 1_000_000_000).saturating_sub(retention.as_secs());
         let mut total = 0;
         loop {
-            match persist::sweep(&**tree, cutoff, step) {
-                Ok(n) => {
-                    total += n;
-                    if n < step {
+            match persist::sweep(&*p.tree, cutoff, step) {
+                Ok((groups, spans)) => {
+                    total += spans;
+                    if groups < step {
                         break;
                     }
                 }
@@ -361,19 +369,21 @@ fn apply(shared: &Shared, group: &mut Vec<Job>, total: usize) {
             m.overflow_spans.inc_by(overflow - counted);
         }
     }
-    if let Some(tree) = &shared.persist
+    if let Some(p) = &shared.persist
         && !to_persist.is_empty()
     {
         // Off the table lock: readers are not held up by the disk.
-        let refs: Vec<&Span> = to_persist.iter().collect();
-        let ops = persist::write_ops(&refs, now / 1_000_000_000);
-        match tree.apply_batch(ops) {
+        let written = p.store.next_id().and_then(|group| {
+            p.tree
+                .apply_batch(persist::write_ops(&to_persist, group, now / 1_000_000_000))
+        });
+        match written {
             Ok(()) => {
-                m.persisted_spans.inc_by(refs.len() as u64);
+                m.persisted_spans.inc_by(to_persist.len() as u64);
             }
             Err(e) => {
                 m.persist_failures.inc();
-                tracing::warn!(error = %e, spans = refs.len(), "persisting spans failed; they are kept in memory only");
+                tracing::warn!(error = %e, spans = to_persist.len(), "persisting spans failed; they are kept in memory only");
             }
         }
     }

@@ -111,7 +111,7 @@ impl pb::traces_server::Traces for TracesService {
         .map_err(ApiError::from)?;
         Ok(Response::new(pb::Trace {
             trace_id,
-            spans: spans.into_iter().map(to_gantry).collect(),
+            spans: spans.iter().map(to_gantry).collect(),
         }))
     }
 

@@ -12,9 +12,8 @@ type Hasher = foldhash::fast::RandomState;
 
 /// What a trace costs besides its spans: its map slot (key, entry, control
 /// byte) and its place in the eviction order. Counted in `max_bytes`.
-const TRACE_OVERHEAD: usize = std::mem::size_of::<(TraceId, Entry)>()
-    + 1
-    + std::mem::size_of::<(TraceId, u64)>();
+const TRACE_OVERHEAD: usize =
+    std::mem::size_of::<(TraceId, Entry)>() + 1 + std::mem::size_of::<(TraceId, u64)>();
 
 #[derive(Debug)]
 struct Entry {
@@ -193,11 +192,16 @@ mod tests {
         let mut evicted = 0;
         for trace in 1..=50u8 {
             for span in 1..=3 {
-                evicted += table.insert(sample(trace, span, None, 1), |_| {}).evicted_spans;
+                evicted += table
+                    .insert(sample(trace, span, None, 1), |_| {})
+                    .evicted_spans;
             }
             let size = table.size();
             assert!(size.bytes <= bound, "over the byte bound: {size:?}");
-            assert_eq!(size.bytes, size.spans * weight + size.traces * TRACE_OVERHEAD);
+            assert_eq!(
+                size.bytes,
+                size.spans * weight + size.traces * TRACE_OVERHEAD
+            );
         }
         // Three traces of 3 fit; a fourth pushes the oldest out whole.
         assert_eq!(table.size().spans, 9);
