@@ -456,7 +456,23 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(opentelemetry_proto::DESCRIPTORS)
+        .register_file_descriptor_set(otlp_trace_descriptors())
+}
+
+/// OTLP's descriptors, less the collector services gantry does not serve
+/// (logs, metrics, profiles) and their data models, so reflection lists
+/// only what answers.
+pub fn otlp_trace_descriptors() -> prost_types::FileDescriptorSet {
+    let mut set = prost_types::FileDescriptorSet::decode(opentelemetry_proto::DESCRIPTORS)
+        .unwrap_or_default();
+    set.file.retain(|file| {
+        let package = file.package.as_deref().unwrap_or_default();
+        !["logs", "metrics", "profiles"].iter().any(|signal| {
+            package.starts_with(&format!("opentelemetry.proto.{signal}."))
+                || package.starts_with(&format!("opentelemetry.proto.collector.{signal}."))
+        })
+    });
+    set
 }
 
 async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
@@ -637,9 +653,10 @@ async fn persist_buckets(
 /// `/package.Service/Method` for every method this server routes, from the
 /// descriptor sets: the label set of the per-method metrics.
 pub fn known_paths() -> HashSet<String> {
+    let otlp = otlp_trace_descriptors().encode_to_vec();
     let sets: [&[u8]; 5] = [
         FILE_DESCRIPTOR_SET,
-        opentelemetry_proto::DESCRIPTORS,
+        &otlp,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
@@ -670,6 +687,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reflection_describes_the_otlp_trace_service_and_no_other_signal() {
+        let set = otlp_trace_descriptors();
+        let services: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|f| {
+                let package = f.package.clone().unwrap_or_default();
+                f.service
+                    .iter()
+                    .map(move |s| format!("{package}.{}", s.name.clone().unwrap_or_default()))
+            })
+            .collect();
+        assert_eq!(services, vec![OTLP_TRACES.to_string()]);
+        // The trace model and what it imports are still there.
+        assert!(
+            set.file
+                .iter()
+                .any(|f| f.package.as_deref() == Some("opentelemetry.proto.trace.v1"))
+        );
+        assert!(
+            set.file
+                .iter()
+                .any(|f| f.package.as_deref() == Some("opentelemetry.proto.common.v1"))
+        );
+    }
+
+    #[test]
     fn known_paths_cover_every_service() {
         let paths = known_paths();
         for path in [
@@ -678,6 +722,7 @@ mod tests {
             "/gantry.v1.QueryAnalyzer/SlowQueries",
             "/gantry.v1.Traces/EndpointStats",
             "/gantry.v1.Leases/PoolStatus",
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
             "/grpc.health.v1.Health/Check",
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gantry::proto::gantry::v1 as pb;
-use gantry::server::GANTRY_SERVICES;
+use gantry::server::{ENVOY_RLS, GANTRY_SERVICES, OTLP_TRACES};
 use gantry::store::Domain;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -34,7 +34,7 @@ async fn health_answers_for_the_server_and_every_gantry_service() {
         check(&mut health, "").await.unwrap(),
         ServingStatus::Serving
     );
-    for name in GANTRY_SERVICES {
+    for name in GANTRY_SERVICES.into_iter().chain([ENVOY_RLS, OTLP_TRACES]) {
         assert_eq!(
             check(&mut health, name).await.unwrap(),
             ServingStatus::Serving,
@@ -84,6 +84,7 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
     expected.push("grpc.health.v1.Health".to_string());
     expected.push("grpc.reflection.v1.ServerReflection".to_string());
     expected.push("grpc.reflection.v1alpha.ServerReflection".to_string());
+    expected.push(OTLP_TRACES.to_string());
     for listed in [
         reflection_services!(v1, server.channel.clone()),
         reflection_services!(v1alpha, server.channel.clone()),
@@ -91,6 +92,13 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
         for name in &expected {
             assert!(listed.contains(name), "{name} missing from {listed:?}");
         }
+        // Only what answers is listed: not OTLP's logs or metrics receivers.
+        assert!(
+            !listed
+                .iter()
+                .any(|s| s.contains("LogsService") || s.contains("MetricsService")),
+            "{listed:?}"
+        );
     }
     server.stop().await.unwrap();
 }

@@ -920,3 +920,50 @@ async fn persisted_traces_survive_a_restart_until_their_retention_passes() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn endpoints_beyond_the_bound_share_one_overflow_series() {
+    let server = TestServer::start_with(|c| c.traces.max_endpoints = 2).await;
+    let mut client = TracesClient::new(server.channel.clone());
+    let base = now_nanos();
+    let spans = ["a", "b", "c", "d", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| span(i as u8 + 1, 1, None, name, base, 0, 1))
+        .collect();
+    client.ingest(pb::IngestRequest { spans }).await.unwrap();
+    let rows = client
+        .endpoint_stats(pb::EndpointStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoints;
+    let seen: Vec<(&str, &str, u64)> = rows
+        .iter()
+        .map(|e| (e.service.as_str(), e.endpoint.as_str(), e.calls))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("", "otel.metric.overflow", 3),
+            ("checkout", "a", 1),
+            ("checkout", "b", 1)
+        ]
+    );
+    let (_, metrics) = http_get(server.metrics, "/metrics").await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "traces_span_metrics_calls_total{otel_metric_overflow=\"true\",status_code=\"STATUS_CODE_UNSET\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric_value(&metrics, "gantry_traces_endpoint_overflow_spans_total"),
+        Some(3.0)
+    );
+    assert_eq!(metric_value(&metrics, "gantry_traces_endpoints"), Some(2.0));
+    // Series per endpoint stay bounded: no series for c or d.
+    assert!(!metrics.contains("span_name=\"c\""));
+    server.stop().await.unwrap();
+}
