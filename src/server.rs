@@ -554,20 +554,38 @@ fn start_traces(
 }
 
 /// Removes persisted spans past `traces.retention`, once a minute (or
-/// more often for a short retention), off the async workers.
+/// more often for a short retention).
 async fn sweep_persisted_spans(traces: Traces, retention: Duration, stop: CancellationToken) {
     let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    every_tick_off_the_workers(
+        every,
+        stop,
+        "removed persisted spans past their retention",
+        move || traces.sweep_persisted(retention, 10_000),
+    )
+    .await;
+}
+
+/// Runs `job` every `every` on the blocking pool until `stop`; logs its
+/// count at debug level when it did something.
+async fn every_tick_off_the_workers<F>(
+    every: Duration,
+    stop: CancellationToken,
+    what: &'static str,
+    job: F,
+) where
+    F: Fn() -> usize + Clone + Send + 'static,
+{
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {
-                let traces = traces.clone();
-                if let Ok(removed) = tokio::task::spawn_blocking(move || traces.sweep_persisted(retention, 10_000)).await
-                    && removed > 0
+                if let Ok(count) = tokio::task::spawn_blocking(job.clone()).await
+                    && count > 0
                 {
-                    tracing::debug!(removed, "removed persisted spans past their retention");
+                    tracing::debug!(count, "{what}");
                 }
             }
         }
@@ -611,21 +629,10 @@ async fn save_buckets(limiter: &RateLimiter, store: &Arc<dyn Store>) -> Result<u
 
 /// Drops idle full buckets every `every`, off the async workers.
 async fn sweep_buckets(limiter: RateLimiter, every: Duration, stop: CancellationToken) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {
-                let limiter = limiter.clone();
-                if let Ok(dropped) = tokio::task::spawn_blocking(move || limiter.sweep()).await
-                    && dropped > 0
-                {
-                    tracing::debug!(dropped, "swept full rate-limit buckets");
-                }
-            }
-        }
-    }
+    every_tick_off_the_workers(every, stop, "swept full rate-limit buckets", move || {
+        limiter.sweep()
+    })
+    .await;
 }
 
 /// Saves bucket levels every `every`, so even a crash loses little.

@@ -64,6 +64,40 @@ fn timestamp(nanos: u64) -> prost_types::Timestamp {
     }
 }
 
+/// What both wire formats carry besides the ids and the service.
+struct Fields {
+    name: String,
+    kind: i32,
+    start_unix_nanos: u64,
+    end_unix_nanos: u64,
+    /// Code and message.
+    status: (i32, String),
+    attributes: Attributes,
+}
+
+/// A span from its wire ids (checked first: `fields` runs only for valid ids).
+fn assemble(
+    [trace_id, span_id, parent]: [&[u8]; 3],
+    service: &Arc<str>,
+    fields: impl FnOnce() -> Fields,
+) -> Result<Span, SpanError> {
+    let (trace_id, span_id, parent_span_id) = parse_ids(trace_id, span_id, parent)?;
+    let f = fields();
+    Ok(Span {
+        trace_id,
+        span_id,
+        parent_span_id,
+        service: service.clone(),
+        name: f.name,
+        kind: SpanKind::from_i32(f.kind),
+        start_unix_nanos: f.start_unix_nanos,
+        end_unix_nanos: f.end_unix_nanos,
+        status: StatusCode::from_i32(f.status.0),
+        status_message: f.status.1,
+        attributes: f.attributes,
+    })
+}
+
 /// The spans of an Ingest request. The service name is shared between
 /// consecutive spans of the same service.
 pub fn from_gantry(spans: Vec<pb::Span>, limits: &SpanLimits) -> Converted {
@@ -81,20 +115,17 @@ pub fn from_gantry(spans: Vec<pb::Span>, limits: &SpanLimits) -> Converted {
         if *service != *name {
             service = Arc::from(name);
         }
-        let span = parse_ids(&s.trace_id, &s.span_id, &s.parent_span_id).map(
-            |(trace_id, span_id, parent_span_id)| {
+        let span = assemble(
+            [&s.trace_id, &s.span_id, &s.parent_span_id],
+            &service,
+            || {
                 let status = s.status.unwrap_or_default();
-                Span {
-                    trace_id,
-                    span_id,
-                    parent_span_id,
-                    service: service.clone(),
+                Fields {
                     name: s.name,
-                    kind: SpanKind::from_i32(s.kind),
+                    kind: s.kind,
                     start_unix_nanos: unix_nanos(s.start.as_ref()),
                     end_unix_nanos: unix_nanos(s.end.as_ref()),
-                    status: StatusCode::from_i32(status.code),
-                    status_message: status.message,
+                    status: (status.code, status.message),
                     attributes: Attributes::from_pairs(s.attributes),
                 }
             },
@@ -188,20 +219,17 @@ pub fn from_otlp(resource_spans: Vec<otlp::ResourceSpans>, limits: &SpanLimits) 
             Arc::from(service_name(rs.resource.as_ref()).unwrap_or(UNKNOWN_SERVICE));
         for ss in rs.scope_spans {
             for s in ss.spans {
-                let span = parse_ids(&s.trace_id, &s.span_id, &s.parent_span_id).map(
-                    |(trace_id, span_id, parent_span_id)| {
+                let span = assemble(
+                    [&s.trace_id, &s.span_id, &s.parent_span_id],
+                    &service,
+                    || {
                         let status = s.status.unwrap_or_default();
-                        Span {
-                            trace_id,
-                            span_id,
-                            parent_span_id,
-                            service: service.clone(),
+                        Fields {
                             name: s.name,
-                            kind: SpanKind::from_i32(s.kind),
+                            kind: s.kind,
                             start_unix_nanos: s.start_time_unix_nano,
                             end_unix_nanos: s.end_time_unix_nano,
-                            status: StatusCode::from_i32(status.code),
-                            status_message: status.message,
+                            status: (status.code, status.message),
                             attributes: Attributes::from_pairs(
                                 s.attributes
                                     .into_iter()
