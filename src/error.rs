@@ -11,7 +11,6 @@
 //! | lost condition (CAS) | `FAILED_PRECONDITION`|
 //! | shed load / too big  | `RESOURCE_EXHAUSTED` |
 //! | store down           | `UNAVAILABLE`        |
-//! | not landed yet       | `UNIMPLEMENTED`      |
 //! | a bug                | `INTERNAL`           |
 
 use tonic::{Code, Status};
@@ -36,12 +35,6 @@ pub enum ApiError {
     /// The store cannot be reached; callers may retry.
     #[error("{0}")]
     Unavailable(String),
-    /// The capability behind this method has not landed yet.
-    #[error("{method} is not implemented yet: {detail}")]
-    Unimplemented {
-        method: &'static str,
-        detail: &'static str,
-    },
     /// A bug or an unexpected internal state.
     #[error("internal error: {0}")]
     Internal(String),
@@ -64,7 +57,6 @@ impl ApiError {
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
-            ApiError::Unimplemented { .. } => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -111,13 +103,6 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (ApiError::Unavailable("down".into()), Code::Unavailable),
-            (
-                ApiError::Unimplemented {
-                    method: "x",
-                    detail: "y",
-                },
-                Code::Unimplemented,
-            ),
             (ApiError::Internal("bug".into()), Code::Internal),
         ];
         for (err, code) in cases {

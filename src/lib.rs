@@ -10,13 +10,13 @@ pub mod error;
 pub mod grpc;
 pub mod lanes;
 pub mod leases;
+pub mod query;
 pub mod ratelimit;
 pub mod reload;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod traces;
-pub mod unimplemented;
 pub mod waitqueue;
 pub mod wallclock;
 

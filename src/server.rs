@@ -27,6 +27,9 @@ use crate::leases::LeaseManager;
 use crate::leases::metrics::LeaseMetrics;
 use crate::leases::service::LeasesService;
 use crate::proto::gantry::v1 as pb;
+use crate::query::QueryEngine;
+use crate::query::metrics::QueryMetrics;
+use crate::query::service::QueryService;
 use crate::ratelimit::coalesce::Coalescer;
 use crate::ratelimit::envoy::EnvoyRateLimitService;
 use crate::ratelimit::metrics::RateLimitMetrics;
@@ -40,7 +43,6 @@ use crate::traces::Traces;
 use crate::traces::forward::{ForwardSettings, Forwarder};
 use crate::traces::metrics::{SpanMetricsCollector, TracesMetrics};
 use crate::traces::service::{OtlpTraceService, TracesService};
-use crate::unimplemented::PendingQueryAnalyzer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 
@@ -111,6 +113,7 @@ pub struct Gantry {
     cache: CacheEngine,
     traces: Traces,
     forward: Option<ForwardTask>,
+    query: QueryEngine,
     source: Option<ConfigSource>,
     reload_trigger: Arc<tokio::sync::Notify>,
 }
@@ -152,6 +155,12 @@ impl Gantry {
         registry.register_collector(Box::new(CacheCollector(cache.namespaces())));
         registry.register_collector(Box::new(crate::cache::stats::WatchCollector(cache.clone())));
         let (traces, forward) = start_traces(&config, &store, &mut registry)?;
+        let query = QueryEngine::new(
+            &config.query,
+            store.clone(),
+            QueryMetrics::register(&mut registry),
+        );
+        restore_query_stats(&query).await;
 
         let health = HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
@@ -174,6 +183,7 @@ impl Gantry {
             cache,
             traces,
             forward,
+            query,
             source: None,
             reload_trigger: Arc::new(tokio::sync::Notify::new()),
         })
@@ -252,6 +262,7 @@ impl Gantry {
             cache,
             traces,
             forward,
+            query,
             source,
             reload_trigger,
         } = self;
@@ -319,7 +330,10 @@ impl Gantry {
                 CacheService::new(cache.clone(), cache_lanes)
             )))
             .add_service(limited!(
-                pb::query_analyzer_server::QueryAnalyzerServer::new(PendingQueryAnalyzer)
+                pb::query_analyzer_server::QueryAnalyzerServer::new(QueryService::new(
+                    query.clone(),
+                    &config.query
+                ))
             ))
             .add_service(limited!(
                 pb::traces_server::TracesServer::new(TracesService::new(traces.clone())),
@@ -355,6 +369,11 @@ impl Gantry {
             cache.clone(),
             config.cache.sweep_interval.get(),
             usize::try_from(config.cache.sweep_batch).unwrap_or(usize::MAX),
+            background.clone(),
+        ));
+        tasks.spawn(save_query_stats_periodically(
+            query.clone(),
+            config.query.persist_interval.get(),
             background.clone(),
         ));
         if config.traces.persist {
@@ -430,6 +449,11 @@ impl Gantry {
         if let Some((task, stop)) = forward {
             stop.cancel();
             let _ = task.await;
+        }
+
+        // Query statistics and the slow log survive the restart.
+        if let Err(e) = save_query_stats(&query).await {
+            tracing::error!(error = %e, "saving query statistics at shutdown failed");
         }
 
         // Bucket levels survive the restart, so clients get no fresh burst.
@@ -524,6 +548,49 @@ async fn open_cache(config: &Config, store: &Arc<dyn Store>) -> Result<CacheEngi
         );
     }
     Ok(cache)
+}
+
+/// Restores saved query statistics; unreadable ones are logged, not fatal
+/// (statistics rebuild themselves from new executions).
+async fn restore_query_stats(query: &QueryEngine) {
+    let engine = query.clone();
+    match tokio::task::spawn_blocking(move || engine.restore()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(restored)) => tracing::info!(restored, "query statistics restored"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read saved query statistics; starting empty")
+        }
+        Err(e) => tracing::error!(error = %e, "restoring query statistics panicked"),
+    }
+}
+
+async fn save_query_stats(query: &QueryEngine) -> Result<usize, String> {
+    let engine = query.clone();
+    tokio::task::spawn_blocking(move || engine.save())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Saves query statistics every `every`, so a crash loses at most that much.
+async fn save_query_stats_periodically(
+    query: QueryEngine,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {
+                if let Err(e) = save_query_stats(&query).await {
+                    tracing::warn!(error = %e, "periodic save of query statistics failed");
+                }
+            }
+        }
+    }
 }
 
 /// The span forwarder's task and the token that ends it (after the drain).

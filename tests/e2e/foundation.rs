@@ -1,5 +1,5 @@
-//! The foundation over real gRPC, in process: health, reflection, the
-//! UNIMPLEMENTED stubs, limits, gzip, metrics and graceful shutdown.
+//! The foundation over real gRPC, in process: health, reflection,
+//! limits, gzip, metrics and graceful shutdown.
 
 use std::time::Duration;
 
@@ -100,54 +100,6 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
             "{listed:?}"
         );
     }
-    server.stop().await.unwrap();
-}
-
-/// Asserts an UNIMPLEMENTED status that names the method and the issue.
-fn assert_pending<T: std::fmt::Debug>(result: Result<T, tonic::Status>, method: &str, issue: &str) {
-    let status = result.expect_err(method);
-    assert_eq!(status.code(), Code::Unimplemented, "{method}: {status:?}");
-    assert!(
-        status.message().contains(method),
-        "{method}: {}",
-        status.message()
-    );
-    assert!(
-        status.message().contains(issue),
-        "{method}: {}",
-        status.message()
-    );
-}
-
-#[tokio::test]
-async fn services_that_have_not_landed_answer_unimplemented() {
-    use pb::query_analyzer_client::QueryAnalyzerClient;
-
-    let server = TestServer::start().await;
-    let ch = server.channel.clone();
-
-    let mut query = QueryAnalyzerClient::new(ch.clone());
-    assert_pending(
-        query.analyze(pb::AnalyzeRequest::default()).await,
-        "QueryAnalyzer/Analyze",
-        "#6",
-    );
-    assert_pending(
-        query.record(pb::RecordRequest::default()).await,
-        "QueryAnalyzer/Record",
-        "#6",
-    );
-    assert_pending(
-        query.top_queries(pb::TopQueriesRequest::default()).await,
-        "QueryAnalyzer/TopQueries",
-        "#6",
-    );
-    assert_pending(
-        query.slow_queries(pb::SlowQueriesRequest::default()).await,
-        "QueryAnalyzer/SlowQueries",
-        "#6",
-    );
-
     server.stop().await.unwrap();
 }
 

@@ -9,6 +9,7 @@ mod foundation;
 mod leases;
 mod leases_process;
 mod process;
+mod query;
 mod ratelimit;
 mod ratelimit_process;
 mod traces;

@@ -1,0 +1,130 @@
+//! Analyze: fingerprint (from tokens), then a parse for the statement kind,
+//! the tables and the rules. Text that does not parse keeps its fingerprint
+//! and gets a `parse_error` finding; nothing is refused.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{Statement, visit_relations};
+use sqlparser::parser::Parser;
+
+use super::dialect::Dialect;
+use super::fingerprint::{Fingerprinted, fingerprint};
+use super::rules::{self, Finding, Findings, RuleSettings};
+
+/// Nesting deeper than this is refused by the parser (a `parse_error`),
+/// so hostile input cannot exhaust the stack.
+const RECURSION_LIMIT: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub fingerprinted: Fingerprinted,
+    /// SELECT, INSERT, UPDATE, DELETE, DDL or OTHER.
+    pub statement_kind: &'static str,
+    /// Sorted, without duplicates, as written (unquoted names in lower case).
+    pub tables: Vec<String>,
+    pub findings: Vec<Finding>,
+}
+
+fn kind(statement: &Statement) -> &'static str {
+    match statement {
+        Statement::Query(_) => "SELECT",
+        Statement::Insert(_) => "INSERT",
+        Statement::Update(_) => "UPDATE",
+        Statement::Delete(_) => "DELETE",
+        Statement::CreateTable(_)
+        | Statement::CreateIndex(_)
+        | Statement::CreateView { .. }
+        | Statement::CreateSchema { .. }
+        | Statement::CreateDatabase { .. }
+        | Statement::CreateSequence { .. }
+        | Statement::AlterTable(_)
+        | Statement::AlterIndex { .. }
+        | Statement::AlterView { .. }
+        | Statement::Drop { .. }
+        | Statement::Truncate(_) => "DDL",
+        _ => "OTHER",
+    }
+}
+
+/// The kind from the first word, for text that does not parse.
+fn kind_from_text(normalized: &str) -> &'static str {
+    let first = normalized
+        .split(|c: char| !c.is_alphanumeric())
+        .find(|w| !w.is_empty())
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    match first.as_str() {
+        "SELECT" | "WITH" | "VALUES" => "SELECT",
+        "INSERT" | "REPLACE" => "INSERT",
+        "UPDATE" => "UPDATE",
+        "DELETE" => "DELETE",
+        "CREATE" | "ALTER" | "DROP" | "TRUNCATE" => "DDL",
+        _ => "OTHER",
+    }
+}
+
+/// A table name as written: unquoted parts in lower case, quoted parts kept.
+fn table_name(name: &sqlparser::ast::ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) if ident.quote_style.is_none() => ident.value.to_lowercase(),
+            Some(ident) => ident.value.clone(),
+            None => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+pub fn analyze(sql: &str, dialect: Dialect, settings: &RuleSettings) -> Analysis {
+    let fingerprinted = fingerprint(sql, dialect);
+    let parsed = Parser::new(dialect.sqlparser())
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements());
+    let mut findings = Findings::new(settings);
+    let (statement_kind, tables) = match parsed {
+        Ok(statements) if !statements.is_empty() => {
+            let mut tables = BTreeSet::new();
+            let mut ctes = BTreeSet::new();
+            for statement in &statements {
+                findings.check(statement);
+                if let Statement::Query(q) = statement
+                    && let Some(with) = &q.with
+                {
+                    ctes.extend(
+                        with.cte_tables
+                            .iter()
+                            .map(|c| c.alias.name.value.to_lowercase()),
+                    );
+                }
+                let _ = visit_relations(statement, |name| {
+                    tables.insert(table_name(name));
+                    ControlFlow::<()>::Continue(())
+                });
+            }
+            if statements.len() > 1 {
+                findings.add(
+                    rules::MULTIPLE_STATEMENTS,
+                    format!("{} statements", statements.len()),
+                );
+            }
+            let tables = tables.into_iter().filter(|t| !ctes.contains(t)).collect();
+            (kind(&statements[0]), tables)
+        }
+        Ok(_) => ("OTHER", Vec::new()),
+        Err(e) => {
+            findings.add_parse_error(&e.to_string());
+            (kind_from_text(&fingerprinted.normalized), Vec::new())
+        }
+    };
+    let mut findings = findings.found;
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.rule_id.cmp(b.rule_id)));
+    Analysis {
+        fingerprinted,
+        statement_kind,
+        tables,
+        findings,
+    }
+}

@@ -1,0 +1,402 @@
+//! Anti-pattern rules over sqlparser's syntax tree. Each rule has a stable id,
+//! a severity and a message that says what to do instead; docs/query-rules.md
+//! has an example and the fix for each. Rules can be switched off and their
+//! thresholds set in `[query]`.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    BinaryOperator, Distinct, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, InTarget,
+    LimitClause, Query, Select, SelectItem, SetExpr, SetOperator, SetQuantifier, Statement,
+    TableFactor, Value, Visit, Visitor,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub rule_id: &'static str,
+    pub severity: Severity,
+    pub message: String,
+    pub snippet: String,
+}
+
+/// A rule's identity and advice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub id: &'static str,
+    pub severity: Severity,
+    pub message: &'static str,
+}
+
+macro_rules! rules {
+    ($($name:ident = $id:literal, $severity:ident, $message:literal;)*) => {
+        $(pub const $name: Rule = Rule { id: $id, severity: Severity::$severity, message: $message };)*
+        /// Every rule, in the order docs/query-rules.md lists them.
+        pub const ALL: &[Rule] = &[$($name),*];
+    };
+}
+
+rules! {
+    PARSE_ERROR = "parse_error", Error,
+        "the statement does not parse in this dialect; check the dialect and the syntax (the fingerprint comes from the tokens)";
+    SELECT_STAR = "select_star", Warning,
+        "SELECT * reads every column and breaks when columns change; list the columns you need";
+    UNBOUNDED_SELECT = "select_without_where_or_limit", Warning,
+        "SELECT over a table with neither WHERE nor LIMIT reads the whole table; filter or page it";
+    UPDATE_WITHOUT_WHERE = "update_without_where", Critical,
+        "UPDATE without WHERE changes every row; add a WHERE clause (WHERE true if you really mean all)";
+    DELETE_WITHOUT_WHERE = "delete_without_where", Critical,
+        "DELETE without WHERE removes every row; add a WHERE clause, or TRUNCATE if you mean all";
+    LEADING_WILDCARD = "leading_wildcard_like", Warning,
+        "LIKE with a leading wildcard cannot use a B-tree index; anchor the pattern or use full-text or trigram search";
+    NULL_COMPARISON = "null_comparison", Error,
+        "= NULL and != NULL are never true; use IS NULL or IS NOT NULL";
+    NOT_IN_SUBQUERY = "not_in_subquery", Warning,
+        "NOT IN (SELECT ...) returns no rows when the subquery yields a NULL; use NOT EXISTS";
+    IMPLICIT_CROSS_JOIN = "implicit_cross_join", Warning,
+        "tables listed with commas are joined implicitly, a cross join when a condition is missed; use JOIN ... ON";
+    ORDER_BY_RANDOM = "order_by_random", Warning,
+        "ORDER BY RAND()/RANDOM() sorts the whole table; pick random keys or use TABLESAMPLE";
+    FUNCTION_ON_COLUMN = "function_on_column_in_where", Warning,
+        "a function applied to a column in WHERE defeats its index; compare the bare column, or index the expression";
+    LONG_IN_LIST = "long_in_list", Warning,
+        "a very long IN list is slow to parse and plan; use a temporary table, VALUES list or = ANY(array)";
+    LARGE_OFFSET = "large_offset", Warning,
+        "a large OFFSET reads and discards every skipped row; page by key (WHERE id > last_id ORDER BY id LIMIT n)";
+    INSERT_WITHOUT_COLUMNS = "insert_without_columns", Warning,
+        "INSERT without a column list breaks when the table's columns change; name the columns";
+    DISTINCT_WITH_JOIN = "distinct_with_join", Info,
+        "SELECT DISTINCT over a join often hides a join fan-out; check the join condition or use EXISTS";
+    SUBQUERY_AS_JOIN = "in_subquery_could_be_join", Info,
+        "IN (SELECT ...) can often be a JOIN or EXISTS, which most planners handle better";
+    MIXED_AND_OR = "mixed_and_or_without_parentheses", Warning,
+        "AND and OR mixed without parentheses rely on precedence (AND binds first); add parentheses to say what you mean";
+    UNION_WITHOUT_ALL = "union_without_all", Info,
+        "UNION removes duplicates with a sort or hash; use UNION ALL when rows cannot repeat or duplicates are fine";
+    MULTIPLE_STATEMENTS = "multiple_statements", Info,
+        "more than one statement in one text; fingerprints and statistics are per text, so send statements one by one";
+}
+
+/// Which rules run and their thresholds (from `[query]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSettings {
+    pub disabled: HashSet<String>,
+    pub max_in_list: usize,
+    pub max_offset: u64,
+}
+
+impl Default for RuleSettings {
+    fn default() -> Self {
+        Self {
+            disabled: HashSet::new(),
+            max_in_list: 100,
+            max_offset: 1000,
+        }
+    }
+}
+
+const SNIPPET_CHARS: usize = 160;
+
+fn snippet(text: impl std::fmt::Display) -> String {
+    let text = text.to_string();
+    if text.chars().count() <= SNIPPET_CHARS {
+        return text;
+    }
+    let mut cut: String = text.chars().take(SNIPPET_CHARS).collect();
+    cut.push('…');
+    cut
+}
+
+pub struct Findings<'a> {
+    settings: &'a RuleSettings,
+    pub found: Vec<Finding>,
+}
+
+impl<'a> Findings<'a> {
+    pub fn new(settings: &'a RuleSettings) -> Self {
+        Self {
+            settings,
+            found: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, rule: Rule, snippet_text: impl std::fmt::Display) {
+        self.add_with(rule, rule.message.to_string(), snippet_text);
+    }
+
+    fn add_with(&mut self, rule: Rule, message: String, snippet_text: impl std::fmt::Display) {
+        if self.settings.disabled.contains(rule.id) {
+            return;
+        }
+        self.found.push(Finding {
+            rule_id: rule.id,
+            severity: rule.severity,
+            message,
+            snippet: snippet(snippet_text),
+        });
+    }
+
+    /// The parser's own words, after the rule's advice.
+    pub fn add_parse_error(&mut self, error: &str) {
+        self.add_with(
+            PARSE_ERROR,
+            format!("{} ({error})", PARSE_ERROR.message),
+            error,
+        );
+    }
+
+    /// Runs every rule over one parsed statement.
+    pub fn check(&mut self, statement: &Statement) {
+        let _ = statement.visit(self);
+    }
+}
+
+fn is_null(expr: &Expr) -> bool {
+    matches!(expr, Expr::Value(v) if v.value == Value::Null)
+}
+
+fn function_name(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Function(f) => Some(f.name.to_string().to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+/// A function call with a column among its arguments, e.g. `lower(email)`.
+fn function_over_column(expr: &Expr) -> bool {
+    let Expr::Function(f) = expr else {
+        return false;
+    };
+    let FunctionArguments::List(list) = &f.args else {
+        return false;
+    };
+    list.args.iter().any(|arg| match arg {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
+        | FunctionArg::Named {
+            arg: FunctionArgExpr::Expr(e),
+            ..
+        } => {
+            matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+                || function_over_column(e)
+        }
+        _ => false,
+    })
+}
+
+/// Comparisons in a WHERE clause (through AND, OR and parentheses) whose
+/// column side is wrapped in a function.
+fn functions_on_columns<'e>(expr: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match expr {
+        Expr::BinaryOp { left, op, right } => match op {
+            BinaryOperator::And | BinaryOperator::Or => {
+                functions_on_columns(left, out);
+                functions_on_columns(right, out);
+            }
+            BinaryOperator::Eq
+            | BinaryOperator::NotEq
+            | BinaryOperator::Lt
+            | BinaryOperator::LtEq
+            | BinaryOperator::Gt
+            | BinaryOperator::GtEq
+                if function_over_column(left) || function_over_column(right) =>
+            {
+                out.push(expr);
+            }
+            _ => {}
+        },
+        Expr::Nested(inner) => functions_on_columns(inner, out),
+        Expr::Like { expr: e, .. }
+        | Expr::ILike { expr: e, .. }
+        | Expr::In { expr: e, .. }
+        | Expr::Between { expr: e, .. }
+            if function_over_column(e) =>
+        {
+            out.push(expr)
+        }
+        _ => {}
+    }
+}
+
+fn limit_and_offset(query: &Query) -> (bool, Option<&Expr>) {
+    let fetch = query.fetch.is_some();
+    match &query.limit_clause {
+        None => (fetch, None),
+        Some(LimitClause::LimitOffset { limit, offset, .. }) => {
+            (fetch || limit.is_some(), offset.as_ref().map(|o| &o.value))
+        }
+        Some(LimitClause::OffsetCommaLimit { offset, .. }) => (true, Some(offset)),
+    }
+}
+
+fn number(expr: &Expr) -> Option<u64> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Visitor for Findings<'_> {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        match statement {
+            Statement::Update(u) if u.selection.is_none() => {
+                self.add(UPDATE_WITHOUT_WHERE, statement)
+            }
+            Statement::Delete(d) if d.selection.is_none() => {
+                self.add(DELETE_WITHOUT_WHERE, statement)
+            }
+            Statement::Insert(i) if i.columns.is_empty() && i.source.is_some() => {
+                self.add(INSERT_WITHOUT_COLUMNS, statement)
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        let (limited, offset) = limit_and_offset(query);
+        if let Some(offset) = offset
+            && let Some(n) = number(offset)
+            && n > self.settings.max_offset
+        {
+            self.add_with(
+                LARGE_OFFSET,
+                format!(
+                    "OFFSET {n} is above {}: {}",
+                    self.settings.max_offset, LARGE_OFFSET.message
+                ),
+                offset,
+            );
+        }
+        if let Some(order_by) = &query.order_by
+            && let sqlparser::ast::OrderByKind::Expressions(exprs) = &order_by.kind
+        {
+            for e in exprs {
+                if matches!(function_name(&e.expr).as_deref(), Some("rand" | "random")) {
+                    self.add(ORDER_BY_RANDOM, &e.expr);
+                }
+            }
+        }
+        if let SetExpr::SetOperation {
+            op: SetOperator::Union,
+            set_quantifier,
+            ..
+        } = &*query.body
+            && matches!(
+                set_quantifier,
+                SetQuantifier::None | SetQuantifier::Distinct
+            )
+        {
+            self.add(UNION_WITHOUT_ALL, &query.body);
+        }
+        if let SetExpr::Select(select) = &*query.body {
+            let reads_a_table = select
+                .from
+                .iter()
+                .any(|t| matches!(t.relation, TableFactor::Table { .. }) || !t.joins.is_empty());
+            if reads_a_table && select.selection.is_none() && !limited && select.top.is_none() {
+                self.add(UNBOUNDED_SELECT, select);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
+        if let Some(star) = select.projection.iter().find(|item| {
+            matches!(
+                item,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        }) {
+            self.add(SELECT_STAR, star);
+        }
+        if select.from.len() > 1 {
+            let tables: Vec<String> = select.from.iter().map(|t| t.relation.to_string()).collect();
+            self.add(IMPLICIT_CROSS_JOIN, format!("FROM {}", tables.join(", ")));
+        }
+        if matches!(select.distinct, Some(Distinct::Distinct))
+            && select.from.iter().any(|t| !t.joins.is_empty())
+        {
+            self.add(DISTINCT_WITH_JOIN, "SELECT DISTINCT … JOIN");
+        }
+        if let Some(selection) = &select.selection {
+            let mut hits = Vec::new();
+            functions_on_columns(selection, &mut hits);
+            for hit in hits {
+                self.add(FUNCTION_ON_COLUMN, hit);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        match expr {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq | BinaryOperator::NotEq,
+                right,
+            } if is_null(left) || is_null(right) => self.add(NULL_COMPARISON, expr),
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Or,
+                right,
+            } if [left, right].iter().any(|side| {
+                matches!(
+                    &***side,
+                    Expr::BinaryOp {
+                        op: BinaryOperator::And,
+                        ..
+                    }
+                )
+            }) =>
+            {
+                self.add(MIXED_AND_OR, expr)
+            }
+            Expr::Like { pattern, .. } | Expr::ILike { pattern, .. } => {
+                if let Expr::Value(v) = &**pattern
+                    && let Value::SingleQuotedString(p) | Value::DoubleQuotedString(p) = &v.value
+                    && (p.starts_with('%') || p.starts_with('_'))
+                {
+                    self.add(LEADING_WILDCARD, expr);
+                }
+            }
+            Expr::In {
+                target: InTarget::Subquery(_),
+                negated: true,
+                ..
+            } => self.add(NOT_IN_SUBQUERY, expr),
+            Expr::In {
+                target: InTarget::Subquery(_),
+                negated: false,
+                ..
+            } => self.add(SUBQUERY_AS_JOIN, expr),
+            Expr::In {
+                target: InTarget::List(list),
+                ..
+            } if list.len() > self.settings.max_in_list => self.add_with(
+                LONG_IN_LIST,
+                format!(
+                    "IN list of {} items (above {}): {}",
+                    list.len(),
+                    self.settings.max_in_list,
+                    LONG_IN_LIST.message
+                ),
+                format!("IN ({} items)", list.len()),
+            ),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
