@@ -108,6 +108,7 @@ impl Reloader {
             ("storage", self.current.storage != config.storage),
             ("telemetry", self.current.telemetry != config.telemetry),
             ("cache", self.current.cache != config.cache),
+            ("query", self.current.query != config.query),
             ("traces", self.current.traces != config.traces),
         ]
         .into_iter()
