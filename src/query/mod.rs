@@ -6,6 +6,7 @@
 pub mod analyze;
 pub mod dialect;
 pub mod fingerprint;
+pub mod lexer;
 pub mod metrics;
 pub mod nplus1;
 pub mod persist;

@@ -1,0 +1,73 @@
+//! Query analysis in process on a mixed corpus (OLTP statements and TPC-H
+//! queries, `benches/corpus/queries.sql`): fingerprinting alone (what Record
+//! does per execution) and the whole of Analyze (fingerprint, parse, rules).
+//! Per-query cost; queries per second per core is its inverse.
+//! Run: `cargo bench --bench query`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gantry::query::analyze::analyze;
+use gantry::query::dialect::Dialect;
+use gantry::query::fingerprint::fingerprint;
+use gantry::query::rules::RuleSettings;
+
+fn corpus() -> Vec<String> {
+    include_str!("corpus/queries.sql")
+        .split("\n;;\n")
+        .map(|block| {
+            block
+                .lines()
+                .filter(|l| !l.starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|q| !q.trim().is_empty())
+        .collect()
+}
+
+fn benches(c: &mut Criterion) {
+    let queries = corpus();
+    let (oltp, olap): (Vec<&String>, Vec<&String>) = queries.iter().partition(|q| q.len() < 400);
+    let settings = RuleSettings::default();
+    for (name, set) in [
+        ("mixed", queries.iter().collect::<Vec<_>>()),
+        ("oltp", oltp),
+        ("tpch", olap),
+    ] {
+        let mut group = c.benchmark_group(format!("query_{name}"));
+        group.throughput(Throughput::Elements(set.len() as u64));
+        group.bench_function("tokenize_only", |b| {
+            b.iter(|| {
+                for q in &set {
+                    black_box(
+                        sqlparser::tokenizer::Tokenizer::new(
+                            &sqlparser::dialect::PostgreSqlDialect {},
+                            q,
+                        )
+                        .tokenize()
+                        .ok(),
+                    );
+                }
+            })
+        });
+        group.bench_function("fingerprint", |b| {
+            b.iter(|| {
+                for q in &set {
+                    black_box(fingerprint(q, Dialect::Postgres));
+                }
+            })
+        });
+        group.bench_function("analyze", |b| {
+            b.iter(|| {
+                for q in &set {
+                    black_box(analyze(q, Dialect::Postgres, &settings));
+                }
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(query, benches);
+criterion_main!(query);
