@@ -7,27 +7,15 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+mod corpus;
+
 use gantry::query::analyze::analyze;
 use gantry::query::dialect::Dialect;
 use gantry::query::fingerprint::fingerprint;
 use gantry::query::rules::RuleSettings;
 
-fn corpus() -> Vec<String> {
-    include_str!("corpus/queries.sql")
-        .split("\n;;\n")
-        .map(|block| {
-            block
-                .lines()
-                .filter(|l| !l.starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .filter(|q| !q.trim().is_empty())
-        .collect()
-}
-
 fn benches(c: &mut Criterion) {
-    let queries = corpus();
+    let queries = corpus::queries();
     let (oltp, olap): (Vec<&String>, Vec<&String>) = queries.iter().partition(|q| q.len() < 400);
     let settings = RuleSettings::default();
     for (name, set) in [

@@ -16,23 +16,12 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+#[path = "../benches/corpus/mod.rs"]
+mod corpus;
+
 use gantry::query::dialect::Dialect;
 use gantry::query::fingerprint::fingerprint;
 use gantry::query::lexer::{Kind, Lexer};
-
-fn corpus() -> Vec<String> {
-    include_str!("../benches/corpus/queries.sql")
-        .split("\n;;\n")
-        .map(|block| {
-            block
-                .lines()
-                .filter(|l| !l.starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .filter(|q| !q.trim().is_empty())
-        .collect()
-}
 
 /// A small deterministic generator (xorshift), so runs are comparable.
 struct Rng(u64);
@@ -118,7 +107,7 @@ fn main() {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let base = corpus();
+    let base = corpus::queries();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut queries = Vec::new();
     for q in &base {

@@ -578,6 +578,16 @@ async fn save_query_stats_periodically(
     every: Duration,
     stop: CancellationToken,
 ) {
+    save_every(every, stop, "query statistics", || save_query_stats(&query)).await;
+}
+
+/// Runs `save` every `every` (not at once: state was just restored) until
+/// `stop`; a failure is logged and the next tick tries again.
+async fn save_every<F, Fut>(every: Duration, stop: CancellationToken, what: &'static str, save: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, String>>,
+{
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -585,8 +595,8 @@ async fn save_query_stats_periodically(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {
-                if let Err(e) = save_query_stats(&query).await {
-                    tracing::warn!(error = %e, "periodic save of query statistics failed");
+                if let Err(e) = save().await {
+                    tracing::warn!(error = %e, "periodic save of {what} failed");
                 }
             }
         }
@@ -709,19 +719,10 @@ async fn persist_buckets(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {
-                if let Err(e) = save_buckets(&limiter, &store).await {
-                    tracing::warn!(error = %e, "periodic save of rate-limit buckets failed");
-                }
-            }
-        }
-    }
+    save_every(every, stop, "rate-limit buckets", || {
+        save_buckets(&limiter, &store)
+    })
+    .await;
 }
 
 /// `/package.Service/Method` for every method this server routes, from the
