@@ -6,6 +6,7 @@ mod cache_process;
 mod common;
 mod docs;
 mod foundation;
+mod helm;
 mod leases;
 mod leases_process;
 mod process;

@@ -1,0 +1,253 @@
+//! The Helm chart, validated with the real tools: `helm lint` and `helm
+//! template` for the default values and for a values file that turns every
+//! option on (values.schema.json included), `kubeconform -strict` on the
+//! rendered manifests, and `gantry check-config` on the gantry.toml the chart
+//! renders. .ci/run installs helm and kubeconform (go install) and writes the
+//! Kubernetes schemas offline (.ci/k8s-schemas.py).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn tool(name: &str) -> Option<PathBuf> {
+    let local = Path::new(ROOT).join(".ci/bin").join(name);
+    if local.is_file() {
+        return Some(local);
+    }
+    let home = std::env::var_os("HOME").map(|h| Path::new(&h).join("go/bin").join(name));
+    if let Some(home) = home.filter(|p| p.is_file()) {
+        return Some(home);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+struct Tools {
+    helm: PathBuf,
+    kubeconform: PathBuf,
+    schemas: PathBuf,
+}
+
+fn tools() -> Option<Tools> {
+    let schemas = std::env::var_os("GANTRY_K8S_SCHEMAS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(ROOT).join(".ci/k8s-schemas"));
+    let found = match (tool("helm"), tool("kubeconform")) {
+        (Some(helm), Some(kubeconform)) if schemas.is_dir() => Some(Tools {
+            helm,
+            kubeconform,
+            schemas: schemas.clone(),
+        }),
+        _ => None,
+    };
+    if found.is_none() {
+        assert!(
+            std::env::var_os("GANTRY_REQUIRE_HELM").is_none(),
+            "GANTRY_REQUIRE_HELM is set but helm, kubeconform or the schemas in {} are missing",
+            schemas.display()
+        );
+        eprintln!("SKIPPED: helm, kubeconform or Kubernetes schemas missing (run .ci/run)");
+    }
+    found
+}
+
+fn run(program: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/gantry");
+const ALL_OPTIONS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/helm/gantry/ci/all-options-values.yaml"
+);
+
+fn render(t: &Tools, extra: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        "gantry",
+        CHART,
+        "--namespace",
+        "platform",
+        "--kube-version",
+        "1.31.0",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, text) = run(&t.helm, &args);
+    assert!(ok, "helm template {extra:?} failed:\n{text}");
+    text
+}
+
+/// The gantry.toml inside the rendered ConfigMap.
+fn rendered_config(manifests: &str) -> String {
+    let start = manifests
+        .find("gantry.toml: |\n")
+        .expect("a gantry.toml in the ConfigMap")
+        + 15;
+    manifests[start..]
+        .lines()
+        .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+        .map(|l| l.strip_prefix("    ").unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn kubeconform(t: &Tools, manifests: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("manifests.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    let location = format!(
+        "{}/{{{{ .NormalizedKubernetesVersion }}}}-standalone{{{{ .StrictSuffix }}}}/{{{{ .ResourceKind }}}}{{{{ .KindSuffix }}}}.json",
+        t.schemas.display()
+    );
+    let version = std::fs::read_dir(&t.schemas)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find_map(|name| {
+            name.strip_prefix('v')?
+                .split('-')
+                .next()
+                .map(str::to_string)
+        })
+        .expect("a schema version directory");
+    let (ok, text) = run(
+        &t.kubeconform,
+        &[
+            "-strict",
+            "-summary",
+            "-kubernetes-version",
+            &version,
+            "-schema-location",
+            &location,
+            // The Prometheus Operator's CRD has no schema among Kubernetes' own.
+            "-skip",
+            "ServiceMonitor",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "kubeconform refused the manifests:\n{text}");
+    text
+}
+
+fn check_config(manifests: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gantry.toml");
+    std::fs::write(&file, rendered_config(manifests)).unwrap();
+    let (ok, text) = run(
+        Path::new(env!("CARGO_BIN_EXE_gantry")),
+        &["check-config", file.to_str().unwrap()],
+    );
+    assert!(
+        ok,
+        "gantry refuses the chart's configuration:\n{text}\n{}",
+        rendered_config(manifests)
+    );
+}
+
+#[test]
+fn the_chart_lints_renders_validates_and_configures_gantry() {
+    let Some(t) = tools() else {
+        return;
+    };
+    for extra in [&[][..], &["-f", ALL_OPTIONS][..]] {
+        let mut args = vec!["lint", CHART, "--strict", "--kube-version", "1.31.0"];
+        args.extend_from_slice(extra);
+        let (ok, text) = run(&t.helm, &args);
+        assert!(
+            ok && text.contains("0 chart(s) failed"),
+            "helm lint {extra:?}:\n{text}"
+        );
+    }
+
+    let default = render(&t, &[]);
+    let summary = kubeconform(&t, &default);
+    assert!(
+        summary.contains("Valid: 6, Invalid: 0, Errors: 0"),
+        "{summary}"
+    );
+    check_config(&default);
+    for expected in [
+        "kind: StatefulSet",
+        "replicas: 1",
+        "grpc:\n              port: 7070",
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "app.kubernetes.io/name: gantry",
+        "app.kubernetes.io/instance: gantry",
+        "app.kubernetes.io/managed-by: Helm",
+        "kind: PodDisruptionBudget",
+        "volumeClaimTemplates:",
+        "name: GANTRY_DATA_DIR\n              value: /data",
+    ] {
+        assert!(
+            default.contains(expected),
+            "{expected:?} missing from the default render"
+        );
+    }
+    assert!(!default.contains("kind: ServiceMonitor"));
+
+    let all = render(&t, &["-f", ALL_OPTIONS]);
+    let summary = kubeconform(&t, &all);
+    assert!(
+        summary.contains("Valid: 6, Invalid: 0, Errors: 0, Skipped: 1"),
+        "{summary}"
+    );
+    check_config(&all);
+    let config = rendered_config(&all);
+    // Integers stay integers through Helm's float-only YAML.
+    assert!(config.contains("max_buckets = 2000000"), "{config}");
+    assert!(config.contains("[[ratelimit.limits]]"), "{config}");
+    for expected in [
+        "kind: ServiceMonitor",
+        "minAvailable: 1",
+        "storageClassName: fast-ssd",
+        "image: \"registry.example.com/platform/gantry:0.1.0-rc1\"",
+        "terminationGracePeriodSeconds: 40",
+    ] {
+        assert!(
+            all.contains(expected),
+            "{expected:?} missing from the all-options render"
+        );
+    }
+}
+
+#[test]
+fn values_the_schema_refuses_fail_before_anything_renders() {
+    let Some(t) = tools() else {
+        return;
+    };
+    for (set, words) in [
+        ("persistence.size=lots", "/persistence/size"),
+        ("config.server.listen=0.0.0.0:1", "/config/server"),
+        ("service.grpcPort=70000", "/service/grpcPort"),
+        ("replicas=3", "replicas"),
+    ] {
+        let (ok, text) = run(
+            &t.helm,
+            &[
+                "template",
+                "gantry",
+                CHART,
+                "--kube-version",
+                "1.31.0",
+                "--set",
+                set,
+            ],
+        );
+        assert!(!ok, "--set {set} was accepted");
+        assert!(
+            text.contains("values don't meet the specifications of the schema"),
+            "{set}: {text}"
+        );
+        assert!(text.contains(words), "{set}: {words:?} not in {text}");
+    }
+}
