@@ -1,0 +1,297 @@
+package gantry
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	gantryv1 "github.com/gantry/gantry/clients/go/gen/gantry/v1"
+)
+
+const testConfig = `
+[[ratelimit.limits]]
+name = "tight"
+rate = 1
+period = "1s"
+burst = 2
+
+[[ratelimit.limits]]
+name = "steady"
+rate = 5
+period = "1s"
+burst = 1
+
+[[leases.pools]]
+name = "db"
+capacity = 2
+max_per_holder = 2
+default_ttl = "30s"
+`
+
+// gantryBin is the server binary: GANTRY_BIN, or the one `cargo test` built.
+func gantryBin(t *testing.T) string {
+	if bin := os.Getenv("GANTRY_BIN"); bin != "" {
+		return bin
+	}
+	bin, _ := filepath.Abs("../../target/debug/gantry")
+	if _, err := os.Stat(bin); err != nil {
+		t.Skip("no gantry binary: run cargo build, or set GANTRY_BIN")
+	}
+	return bin
+}
+
+// startGantry runs a real gantry on 127.0.0.1 and returns its gRPC address.
+func startGantry(t *testing.T, listen string) string {
+	t.Helper()
+	dir := t.TempDir()
+	config := filepath.Join(dir, "gantry.toml")
+	if err := os.WriteFile(config, []byte(testConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(gantryBin(t), "serve", "--config", config, "--listen", listen,
+		"--metrics-listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	})
+	addr := make(chan string, 1)
+	go func() {
+		scanner := bufio.NewScanner(stderr)
+		for scanner.Scan() {
+			line := scanner.Text()
+			if i := strings.Index(line, "grpc="); i >= 0 && strings.Contains(line, "gantry listening") {
+				addr <- strings.Fields(line[i+len("grpc="):])[0]
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		return a
+	case <-time.After(20 * time.Second):
+		t.Fatal("gantry did not start")
+		return ""
+	}
+}
+
+func connect(t *testing.T, addr string) *Client {
+	t.Helper()
+	c, err := New(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestLimiterTakesWaitsAndRefuses(t *testing.T) {
+	c := connect(t, startGantry(t, "127.0.0.1:0"))
+	ctx := context.Background()
+	tight := c.Limiter("tight", "customer-1")
+	for i := 0; i < 2; i++ {
+		d, err := tight.Acquire(ctx, 1)
+		if err != nil || !d.Allowed {
+			t.Fatalf("acquire %d: %+v %v", i, d, err)
+		}
+	}
+	// No deadline: no wait; the burst of 2 is spent.
+	d, err := tight.Acquire(ctx, 1)
+	if err != nil || d.Allowed || d.RetryAfter <= 0 {
+		t.Fatalf("third acquire should be refused with a retry_after: %+v %v", d, err)
+	}
+	// A deadline shorter than the refill: Wait says not granted, not an error from gRPC.
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if err := tight.Wait(short); !errors.Is(err, ErrNotGranted) {
+		t.Fatalf("want ErrNotGranted, got %v", err)
+	}
+	// 5 per second, burst 1: the second call waits about 200 ms for its token.
+	steady := c.Limiter("steady", "k")
+	wait, cancel2 := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel2()
+	ran := 0
+	for i := 0; i < 2; i++ {
+		if err := steady.Do(wait, func(context.Context) error { ran++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ran != 2 {
+		t.Fatalf("Do ran %d times", ran)
+	}
+	d, err = steady.Acquire(wait, 1)
+	if err != nil || !d.Allowed || d.Waited < 100*time.Millisecond {
+		t.Fatalf("a waiting acquire should be granted after a wait: %+v %v", d, err)
+	}
+	_, err = c.Limiter("nope", "k").Acquire(ctx, 1)
+	if err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Fatalf("unknown limit: %v", err)
+	}
+}
+
+func TestLeaseRenewsItselfAndReleases(t *testing.T) {
+	c := connect(t, startGantry(t, "127.0.0.1:0"))
+	ctx := context.Background()
+	lease, err := c.AcquireLease(ctx, "db", "pod-a", 2, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := lease.ExpiresAt()
+	// Well past the 1 s TTL the lease is still held: it renewed itself.
+	time.Sleep(2500 * time.Millisecond)
+	status, err := c.Leases.PoolStatus(ctx, &gantryv1.PoolStatusRequest{Pool: "db"})
+	if err != nil || status.GetInUse() != 2 {
+		t.Fatalf("pool status after renewals: %v %v", status, err)
+	}
+	if !lease.ExpiresAt().After(first) {
+		t.Fatal("expiry did not move forward")
+	}
+	select {
+	case <-lease.Lost():
+		t.Fatal("lease reported lost")
+	default:
+	}
+	// The pool is full: another holder waits until its deadline, then gives up.
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := c.AcquireLease(short, "db", "pod-b", 1, 0); !errors.Is(err, ErrNotGranted) {
+		t.Fatalf("want ErrNotGranted, got %v", err)
+	}
+	if err := lease.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if err := lease.Release(); err != nil {
+		t.Fatalf("a second Release: %v", err)
+	}
+	other, err := c.AcquireLease(ctx, "db", "pod-b", 2, 0)
+	if err != nil {
+		t.Fatalf("after release the units are free: %v", err)
+	}
+	defer other.Release()
+}
+
+func TestNearCacheFollowsOtherWriters(t *testing.T) {
+	addr := startGantry(t, "127.0.0.1:0")
+	c := connect(t, addr)
+	other := connect(t, addr) // another instance of the service
+	ctx := context.Background()
+	ns := c.Namespace("carts")
+	near := ns.NearCache("cart:", 100)
+	defer near.Close()
+
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("never: %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if _, err := ns.Put(ctx, "cart:1", []byte("v1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	eventually("the watch is live and the value is held locally", func() bool {
+		v, ok, err := near.Get(ctx, "cart:1")
+		return err == nil && ok && string(v) == "v1" && near.Len() == 1
+	})
+	// Another instance writes: the local copy follows through Watch.
+	if _, err := other.Namespace("carts").Put(ctx, "cart:1", []byte("v2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	eventually("the new value", func() bool {
+		v, ok, _ := near.Get(ctx, "cart:1")
+		return ok && string(v) == "v2"
+	})
+	if deleted, err := other.Namespace("carts").Delete(ctx, "cart:1"); err != nil || !deleted {
+		t.Fatalf("delete: %v %v", deleted, err)
+	}
+	eventually("the delete", func() bool {
+		_, ok, _ := near.Get(ctx, "cart:1")
+		return !ok && near.Len() == 0
+	})
+}
+
+func TestRecorderBatchesInTheBackground(t *testing.T) {
+	c := connect(t, startGantry(t, "127.0.0.1:0"))
+	rec := c.NewRecorder("shop", "postgres")
+	for i := 0; i < 10; i++ {
+		rec.Record("SELECT * FROM items WHERE id = 42", 3*time.Millisecond, 1, "4bf92f3577b34da6a3ce929d0e0e4736")
+	}
+	rec.Close()
+	if rec.Dropped() != 0 || rec.Failed() != 0 {
+		t.Fatalf("dropped %d failed %d", rec.Dropped(), rec.Failed())
+	}
+	top, err := c.Query.TopQueries(context.Background(), &gantryv1.TopQueriesRequest{Service: "shop"})
+	if err != nil || len(top.GetQueries()) != 1 {
+		t.Fatalf("top: %v %v", top, err)
+	}
+	q := top.GetQueries()[0]
+	if q.GetCalls() != 10 || q.GetBatching().GetMaxPerTrace() != 10 {
+		t.Fatalf("stats: calls %d, batching %v", q.GetCalls(), q.GetBatching())
+	}
+}
+
+func TestCallsRetryWhileTheServerComesUp(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	started := make(chan struct{})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		startGantry(t, addr)
+		close(started)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c2, _ := New(addr, WithRetries(8))
+	defer c2.Close()
+	d, err := c2.Limiter("tight", "retry").Acquire(ctx, 1)
+	if err != nil || !d.Allowed {
+		t.Fatalf("the call should have been retried until gantry was up: %+v %v", d, err)
+	}
+	<-started
+}
+
+// The generated code must come from the protos as they are now.
+func TestGeneratedCodeIsCurrent(t *testing.T) {
+	files, err := filepath.Glob("../../proto/gantry/v1/*.proto")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("protos: %v %v", files, err)
+	}
+	sort.Strings(files)
+	h := sha256.New()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Write(b)
+	}
+	want, err := os.ReadFile("gen/PROTO_SHA256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != strings.TrimSpace(string(want)) {
+		t.Fatalf("gen/ is stale: the protos changed since ./generate.sh ran (%s != %s)", got, strings.TrimSpace(string(want)))
+	}
+}

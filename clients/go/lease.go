@@ -1,0 +1,122 @@
+package gantry
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	gantryv1 "github.com/gantry/gantry/clients/go/gen/gantry/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Lease holds units of a global budget (a pool) and renews itself at a third
+// of its TTL until Release. If renewal fails for good (the lease expired or the
+// pool went away), Lost is closed: stop using the units.
+//
+//	lease, err := client.AcquireLease(ctx, "orders-db", hostname, 10, 30*time.Second)
+//	if err != nil { ... }
+//	defer lease.Release()
+type Lease struct {
+	client *Client
+	ID     string
+	Pool   string
+	Count  uint32
+
+	ttl      time.Duration
+	lost     chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
+	release  sync.Once
+	mu       sync.Mutex
+	expires  time.Time
+	lostOnce sync.Once
+}
+
+// AcquireLease leases count units of pool for holder, waiting fairly for them
+// until ctx's deadline (without a deadline it does not wait). ttl 0 means the
+// pool's default. ErrNotGranted when the wait ran out.
+func (c *Client) AcquireLease(ctx context.Context, pool, holder string, count uint32, ttl time.Duration) (*Lease, error) {
+	req := &gantryv1.AcquireLeaseRequest{Pool: pool, Holder: holder, Count: count}
+	if ttl > 0 {
+		req.Ttl = durationpb.New(ttl)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		req.MaxWait = durationpb.New(time.Until(dl))
+	}
+	resp, err := c.Leases.Acquire(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if !resp.GetGranted() {
+		return nil, fmt.Errorf("%w: %d units of %s", ErrNotGranted, count, pool)
+	}
+	expires := resp.GetExpiresAt().AsTime()
+	if ttl <= 0 {
+		ttl = time.Until(expires)
+	}
+	l := &Lease{
+		client:  c,
+		ID:      resp.GetLeaseId(),
+		Pool:    resp.GetPool(),
+		Count:   resp.GetCount(),
+		ttl:     ttl,
+		lost:    make(chan struct{}),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		expires: expires,
+	}
+	go l.renew()
+	return l, nil
+}
+
+// ExpiresAt is when the units return unless renewed.
+func (l *Lease) ExpiresAt() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.expires
+}
+
+// Lost is closed when the lease could not be renewed before it expired.
+func (l *Lease) Lost() <-chan struct{} { return l.lost }
+
+func (l *Lease) renew() {
+	defer close(l.done)
+	every := max(l.ttl/3, 100*time.Millisecond)
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-ticker.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), every)
+		resp, err := l.client.Leases.Renew(ctx, &gantryv1.RenewLeaseRequest{LeaseId: l.ID, Ttl: durationpb.New(l.ttl)})
+		cancel()
+		if err == nil {
+			l.mu.Lock()
+			l.expires = resp.GetExpiresAt().AsTime()
+			l.mu.Unlock()
+			continue
+		}
+		// A failed renewal is retried at the next tick while time remains.
+		if time.Now().After(l.ExpiresAt()) || isNotFound(err) {
+			l.lostOnce.Do(func() { close(l.lost) })
+			return
+		}
+	}
+}
+
+// Release returns the units at once and stops renewing. Safe to call more than once.
+func (l *Lease) Release() error {
+	var err error
+	l.release.Do(func() {
+		close(l.stop)
+		<-l.done
+		ctx, cancel := context.WithTimeout(context.Background(), l.client.timeout)
+		defer cancel()
+		_, err = l.client.Leases.Release(ctx, &gantryv1.ReleaseLeaseRequest{LeaseId: l.ID})
+	})
+	return err
+}

@@ -1,0 +1,85 @@
+package gantry
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	gantryv1 "github.com/gantry/gantry/clients/go/gen/gantry/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Decision is a rate-limit answer.
+type Decision struct {
+	Allowed    bool
+	Remaining  uint64
+	RetryAfter time.Duration
+	ResetAfter time.Duration
+	Waited     time.Duration
+}
+
+// Limiter takes tokens from one of gantry's limits for one key; the whole
+// fleet shares the bucket. Make one per (limit, key) or pass keys to AcquireKey.
+type Limiter struct {
+	client *Client
+	Limit  string
+	Key    string
+	// Client names the caller so that waiting grants rotate fairly between callers.
+	Client string
+}
+
+// Limiter returns a limiter for limit and key.
+func (c *Client) Limiter(limit, key string) *Limiter {
+	return &Limiter{client: c, Limit: limit, Key: key}
+}
+
+// Acquire takes tokens now, or waits in the bucket's fair queue until they
+// accrue or ctx's deadline nears: the wait ends just before the deadline with
+// Allowed false, never with an error. Without a deadline it does not wait.
+func (l *Limiter) Acquire(ctx context.Context, tokens uint64) (Decision, error) {
+	return l.AcquireKey(ctx, l.Key, tokens)
+}
+
+// AcquireKey is Acquire for another key of the same limit.
+func (l *Limiter) AcquireKey(ctx context.Context, key string, tokens uint64) (Decision, error) {
+	req := &gantryv1.AcquireRequest{Limit: l.Limit, Key: key, Tokens: tokens, Client: l.Client}
+	if dl, ok := ctx.Deadline(); ok {
+		// gantry keeps its own margin before the call's deadline.
+		req.MaxWait = durationpb.New(time.Until(dl))
+	}
+	resp, err := l.client.RateLimiter.Acquire(ctx, req)
+	if err != nil {
+		return Decision{}, err
+	}
+	return Decision{
+		Allowed:    resp.GetAllowed(),
+		Remaining:  resp.GetRemaining(),
+		RetryAfter: resp.GetRetryAfter().AsDuration(),
+		ResetAfter: resp.GetResetAfter().AsDuration(),
+		Waited:     resp.GetWaited().AsDuration(),
+	}, nil
+}
+
+// Wait blocks until one token is granted, or returns ErrNotGranted when ctx's
+// deadline nears first (or ctx's error when it is cancelled).
+func (l *Limiter) Wait(ctx context.Context) error {
+	d, err := l.Acquire(ctx, 1)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	if !d.Allowed {
+		return fmt.Errorf("%w (retry after %v)", ErrNotGranted, d.RetryAfter)
+	}
+	return nil
+}
+
+// Do runs f once a token is granted: the decorator form of Wait.
+func (l *Limiter) Do(ctx context.Context, f func(context.Context) error) error {
+	if err := l.Wait(ctx); err != nil {
+		return err
+	}
+	return f(ctx)
+}
