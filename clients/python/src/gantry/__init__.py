@@ -1,0 +1,15 @@
+"""Python client for gantry: shared rate limits, a shared cache, SQL query
+analysis, span ingestion and leases on global connection budgets, over gRPC.
+
+    from gantry import Client
+    with Client("gantry:7070") as client:
+        with client.limiter("api", key=customer_id, wait=2.0):
+            ...
+
+The generated stubs are in gantry.v1; gantry.aio has the asyncio client.
+"""
+
+from ._common import Decision, NotGranted
+from .client import Cache, Client, Lease, NearCache, QueryRecorder, RateLimiter
+
+__all__ = ["Cache", "Client", "Decision", "Lease", "NearCache", "NotGranted", "QueryRecorder", "RateLimiter"]

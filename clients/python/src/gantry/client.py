@@ -1,0 +1,363 @@
+"""The synchronous client and its helpers."""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+import time
+from typing import Callable, Dict, Optional, Tuple, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from gantry.v1 import (
+    cache_pb2,
+    cache_pb2_grpc,
+    leases_pb2,
+    leases_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    ratelimit_pb2,
+    ratelimit_pb2_grpc,
+    traces_pb2_grpc,
+)
+
+from ._common import CHANNEL_OPTIONS, Decision, NotGranted, decision, duration
+
+F = TypeVar("F", bound=Callable)
+
+
+class Client:
+    """One channel to gantry (every call multiplexed over it) and the stubs.
+
+    Calls without a timeout get `timeout` seconds; UNAVAILABLE is retried by
+    gRPC with backoff.
+    """
+
+    def __init__(self, target: str, *, timeout: float = 5.0, channel: Optional[grpc.Channel] = None):
+        self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.timeout = timeout
+        self.rate_limiter = ratelimit_pb2_grpc.RateLimiterStub(self.channel)
+        self.cache = cache_pb2_grpc.CacheStub(self.channel)
+        self.query = query_pb2_grpc.QueryAnalyzerStub(self.channel)
+        self.traces = traces_pb2_grpc.TracesStub(self.channel)
+        self.leases = leases_pb2_grpc.LeasesStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def limiter(self, limit: str, key: str = "", *, client: str = "", wait: float = 0.0) -> "RateLimiter":
+        return RateLimiter(self, limit, key, client=client, wait=wait)
+
+    def namespace(self, name: str) -> "Cache":
+        return Cache(self, name)
+
+    def lease(self, pool: str, holder: str, count: int = 1, *, ttl: float = 0.0, wait: float = 0.0) -> "Lease":
+        return Lease(self, pool, holder, count, ttl=ttl, wait=wait)
+
+    def recorder(self, service: str, dialect: str = "", **kwargs) -> "QueryRecorder":
+        return QueryRecorder(self, service, dialect, **kwargs)
+
+
+class RateLimiter:
+    """Tokens from one of gantry's limits, shared by the fleet.
+
+    `with limiter:` and `@limiter` take one token, waiting fairly up to
+    `wait` seconds; NotGranted when the wait runs out.
+    """
+
+    def __init__(self, gantry: Client, limit: str, key: str = "", *, client: str = "", wait: float = 0.0):
+        self._gantry = gantry
+        self.limit = limit
+        self.key = key
+        self.client = client
+        self.wait = wait
+
+    def acquire(self, tokens: int = 1, *, key: Optional[str] = None, wait: Optional[float] = None,
+                dry_run: bool = False) -> Decision:
+        """Takes tokens now, or waits up to `wait` seconds in the bucket's fair queue.
+        A wait that runs out is `allowed=False`, not an error."""
+        wait = self.wait if wait is None else wait
+        request = ratelimit_pb2.AcquireRequest(
+            limit=self.limit, key=self.key if key is None else key, tokens=tokens,
+            max_wait=duration(wait), client=self.client, dry_run=dry_run,
+        )
+        # The call may last the wait plus the usual timeout.
+        resp = self._gantry.rate_limiter.Acquire(request, timeout=wait + self._gantry.timeout)
+        return decision(resp)
+
+    def __enter__(self) -> Decision:
+        d = self.acquire()
+        if not d.allowed:
+            raise NotGranted(f"{self.limit}/{self.key}: no token within {self.wait}s", d.retry_after)
+        return d
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def __call__(self, fn: F) -> F:
+        @functools.wraps(fn)
+        def limited(*args, **kwargs):
+            with self:
+                return fn(*args, **kwargs)
+
+        return limited  # type: ignore[return-value]
+
+
+class Cache:
+    """One namespace of the shared cache."""
+
+    def __init__(self, gantry: Client, namespace: str):
+        self._gantry = gantry
+        self.namespace = namespace
+
+    def get(self, key: str) -> Tuple[Optional[bytes], int]:
+        """(value, version); value is None for a missing or expired key."""
+        resp = self._gantry.cache.Get(cache_pb2.GetRequest(namespace=self.namespace, key=key), timeout=self._gantry.timeout)
+        return (resp.value if resp.found else None), resp.version
+
+    def put(self, key: str, value: bytes, *, ttl: float = 0.0, if_version: Optional[int] = None,
+            if_absent: bool = False) -> int:
+        """Writes a key and returns its version; a condition that does not hold
+        raises grpc.RpcError with FAILED_PRECONDITION."""
+        request = cache_pb2.PutRequest(namespace=self.namespace, key=key, value=value, ttl=duration(ttl))
+        if if_version is not None:
+            request.if_version = if_version
+        elif if_absent:
+            request.if_absent = True
+        return self._gantry.cache.Put(request, timeout=self._gantry.timeout).version
+
+    def delete(self, key: str) -> bool:
+        resp = self._gantry.cache.Delete(cache_pb2.DeleteRequest(namespace=self.namespace, key=key), timeout=self._gantry.timeout)
+        return resp.deleted
+
+    def near_cache(self, prefix: str = "", max_entries: int = 10_000) -> "NearCache":
+        return NearCache(self, prefix, max_entries)
+
+
+class NearCache:
+    """Recently read keys kept in process and coherent through Watch: puts,
+    deletes and expiries from any instance update or drop the local copy; a
+    RESYNC or a broken stream clears it (and reads go to gantry until the
+    stream is back). Use as a context manager, or call close()."""
+
+    def __init__(self, cache: Cache, prefix: str = "", max_entries: int = 10_000):
+        self._cache = cache
+        self._prefix = prefix
+        self._max = max(1, max_entries)
+        self._items: Dict[str, Tuple[bytes, int]] = {}
+        self._lock = threading.Lock()
+        self._gen = 0
+        self._live = False
+        self._closed = threading.Event()
+        self._call = None
+        self._thread = threading.Thread(target=self._watch, name="gantry-near-cache", daemon=True)
+        self._thread.start()
+
+    def _reset(self, live: bool) -> None:
+        with self._lock:
+            self._gen += 1
+            self._live = live
+            self._items.clear()
+
+    def _watch(self) -> None:
+        backoff = 0.05
+        while not self._closed.is_set():
+            try:
+                self._call = self._cache._gantry.cache.Watch(
+                    cache_pb2.WatchRequest(namespace=self._cache.namespace, key_prefix=self._prefix, include_values=True)
+                )
+                # Headers arrive once gantry has subscribed: from then on every change reaches us.
+                self._call.initial_metadata()
+                self._reset(True)
+                for event in self._call:
+                    self._apply(event)
+                    backoff = 0.05
+            except grpc.RpcError:
+                pass
+            self._reset(False)
+            self._closed.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _apply(self, event) -> None:
+        kinds = cache_pb2.WatchEvent
+        with self._lock:
+            self._gen += 1
+            if event.kind == kinds.KIND_PUT:
+                held = self._items.get(event.key)
+                if held is not None and held[1] < event.version:
+                    self._items[event.key] = (event.value, event.version)
+            elif event.kind in (kinds.KIND_DELETE, kinds.KIND_EXPIRE):
+                self._items.pop(event.key, None)
+            elif event.kind == kinds.KIND_RESYNC:
+                self._items.clear()
+
+    def get(self, key: str) -> Optional[bytes]:
+        with self._lock:
+            held = self._items.get(key)
+            gen, live = self._gen, self._live
+        if held is not None:
+            return held[0]
+        value, version = self._cache.get(key)
+        if value is None or not live:
+            return value
+        with self._lock:
+            # Kept only when no event raced the read: never a stale copy.
+            if self._gen == gen and self._live:
+                if len(self._items) >= self._max:
+                    self._items.pop(next(iter(self._items)))
+                self._items[key] = (value, version)
+        return value
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._call is not None:
+            self._call.cancel()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "NearCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Lease:
+    """Units of a global budget, held by a context manager that renews them
+    in the background at a third of the TTL and releases them on exit.
+
+        with client.lease("orders-db", holder=hostname, count=10, ttl=30, wait=5) as lease:
+            ...   # lease.lost is set if a renewal failed for good
+    """
+
+    def __init__(self, gantry: Client, pool: str, holder: str, count: int = 1, *, ttl: float = 0.0, wait: float = 0.0):
+        self._gantry = gantry
+        self.pool, self.holder, self.count = pool, holder, count
+        self.ttl, self.wait = ttl, wait
+        self.lease_id = ""
+        self.expires_at = 0.0
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def acquire(self) -> "Lease":
+        resp = self._gantry.leases.Acquire(
+            leases_pb2.AcquireLeaseRequest(pool=self.pool, holder=self.holder, count=self.count,
+                                           ttl=duration(self.ttl), max_wait=duration(self.wait)),
+            timeout=self.wait + self._gantry.timeout,
+        )
+        if not resp.granted:
+            raise NotGranted(f"{self.count} units of {self.pool} not granted within {self.wait}s")
+        self.lease_id = resp.lease_id
+        self.expires_at = resp.expires_at.ToDatetime().timestamp()
+        if self.ttl <= 0:
+            self.ttl = max(self.expires_at - time.time(), 1.0)
+        self._thread = threading.Thread(target=self._renew, name="gantry-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        every = max(self.ttl / 3, 0.1)
+        while not self._stop.wait(every):
+            try:
+                resp = self._gantry.leases.Renew(
+                    leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)), timeout=every)
+                self.expires_at = resp.expires_at.ToDatetime().timestamp()
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND or time.time() > self.expires_at:
+                    self.lost.set()
+                    return
+
+    def release(self) -> bool:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if not self.lease_id:
+            return False
+        resp = self._gantry.leases.Release(leases_pb2.ReleaseLeaseRequest(lease_id=self.lease_id), timeout=self._gantry.timeout)
+        self.lease_id = ""
+        return resp.released
+
+    def __enter__(self) -> "Lease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class QueryRecorder:
+    """Sends executed queries to gantry's statistics from a background thread,
+    in batches by size and time. record() never blocks: beyond `queue_size`
+    pending executions it drops and counts."""
+
+    def __init__(self, gantry: Client, service: str, dialect: str = "", *, batch: int = 500,
+                 interval: float = 1.0, queue_size: int = 10_000):
+        self._gantry = gantry
+        self.service, self.dialect = service, dialect
+        self._batch, self._interval = batch, interval
+        self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
+        self.dropped = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="gantry-recorder", daemon=True)
+        self._thread.start()
+
+    def record(self, sql: str, seconds_taken: float, rows: int = 0, trace_id: str = "") -> bool:
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        execution = query_pb2.QueryExecution(sql=sql, dialect=self.dialect, duration=duration(seconds_taken),
+                                             rows=rows, service=self.service, trace_id=trace_id, time=now)
+        try:
+            self._queue.put_nowait(execution)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def _send(self, pending) -> None:
+        if not pending:
+            return
+        try:
+            resp = self._gantry.query.Record(query_pb2.RecordRequest(executions=pending), timeout=self._gantry.timeout)
+            self.failed += resp.rejected
+        except grpc.RpcError:
+            self.failed += len(pending)
+
+    def _run(self) -> None:
+        pending = []
+        deadline = time.monotonic() + self._interval
+        while True:
+            try:
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                item = ...
+            if item is None:
+                self._send(pending)
+                return
+            if item is not ...:
+                pending.append(item)
+            if len(pending) >= self._batch or time.monotonic() >= deadline:
+                self._send(pending)
+                pending = []
+                deadline = time.monotonic() + self._interval
+
+    def close(self) -> None:
+        """Sends what is queued and stops."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def __enter__(self) -> "QueryRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

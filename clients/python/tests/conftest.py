@@ -1,0 +1,71 @@
+"""A real gantry for every test module: the binary cargo built (GANTRY_BIN)."""
+
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+import threading
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+CONFIG = """
+[[ratelimit.limits]]
+name = "tight"
+rate = 1
+period = "1s"
+burst = 2
+
+[[ratelimit.limits]]
+name = "steady"
+rate = 5
+period = "1s"
+burst = 1
+
+[[leases.pools]]
+name = "db"
+capacity = 2
+max_per_holder = 2
+"""
+
+
+def gantry_bin() -> str:
+    binary = os.environ.get("GANTRY_BIN") or str(ROOT / "target" / "debug" / "gantry")
+    if not os.path.exists(binary):
+        if os.environ.get("GANTRY_REQUIRE_CLIENT_TESTS"):
+            raise RuntimeError(f"no gantry binary at {binary}")
+        pytest.skip("no gantry binary: cargo build, or set GANTRY_BIN")
+    return binary
+
+
+@pytest.fixture
+def gantry_addr():
+    with tempfile.TemporaryDirectory() as tmp:
+        config = pathlib.Path(tmp) / "gantry.toml"
+        config.write_text(CONFIG)
+        proc = subprocess.Popen(
+            [gantry_bin(), "serve", "--config", str(config), "--listen", "127.0.0.1:0",
+             "--metrics-listen", "127.0.0.1:0", "--data-dir", str(pathlib.Path(tmp) / "data")],
+            stderr=subprocess.PIPE, text=True,
+        )
+        found = {}
+        ready = threading.Event()
+
+        def read():
+            for line in proc.stderr:
+                match = re.search(r"gantry listening grpc=(\S+)", line)
+                if match:
+                    found["addr"] = match.group(1)
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(20):
+            proc.kill()
+            raise RuntimeError("gantry did not start")
+        try:
+            yield found["addr"]
+        finally:
+            proc.terminate()
+            proc.wait(15)
