@@ -1,7 +1,9 @@
-//! The Rust client for gantry: the generated gRPC clients, and a connection
-//! helper with deadlines and retries.
+//! The Rust client for gantry: the generated gRPC clients, a connection
+//! helper, and helpers as services use gantry ([`Gantry`]: limiter, lease,
+//! near cache, recorder), with deadlines and retries.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod connect;
 pub mod load;
 
@@ -20,4 +22,5 @@ pub mod proto {
     }
 }
 
+pub use client::{Decision, Error, Gantry, Lease, Limiter, Namespace, NearCache, Recorder};
 pub use connect::{ConnectError, connect};
