@@ -18,25 +18,8 @@ import (
 	gantryv1 "github.com/gantry/gantry/clients/go/gen/gantry/v1"
 )
 
-const testConfig = `
-[[ratelimit.limits]]
-name = "tight"
-rate = 1
-period = "1s"
-burst = 2
-
-[[ratelimit.limits]]
-name = "steady"
-rate = 5
-period = "1s"
-burst = 1
-
-[[leases.pools]]
-name = "db"
-capacity = 2
-max_per_holder = 2
-default_ttl = "30s"
-`
+// testConfig is the configuration every client's tests share.
+const testConfig = "../testdata/gantry.toml"
 
 // gantryBin is the server binary: GANTRY_BIN, or the one `cargo test` built.
 func gantryBin(t *testing.T) string {
@@ -54,8 +37,8 @@ func gantryBin(t *testing.T) string {
 func startGantry(t *testing.T, listen string) string {
 	t.Helper()
 	dir := t.TempDir()
-	config := filepath.Join(dir, "gantry.toml")
-	if err := os.WriteFile(config, []byte(testConfig), 0o600); err != nil {
+	config, err := filepath.Abs(testConfig)
+	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(gantryBin(t), "serve", "--config", config, "--listen", listen,

@@ -11,24 +11,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 
-CONFIG = """
-[[ratelimit.limits]]
-name = "tight"
-rate = 1
-period = "1s"
-burst = 2
-
-[[ratelimit.limits]]
-name = "steady"
-rate = 5
-period = "1s"
-burst = 1
-
-[[leases.pools]]
-name = "db"
-capacity = 2
-max_per_holder = 2
-"""
+CONFIG = ROOT / "clients" / "testdata" / "gantry.toml"
 
 
 def gantry_bin() -> str:
@@ -43,8 +26,7 @@ def gantry_bin() -> str:
 @pytest.fixture
 def gantry_addr():
     with tempfile.TemporaryDirectory() as tmp:
-        config = pathlib.Path(tmp) / "gantry.toml"
-        config.write_text(CONFIG)
+        config = CONFIG
         proc = subprocess.Popen(
             [gantry_bin(), "serve", "--config", str(config), "--listen", "127.0.0.1:0",
              "--metrics-listen", "127.0.0.1:0", "--data-dir", str(pathlib.Path(tmp) / "data")],

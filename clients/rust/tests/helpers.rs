@@ -9,24 +9,8 @@ use std::time::{Duration, Instant};
 use gantry_client::proto::gantry::v1 as pb;
 use gantry_client::{Error, Gantry};
 
-const CONFIG: &str = r#"
-[[ratelimit.limits]]
-name = "tight"
-rate = 1
-period = "1s"
-burst = 2
-
-[[ratelimit.limits]]
-name = "steady"
-rate = 5
-period = "1s"
-burst = 1
-
-[[leases.pools]]
-name = "db"
-capacity = 2
-max_per_holder = 2
-"#;
+/// The configuration every client's tests share.
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/gantry.toml");
 
 struct Server {
     child: Child,
@@ -65,16 +49,8 @@ fn binary() -> Option<PathBuf> {
 fn start() -> Option<Server> {
     let bin = binary()?;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gantry.toml");
-    std::fs::write(&config, CONFIG).unwrap();
     let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["serve", "--config", CONFIG, "--listen", "127.0.0.1:0"])
         .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .stderr(Stdio::piped())

@@ -1,7 +1,7 @@
 // Every helper against a real gantry (GANTRY_BIN, or the binary cargo built).
 import { ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -10,24 +10,8 @@ import assert from "node:assert/strict";
 import { Gantry, NotGranted } from "../index";
 
 const ROOT = join(__dirname, "..", "..", "..", "..");
-const CONFIG = `
-[[ratelimit.limits]]
-name = "tight"
-rate = 1
-period = "1s"
-burst = 2
-
-[[ratelimit.limits]]
-name = "steady"
-rate = 5
-period = "1s"
-burst = 1
-
-[[leases.pools]]
-name = "db"
-capacity = 2
-max_per_holder = 2
-`;
+// The configuration every client's tests share.
+const CONFIG = join(ROOT, "clients", "testdata", "gantry.toml");
 
 let server: ChildProcess | undefined;
 let addr = "";
@@ -38,8 +22,7 @@ if (skip && process.env.GANTRY_REQUIRE_CLIENT_TESTS) throw new Error(`no gantry 
 before(async () => {
   if (skip) return;
   const dir = mkdtempSync(join(tmpdir(), "gantry-ts-"));
-  writeFileSync(join(dir, "gantry.toml"), CONFIG);
-  server = spawn(bin, ["serve", "--config", join(dir, "gantry.toml"), "--listen", "127.0.0.1:0",
+  server = spawn(bin, ["serve", "--config", CONFIG, "--listen", "127.0.0.1:0",
     "--metrics-listen", "127.0.0.1:0", "--data-dir", join(dir, "data")], { stdio: ["ignore", "ignore", "pipe"] });
   addr = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("gantry did not start")), 20_000);
