@@ -87,8 +87,14 @@ impl QueryService {
                 ));
             }
         };
-        let duration = duration_from_pb("duration", e.duration.as_ref())
-            .map_err(|err| invalid("duration", err.to_string()))?;
+        let duration =
+            duration_from_pb("duration", e.duration.as_ref()).map_err(|err| match err {
+                // Already names the field: keep it as it is, not prefixed twice.
+                ApiError::InvalidArgument { field, reason } => {
+                    QueryError::Invalid { field, reason }
+                }
+                other => invalid("duration", other.to_string()),
+            })?;
         if e.service.len() > self.max_service_bytes {
             return Err(invalid(
                 "service",

@@ -202,7 +202,7 @@ async fn record_top_and_slow_queries_with_per_execution_rejection() {
         ["execution 3", "fingerprint"],
         ["execution 4", "either sql or fingerprint"],
         ["execution 5", "trace_id"],
-        ["execution 6", "duration"],
+        ["execution 6", "execution 6: duration: must not be negative"],
         ["execution 7", "dialect"],
     ]) {
         for w in words {
