@@ -274,7 +274,6 @@ pub struct CumulativeRow {
 pub struct EndpointTable {
     map: hashbrown::HashMap<EndpointKey, Endpoint, foldhash::fast::RandomState>,
     overflow: Endpoint,
-    overflow_spans: u64,
     max: usize,
     /// Next time a full table may look for idle endpoints to drop.
     next_idle_scan_nanos: u64,
@@ -289,13 +288,13 @@ impl EndpointTable {
         Self {
             map: hashbrown::HashMap::default(),
             overflow: Endpoint::new(),
-            overflow_spans: 0,
             max: max.max(1),
             next_idle_scan_nanos: 0,
         }
     }
 
-    /// Counts one server or consumer span that arrived at `now_nanos`.
+    /// Counts one server or consumer span that arrived at `now_nanos`;
+    /// true when it went to the overflow series.
     pub fn record(
         &mut self,
         now_nanos: u64,
@@ -303,18 +302,17 @@ impl EndpointTable {
         endpoint: &str,
         duration_nanos: u64,
         status: StatusCode,
-    ) {
+    ) -> bool {
         if let Some(e) = self.map.get_mut(&KeyRef(service, endpoint)) {
             e.record(now_nanos, duration_nanos, status);
-            return;
+            return false;
         }
         if self.map.len() >= self.max {
             self.drop_idle(now_nanos);
         }
         if self.map.len() >= self.max {
             self.overflow.record(now_nanos, duration_nanos, status);
-            self.overflow_spans += 1;
-            return;
+            return true;
         }
         let mut e = Endpoint::new();
         e.record(now_nanos, duration_nanos, status);
@@ -325,6 +323,7 @@ impl EndpointTable {
             },
             e,
         );
+        false
     }
 
     /// Endpoints silent for an hour have nothing in any window: they leave,
@@ -403,10 +402,6 @@ impl EndpointTable {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
-    }
-
-    pub fn overflow_spans(&self) -> u64 {
-        self.overflow_spans
     }
 }
 
@@ -535,12 +530,17 @@ mod tests {
         let mut table = EndpointTable::new(2);
         let s = svc("api");
         let now = 10 * SEC;
-        table.record(now, &s, "a", MS, StatusCode::Ok);
-        table.record(now, &s, "b", MS, StatusCode::Ok);
-        table.record(now, &s, "c", MS, StatusCode::Error);
-        table.record(now, &s, "d", MS, StatusCode::Ok);
+        let overflowed: Vec<bool> = [
+            ("a", StatusCode::Ok),
+            ("b", StatusCode::Ok),
+            ("c", StatusCode::Error),
+            ("d", StatusCode::Ok),
+        ]
+        .into_iter()
+        .map(|(e, status)| table.record(now, &s, e, MS, status))
+        .collect();
         assert_eq!(table.len(), 2);
-        assert_eq!(table.overflow_spans(), 2);
+        assert_eq!(overflowed, [false, false, true, true]);
         let rows = table.stats(now, Window::OneMinute, None);
         let overflow = rows
             .iter()
@@ -555,9 +555,8 @@ mod tests {
         );
         // Two hours later "a" and "b" are idle: a new endpoint takes a place.
         let later = now + 7_200 * SEC;
-        table.record(later, &s, "e", MS, StatusCode::Ok);
+        assert!(!table.record(later, &s, "e", MS, StatusCode::Ok));
         assert_eq!(table.len(), 1);
-        assert_eq!(table.overflow_spans(), 2);
     }
 
     #[test]

@@ -324,7 +324,7 @@ fn apply(shared: &Shared, group: &mut Vec<Job>, total: usize) {
     let now = now_nanos();
     let m = &shared.metrics;
     let mut stored_per_job = Vec::with_capacity(group.len());
-    let mut to_persist: Vec<Span> = Vec::new();
+    let mut to_persist = persist::Group::default();
     {
         let mut table = shared.table.lock();
         let mut endpoints = shared.endpoints.lock();
@@ -332,17 +332,19 @@ fn apply(shared: &Shared, group: &mut Vec<Job>, total: usize) {
             let mut stored = 0;
             for span in std::mem::take(&mut job.spans) {
                 let inserted = table.insert(span, |span| {
-                    if span.kind.is_entry() {
-                        endpoints.record(
+                    if span.kind.is_entry()
+                        && endpoints.record(
                             now,
                             &span.service,
                             &span.name,
                             span.duration_nanos(),
                             span.status,
-                        );
+                        )
+                    {
+                        m.overflow_spans.inc();
                     }
                     if shared.persist.is_some() {
-                        to_persist.push(span.clone());
+                        to_persist.add(span);
                     }
                 });
                 if inserted.stored {
@@ -363,27 +365,23 @@ fn apply(shared: &Shared, group: &mut Vec<Job>, total: usize) {
         m.stored_spans.set(size.spans as i64);
         m.stored_bytes.set(size.bytes as i64);
         m.endpoints.set(endpoints.len() as i64);
-        let overflow = endpoints.overflow_spans();
-        let counted = m.overflow_spans.get();
-        if overflow > counted {
-            m.overflow_spans.inc_by(overflow - counted);
-        }
     }
     if let Some(p) = &shared.persist
         && !to_persist.is_empty()
     {
         // Off the table lock: readers are not held up by the disk.
+        let spans = to_persist.len();
         let written = p.store.next_id().and_then(|group| {
             p.tree
-                .apply_batch(persist::write_ops(&to_persist, group, now / 1_000_000_000))
+                .apply_batch(to_persist.into_ops(group, now / 1_000_000_000))
         });
         match written {
             Ok(()) => {
-                m.persisted_spans.inc_by(to_persist.len() as u64);
+                m.persisted_spans.inc_by(spans as u64);
             }
             Err(e) => {
                 m.persist_failures.inc();
-                tracing::warn!(error = %e, spans = to_persist.len(), "persisting spans failed; they are kept in memory only");
+                tracing::warn!(error = %e, spans, "persisting spans failed; they are kept in memory only");
             }
         }
     }

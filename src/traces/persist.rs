@@ -30,36 +30,62 @@ fn record_key(trace_id: &TraceId, group: u64) -> Vec<u8> {
     key
 }
 
-/// The writes that persist one group of spans, arrived at `arrival_secs`.
-/// `group` must be unique for the store's lifetime (the store's id generator).
-pub fn write_ops(spans: &[Span], group: u64, arrival_secs: u64) -> Vec<BatchOp> {
-    let mut by_trace: BTreeMap<TraceId, Vec<pb::Span>> = BTreeMap::new();
-    for span in spans {
-        by_trace
+/// The spans the worker stored together, converted once as they are stored
+/// (no copy of the domain span is kept for the disk).
+#[derive(Debug, Default)]
+pub struct Group {
+    by_trace: BTreeMap<TraceId, Vec<pb::Span>>,
+    spans: usize,
+}
+
+impl Group {
+    pub fn add(&mut self, span: &Span) {
+        self.by_trace
             .entry(span.trace_id)
             .or_default()
             .push(to_gantry(span));
+        self.spans += 1;
     }
-    let mut ops = Vec::with_capacity(by_trace.len() + 1);
-    let mut index = Vec::with_capacity(4 + by_trace.len() * 16);
-    index.extend_from_slice(&u32::try_from(spans.len()).unwrap_or(u32::MAX).to_be_bytes());
-    for (trace_id, spans) in by_trace {
-        index.extend_from_slice(&trace_id);
-        let record = pb::Trace {
-            trace_id: trace_id.to_vec().into(),
-            spans,
-        };
-        ops.push(BatchOp::Insert(
-            record_key(&trace_id, group),
-            record.encode_to_vec(),
-        ));
+
+    pub fn len(&self) -> usize {
+        self.spans
     }
-    let mut key = Vec::with_capacity(17);
-    key.push(RETENTION);
-    key.extend_from_slice(&arrival_secs.to_be_bytes());
-    key.extend_from_slice(&group.to_be_bytes());
-    ops.push(BatchOp::Insert(key, index));
-    ops
+
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    /// The writes that persist the group, arrived at `arrival_secs`. `group`
+    /// must be unique for the store's lifetime (the store's id generator).
+    pub fn into_ops(self, group: u64, arrival_secs: u64) -> Vec<BatchOp> {
+        let mut ops = Vec::with_capacity(self.by_trace.len() + 1);
+        let mut index = Vec::with_capacity(4 + self.by_trace.len() * 16);
+        index.extend_from_slice(&u32::try_from(self.spans).unwrap_or(u32::MAX).to_be_bytes());
+        for (trace_id, spans) in self.by_trace {
+            index.extend_from_slice(&trace_id);
+            let record = pb::Trace {
+                trace_id: trace_id.to_vec().into(),
+                spans,
+            };
+            ops.push(BatchOp::Insert(
+                record_key(&trace_id, group),
+                record.encode_to_vec(),
+            ));
+        }
+        let mut key = Vec::with_capacity(17);
+        key.push(RETENTION);
+        key.extend_from_slice(&arrival_secs.to_be_bytes());
+        key.extend_from_slice(&group.to_be_bytes());
+        ops.push(BatchOp::Insert(key, index));
+        ops
+    }
+}
+
+#[cfg(test)]
+fn write_ops(spans: &[Span], group: u64, arrival_secs: u64) -> Vec<BatchOp> {
+    let mut g = Group::default();
+    spans.iter().for_each(|s| g.add(s));
+    g.into_ops(group, arrival_secs)
 }
 
 /// The persisted spans of one trace. Records that no longer decode are
