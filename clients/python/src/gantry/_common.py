@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from gantry.v1 import cache_pb2, query_pb2
 
 # gRPC's own retries (a service config), on UNAVAILABLE only: gantry
 # restarting or a connection reset; every other code is an answer.
@@ -74,3 +76,47 @@ def decision(resp) -> Decision:
         reset_after=seconds(resp.reset_after),
         waited=seconds(resp.waited),
     )
+
+
+def execution(sql: str, seconds_taken: float, rows: int, trace_id: str, service: str, dialect: str):
+    """One executed query, stamped now, as both recorders send it."""
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    return query_pb2.QueryExecution(sql=sql, dialect=dialect, duration=duration(seconds_taken),
+                                    rows=rows, service=service, trace_id=trace_id, time=now)
+
+
+class NearItems:
+    """What both near caches keep: local copies with their versions, a
+    generation bumped by every event (a read that raced one is not kept),
+    and whether the watch is live. Not locked: the sync cache locks around it."""
+
+    def __init__(self, max_entries: int):
+        self.items: Dict[str, Tuple[bytes, int]] = {}
+        self.generation = 0
+        self.live = False
+        self.max = max(1, max_entries)
+
+    def reset(self, live: bool) -> None:
+        self.generation += 1
+        self.live = live
+        self.items.clear()
+
+    def apply(self, event) -> None:
+        kinds = cache_pb2.WatchEvent
+        self.generation += 1
+        if event.kind == kinds.KIND_PUT:
+            held = self.items.get(event.key)
+            if held is not None and held[1] < event.version:
+                self.items[event.key] = (event.value, event.version)
+        elif event.kind in (kinds.KIND_DELETE, kinds.KIND_EXPIRE):
+            self.items.pop(event.key, None)
+        elif event.kind == kinds.KIND_RESYNC:
+            self.items.clear()
+
+    def remember(self, key: str, value: bytes, version: int, generation: int, live: bool) -> None:
+        """Keeps a value read from gantry, unless the watch was down or an event raced the read."""
+        if live and self.live and self.generation == generation:
+            if len(self.items) >= self.max:
+                self.items.pop(next(iter(self.items)))
+            self.items[key] = (value, version)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import Awaitable, Callable, Dict, Optional, Tuple, TypeVar
+from typing import Awaitable, Callable, Optional, Tuple, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf import timestamp_pb2
 
 from gantry.v1 import (
     cache_pb2,
@@ -23,7 +22,7 @@ from gantry.v1 import (
     traces_pb2_grpc,
 )
 
-from ._common import CHANNEL_OPTIONS, Decision, NotGranted, decision, duration
+from ._common import CHANNEL_OPTIONS, Decision, NearItems, NotGranted, decision, duration, execution
 
 T = TypeVar("T")
 
@@ -129,16 +128,9 @@ class AsyncNearCache:
     `async with` or `await close()`."""
 
     def __init__(self, cache: AsyncCache, prefix: str = "", max_entries: int = 10_000):
-        self._cache, self._prefix, self._max = cache, prefix, max(1, max_entries)
-        self._items: Dict[str, Tuple[bytes, int]] = {}
-        self._gen = 0
-        self._live = False
+        self._cache, self._prefix = cache, prefix
+        self._near = NearItems(max_entries)
         self._task = asyncio.get_running_loop().create_task(self._watch())
-
-    def _reset(self, live: bool) -> None:
-        self._gen += 1
-        self._live = live
-        self._items.clear()
 
     async def _watch(self) -> None:
         backoff = 0.05
@@ -147,42 +139,28 @@ class AsyncNearCache:
                 call = self._cache._gantry.cache.Watch(
                     cache_pb2.WatchRequest(namespace=self._cache.namespace, key_prefix=self._prefix, include_values=True))
                 await call.initial_metadata()
-                self._reset(True)
+                self._near.reset(True)
                 async for event in call:
-                    self._apply(event)
+                    self._near.apply(event)
                     backoff = 0.05
             except grpc.RpcError:
                 pass
-            self._reset(False)
+            self._near.reset(False)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    def _apply(self, event) -> None:
-        kinds = cache_pb2.WatchEvent
-        self._gen += 1
-        if event.kind == kinds.KIND_PUT:
-            held = self._items.get(event.key)
-            if held is not None and held[1] < event.version:
-                self._items[event.key] = (event.value, event.version)
-        elif event.kind in (kinds.KIND_DELETE, kinds.KIND_EXPIRE):
-            self._items.pop(event.key, None)
-        elif event.kind == kinds.KIND_RESYNC:
-            self._items.clear()
-
     async def get(self, key: str) -> Optional[bytes]:
-        held = self._items.get(key)
+        held = self._near.items.get(key)
         if held is not None:
             return held[0]
-        gen, live = self._gen, self._live
+        generation, live = self._near.generation, self._near.live
         value, version = await self._cache.get(key)
-        if value is not None and live and self._gen == gen and self._live:
-            if len(self._items) >= self._max:
-                self._items.pop(next(iter(self._items)))
-            self._items[key] = (value, version)
+        if value is not None:
+            self._near.remember(key, value, version, generation, live)
         return value
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._near.items)
 
     async def close(self) -> None:
         self._task.cancel()
@@ -272,12 +250,8 @@ class AsyncQueryRecorder:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def record(self, sql: str, seconds_taken: float, rows: int = 0, trace_id: str = "") -> bool:
-        now = timestamp_pb2.Timestamp()
-        now.GetCurrentTime()
-        execution = query_pb2.QueryExecution(sql=sql, dialect=self.dialect, duration=duration(seconds_taken),
-                                             rows=rows, service=self.service, trace_id=trace_id, time=now)
         try:
-            self._queue.put_nowait(execution)
+            self._queue.put_nowait(execution(sql, seconds_taken, rows, trace_id, self.service, self.dialect))
             return True
         except asyncio.QueueFull:
             self.dropped += 1

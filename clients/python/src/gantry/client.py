@@ -6,10 +6,9 @@ import functools
 import queue
 import threading
 import time
-from typing import Callable, Dict, Optional, Tuple, TypeVar
+from typing import Callable, Optional, Tuple, TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from gantry.v1 import (
     cache_pb2,
@@ -23,7 +22,7 @@ from gantry.v1 import (
     traces_pb2_grpc,
 )
 
-from ._common import CHANNEL_OPTIONS, Decision, NotGranted, decision, duration
+from ._common import CHANNEL_OPTIONS, Decision, NearItems, NotGranted, decision, duration, execution
 
 F = TypeVar("F", bound=Callable)
 
@@ -151,21 +150,12 @@ class NearCache:
     def __init__(self, cache: Cache, prefix: str = "", max_entries: int = 10_000):
         self._cache = cache
         self._prefix = prefix
-        self._max = max(1, max_entries)
-        self._items: Dict[str, Tuple[bytes, int]] = {}
+        self._near = NearItems(max_entries)
         self._lock = threading.Lock()
-        self._gen = 0
-        self._live = False
         self._closed = threading.Event()
         self._call = None
         self._thread = threading.Thread(target=self._watch, name="gantry-near-cache", daemon=True)
         self._thread.start()
-
-    def _reset(self, live: bool) -> None:
-        with self._lock:
-            self._gen += 1
-            self._live = live
-            self._items.clear()
 
     def _watch(self) -> None:
         backoff = 0.05
@@ -176,49 +166,34 @@ class NearCache:
                 )
                 # Headers arrive once gantry has subscribed: from then on every change reaches us.
                 self._call.initial_metadata()
-                self._reset(True)
+                with self._lock:
+                    self._near.reset(True)
                 for event in self._call:
-                    self._apply(event)
+                    with self._lock:
+                        self._near.apply(event)
                     backoff = 0.05
             except grpc.RpcError:
                 pass
-            self._reset(False)
+            with self._lock:
+                self._near.reset(False)
             self._closed.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    def _apply(self, event) -> None:
-        kinds = cache_pb2.WatchEvent
-        with self._lock:
-            self._gen += 1
-            if event.kind == kinds.KIND_PUT:
-                held = self._items.get(event.key)
-                if held is not None and held[1] < event.version:
-                    self._items[event.key] = (event.value, event.version)
-            elif event.kind in (kinds.KIND_DELETE, kinds.KIND_EXPIRE):
-                self._items.pop(event.key, None)
-            elif event.kind == kinds.KIND_RESYNC:
-                self._items.clear()
-
     def get(self, key: str) -> Optional[bytes]:
         with self._lock:
-            held = self._items.get(key)
-            gen, live = self._gen, self._live
+            held = self._near.items.get(key)
+            generation, live = self._near.generation, self._near.live
         if held is not None:
             return held[0]
         value, version = self._cache.get(key)
-        if value is None or not live:
-            return value
-        with self._lock:
-            # Kept only when no event raced the read: never a stale copy.
-            if self._gen == gen and self._live:
-                if len(self._items) >= self._max:
-                    self._items.pop(next(iter(self._items)))
-                self._items[key] = (value, version)
+        if value is not None:
+            with self._lock:
+                self._near.remember(key, value, version, generation, live)
         return value
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._items)
+            return len(self._near.items)
 
     def close(self) -> None:
         self._closed.set()
@@ -313,12 +288,8 @@ class QueryRecorder:
         self._thread.start()
 
     def record(self, sql: str, seconds_taken: float, rows: int = 0, trace_id: str = "") -> bool:
-        now = timestamp_pb2.Timestamp()
-        now.GetCurrentTime()
-        execution = query_pb2.QueryExecution(sql=sql, dialect=self.dialect, duration=duration(seconds_taken),
-                                             rows=rows, service=self.service, trace_id=trace_id, time=now)
         try:
-            self._queue.put_nowait(execution)
+            self._queue.put_nowait(execution(sql, seconds_taken, rows, trace_id, self.service, self.dialect))
             return True
         except queue.Full:
             self.dropped += 1
