@@ -75,13 +75,13 @@ export class Gantry {
     this.rateLimiter.close();
   }
 
-  /** Calls a unary method with a deadline, retrying UNAVAILABLE with backoff. */
-  async call<Req, Res>(client: object, method: Unary<Req, Res>, request: Req, waitMs = 0): Promise<Res> {
+  /** Calls a unary method with a deadline (`waitMs` plus `timeoutMs`), retrying UNAVAILABLE with backoff. */
+  async call<Req, Res>(client: object, method: Unary<Req, Res>, request: Req, waitMs = 0, timeoutMs = this.timeoutMs): Promise<Res> {
     let backoff = 50;
     for (let attempt = 0; ; attempt++) {
       try {
         return await new Promise<Res>((resolve, reject) =>
-          method.call(client, request, new Metadata(), { deadline: Date.now() + waitMs + this.timeoutMs }, (err, res) =>
+          method.call(client, request, new Metadata(), { deadline: Date.now() + waitMs + timeoutMs }, (err, res) =>
             err ? reject(err) : resolve(res),
           ),
         );
@@ -167,7 +167,8 @@ export class Lease {
   private async renew(every: number): Promise<void> {
     const g = this.gantry;
     try {
-      const res = await g.call(g.leases, g.leases.renew, { leaseId: this.id, ttl: duration(this.ttlMs) }, -g.timeoutMs + every);
+      // A renewal that takes longer than its own interval is as good as lost.
+      const res = await g.call(g.leases, g.leases.renew, { leaseId: this.id, ttl: duration(this.ttlMs) }, 0, every);
       if (res.expiresAt) this.expiresAt = res.expiresAt;
     } catch (err) {
       if ((err as ServiceError).code === status.NOT_FOUND || Date.now() > this.expiresAt.getTime()) {
