@@ -38,8 +38,6 @@ pub enum QueryError {
     Invalid { field: String, reason: String },
     #[error("{count} executions in one request, more than query.max_batch ({max})")]
     BatchTooLarge { count: usize, max: usize },
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 impl From<QueryError> for crate::error::ApiError {
@@ -48,7 +46,6 @@ impl From<QueryError> for crate::error::ApiError {
         match err {
             QueryError::Invalid { field, reason } => ApiError::invalid(field, reason),
             QueryError::BatchTooLarge { .. } => ApiError::invalid("executions", err.to_string()),
-            QueryError::Store(e) => e.into(),
         }
     }
 }
