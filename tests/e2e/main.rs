@@ -3,6 +3,7 @@
 
 mod cache;
 mod cache_process;
+mod clients;
 mod common;
 mod docs;
 mod foundation;
