@@ -60,6 +60,20 @@ pub struct ServerConfig {
     /// How often the configuration file is checked for changes (hot reload of
     /// `[ratelimit]`); 0s turns polling off (SIGHUP still reloads).
     pub config_poll_interval: HumanDuration,
+    /// Which HTTP/2 server carries the gRPC services.
+    pub transport: Transport,
+}
+
+/// The HTTP/2 server under the gRPC services (docs/benchmarks.md, "gantry's transport").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// gantry's own connection driver on the `h2` crate: short calls answered
+    /// in the connection's task, replies written together.
+    #[default]
+    H2,
+    /// tonic's built-in server (hyper): a task per call.
+    Hyper,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +88,7 @@ impl Default for ServerConfig {
             shutdown_grace: HumanDuration::from_secs(10),
             tcp_keepalive: HumanDuration::from_secs(60),
             config_poll_interval: HumanDuration::from_secs(2),
+            transport: Transport::H2,
         }
     }
 }

@@ -37,7 +37,11 @@ pub fn duration_to_pb(d: Duration) -> prost_types::Duration {
 
 /// The caller's deadline, from `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
 pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value (`100m`, `5S`, …) as a duration.
+pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
     if raw.len() < 2 || raw.len() > 9 {
         return None;
     }

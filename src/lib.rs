@@ -17,6 +17,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod traces;
+pub mod transport;
 pub mod waitqueue;
 pub mod wallclock;
 

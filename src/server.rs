@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use tonic_health::server::HealthReporter;
 use crate::cache::CacheEngine;
 use crate::cache::service::CacheService;
 use crate::cache::stats::CacheCollector;
-use crate::config::Config;
+use crate::config::{Config, Transport};
 use crate::lanes::{Lanes, default_lanes};
 use crate::leases::LeaseManager;
 use crate::leases::metrics::LeaseMetrics;
@@ -43,11 +44,32 @@ use crate::traces::Traces;
 use crate::traces::forward::{ForwardSettings, Forwarder};
 use crate::traces::metrics::{SpanMetricsCollector, TracesMetrics};
 use crate::traces::service::{OtlpTraceService, TracesService};
+use crate::transport;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 
 /// Queue depth of each lane; a full lane makes callers run their work in place.
 const COALESCE_DEPTH: usize = 4096;
+
+/// HTTP/2 PINGs on every connection, so dead peers are noticed.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Calls that answer at once from memory (or wait without using CPU): with
+/// `server.transport = "h2"` they run in their connection's task, so their
+/// replies leave together. Everything else gets a task of its own.
+const INLINE_PATHS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/gantry.v1.RateLimiter/Acquire",
+    "/gantry.v1.RateLimiter/AcquireBatch",
+    "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+    "/gantry.v1.Cache/Get",
+    "/gantry.v1.Cache/Put",
+    "/gantry.v1.Cache/Delete",
+    "/gantry.v1.Leases/Acquire",
+    "/gantry.v1.Leases/Renew",
+    "/gantry.v1.Leases/Release",
+];
 
 /// Envoy's rate-limit service, served beside gantry's own.
 pub const ENVOY_RLS: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -286,13 +308,19 @@ impl Gantry {
         );
 
         // One set of lanes (a task per core) for every service that coalesces.
-        let lanes = (config.ratelimit.coalesce || config.cache.coalesce)
-            .then(|| Lanes::spawn(default_lanes(), COALESCE_DEPTH));
+        // Lanes group the replies of hyper's task-per-call server; gantry's own
+        // transport already answers short calls together per connection, and
+        // there the extra hop only costs (docs/benchmarks.md).
+        let hyper = server_cfg.transport == Transport::Hyper;
+        let rl_coalesce = config.ratelimit.coalesce && hyper;
+        let cache_coalesce = config.cache.coalesce && hyper;
+        let lanes =
+            (rl_coalesce || cache_coalesce).then(|| Lanes::spawn(default_lanes(), COALESCE_DEPTH));
         let coalescer = lanes
             .clone()
-            .filter(|_| config.ratelimit.coalesce)
+            .filter(|_| rl_coalesce)
             .map(|lanes| Coalescer::new(limiter.clone(), lanes));
-        let cache_lanes = lanes.filter(|_| config.cache.coalesce);
+        let cache_lanes = lanes.filter(|_| cache_coalesce);
 
         // Every service gets the same message limit and gzip both ways;
         // span ingestion has its own, larger limit (OTLP batches are large).
@@ -310,42 +338,41 @@ impl Gantry {
         }
         let traces_limit = usize::try_from(config.traces.max_message_bytes).unwrap_or(usize::MAX);
 
-        let router = tonic::transport::Server::builder()
-            .timeout(server_cfg.request_timeout.get())
-            .concurrency_limit_per_connection(server_cfg.max_concurrent_streams as usize)
-            .max_concurrent_streams(server_cfg.max_concurrent_streams)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .layer(layer)
-            .add_service(limited!(health_service))
-            .add_service(limited!(reflection_v1))
-            .add_service(limited!(reflection_v1alpha))
-            .add_service(limited!(pb::rate_limiter_server::RateLimiterServer::new(
-                RateLimiterService::new(limiter.clone(), coalescer)
-            )))
-            .add_service(limited!(RateLimitServiceServer::new(
-                EnvoyRateLimitService::new(limiter.clone())
-            )))
-            .add_service(limited!(pb::cache_server::CacheServer::new(
-                CacheService::new(cache.clone(), cache_lanes)
-            )))
-            .add_service(limited!(
-                pb::query_analyzer_server::QueryAnalyzerServer::new(QueryService::new(
-                    query.clone(),
-                    &config.query
-                ))
-            ))
-            .add_service(limited!(
-                pb::traces_server::TracesServer::new(TracesService::new(traces.clone())),
-                traces_limit
-            ))
-            .add_service(limited!(
-                TraceServiceServer::new(OtlpTraceService::new(traces.clone())),
-                traces_limit
-            ))
-            .add_service(limited!(pb::leases_server::LeasesServer::new(
-                LeasesService::new(leases.clone())
-            )));
+        // The same services on either transport (`server.transport`).
+        macro_rules! with_services {
+            ($router:expr) => {
+                $router
+                    .add_service(limited!(health_service.clone()))
+                    .add_service(limited!(reflection_v1.clone()))
+                    .add_service(limited!(reflection_v1alpha.clone()))
+                    .add_service(limited!(pb::rate_limiter_server::RateLimiterServer::new(
+                        RateLimiterService::new(limiter.clone(), coalescer.clone())
+                    )))
+                    .add_service(limited!(RateLimitServiceServer::new(
+                        EnvoyRateLimitService::new(limiter.clone())
+                    )))
+                    .add_service(limited!(pb::cache_server::CacheServer::new(
+                        CacheService::new(cache.clone(), cache_lanes.clone())
+                    )))
+                    .add_service(limited!(
+                        pb::query_analyzer_server::QueryAnalyzerServer::new(QueryService::new(
+                            query.clone(),
+                            &config.query
+                        ))
+                    ))
+                    .add_service(limited!(
+                        pb::traces_server::TracesServer::new(TracesService::new(traces.clone())),
+                        traces_limit
+                    ))
+                    .add_service(limited!(
+                        TraceServiceServer::new(OtlpTraceService::new(traces.clone())),
+                        traces_limit
+                    ))
+                    .add_service(limited!(pb::leases_server::LeasesServer::new(
+                        LeasesService::new(leases.clone())
+                    )))
+            };
+        }
 
         let incoming = TcpIncoming::from(grpc_listener)
             .with_nodelay(Some(true))
@@ -423,7 +450,38 @@ impl Gantry {
             set_all(&reporter, ServingStatus::NotServing).await;
             tracing::info!("shutting down: health NOT_SERVING, no new connections, draining calls");
         };
-        let server = router.serve_with_incoming_shutdown(incoming, signal);
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match server_cfg.transport {
+                Transport::H2 => {
+                    let settings = transport::Settings {
+                        max_concurrent_streams: server_cfg.max_concurrent_streams,
+                        request_timeout: server_cfg.request_timeout.get(),
+                        keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
+                        keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
+                        inline_paths: INLINE_PATHS.into(),
+                    };
+                    let service = tower::ServiceBuilder::new()
+                        .layer(layer)
+                        .service(with_services!(transport::Router::default()));
+                    Box::pin(async move {
+                        transport::serve(incoming, service, settings, signal).await;
+                        Ok(())
+                    })
+                }
+                Transport::Hyper => Box::pin(
+                    tonic::transport::Server::builder()
+                        .timeout(server_cfg.request_timeout.get())
+                        .concurrency_limit_per_connection(
+                            server_cfg.max_concurrent_streams as usize,
+                        )
+                        .max_concurrent_streams(server_cfg.max_concurrent_streams)
+                        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+                        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+                        .layer(layer)
+                        .add_routes(with_services!(tonic::service::Routes::default()).prepare())
+                        .serve_with_incoming_shutdown(incoming, signal),
+                ),
+            };
         tokio::pin!(server);
 
         let grace = server_cfg.shutdown_grace.get();

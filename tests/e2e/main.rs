@@ -15,3 +15,4 @@ mod query;
 mod ratelimit;
 mod ratelimit_process;
 mod traces;
+mod transport;

@@ -1,0 +1,267 @@
+//! gantry's HTTP/2 server for its gRPC services (`server.transport = "h2"`,
+//! the default): the `h2` crate driven by one task per connection, in which
+//! short calls are answered without a task of their own.
+//!
+//! Why not hyper's server (which tonic's `Server` uses, and which stays
+//! available as `server.transport = "hyper"`): hyper gives every call its own
+//! task and the connection flushes whenever it is polled, so under load most
+//! replies leave in a write system call each. Here the connection accepts
+//! every stream that has arrived, runs the short ones to their answer, and
+//! only then lets `h2` flush — many replies in one write. Measured with the
+//! same service stack in one run: docs/benchmarks.md, "gantry's transport".
+//!
+//! Calls that can take long or use much CPU (streams, span batches, SQL
+//! analysis, waits) still get a task each, so one connection's heavy call
+//! neither blocks its other calls nor keeps the work off the other cores.
+
+mod router;
+mod stream;
+
+pub use router::Router;
+
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::{Request, Response};
+use http_body::Body;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::{Service, ServiceExt};
+
+use crate::grpc::parse_grpc_timeout;
+
+/// HTTP/2 settings, as hyper's server sets them by default unless named here.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_concurrent_streams: u32,
+    /// Upper bound on any call; a shorter `grpc-timeout` wins.
+    pub request_timeout: Duration,
+    /// PING an idle-looking connection this often…
+    pub keepalive_interval: Duration,
+    /// …and close it when the answer takes longer than this.
+    pub keepalive_timeout: Duration,
+    /// Paths answered in the connection's own task: calls that answer at once
+    /// from memory. Every other call gets a task of its own.
+    pub inline_paths: Arc<[&'static str]>,
+}
+
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// A client that opens a connection and never says hello is dropped after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type CallFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves `service` on every connection from `incoming` until `shutdown`;
+/// then stops accepting, tells each connection to finish (HTTP/2 GOAWAY),
+/// and returns once every connection has closed.
+pub async fn serve<I, S, B>(
+    mut incoming: I,
+    service: S,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) where
+    I: futures_util::Stream<Item = std::io::Result<TcpStream>> + Unpin,
+    S: Service<Request<tonic::body::Body>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    let settings = Arc::new(settings);
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let socket = tokio::select! {
+            () = &mut shutdown => break,
+            next = incoming.next() => match next {
+                Some(Ok(socket)) => socket,
+                Some(Err(e)) => {
+                    // Out of file descriptors and the like: keep serving the
+                    // connections there are; tonic's incoming already backs off.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    continue;
+                }
+                None => break,
+            },
+        };
+        connections.spawn(connection(
+            socket,
+            service.clone(),
+            settings.clone(),
+            closing.clone(),
+        ));
+    }
+    // Closing the listener refuses new connections while the old ones drain.
+    drop(incoming);
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
+}
+
+/// One connection: accept every stream that has arrived, start each call,
+/// run the short ones until nothing more is ready, and only then poll the
+/// connection again (which is when `h2` writes what the calls queued).
+async fn connection<S, B>(
+    socket: TcpStream,
+    service: S,
+    settings: Arc<Settings>,
+    closing: CancellationToken,
+) where
+    S: Service<Request<tonic::body::Body>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .handshake::<_, Bytes>(socket);
+    let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("HTTP/2 handshake timed out");
+            return;
+        }
+    };
+    let mut keepalive = std::pin::pin!(keepalive(
+        conn.ping_pong(),
+        settings.keepalive_interval,
+        settings.keepalive_timeout
+    ));
+    let mut closing = std::pin::pin!(closing.cancelled_owned());
+    let mut going_away = false;
+    let mut calls: FuturesUnordered<CallFuture> = FuturesUnordered::new();
+
+    let result = poll_fn(move |cx| {
+        if !going_away && closing.as_mut().poll(cx).is_ready() {
+            going_away = true;
+            conn.graceful_shutdown();
+        }
+        if keepalive.as_mut().poll(cx).is_ready() {
+            tracing::debug!("HTTP/2 keepalive: no PING answer in time; closing the connection");
+            conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let mut progressed = false;
+            // Polling the connection reads what arrived and writes what the
+            // calls queued since the last time.
+            loop {
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((request, respond)))) => {
+                        progressed = true;
+                        let call = call(request, respond, &service, &settings);
+                        if call.inline {
+                            calls.push(call.future);
+                        } else {
+                            tokio::spawn(call.future);
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => break,
+                }
+            }
+            while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {
+                progressed = true;
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+struct Call {
+    future: CallFuture,
+    inline: bool,
+}
+
+fn call<S, B>(
+    request: Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+    service: &S,
+    settings: &Settings,
+) -> Call
+where
+    S: Service<Request<tonic::body::Body>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    let inline = settings.inline_paths.contains(&request.uri().path());
+    let client_deadline = request
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    let deadline = Some(client_deadline.map_or(settings.request_timeout, |d| {
+        d.min(settings.request_timeout)
+    }));
+    let request = stream::request(request);
+    let service = service.clone();
+    let future = Box::pin(async move {
+        let answer = async move {
+            match service.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        };
+        if let Err(end) = stream::serve(answer, respond, deadline).await {
+            tracing::debug!(error = %end, "call ended early");
+        }
+    });
+    Call { future, inline }
+}
+
+/// Resolves when the peer fails to answer a PING within `timeout`; PINGs
+/// every `interval`. Never resolves when pings are unavailable.
+async fn keepalive(ping_pong: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
+    let Some(mut ping_pong) = ping_pong else {
+        return std::future::pending().await;
+    };
+    if interval.is_zero() {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            // The connection is closing; the accept loop sees it.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
+    }
+}
