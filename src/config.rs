@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub config_poll_interval: HumanDuration,
     /// Which HTTP/2 server carries the gRPC services.
     pub transport: Transport,
+    /// With the h2 transport: answer immediate rate-limit `Acquire` calls
+    /// from their request bytes, without tonic's per-call machinery.
+    pub direct_calls: bool,
 }
 
 /// The HTTP/2 server under the gRPC services (docs/benchmarks.md, "gantry's transport").
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             tcp_keepalive: HumanDuration::from_secs(60),
             config_poll_interval: HumanDuration::from_secs(2),
             transport: Transport::H2,
+            direct_calls: true,
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::query::service::QueryService;
 use crate::ratelimit::coalesce::Coalescer;
 use crate::ratelimit::envoy::EnvoyRateLimitService;
 use crate::ratelimit::metrics::RateLimitMetrics;
-use crate::ratelimit::service::RateLimiterService;
+use crate::ratelimit::service::{DirectAcquire, RateLimiterService};
 use crate::ratelimit::{RateLimiter, persist as rl_persist};
 use crate::reload::{ConfigSource, ReloadTargets, Reloader};
 use crate::store::{self, Domain, Store, StoreError};
@@ -459,6 +459,17 @@ impl Gantry {
                         keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
                         keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
                         inline_paths: INLINE_PATHS.into(),
+                        direct: server_cfg.direct_calls.then(|| {
+                            let acquire: Arc<dyn transport::DirectUnary> =
+                                Arc::new(DirectAcquire::new(limiter.clone()));
+                            Arc::new(transport::DirectCalls {
+                                layer: layer.clone(),
+                                max_message_bytes: limit,
+                                methods: [("/gantry.v1.RateLimiter/Acquire", acquire)]
+                                    .into_iter()
+                                    .collect(),
+                            })
+                        }),
                     };
                     let service = tower::ServiceBuilder::new()
                         .layer(layer)

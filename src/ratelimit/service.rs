@@ -1,5 +1,6 @@
 //! `gantry.v1.RateLimiter` over gRPC: converts and validates, then asks the limiter.
 
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::coalesce::{Coalescer, OwnedAcquire};
@@ -8,6 +9,7 @@ use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb, grpc_timeout, wait_within_deadline};
 use crate::proto::gantry::v1 as pb;
+use crate::transport::direct::{Begin, DirectUnary};
 
 pub struct RateLimiterService {
     limiter: RateLimiter,
@@ -43,6 +45,44 @@ fn decide_batch(
     Ok(pb::AcquireBatchResponse {
         responses: outcomes.into_iter().map(to_pb).collect(),
     })
+}
+
+/// Immediate `Acquire` calls, answered by the transport from their request
+/// bytes (src/transport/direct.rs) with the same validation, decision and
+/// errors as [`RateLimiterService`]'s `acquire`. Calls that may wait go the
+/// service path.
+pub struct DirectAcquire {
+    limiter: RateLimiter,
+}
+
+impl DirectAcquire {
+    pub fn new(limiter: RateLimiter) -> Self {
+        Self { limiter }
+    }
+}
+
+impl DirectUnary for DirectAcquire {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Vec<u8>, Status>> {
+        // Undecodable requests get tonic's own error on the service path.
+        let r = pb::AcquireRequest::decode(message).ok()?;
+        if r.max_wait.is_some_and(|d| d.seconds != 0 || d.nanos != 0) {
+            return None;
+        }
+        if let Err(shed) = begin() {
+            return Some(Err(shed));
+        }
+        Some(acquire_now(&self.limiter, &r).map(|answer| answer.encode_to_vec()))
+    }
+}
+
+/// An immediate decision (no `max_wait`).
+fn acquire_now(
+    limiter: &RateLimiter,
+    r: &pb::AcquireRequest,
+) -> Result<pb::AcquireResponse, Status> {
+    let req = to_domain(r, None)?;
+    let outcome = limiter.try_acquire(&req).map_err(ApiError::from)?;
+    Ok(to_pb(outcome))
 }
 
 fn to_pb(o: Outcome) -> pb::AcquireResponse {

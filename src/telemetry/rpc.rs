@@ -232,59 +232,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
 
-        let method = shared
-            .methods
-            .get(req.uri().path())
-            .unwrap_or(&shared.unknown)
-            .clone();
-        method.started.inc();
-        // INFO when the span is exported (it is part of the caller's trace),
-        // DEBUG otherwise: a span per call costs time on the hot path.
-        macro_rules! request_span {
-            ($level:expr) => {
-                tracing::span!(
-                    $level,
-                    "grpc.request",
-                    otel.name = %req.uri().path().trim_start_matches('/'),
-                    otel.kind = "server",
-                    rpc.system = "grpc",
-                    rpc.service = %method.labels.grpc_service,
-                    rpc.method = %method.labels.grpc_method,
-                    rpc.grpc.status_code = tracing::field::Empty,
-                    otel.status_code = tracing::field::Empty,
-                )
-            };
-        }
-        let span = if shared.propagate_context {
-            request_span!(tracing::Level::INFO)
-        } else {
-            request_span!(tracing::Level::DEBUG)
-        };
-        if shared.propagate_context {
-            use tracing_opentelemetry::OpenTelemetrySpanExt;
-            let parent = opentelemetry::global::get_text_map_propagator(|p| {
-                p.extract(&HeaderExtractor(req.headers()))
-            });
-            // Fails only when no OpenTelemetry layer is installed; then there is
-            // nothing to continue and the span stays a root.
-            let _ = span.set_parent(parent);
-        }
-        let mut call = CallRecord {
-            shared: shared.clone(),
-            method,
-            start: Instant::now(),
-            span: span.clone(),
-            done: false,
-        };
+        let mut call = CallRecord::start(&shared, req.uri().path(), req.headers());
+        let span = call.span.clone();
 
         Box::pin(
             async move {
                 let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
-                    shared.metrics.shed.inc();
-                    let status = tonic::Status::from(ApiError::ResourceExhausted(format!(
-                        "server overloaded: {} calls in flight (server.max_inflight = {}); retry with backoff",
-                        shared.max_inflight, shared.max_inflight
-                    )));
+                    let status = shed(&shared);
                     call.finish(status.code());
                     let (parts, ()) = status.into_http::<()>().into_parts();
                     return Ok(Response::from_parts(parts, RpcBody::empty()));
@@ -314,6 +268,62 @@ where
     }
 }
 
+/// Counts a call shed for `server.max_inflight` and says so.
+fn shed(shared: &Shared) -> tonic::Status {
+    shared.metrics.shed.inc();
+    tonic::Status::from(ApiError::ResourceExhausted(format!(
+        "server overloaded: {} calls in flight (server.max_inflight = {}); retry with backoff",
+        shared.max_inflight, shared.max_inflight
+    )))
+}
+
+impl RpcLayer {
+    /// Starts the record of a call that the transport answers itself, without
+    /// passing through this layer's service (src/transport's direct calls):
+    /// counted, timed, traced and shed exactly like every other call.
+    pub fn start_direct(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<DirectCall, tonic::Status> {
+        let shared = &self.shared;
+        let mut call = CallRecord::start(shared, path, headers);
+        let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
+            let status = shed(shared);
+            call.finish(status.code());
+            return Err(status);
+        };
+        shared.metrics.inflight.inc();
+        Ok(DirectCall {
+            call,
+            _permit: permit,
+        })
+    }
+}
+
+/// A call answered by the transport itself; its outcome is recorded by
+/// [`DirectCall::finish`], or as CANCELLED when it is dropped unfinished.
+pub struct DirectCall {
+    call: CallRecord,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl DirectCall {
+    pub fn span(&self) -> &tracing::Span {
+        &self.call.span
+    }
+
+    pub fn finish(mut self, code: tonic::Code) {
+        self.call.finish(code);
+    }
+}
+
+impl Drop for DirectCall {
+    fn drop(&mut self) {
+        self.call.shared.metrics.inflight.dec();
+    }
+}
+
 /// Records a call's outcome exactly once: when the status is seen, or on drop
 /// (a client that went away before the end counts as CANCELLED).
 struct CallRecord {
@@ -325,6 +335,51 @@ struct CallRecord {
 }
 
 impl CallRecord {
+    /// Counts the call as started and opens its span (continuing the caller's
+    /// trace when our spans are exported).
+    fn start(shared: &Arc<Shared>, path: &str, headers: &HeaderMap) -> Self {
+        let method = shared.methods.get(path).unwrap_or(&shared.unknown).clone();
+        method.started.inc();
+        // INFO when the span is exported (it is part of the caller's trace),
+        // DEBUG otherwise: a span per call costs time on the hot path.
+        macro_rules! request_span {
+            ($level:expr) => {
+                tracing::span!(
+                    $level,
+                    "grpc.request",
+                    otel.name = %path.trim_start_matches('/'),
+                    otel.kind = "server",
+                    rpc.system = "grpc",
+                    rpc.service = %method.labels.grpc_service,
+                    rpc.method = %method.labels.grpc_method,
+                    rpc.grpc.status_code = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                )
+            };
+        }
+        let span = if shared.propagate_context {
+            request_span!(tracing::Level::INFO)
+        } else {
+            request_span!(tracing::Level::DEBUG)
+        };
+        if shared.propagate_context {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let parent = opentelemetry::global::get_text_map_propagator(|p| {
+                p.extract(&HeaderExtractor(headers))
+            });
+            // Fails only when no OpenTelemetry layer is installed; then there is
+            // nothing to continue and the span stays a root.
+            let _ = span.set_parent(parent);
+        }
+        Self {
+            shared: shared.clone(),
+            method,
+            start: Instant::now(),
+            span,
+            done: false,
+        }
+    }
+
     fn finish(&mut self, code: tonic::Code) {
         if self.done {
             return;

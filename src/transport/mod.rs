@@ -14,9 +14,11 @@
 //! analysis, waits) still get a task each, so one connection's heavy call
 //! neither blocks its other calls nor keeps the work off the other cores.
 
+pub mod direct;
 mod router;
 mod stream;
 
+pub use direct::{DirectCalls, DirectUnary};
 pub use router::Router;
 
 use std::convert::Infallible;
@@ -38,7 +40,7 @@ use tower::{Service, ServiceExt};
 use crate::grpc::parse_grpc_timeout;
 
 /// HTTP/2 settings, as hyper's server sets them by default unless named here.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub max_concurrent_streams: u32,
     /// Upper bound on any call; a shorter `grpc-timeout` wins.
@@ -50,6 +52,8 @@ pub struct Settings {
     /// Paths answered in the connection's own task: calls that answer at once
     /// from memory. Every other call gets a task of its own.
     pub inline_paths: Arc<[&'static str]>,
+    /// Unary methods answered from their request bytes (`server.direct_calls`).
+    pub direct: Option<Arc<DirectCalls>>,
 }
 
 const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -221,7 +225,6 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError> + Send,
 {
-    let inline = settings.inline_paths.contains(&request.uri().path());
     let client_deadline = request
         .headers()
         .get("grpc-timeout")
@@ -230,20 +233,53 @@ where
     let deadline = Some(client_deadline.map_or(settings.request_timeout, |d| {
         d.min(settings.request_timeout)
     }));
-    let request = stream::request(request);
     let service = service.clone();
-    let future = Box::pin(async move {
-        let answer = async move {
-            match service.oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }
+    if let Some(direct) = &settings.direct
+        && let Some(handler) = direct.handler(&request)
+    {
+        let direct = direct.clone();
+        let future = Box::pin(direct::serve(
+            request,
+            respond,
+            handler,
+            direct,
+            move |request, respond| through_service(service, request, respond, deadline),
+        ));
+        return Call {
+            future,
+            inline: true,
         };
-        if let Err(end) = stream::serve(answer, respond, deadline).await {
-            tracing::debug!(error = %end, "call ended early");
-        }
-    });
+    }
+    let inline = settings.inline_paths.contains(&request.uri().path());
+    let future = Box::pin(through_service(
+        service,
+        stream::request(request),
+        respond,
+        deadline,
+    ));
     Call { future, inline }
+}
+
+/// A call through the service stack (tonic), answered on its stream.
+async fn through_service<S, B>(
+    service: S,
+    request: Request<tonic::body::Body>,
+    respond: h2::server::SendResponse<Bytes>,
+    deadline: Option<Duration>,
+) where
+    S: Service<Request<tonic::body::Body>, Response = Response<B>, Error = Infallible>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError> + Send,
+{
+    let answer = async move {
+        match service.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    };
+    if let Err(end) = stream::serve(answer, respond, deadline).await {
+        tracing::debug!(error = %end, "call ended early");
+    }
 }
 
 /// Resolves when the peer fails to answer a PING within `timeout`; PINGs

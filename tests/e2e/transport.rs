@@ -228,3 +228,140 @@ async fn h2_transport_timeouts_and_cancellation() {
 async fn hyper_transport_timeouts_and_cancellation() {
     timeouts_and_cancellation(Transport::Hyper).await;
 }
+
+/// Immediate Acquire calls answered directly by the transport give the same
+/// answers and errors as the service path, are counted like any call, shed
+/// when the server is full, and whatever they do not handle (compressed
+/// requests, waits) still works through the service path.
+#[tokio::test]
+async fn direct_acquire_answers_exactly_as_the_service_path() {
+    let direct = server(Transport::H2, Duration::from_secs(60)).await;
+    let service = TestServer::start_with(|c| {
+        c.server.direct_calls = false;
+        c.ratelimit.limits = vec![gantry::config::LimitConfig {
+            name: "api".into(),
+            rate: 1,
+            period: HumanDuration::from_secs(3600),
+            burst: Some(100),
+            scope: gantry::config::LimitScopeConfig::PerKey,
+            overrides: vec![],
+        }];
+    })
+    .await;
+    let ask = |limit: &str, key: &str, tokens: u64, dry_run: bool| pb::AcquireRequest {
+        limit: limit.into(),
+        key: key.into(),
+        tokens,
+        dry_run,
+        ..Default::default()
+    };
+    let cases = [
+        ask("api", "k", 1, false),
+        ask("api", "k", 30, false),
+        ask("api", "k", 80, true),
+        ask("api", "k", 80, false),
+        ask("api", "k", 101, false),
+        ask("api", "", 1, false),
+        ask("nope", "k", 1, false),
+        ask("api", &"x".repeat(100_000), 1, false),
+        ask("api", "k", 0, false),
+    ];
+    let mut a = RateLimiterClient::new(direct.channel.clone());
+    let mut b = RateLimiterClient::new(service.channel.clone());
+    for case in cases {
+        let left = a.acquire(case.clone()).await.map(|r| r.into_inner());
+        let right = b.acquire(case.clone()).await.map(|r| r.into_inner());
+        match (left, right) {
+            (Ok(x), Ok(y)) => {
+                // The clocks of two servers differ by microseconds; everything else is equal.
+                assert_eq!(
+                    (x.allowed, x.remaining, x.limit),
+                    (y.allowed, y.remaining, y.limit),
+                    "{}",
+                    case.key.len()
+                );
+                assert_eq!(x.retry_after.is_some(), y.retry_after.is_some());
+                assert_eq!(x.waited, y.waited);
+            }
+            (Err(x), Err(y)) => {
+                assert_eq!((x.code(), x.message()), (y.code(), y.message()));
+            }
+            (x, y) => panic!("direct {x:?} against service {y:?}"),
+        }
+    }
+
+    // A compressed request and a wait go the service path, and work.
+    let mut gzip = RateLimiterClient::new(direct.channel.clone())
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let r = gzip
+        .acquire(ask("api", "z", 1, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.allowed && r.remaining == 99);
+    // About 70 tokens are left in "k", refilling one an hour: a wait for 80 runs out.
+    let mut waits = ask("api", "k", 80, false);
+    waits.max_wait = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 50_000_000,
+    });
+    let r = a.acquire(waits).await.unwrap().into_inner();
+    assert!(!r.allowed, "the bucket is spent; the wait runs out");
+    assert!(
+        r.waited
+            .is_some_and(|w| w.nanos >= 40_000_000 || w.seconds > 0)
+    );
+
+    // Counted like every call: 9 cases + 1 compressed + 1 wait on /Acquire.
+    let (_, text) = crate::common::http_get(direct.metrics, "/metrics").await;
+    let started = crate::common::metric_value(
+        &text,
+        r#"grpc_server_started_total{grpc_service="gantry.v1.RateLimiter",grpc_method="Acquire"}"#,
+    );
+    assert_eq!(started, Some(11.0), "{text}");
+    direct.stop().await.unwrap();
+    service.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn direct_acquire_is_shed_when_the_server_is_full() {
+    let server = TestServer::start_with(|c| {
+        c.server.max_inflight = 1;
+        c.leases.pools = vec![one_slot_pool()];
+    })
+    .await;
+    let mut leases = LeasesClient::new(server.channel.clone());
+    assert!(
+        leases
+            .acquire(lease("a", None))
+            .await
+            .unwrap()
+            .into_inner()
+            .granted
+    );
+    // One call in flight: a lease wait.
+    let mut waiter = LeasesClient::new(server.channel.clone());
+    let waiting = tokio::spawn(async move {
+        waiter
+            .acquire(lease("b", Some(Duration::from_millis(500))))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = RateLimiterClient::new(server.channel.clone())
+        .acquire(pb::AcquireRequest {
+            limit: "nope".into(),
+            key: "k".into(),
+            tokens: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_status(
+        status,
+        Code::ResourceExhausted,
+        &["server.max_inflight = 1"],
+    );
+    assert!(waiting.await.unwrap().is_ok());
+    server.stop().await.unwrap();
+}

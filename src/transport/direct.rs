@@ -1,0 +1,222 @@
+//! Direct calls: a few unary methods that decide at once from memory (an
+//! immediate rate-limit `Acquire`) answered from their request bytes inside
+//! the connection's task — decode, decide, encode, three HTTP/2 frames —
+//! instead of through tonic's per-call machinery (a boxed future per layer,
+//! a decode and an encode buffer, a response body polled frame by frame),
+//! which cost more than the decision itself (docs/benchmarks.md).
+//!
+//! The same things happen as on the service path: the call is counted,
+//! timed, traced and shed by the same [`RpcLayer`] records, validated by the
+//! same functions and its errors are the same statuses. Anything out of the
+//! ordinary — a compressed or oversized message, a body in pieces that does
+//! not add up, a request the method wants to serve the long way (one that
+//! waits) — goes through the service path untouched, so its answer is
+//! exactly what it always was. Answers are not compressed (a client that
+//! offers gzip may always be answered in identity, and these are tiny).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame};
+
+use super::stream::IncomingBody;
+use crate::telemetry::rpc::{DirectCall, RpcLayer};
+
+/// Starts the call's record (and sheds it when the server is full): called
+/// by a [`DirectUnary`] once it knows it will answer, before any side effect.
+pub type Begin<'a> = &'a mut dyn FnMut() -> Result<(), tonic::Status>;
+
+/// A unary method answered directly.
+pub trait DirectUnary: Send + Sync + 'static {
+    /// Answers one uncompressed request message with an encoded response
+    /// message, or `None` to send the call the service path (before calling
+    /// `begin`, and so before any side effect).
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Vec<u8>, tonic::Status>>;
+}
+
+/// The methods answered directly, by path.
+#[derive(Clone)]
+pub struct DirectCalls {
+    pub layer: RpcLayer,
+    pub max_message_bytes: usize,
+    pub methods: HashMap<&'static str, Arc<dyn DirectUnary>, foldhash::fast::RandomState>,
+}
+
+impl DirectCalls {
+    /// The handler for this request, when its path has one and the request
+    /// is plain gRPC (no request compression).
+    pub fn handler(&self, request: &Request<RecvStream>) -> Option<Arc<dyn DirectUnary>> {
+        let handler = self.methods.get(request.uri().path())?;
+        let headers = request.headers();
+        let grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let identity = headers
+            .get("grpc-encoding")
+            .is_none_or(|v| v.as_bytes() == b"identity");
+        (grpc && identity).then(|| handler.clone())
+    }
+}
+
+/// What reading the request body came to.
+enum Read {
+    /// One whole uncompressed message (without its 5-byte prefix).
+    Message(Bytes),
+    /// Anything else: what was read so far, for the service path.
+    Other(Bytes),
+    /// The client went away.
+    Gone,
+}
+
+/// Reads one gRPC message from the body, as long as it stays plain. Most
+/// arrive in one DATA frame, which is then used without a copy.
+async fn read_message(recv: &mut RecvStream, max_message_bytes: usize) -> Read {
+    let mut single: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    loop {
+        let chunk = match recv.data().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(_)) => return Read::Gone,
+            None => break,
+        };
+        // Fails only when the stream is already gone, which the next read reports.
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        if single.is_none() && joined.is_empty() {
+            single = Some(chunk);
+        } else {
+            if let Some(first) = single.take() {
+                joined.put(first);
+            }
+            joined.put(chunk);
+        }
+        let have: &[u8] = single.as_deref().unwrap_or(&joined);
+        if have.len() < 5 {
+            continue;
+        }
+        let length = u32::from_be_bytes([have[1], have[2], have[3], have[4]]) as usize;
+        let plain = have[0] == 0 && length <= max_message_bytes && have.len() <= 5 + length;
+        let whole = plain && have.len() == 5 + length;
+        if !plain || whole {
+            let bytes = single.take().unwrap_or_else(|| joined.split().freeze());
+            return if whole {
+                Read::Message(bytes.slice(5..))
+            } else {
+                Read::Other(bytes)
+            };
+        }
+    }
+    Read::Other(single.unwrap_or_else(|| joined.freeze()))
+}
+
+/// Serves a call directly, or hands it to `fallback` (the service path) with
+/// the bytes already read put back in front of the rest of its body.
+pub async fn serve<F, Fut>(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    handler: Arc<dyn DirectUnary>,
+    calls: Arc<DirectCalls>,
+    fallback: F,
+) where
+    F: FnOnce(Request<tonic::body::Body>, SendResponse<Bytes>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let (parts, mut recv) = request.into_parts();
+    let read = read_message(&mut recv, calls.max_message_bytes).await;
+    let message = match read {
+        Read::Message(message) => message,
+        Read::Gone => return,
+        Read::Other(head) => {
+            let body = Replayed {
+                head: Some(head),
+                rest: IncomingBody::new(recv),
+            };
+            let request = Request::from_parts(parts, tonic::body::Body::new(body));
+            return fallback(request, respond).await;
+        }
+    };
+    let mut call: Option<DirectCall> = None;
+    let mut begin = || {
+        call = Some(calls.layer.start_direct(parts.uri.path(), &parts.headers)?);
+        Ok(())
+    };
+    let answer = handler.answer(&message, &mut begin);
+    let Some(answer) = answer else {
+        let body = Replayed {
+            head: Some(prefixed(&message)),
+            rest: IncomingBody::new(recv),
+        };
+        let request = Request::from_parts(parts, tonic::body::Body::new(body));
+        return fallback(request, respond).await;
+    };
+    let code = match answer {
+        Ok(encoded) => match send_ok(&mut respond, &encoded) {
+            Ok(()) => tonic::Code::Ok,
+            Err(_) => tonic::Code::Cancelled,
+        },
+        Err(status) => {
+            let code = status.code();
+            let head = status.into_http::<()>();
+            // The client may be gone already; the record says what was answered.
+            let _ = respond.send_response(head, true);
+            code
+        }
+    };
+    if let Some(call) = call {
+        call.finish(code);
+    }
+}
+
+/// A message with gRPC's prefix put back (uncompressed).
+fn prefixed(message: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.put_slice(message);
+    framed.freeze()
+}
+
+fn send_ok(respond: &mut SendResponse<Bytes>, encoded: &[u8]) -> Result<(), h2::Error> {
+    let mut head = Response::new(());
+    head.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    let mut send = respond.send_response(head, false)?;
+    send.send_data(prefixed(encoded), false)?;
+    let mut trailers = HeaderMap::with_capacity(1);
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    send.send_trailers(trailers)
+}
+
+/// A request body whose first bytes were already read.
+struct Replayed {
+    head: Option<Bytes>,
+    rest: IncomingBody,
+}
+
+impl Body for Replayed {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if let Some(head) = self.head.take()
+            && !head.is_empty()
+        {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.as_ref().is_none_or(|h| h.is_empty()) && self.rest.is_end_stream()
+    }
+}
