@@ -17,6 +17,9 @@ use crate::leases::LeaseManager;
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::metrics::RateLimitMetrics;
 
+/// How long a changed file must stay the same before a poll applies it.
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// Where the configuration came from, so it can be assembled again.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigSource {
@@ -129,6 +132,29 @@ impl Reloader {
         self.current = config;
     }
 
+    /// A poll's reload: a file written in place (`echo > file`, a plain
+    /// write) can be read half-written, and an empty or cut-short file is
+    /// often valid TOML that would drop limits and pools. So a change counts
+    /// only once two reads a moment apart agree; while the file is still
+    /// changing, the next poll looks again. (Editors and the kubelet replace
+    /// whole files by rename, which is seen complete at once.)
+    async fn check_settled(&mut self) -> ReloadOutcome {
+        let Some(path) = self.source.path.clone() else {
+            return ReloadOutcome::Unchanged;
+        };
+        let first = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+        if self.last_seen.as_ref() == Some(&first) {
+            return ReloadOutcome::Unchanged;
+        }
+        tokio::time::sleep(SETTLE).await;
+        let second = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+        if first != second {
+            tracing::debug!("configuration file still changing; looking again at the next poll");
+            return ReloadOutcome::Unchanged;
+        }
+        self.check(false)
+    }
+
     /// Polls every `interval` (zero: never) and reloads whenever `trigger` is
     /// notified (the signal handler does so on SIGHUP), until `shutdown`.
     pub async fn run(
@@ -149,7 +175,7 @@ impl Reloader {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ticker.tick(), if poll => { self.check(false); }
+                _ = ticker.tick(), if poll => { self.check_settled().await; }
                 _ = trigger.notified() => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     self.check(true);
