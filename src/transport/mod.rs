@@ -67,16 +67,22 @@ type CallFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Serves `service` on every connection from `incoming` until `shutdown`;
-/// then stops accepting, tells each connection to finish (HTTP/2 GOAWAY),
-/// and returns once every connection has closed.
-pub async fn serve<I, S, B>(
-    mut incoming: I,
-    service: S,
-    settings: Settings,
-    shutdown: impl Future<Output = ()>,
-) where
-    I: futures_util::Stream<Item = std::io::Result<TcpStream>> + Unpin,
+/// What a transport serves: tonic's services behind gantry's per-call layer.
+pub trait GrpcService:
+    Service<
+        Request<tonic::body::Body>,
+        Response = Response<Self::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    type Body: Body<Data = Bytes, Error: Into<BoxError> + Send> + Send + 'static;
+}
+
+impl<S, B> GrpcService for S
+where
     S: Service<Request<tonic::body::Body>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -84,6 +90,21 @@ pub async fn serve<I, S, B>(
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError> + Send,
+{
+    type Body = B;
+}
+
+/// Serves `service` on every connection from `incoming` until `shutdown`;
+/// then stops accepting, tells each connection to finish (HTTP/2 GOAWAY),
+/// and returns once every connection has closed.
+pub async fn serve<I, S>(
+    mut incoming: I,
+    service: S,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) where
+    I: futures_util::Stream<Item = std::io::Result<TcpStream>> + Unpin,
+    S: GrpcService,
 {
     let settings = Arc::new(settings);
     let closing = CancellationToken::new();
@@ -120,20 +141,12 @@ pub async fn serve<I, S, B>(
 /// One connection: accept every stream that has arrived, start each call,
 /// run the short ones until nothing more is ready, and only then poll the
 /// connection again (which is when `h2` writes what the calls queued).
-async fn connection<S, B>(
+async fn connection<S: GrpcService>(
     socket: TcpStream,
     service: S,
     settings: Arc<Settings>,
     closing: CancellationToken,
-) where
-    S: Service<Request<tonic::body::Body>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError> + Send,
-{
+) {
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_window_size(STREAM_WINDOW)
@@ -210,21 +223,12 @@ struct Call {
     inline: bool,
 }
 
-fn call<S, B>(
+fn call<S: GrpcService>(
     request: Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
     service: &S,
     settings: &Settings,
-) -> Call
-where
-    S: Service<Request<tonic::body::Body>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError> + Send,
-{
+) -> Call {
     let client_deadline = request
         .headers()
         .get("grpc-timeout")
@@ -261,16 +265,12 @@ where
 }
 
 /// A call through the service stack (tonic), answered on its stream.
-async fn through_service<S, B>(
+async fn through_service<S: GrpcService>(
     service: S,
     request: Request<tonic::body::Body>,
     respond: h2::server::SendResponse<Bytes>,
     deadline: Option<Duration>,
-) where
-    S: Service<Request<tonic::body::Body>, Response = Response<B>, Error = Infallible>,
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError> + Send,
-{
+) {
     let answer = async move {
         match service.oneshot(request).await {
             Ok(response) => response,

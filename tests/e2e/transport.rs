@@ -210,23 +210,17 @@ async fn timeouts_and_cancellation(transport: Transport) {
 }
 
 #[tokio::test]
-async fn h2_transport_calls_streams_and_large_bodies() {
-    calls_streams_and_large_bodies(Transport::H2).await;
+async fn both_transports_serve_calls_streams_and_large_bodies() {
+    for transport in [Transport::H2, Transport::Hyper] {
+        calls_streams_and_large_bodies(transport).await;
+    }
 }
 
 #[tokio::test]
-async fn hyper_transport_calls_streams_and_large_bodies() {
-    calls_streams_and_large_bodies(Transport::Hyper).await;
-}
-
-#[tokio::test]
-async fn h2_transport_timeouts_and_cancellation() {
-    timeouts_and_cancellation(Transport::H2).await;
-}
-
-#[tokio::test]
-async fn hyper_transport_timeouts_and_cancellation() {
-    timeouts_and_cancellation(Transport::Hyper).await;
+async fn both_transports_honour_timeouts_cancellation_and_shutdown() {
+    for transport in [Transport::H2, Transport::Hyper] {
+        timeouts_and_cancellation(transport).await;
+    }
 }
 
 /// Immediate Acquire calls answered directly by the transport give the same
