@@ -34,7 +34,7 @@ use crate::query::service::QueryService;
 use crate::ratelimit::coalesce::Coalescer;
 use crate::ratelimit::envoy::EnvoyRateLimitService;
 use crate::ratelimit::metrics::RateLimitMetrics;
-use crate::ratelimit::service::{DirectAcquire, RateLimiterService};
+use crate::ratelimit::service::{DirectAcquire, DirectAcquireBatch, RateLimiterService};
 use crate::ratelimit::{RateLimiter, persist as rl_persist};
 use crate::reload::{ConfigSource, ReloadTargets, Reloader};
 use crate::store::{self, Domain, Store, StoreError};
@@ -462,12 +462,17 @@ impl Gantry {
                         direct: server_cfg.direct_calls.then(|| {
                             let acquire: Arc<dyn transport::DirectUnary> =
                                 Arc::new(DirectAcquire::new(limiter.clone()));
+                            let batch: Arc<dyn transport::DirectUnary> =
+                                Arc::new(DirectAcquireBatch::new(limiter.clone(), limit));
                             Arc::new(transport::DirectCalls {
                                 layer: layer.clone(),
                                 max_message_bytes: limit,
-                                methods: [("/gantry.v1.RateLimiter/Acquire", acquire)]
-                                    .into_iter()
-                                    .collect(),
+                                methods: [
+                                    ("/gantry.v1.RateLimiter/Acquire", acquire),
+                                    ("/gantry.v1.RateLimiter/AcquireBatch", batch),
+                                ]
+                                .into_iter()
+                                .collect(),
                             })
                         }),
                     };

@@ -75,6 +75,47 @@ impl DirectUnary for DirectAcquire {
     }
 }
 
+/// `AcquireBatch` calls, answered by the transport from their request bytes
+/// with the same decisions and errors as the service path (a batch never
+/// waits). Decoding from and encoding to plain memory, instead of tonic's
+/// buffers, is most of the difference for a batch.
+pub struct DirectAcquireBatch {
+    limiter: RateLimiter,
+    /// The response limit the service path enforces (`server.max_message_bytes`).
+    max_message_bytes: usize,
+}
+
+impl DirectAcquireBatch {
+    pub fn new(limiter: RateLimiter, max_message_bytes: usize) -> Self {
+        Self {
+            limiter,
+            max_message_bytes,
+        }
+    }
+}
+
+impl DirectUnary for DirectAcquireBatch {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Vec<u8>, Status>> {
+        let r = pb::AcquireBatchRequest::decode(message).ok()?;
+        if let Err(shed) = begin() {
+            return Some(Err(shed));
+        }
+        let answer = match decide_batch(&self.limiter, &r) {
+            Ok(answer) => answer,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let len = answer.encoded_len();
+        if len > self.max_message_bytes {
+            // What the service path answers (tonic's check, worded by the per-call layer).
+            return Some(Err(Status::resource_exhausted(format!(
+                "response message too large: found {len} bytes, the limit is: {} bytes (server.max_message_bytes)",
+                self.max_message_bytes
+            ))));
+        }
+        Some(Ok(answer.encode_to_vec()))
+    }
+}
+
 /// An immediate decision (no `max_wait`).
 fn acquire_now(
     limiter: &RateLimiter,

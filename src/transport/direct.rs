@@ -1,5 +1,5 @@
 //! Direct calls: a few unary methods that decide at once from memory (an
-//! immediate rate-limit `Acquire`) answered from their request bytes inside
+//! immediate rate-limit `Acquire`, an `AcquireBatch`) answered from their request bytes inside
 //! the connection's task — decode, decide, encode, three HTTP/2 frames —
 //! instead of through tonic's per-call machinery (a boxed future per layer,
 //! a decode and an encode buffer, a response body polled frame by frame),

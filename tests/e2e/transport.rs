@@ -359,3 +359,73 @@ async fn direct_acquire_is_shed_when_the_server_is_full() {
     assert!(waiting.await.unwrap().is_ok());
     server.stop().await.unwrap();
 }
+
+/// Batches answered directly give the same answers and errors as the
+/// service path, including a response too large for the message limit.
+#[tokio::test]
+async fn direct_acquire_batch_answers_exactly_as_the_service_path() {
+    let start = |direct: bool| {
+        TestServer::start_with(move |c| {
+            c.server.direct_calls = direct;
+            c.server.max_message_bytes = 1024;
+            c.ratelimit.limits = vec![gantry::config::LimitConfig {
+                name: "api".into(),
+                rate: 1,
+                period: HumanDuration::from_secs(3600),
+                burst: Some(100),
+                scope: gantry::config::LimitScopeConfig::PerKey,
+                overrides: vec![],
+            }];
+        })
+    };
+    let (direct, service) = (start(true).await, start(false).await);
+    let item = |key: String, tokens: u64| pb::AcquireRequest {
+        limit: "api".into(),
+        key,
+        tokens,
+        ..Default::default()
+    };
+    let batch = |items: Vec<pb::AcquireRequest>, all_or_nothing: bool| pb::AcquireBatchRequest {
+        requests: items,
+        all_or_nothing,
+    };
+    let cases = [
+        batch((0..10).map(|i| item(format!("k{i}"), 30)).collect(), false),
+        batch(vec![item("k0".into(), 60), item("k1".into(), 80)], true),
+        batch(vec![item("k2".into(), 1), item(String::new(), 1)], false),
+        batch(vec![item("k3".into(), 101)], false),
+        batch(Vec::new(), false),
+        // A request under 1 KiB whose answer is over it.
+        batch(
+            (0..70).map(|i| item(format!("z{i:02}"), 1)).collect(),
+            false,
+        ),
+    ];
+    let mut a = RateLimiterClient::new(direct.channel.clone());
+    let mut b = RateLimiterClient::new(service.channel.clone());
+    for (n, case) in cases.into_iter().enumerate() {
+        let left = a.acquire_batch(case.clone()).await.map(|r| r.into_inner());
+        let right = b.acquire_batch(case).await.map(|r| r.into_inner());
+        match (left, right) {
+            (Ok(x), Ok(y)) => {
+                let brief = |r: &pb::AcquireBatchResponse| {
+                    r.responses
+                        .iter()
+                        .map(|o| (o.allowed, o.remaining, o.limit))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(brief(&x), brief(&y), "case {n}");
+                assert_ne!(n, 5, "the last answer is over the limit");
+            }
+            (Err(x), Err(y)) => {
+                assert_eq!((x.code(), x.message()), (y.code(), y.message()), "case {n}");
+                if n == 5 {
+                    assert_status(x, Code::ResourceExhausted, &["response message too large"]);
+                }
+            }
+            (x, y) => panic!("case {n}: direct {x:?} against service {y:?}"),
+        }
+    }
+    direct.stop().await.unwrap();
+    service.stop().await.unwrap();
+}
