@@ -15,9 +15,11 @@
 //! offers gzip may always be answered in identity, and these are tiny).
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::RecvStream;
@@ -25,7 +27,7 @@ use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 
-use super::stream::IncomingBody;
+use super::stream::{IncomingBody, LazyDeadline, timed_out};
 use crate::telemetry::rpc::{DirectCall, RpcLayer};
 
 /// Starts the call's record (and sheds it when the server is full): called
@@ -121,17 +123,33 @@ pub async fn serve<F, Fut>(
     mut respond: SendResponse<Bytes>,
     handler: Arc<dyn DirectUnary>,
     calls: Arc<DirectCalls>,
+    deadline: Option<Duration>,
     fallback: F,
 ) where
     F: FnOnce(Request<tonic::body::Body>, SendResponse<Bytes>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let (parts, mut recv) = request.into_parts();
-    let read = read_message(&mut recv, calls.max_message_bytes).await;
+    // A client that sends headers and no body is held to the call's deadline
+    // like any other call.
+    let read = {
+        let mut reading = std::pin::pin!(read_message(&mut recv, calls.max_message_bytes));
+        let mut deadline = LazyDeadline::new(deadline);
+        poll_fn(|cx| match reading.as_mut().poll(cx) {
+            Poll::Ready(read) => Poll::Ready(Some(read)),
+            Poll::Pending if deadline.poll_expired(cx) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await
+    };
     let message = match read {
-        Read::Message(message) => message,
-        Read::Gone => return,
-        Read::Other(head) => {
+        None => {
+            let _ = respond.send_response(timed_out().into_http::<()>(), true);
+            return;
+        }
+        Some(Read::Message(message)) => message,
+        Some(Read::Gone) => return,
+        Some(Read::Other(head)) => {
             let body = Replayed {
                 head: Some(head),
                 rest: IncomingBody::new(recv),

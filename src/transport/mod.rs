@@ -247,6 +247,7 @@ fn call<S: GrpcService>(
             respond,
             handler,
             direct,
+            deadline,
             move |request, respond| through_service(service, request, respond, deadline),
         ));
         return Call {

@@ -80,6 +80,38 @@ pub enum StreamEnd {
     Body(BoxError),
 }
 
+/// A call's deadline whose timer is set only once the call has to wait: most
+/// calls answer at their first poll, and a timer costs a lock.
+pub struct LazyDeadline {
+    at: Option<tokio::time::Instant>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl LazyDeadline {
+    pub fn new(deadline: Option<Duration>) -> Self {
+        Self {
+            at: deadline.map(|d| tokio::time::Instant::now() + d),
+            sleep: None,
+        }
+    }
+
+    /// Whether the deadline has passed; registers `cx` to be woken when it does.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(at) = self.at else {
+            return false;
+        };
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// The answer to a call that outlived its deadline: the one tonic's own server gives.
+pub fn timed_out() -> tonic::Status {
+    tonic::Status::cancelled("Timeout expired")
+}
+
 /// Runs one call: the service's future (dropped when the client resets the
 /// stream or the deadline passes, which cancels the call), then the response.
 pub async fn serve<F, B>(
@@ -92,24 +124,14 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError> + Send,
 {
-    let started = tokio::time::Instant::now();
     let response = {
         let mut call = std::pin::pin!(call);
-        // The deadline's timer is set only for a call that does not answer at
-        // its first poll: most answer at once, and a timer costs a lock.
-        let mut sleep = std::pin::pin!(None::<tokio::time::Sleep>);
+        let mut deadline = LazyDeadline::new(deadline);
         poll_fn(|cx| {
             if let Poll::Ready(response) = call.as_mut().poll(cx) {
                 return Poll::Ready(Ok(response));
             }
-            if sleep.is_none()
-                && let Some(deadline) = deadline
-            {
-                sleep.set(Some(tokio::time::sleep_until(started + deadline)));
-            }
-            if let Some(sleep) = sleep.as_mut().as_pin_mut()
-                && sleep.poll(cx).is_ready()
-            {
+            if deadline.poll_expired(cx) {
                 return Poll::Ready(Err(None));
             }
             match respond.poll_reset(cx) {
@@ -123,10 +145,7 @@ where
     let response = match response {
         Ok(response) => response.map(EitherBody::Service),
         Err(Some(end)) => return Err(end),
-        // The same answer tonic's own server gives when a call outlives its deadline.
-        Err(None) => tonic::Status::cancelled("Timeout expired")
-            .into_http::<()>()
-            .map(|()| EitherBody::Empty),
+        Err(None) => timed_out().into_http::<()>().map(|()| EitherBody::Empty),
     };
     let (head, body) = response.into_parts();
     let head = Response::from_parts(head, ());

@@ -429,3 +429,34 @@ async fn direct_acquire_batch_answers_exactly_as_the_service_path() {
     direct.stop().await.unwrap();
     service.stop().await.unwrap();
 }
+
+/// A client that opens an Acquire and never sends its body is answered when
+/// the call's deadline passes, as any call would be (raw HTTP/2, since a
+/// gRPC library always sends the body).
+#[tokio::test]
+async fn a_direct_call_without_a_body_ends_at_its_deadline() {
+    let server = server(Transport::H2, Duration::from_millis(300)).await;
+    let socket = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(socket).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post(format!(
+        "http://{}/gantry.v1.RateLimiter/Acquire",
+        server.grpc
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let started = Instant::now();
+    let (response, _body) = client.send_request(request, false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered before the test's own timeout")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    let headers = response.headers();
+    assert_eq!(headers["grpc-status"], "1", "{headers:?}");
+    assert_eq!(headers["grpc-message"], "Timeout%20expired", "{headers:?}");
+    server.stop().await.unwrap();
+}
