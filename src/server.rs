@@ -300,6 +300,7 @@ impl Gantry {
             .build_v1alpha()
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
+        let connection_metrics = rpc_metrics.connections.clone();
         let layer = RpcLayer::new(
             rpc_metrics,
             server_cfg.max_inflight,
@@ -459,6 +460,7 @@ impl Gantry {
                         keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
                         keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
                         inline_paths: INLINE_PATHS.into(),
+                        metrics: connection_metrics,
                         direct: server_cfg.direct_calls.then(|| {
                             let acquire: Arc<dyn transport::DirectUnary> =
                                 Arc::new(DirectAcquire::new(limiter.clone()));

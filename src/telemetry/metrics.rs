@@ -52,6 +52,18 @@ pub struct RpcMetrics {
     pub handling_seconds: Family<MethodLabels, Histogram>,
     pub inflight: Gauge,
     pub shed: Counter,
+    pub connections: ConnectionMetrics,
+}
+
+/// HTTP/2 connections of gantry's own transport (`server.transport = "h2"`).
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub accepted: Counter,
+    /// Ended by a failed handshake or an HTTP/2 protocol error.
+    pub errors: Counter,
+    /// Closed because the peer did not answer a keepalive PING in time.
+    pub keepalive_timeouts: Counter,
 }
 
 impl RpcMetrics {
@@ -62,6 +74,7 @@ impl RpcMetrics {
             handling_seconds: Family::new_with_constructor(latency_histogram),
             inflight: Gauge::default(),
             shed: Counter::default(),
+            connections: ConnectionMetrics::default(),
         };
         registry.register(
             "grpc_server_started",
@@ -87,6 +100,26 @@ impl RpcMetrics {
             "gantry_grpc_shed",
             "RPCs refused with RESOURCE_EXHAUSTED because server.max_inflight was reached",
             metrics.shed.clone(),
+        );
+        registry.register(
+            "gantry_grpc_connections",
+            "HTTP/2 connections open (server.transport = \"h2\")",
+            metrics.connections.open.clone(),
+        );
+        registry.register(
+            "gantry_grpc_connections_accepted",
+            "HTTP/2 connections accepted (server.transport = \"h2\")",
+            metrics.connections.accepted.clone(),
+        );
+        registry.register(
+            "gantry_grpc_connection_errors",
+            "Connections ended by a failed HTTP/2 handshake or a protocol error",
+            metrics.connections.errors.clone(),
+        );
+        registry.register(
+            "gantry_grpc_keepalive_timeouts",
+            "Connections closed because the peer did not answer a keepalive PING in time",
+            metrics.connections.keepalive_timeouts.clone(),
         );
         metrics
     }

@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use crate::grpc::parse_grpc_timeout;
+use crate::telemetry::metrics::ConnectionMetrics;
 
 /// HTTP/2 settings, as hyper's server sets them by default unless named here.
 #[derive(Clone)]
@@ -54,6 +55,7 @@ pub struct Settings {
     pub inline_paths: Arc<[&'static str]>,
     /// Unary methods answered from their request bytes (`server.direct_calls`).
     pub direct: Option<Arc<DirectCalls>>,
+    pub metrics: ConnectionMetrics,
 }
 
 const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -124,11 +126,13 @@ pub async fn serve<I, S>(
                 None => break,
             },
         };
-        connections.spawn(connection(
-            socket,
-            service.clone(),
-            settings.clone(),
-            closing.clone(),
+        let span = tracing::debug_span!(
+            "grpc.connection",
+            peer = %socket.peer_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        );
+        connections.spawn(tracing::Instrument::instrument(
+            connection(socket, service.clone(), settings.clone(), closing.clone()),
+            span,
         ));
     }
     // Closing the listener refuses new connections while the old ones drain.
@@ -154,17 +158,24 @@ async fn connection<S: GrpcService>(
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_header_list_size(MAX_HEADER_LIST)
         .handshake::<_, Bytes>(socket);
+    let metrics = settings.metrics.clone();
+    metrics.accepted.inc();
     let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
+            metrics.errors.inc();
             tracing::debug!(error = %e, "HTTP/2 handshake failed");
             return;
         }
         Err(_) => {
+            metrics.errors.inc();
             tracing::debug!("HTTP/2 handshake timed out");
             return;
         }
     };
+    metrics.open.inc();
+    // Counted down however the connection ends.
+    let _open = OpenConnection(metrics.open.clone());
     let mut keepalive = std::pin::pin!(keepalive(
         conn.ping_pong(),
         settings.keepalive_interval,
@@ -173,6 +184,7 @@ async fn connection<S: GrpcService>(
     let mut closing = std::pin::pin!(closing.cancelled_owned());
     let mut going_away = false;
     let mut calls: FuturesUnordered<CallFuture> = FuturesUnordered::new();
+    let keepalive_timeouts = metrics.keepalive_timeouts.clone();
 
     let result = poll_fn(move |cx| {
         if !going_away && closing.as_mut().poll(cx).is_ready() {
@@ -180,6 +192,7 @@ async fn connection<S: GrpcService>(
             conn.graceful_shutdown();
         }
         if keepalive.as_mut().poll(cx).is_ready() {
+            keepalive_timeouts.inc();
             tracing::debug!("HTTP/2 keepalive: no PING answer in time; closing the connection");
             conn.abrupt_shutdown(h2::Reason::NO_ERROR);
             return Poll::Ready(Ok(()));
@@ -214,7 +227,20 @@ async fn connection<S: GrpcService>(
     })
     .await;
     if let Err(e) = result {
+        // A client that goes away mid-stream is not an error of the protocol.
+        if !e.is_io() {
+            metrics.errors.inc();
+        }
         tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// The open-connections gauge, counted down on drop.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -140,6 +140,18 @@ async fn calls_streams_and_large_bodies(transport: Transport) {
         granted += u32::from(call.await.unwrap());
     }
     assert_eq!(granted, 100, "{transport:?}");
+
+    if transport == Transport::H2 {
+        let (_, text) = crate::common::http_get(server.metrics, "/metrics").await;
+        let open = crate::common::metric_value(&text, "gantry_grpc_connections");
+        let accepted = crate::common::metric_value(&text, "gantry_grpc_connections_accepted_total");
+        assert!(open.is_some_and(|n| n >= 1.0), "{text}");
+        assert!(accepted.is_some_and(|n| n >= 1.0), "{text}");
+        assert_eq!(
+            crate::common::metric_value(&text, "gantry_grpc_connection_errors_total"),
+            Some(0.0)
+        );
+    }
     server.stop().await.unwrap();
 }
 
