@@ -62,9 +62,9 @@ pub struct ServerConfig {
     pub config_poll_interval: HumanDuration,
     /// Which HTTP/2 server carries the gRPC services.
     pub transport: Transport,
-    /// With the h2 transport: answer immediate rate-limit `Acquire` and
-    /// `AcquireBatch` calls from their request bytes, without tonic's
-    /// per-call machinery.
+    /// With the h2 transport: answer immediate rate-limit `Acquire`,
+    /// `AcquireBatch` and Envoy's `ShouldRateLimit` from their request bytes,
+    /// without tonic's per-call machinery.
     pub direct_calls: bool,
 }
 

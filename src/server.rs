@@ -32,7 +32,7 @@ use crate::query::QueryEngine;
 use crate::query::metrics::QueryMetrics;
 use crate::query::service::QueryService;
 use crate::ratelimit::coalesce::Coalescer;
-use crate::ratelimit::envoy::EnvoyRateLimitService;
+use crate::ratelimit::envoy::{DirectShouldRateLimit, EnvoyRateLimitService};
 use crate::ratelimit::metrics::RateLimitMetrics;
 use crate::ratelimit::service::{DirectAcquire, DirectAcquireBatch, RateLimiterService};
 use crate::ratelimit::{RateLimiter, persist as rl_persist};
@@ -466,12 +466,18 @@ impl Gantry {
                                 Arc::new(DirectAcquire::new(limiter.clone()));
                             let batch: Arc<dyn transport::DirectUnary> =
                                 Arc::new(DirectAcquireBatch::new(limiter.clone(), limit));
+                            let envoy: Arc<dyn transport::DirectUnary> =
+                                Arc::new(DirectShouldRateLimit::new(limiter.clone(), limit));
                             Arc::new(transport::DirectCalls {
                                 layer: layer.clone(),
                                 max_message_bytes: limit,
                                 methods: [
                                     ("/gantry.v1.RateLimiter/Acquire", acquire),
                                     ("/gantry.v1.RateLimiter/AcquireBatch", batch),
+                                    (
+                                        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+                                        envoy,
+                                    ),
                                 ]
                                 .into_iter()
                                 .collect(),

@@ -11,12 +11,14 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::gcra::Params;
 use super::limits::key_with_params;
 use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
+use crate::transport::direct::{Begin, DirectUnary, encode_within};
 
 pub struct EnvoyRateLimitService {
     limiter: RateLimiter,
@@ -103,13 +105,10 @@ fn envoy_duration(d: Duration) -> envoy_types::pb::google::protobuf::Duration {
     }
 }
 
-#[tonic::async_trait]
-impl RateLimitService for EnvoyRateLimitService {
-    async fn should_rate_limit(
-        &self,
-        request: Request<RateLimitRequest>,
-    ) -> Result<Response<RateLimitResponse>, Status> {
-        let r = request.get_ref();
+impl EnvoyRateLimitService {
+    /// Decides a `ShouldRateLimit` request (the gRPC method, and the
+    /// transport's direct call, answer with this).
+    pub fn answer(&self, r: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
         if r.domain.is_empty() {
             return Err(ApiError::invalid("domain", "must not be empty").into());
         }
@@ -246,12 +245,52 @@ impl RateLimitService for EnvoyRateLimitService {
             ));
         }
         tracing::debug!(domain = %r.domain, descriptors = r.descriptors.len(), over, "envoy.should_rate_limit");
-        Ok(Response::new(RateLimitResponse {
+        Ok(RateLimitResponse {
             overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
             statuses,
             response_headers_to_add,
             ..Default::default()
-        }))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for EnvoyRateLimitService {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        self.answer(request.get_ref()).map(Response::new)
+    }
+}
+
+/// `ShouldRateLimit` answered by the transport from its request bytes, with
+/// the same decisions and errors as the gRPC method.
+pub struct DirectShouldRateLimit {
+    service: EnvoyRateLimitService,
+    max_message_bytes: usize,
+}
+
+impl DirectShouldRateLimit {
+    pub fn new(limiter: RateLimiter, max_message_bytes: usize) -> Self {
+        Self {
+            service: EnvoyRateLimitService::new(limiter),
+            max_message_bytes,
+        }
+    }
+}
+
+impl DirectUnary for DirectShouldRateLimit {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Vec<u8>, Status>> {
+        let r = RateLimitRequest::decode(message).ok()?;
+        if let Err(shed) = begin() {
+            return Some(Err(shed));
+        }
+        Some(
+            self.service
+                .answer(&r)
+                .and_then(|answer| encode_within(&answer, self.max_message_bytes)),
+        )
     }
 }
 

@@ -9,7 +9,7 @@ use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb, grpc_timeout, wait_within_deadline};
 use crate::proto::gantry::v1 as pb;
-use crate::transport::direct::{Begin, DirectUnary};
+use crate::transport::direct::{Begin, DirectUnary, encode_within};
 
 pub struct RateLimiterService {
     limiter: RateLimiter,
@@ -100,19 +100,11 @@ impl DirectUnary for DirectAcquireBatch {
         if let Err(shed) = begin() {
             return Some(Err(shed));
         }
-        let answer = match decide_batch(&self.limiter, &r) {
-            Ok(answer) => answer,
-            Err(e) => return Some(Err(e.into())),
-        };
-        let len = answer.encoded_len();
-        if len > self.max_message_bytes {
-            // What the service path answers (tonic's check, worded by the per-call layer).
-            return Some(Err(Status::resource_exhausted(format!(
-                "response message too large: found {len} bytes, the limit is: {} bytes (server.max_message_bytes)",
-                self.max_message_bytes
-            ))));
-        }
-        Some(Ok(answer.encode_to_vec()))
+        Some(
+            decide_batch(&self.limiter, &r)
+                .map_err(Status::from)
+                .and_then(|answer| encode_within(&answer, self.max_message_bytes)),
+        )
     }
 }
 

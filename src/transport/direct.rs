@@ -1,5 +1,6 @@
 //! Direct calls: a few unary methods that decide at once from memory (an
-//! immediate rate-limit `Acquire`, an `AcquireBatch`) answered from their request bytes inside
+//! immediate rate-limit `Acquire`, an `AcquireBatch`, Envoy's
+//! `ShouldRateLimit`) answered from their request bytes inside
 //! the connection's task — decode, decide, encode, three HTTP/2 frames —
 //! instead of through tonic's per-call machinery (a boxed future per layer,
 //! a decode and an encode buffer, a response body polled frame by frame),
@@ -40,6 +41,21 @@ pub trait DirectUnary: Send + Sync + 'static {
     /// message, or `None` to send the call the service path (before calling
     /// `begin`, and so before any side effect).
     fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Vec<u8>, tonic::Status>>;
+}
+
+/// Encodes an answer, refusing one larger than the message limit with what
+/// the service path answers then (tonic's check, worded by the per-call layer).
+pub fn encode_within(
+    answer: &impl prost::Message,
+    max_message_bytes: usize,
+) -> Result<Vec<u8>, tonic::Status> {
+    let len = answer.encoded_len();
+    if len > max_message_bytes {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "response message too large: found {len} bytes, the limit is: {max_message_bytes} bytes (server.max_message_bytes)"
+        )));
+    }
+    Ok(answer.encode_to_vec())
 }
 
 /// The methods answered directly, by path.

@@ -801,6 +801,65 @@ mod envoy {
         assert!(status.message().contains("domain"));
         server.stop().await.unwrap();
     }
+
+    /// ShouldRateLimit answered directly by the transport (the default) and
+    /// through tonic (`server.direct_calls = false`) give the same answers.
+    #[tokio::test]
+    async fn direct_should_rate_limit_answers_exactly_as_the_service_path() {
+        let start = |direct: bool| {
+            TestServer::start_with(move |c| {
+                envoy_config(c, 2, Duration::from_secs(60));
+                c.ratelimit.envoy_response_headers = true;
+                c.server.direct_calls = direct;
+            })
+        };
+        let (direct, service) = (start(true).await, start(false).await);
+        let ip = descriptor(&[("remote_address", "10.0.0.1")]);
+        let mut overridden = ip.clone();
+        overridden.limit = Some(RateLimitOverride {
+            requests_per_unit: 0,
+            unit: 2,
+        });
+        let mut heavy = request(vec![ip.clone()]);
+        heavy.hits_addend = 5;
+        let cases = [
+            request(vec![ip.clone()]),
+            request(vec![ip.clone(), descriptor(&[("user", "bob")])]),
+            request(vec![ip.clone()]),
+            heavy,
+            request(vec![overridden]),
+            request(vec![]),
+            RateLimitRequest {
+                domain: "elsewhere".into(),
+                descriptors: vec![ip.clone()],
+                hits_addend: 0,
+            },
+        ];
+        let mut a = RateLimitServiceClient::new(direct.channel.clone());
+        let mut b = RateLimitServiceClient::new(service.channel.clone());
+        for (n, case) in cases.into_iter().enumerate() {
+            let left = a
+                .should_rate_limit(case.clone())
+                .await
+                .map(|r| r.into_inner());
+            let right = b.should_rate_limit(case).await.map(|r| r.into_inner());
+            match (left, right) {
+                (Ok(mut x), Ok(mut y)) => {
+                    // Reset times differ by the microseconds between the two servers.
+                    for s in x.statuses.iter_mut().chain(y.statuses.iter_mut()) {
+                        s.duration_until_reset = None;
+                    }
+                    assert_eq!(x, y, "case {n}");
+                }
+                (Err(x), Err(y)) => {
+                    assert_eq!((x.code(), x.message()), (y.code(), y.message()), "case {n}");
+                }
+                (x, y) => panic!("case {n}: direct {x:?} against service {y:?}"),
+            }
+        }
+        direct.stop().await.unwrap();
+        service.stop().await.unwrap();
+    }
 }
 
 #[tokio::test]
