@@ -40,19 +40,24 @@ fn lease(holder: &str, max_wait: Option<Duration>) -> pb::AcquireLeaseRequest {
     }
 }
 
+/// "api": 100 tokens per key, refilling one an hour.
+fn api_limit() -> gantry::config::LimitConfig {
+    gantry::config::LimitConfig {
+        name: "api".into(),
+        rate: 1,
+        period: HumanDuration::from_secs(3600),
+        burst: Some(100),
+        scope: gantry::config::LimitScopeConfig::PerKey,
+        overrides: vec![],
+    }
+}
+
 async fn server(transport: Transport, request_timeout: Duration) -> TestServer {
     TestServer::start_with(move |c| {
         c.server.transport = transport;
         c.server.request_timeout = HumanDuration::from_millis(request_timeout.as_millis() as u64);
         c.leases.pools = vec![one_slot_pool()];
-        c.ratelimit.limits = vec![gantry::config::LimitConfig {
-            name: "api".into(),
-            rate: 1,
-            period: HumanDuration::from_secs(3600),
-            burst: Some(100),
-            scope: gantry::config::LimitScopeConfig::PerKey,
-            overrides: vec![],
-        }];
+        c.ratelimit.limits = vec![api_limit()];
     })
     .await
 }
@@ -244,14 +249,7 @@ async fn direct_acquire_answers_exactly_as_the_service_path() {
     let direct = server(Transport::H2, Duration::from_secs(60)).await;
     let service = TestServer::start_with(|c| {
         c.server.direct_calls = false;
-        c.ratelimit.limits = vec![gantry::config::LimitConfig {
-            name: "api".into(),
-            rate: 1,
-            period: HumanDuration::from_secs(3600),
-            burst: Some(100),
-            scope: gantry::config::LimitScopeConfig::PerKey,
-            overrides: vec![],
-        }];
+        c.ratelimit.limits = vec![api_limit()];
     })
     .await;
     let ask = |limit: &str, key: &str, tokens: u64, dry_run: bool| pb::AcquireRequest {
@@ -380,14 +378,7 @@ async fn direct_acquire_batch_answers_exactly_as_the_service_path() {
         TestServer::start_with(move |c| {
             c.server.direct_calls = direct;
             c.server.max_message_bytes = 1024;
-            c.ratelimit.limits = vec![gantry::config::LimitConfig {
-                name: "api".into(),
-                rate: 1,
-                period: HumanDuration::from_secs(3600),
-                burst: Some(100),
-                scope: gantry::config::LimitScopeConfig::PerKey,
-                overrides: vec![],
-            }];
+            c.ratelimit.limits = vec![api_limit()];
         })
     };
     let (direct, service) = (start(true).await, start(false).await);
