@@ -158,13 +158,25 @@ pub async fn serve<F, Fut>(
         })
         .await
     };
+    // A call that ends before its message arrived is counted as the service
+    // path counts it: started, and ended by the deadline or the client.
+    let ended = |code: tonic::Code| {
+        if let Ok(call) = calls.layer.start_direct(parts.uri.path(), &parts.headers) {
+            call.finish(code);
+        }
+    };
     let message = match read {
         None => {
-            let _ = respond.send_response(timed_out().into_http::<()>(), true);
+            let status = timed_out();
+            ended(status.code());
+            let _ = respond.send_response(status.into_http::<()>(), true);
             return;
         }
         Some(Read::Message(message)) => message,
-        Some(Read::Gone) => return,
+        Some(Read::Gone) => {
+            ended(tonic::Code::Cancelled);
+            return;
+        }
         Some(Read::Other(head)) => {
             let body = Replayed {
                 head: Some(head),

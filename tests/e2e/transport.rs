@@ -461,5 +461,12 @@ async fn a_direct_call_without_a_body_ends_at_its_deadline() {
     let headers = response.headers();
     assert_eq!(headers["grpc-status"], "1", "{headers:?}");
     assert_eq!(headers["grpc-message"], "Timeout%20expired", "{headers:?}");
+    // Counted like any call that ran out of time.
+    let (_, text) = crate::common::http_get(server.metrics, "/metrics").await;
+    let cancelled = crate::common::metric_value(
+        &text,
+        r#"grpc_server_handled_total{grpc_service="gantry.v1.RateLimiter",grpc_method="Acquire",grpc_code="Canceled"}"#,
+    );
+    assert_eq!(cancelled, Some(1.0), "{text}");
     server.stop().await.unwrap();
 }
