@@ -88,6 +88,11 @@ impl Reloader {
         if !force && self.last_seen.as_ref() == Some(&seen) {
             return ReloadOutcome::Unchanged;
         }
+        self.reload(seen)
+    }
+
+    /// Applies the file whose content was just `seen`, or refuses it.
+    fn reload(&mut self, seen: Result<String, String>) -> ReloadOutcome {
         self.last_seen = Some(seen);
         match self.source.load() {
             Ok((config, _)) => {
@@ -152,7 +157,7 @@ impl Reloader {
             tracing::debug!("configuration file still changing; looking again at the next poll");
             return ReloadOutcome::Unchanged;
         }
-        self.check(false)
+        self.reload(second)
     }
 
     /// Polls every `interval` (zero: never) and reloads whenever `trigger` is

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
@@ -281,7 +282,7 @@ impl DirectShouldRateLimit {
 }
 
 impl DirectUnary for DirectShouldRateLimit {
-    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Vec<u8>, Status>> {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, Status>> {
         let r = RateLimitRequest::decode(message).ok()?;
         if let Err(shed) = begin() {
             return Some(Err(shed));

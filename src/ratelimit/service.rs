@@ -1,5 +1,6 @@
 //! `gantry.v1.RateLimiter` over gRPC: converts and validates, then asks the limiter.
 
+use bytes::Bytes;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -62,7 +63,7 @@ impl DirectAcquire {
 }
 
 impl DirectUnary for DirectAcquire {
-    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Vec<u8>, Status>> {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, Status>> {
         // Undecodable requests get tonic's own error on the service path.
         let r = pb::AcquireRequest::decode(message).ok()?;
         if r.max_wait.is_some_and(|d| d.seconds != 0 || d.nanos != 0) {
@@ -71,7 +72,8 @@ impl DirectUnary for DirectAcquire {
         if let Err(shed) = begin() {
             return Some(Err(shed));
         }
-        Some(acquire_now(&self.limiter, &r).map(|answer| answer.encode_to_vec()))
+        // An AcquireResponse is a few dozen bytes; the message limit is at least 1 KiB.
+        Some(acquire_now(&self.limiter, &r).and_then(|answer| encode_within(&answer, usize::MAX)))
     }
 }
 
@@ -95,7 +97,7 @@ impl DirectAcquireBatch {
 }
 
 impl DirectUnary for DirectAcquireBatch {
-    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Vec<u8>, Status>> {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, Status>> {
         let r = pb::AcquireBatchRequest::decode(message).ok()?;
         if let Err(shed) = begin() {
             return Some(Err(shed));

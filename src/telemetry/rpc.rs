@@ -20,8 +20,7 @@ use tracing::Instrument;
 use super::metrics::{HandledLabels, MethodLabels, RpcMetrics, code_label};
 
 use crate::error::ApiError;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::transport::BoxError;
 
 /// One method's metric handles, created at start so a call does no label
 /// allocation or family lookup.

@@ -17,16 +17,13 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::Poll;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body::{Body, Frame};
 
 use super::stream::{IncomingBody, LazyDeadline, timed_out};
 use crate::telemetry::rpc::{DirectCall, RpcLayer};
@@ -37,25 +34,31 @@ pub type Begin<'a> = &'a mut dyn FnMut() -> Result<(), tonic::Status>;
 
 /// A unary method answered directly.
 pub trait DirectUnary: Send + Sync + 'static {
-    /// Answers one uncompressed request message with an encoded response
-    /// message, or `None` to send the call the service path (before calling
-    /// `begin`, and so before any side effect).
-    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Vec<u8>, tonic::Status>>;
+    /// Answers one uncompressed request message with a response message
+    /// framed for the wire ([`encode_within`]), or `None` to send the call the
+    /// service path (before calling `begin`, and so before any side effect).
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, tonic::Status>>;
 }
 
-/// Encodes an answer, refusing one larger than the message limit with what
-/// the service path answers then (tonic's check, worded by the per-call layer).
+/// Encodes an answer behind gRPC's 5-byte prefix (uncompressed), in one
+/// buffer, refusing one larger than the message limit with what the service
+/// path answers then (tonic's check, worded by the per-call layer).
 pub fn encode_within(
     answer: &impl prost::Message,
     max_message_bytes: usize,
-) -> Result<Vec<u8>, tonic::Status> {
+) -> Result<Bytes, tonic::Status> {
     let len = answer.encoded_len();
     if len > max_message_bytes {
         return Err(tonic::Status::resource_exhausted(format!(
             "response message too large: found {len} bytes, the limit is: {max_message_bytes} bytes (server.max_message_bytes)"
         )));
     }
-    Ok(answer.encode_to_vec())
+    let mut framed = BytesMut::with_capacity(5 + len);
+    framed.put_u8(0);
+    framed.put_u32(len as u32);
+    // Cannot fail: the buffer holds `len` more bytes.
+    let _ = answer.encode(&mut framed);
+    Ok(framed.freeze())
 }
 
 /// The methods answered directly, by path.
@@ -84,7 +87,7 @@ impl DirectCalls {
 
 /// What reading the request body came to.
 enum Read {
-    /// One whole uncompressed message (without its 5-byte prefix).
+    /// One whole uncompressed message, with its 5-byte prefix.
     Message(Bytes),
     /// Anything else: what was read so far, for the service path.
     Other(Bytes),
@@ -123,7 +126,7 @@ async fn read_message(recv: &mut RecvStream, max_message_bytes: usize) -> Read {
         if !plain || whole {
             let bytes = single.take().unwrap_or_else(|| joined.split().freeze());
             return if whole {
-                Read::Message(bytes.slice(5..))
+                Read::Message(bytes)
             } else {
                 Read::Other(bytes)
             };
@@ -139,10 +142,10 @@ pub async fn serve<F, Fut>(
     mut respond: SendResponse<Bytes>,
     handler: Arc<dyn DirectUnary>,
     calls: Arc<DirectCalls>,
-    deadline: Option<Duration>,
+    mut deadline: LazyDeadline,
     fallback: F,
 ) where
-    F: FnOnce(Request<tonic::body::Body>, SendResponse<Bytes>) -> Fut,
+    F: FnOnce(Request<tonic::body::Body>, SendResponse<Bytes>, LazyDeadline) -> Fut,
     Fut: Future<Output = ()>,
 {
     let (parts, mut recv) = request.into_parts();
@@ -150,7 +153,6 @@ pub async fn serve<F, Fut>(
     // like any other call.
     let read = {
         let mut reading = std::pin::pin!(read_message(&mut recv, calls.max_message_bytes));
-        let mut deadline = LazyDeadline::new(deadline);
         poll_fn(|cx| match reading.as_mut().poll(cx) {
             Poll::Ready(read) => Poll::Ready(Some(read)),
             Poll::Pending if deadline.poll_expired(cx) => Poll::Ready(None),
@@ -165,25 +167,21 @@ pub async fn serve<F, Fut>(
             call.finish(code);
         }
     };
-    let message = match read {
+    let framed = match read {
         None => {
             let status = timed_out();
             ended(status.code());
             let _ = respond.send_response(status.into_http::<()>(), true);
             return;
         }
-        Some(Read::Message(message)) => message,
+        Some(Read::Message(framed)) => framed,
         Some(Read::Gone) => {
             ended(tonic::Code::Cancelled);
             return;
         }
         Some(Read::Other(head)) => {
-            let body = Replayed {
-                head: Some(head),
-                rest: IncomingBody::new(recv),
-            };
-            let request = Request::from_parts(parts, tonic::body::Body::new(body));
-            return fallback(request, respond).await;
+            let body = tonic::body::Body::new(IncomingBody::after(head, recv));
+            return fallback(Request::from_parts(parts, body), respond, deadline).await;
         }
     };
     let mut call: Option<DirectCall> = None;
@@ -191,17 +189,13 @@ pub async fn serve<F, Fut>(
         call = Some(calls.layer.start_direct(parts.uri.path(), &parts.headers)?);
         Ok(())
     };
-    let answer = handler.answer(&message, &mut begin);
+    let answer = handler.answer(&framed[5..], &mut begin);
     let Some(answer) = answer else {
-        let body = Replayed {
-            head: Some(prefixed(&message)),
-            rest: IncomingBody::new(recv),
-        };
-        let request = Request::from_parts(parts, tonic::body::Body::new(body));
-        return fallback(request, respond).await;
+        let body = tonic::body::Body::new(IncomingBody::after(framed, recv));
+        return fallback(Request::from_parts(parts, body), respond, deadline).await;
     };
     let code = match answer {
-        Ok(encoded) => match send_ok(&mut respond, &encoded) {
+        Ok(framed) => match send_ok(&mut respond, framed) {
             Ok(()) => tonic::Code::Ok,
             Err(_) => tonic::Code::Cancelled,
         },
@@ -218,51 +212,15 @@ pub async fn serve<F, Fut>(
     }
 }
 
-/// A message with gRPC's prefix put back (uncompressed).
-fn prefixed(message: &[u8]) -> Bytes {
-    let mut framed = BytesMut::with_capacity(5 + message.len());
-    framed.put_u8(0);
-    framed.put_u32(message.len() as u32);
-    framed.put_slice(message);
-    framed.freeze()
-}
-
-fn send_ok(respond: &mut SendResponse<Bytes>, encoded: &[u8]) -> Result<(), h2::Error> {
+fn send_ok(respond: &mut SendResponse<Bytes>, framed: Bytes) -> Result<(), h2::Error> {
     let mut head = Response::new(());
     head.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
     let mut send = respond.send_response(head, false)?;
-    send.send_data(prefixed(encoded), false)?;
+    send.send_data(framed, false)?;
     let mut trailers = HeaderMap::with_capacity(1);
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     send.send_trailers(trailers)
-}
-
-/// A request body whose first bytes were already read.
-struct Replayed {
-    head: Option<Bytes>,
-    rest: IncomingBody,
-}
-
-impl Body for Replayed {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if let Some(head) = self.head.take()
-            && !head.is_empty()
-        {
-            return Poll::Ready(Some(Ok(Frame::data(head))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.as_ref().is_none_or(|h| h.is_empty()) && self.rest.is_end_stream()
-    }
 }

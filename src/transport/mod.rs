@@ -18,6 +18,8 @@ pub mod direct;
 mod router;
 mod stream;
 
+use stream::LazyDeadline;
+
 pub use direct::{DirectCalls, DirectUnary};
 pub use router::Router;
 
@@ -41,7 +43,6 @@ use crate::grpc::parse_grpc_timeout;
 use crate::telemetry::metrics::ConnectionMetrics;
 
 /// HTTP/2 settings, as hyper's server sets them by default unless named here.
-#[derive(Clone)]
 pub struct Settings {
     pub max_concurrent_streams: u32,
     /// Upper bound on any call; a shorter `grpc-timeout` wins.
@@ -67,6 +68,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type CallFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A body's or a service's error (tonic's own alias is private).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a transport serves: tonic's services behind gantry's per-call layer.
@@ -260,7 +262,7 @@ fn call<S: GrpcService>(
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
-    let deadline = Some(client_deadline.map_or(settings.request_timeout, |d| {
+    let deadline = LazyDeadline::new(client_deadline.map_or(settings.request_timeout, |d| {
         d.min(settings.request_timeout)
     }));
     let service = service.clone();
@@ -274,7 +276,7 @@ fn call<S: GrpcService>(
             handler,
             direct,
             deadline,
-            move |request, respond| through_service(service, request, respond, deadline),
+            move |request, respond, deadline| through_service(service, request, respond, deadline),
         ));
         return Call {
             future,
@@ -296,7 +298,7 @@ async fn through_service<S: GrpcService>(
     service: S,
     request: Request<tonic::body::Body>,
     respond: h2::server::SendResponse<Bytes>,
-    deadline: Option<Duration>,
+    deadline: LazyDeadline,
 ) {
     let answer = async move {
         match service.oneshot(request).await {

@@ -19,13 +19,22 @@ use super::BoxError;
 /// flow-control window as they are read, so a client sends no faster than the
 /// call consumes.
 pub struct IncomingBody {
+    /// Bytes already read off the stream (by a direct call that then handed
+    /// the call to the service path), given out first.
+    head: Option<Bytes>,
     recv: RecvStream,
     data_done: bool,
 }
 
 impl IncomingBody {
     pub fn new(recv: RecvStream) -> Self {
+        Self::after(Bytes::new(), recv)
+    }
+
+    /// A body whose first bytes, `head`, were already read from `recv`.
+    pub fn after(head: Bytes, recv: RecvStream) -> Self {
         Self {
+            head: (!head.is_empty()).then_some(head),
             data_done: recv.is_end_stream(),
             recv,
         }
@@ -40,6 +49,9 @@ impl Body for IncomingBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
         if !self.data_done {
             match self.recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(data))) => {
@@ -61,7 +73,7 @@ impl Body for IncomingBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.head.is_none() && self.recv.is_end_stream()
     }
 }
 
@@ -83,23 +95,22 @@ pub enum StreamEnd {
 /// A call's deadline whose timer is set only once the call has to wait: most
 /// calls answer at their first poll, and a timer costs a lock.
 pub struct LazyDeadline {
-    at: Option<tokio::time::Instant>,
+    at: tokio::time::Instant,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl LazyDeadline {
-    pub fn new(deadline: Option<Duration>) -> Self {
+    /// `within` from now (the call's arrival).
+    pub fn new(within: Duration) -> Self {
         Self {
-            at: deadline.map(|d| tokio::time::Instant::now() + d),
+            at: tokio::time::Instant::now() + within,
             sleep: None,
         }
     }
 
     /// Whether the deadline has passed; registers `cx` to be woken when it does.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(at) = self.at else {
-            return false;
-        };
+        let at = self.at;
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
@@ -117,7 +128,7 @@ pub fn timed_out() -> tonic::Status {
 pub async fn serve<F, B>(
     call: F,
     mut respond: SendResponse<Bytes>,
-    deadline: Option<Duration>,
+    mut deadline: LazyDeadline,
 ) -> Result<(), StreamEnd>
 where
     F: Future<Output = Response<B>>,
@@ -126,7 +137,6 @@ where
 {
     let response = {
         let mut call = std::pin::pin!(call);
-        let mut deadline = LazyDeadline::new(deadline);
         poll_fn(|cx| {
             if let Poll::Ready(response) = call.as_mut().poll(cx) {
                 return Poll::Ready(Ok(response));
@@ -143,9 +153,12 @@ where
         .await
     };
     let response = match response {
-        Ok(response) => response.map(EitherBody::Service),
+        Ok(response) => response,
         Err(Some(end)) => return Err(end),
-        Err(None) => timed_out().into_http::<()>().map(|()| EitherBody::Empty),
+        Err(None) => {
+            respond.send_response(timed_out().into_http::<()>(), true)?;
+            return Ok(());
+        }
     };
     let (head, body) = response.into_parts();
     let head = Response::from_parts(head, ());
@@ -157,33 +170,14 @@ where
     pipe(body, send).await
 }
 
-/// A service's body, or none (an answer made here).
-enum EitherBody<B> {
-    Service(B),
-    Empty,
-}
-
-impl<B: Body<Data = Bytes>> EitherBody<B> {
-    fn is_end_stream(&self) -> bool {
-        match self {
-            EitherBody::Service(b) => b.is_end_stream(),
-            EitherBody::Empty => true,
-        }
-    }
-}
-
 /// Writes the body's frames to the stream, waiting for send capacity before
 /// pulling the next chunk, so a slow reader holds back a streaming call
 /// instead of growing a buffer here.
-async fn pipe<B>(body: EitherBody<B>, mut send: SendStream<Bytes>) -> Result<(), StreamEnd>
+async fn pipe<B>(body: B, mut send: SendStream<Bytes>) -> Result<(), StreamEnd>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError> + Send,
 {
-    let EitherBody::Service(body) = body else {
-        send.send_data(Bytes::new(), true)?;
-        return Ok(());
-    };
     let mut body = std::pin::pin!(body);
     loop {
         let frame = poll_fn(|cx| {
