@@ -13,6 +13,8 @@ pub mod leases;
 pub mod query;
 pub mod ratelimit;
 pub mod reload;
+pub mod routes;
+pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;

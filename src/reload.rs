@@ -9,13 +9,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, FlagOverrides};
-use crate::leases::LeaseManager;
-use crate::ratelimit::RateLimiter;
-use crate::ratelimit::metrics::RateLimitMetrics;
+use crate::runtime::ReloadHook;
 
 /// How long a changed file must stay the same before a poll applies it.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -29,30 +31,51 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
-    /// Reads the file and assembles the configuration as at start. Returns the
-    /// file's text too, to notice the next change.
-    pub fn load(&self) -> Result<(Config, Option<String>), ConfigError> {
-        let text = match &self.path {
-            Some(path) => Some(config::read_file(path)?),
-            None => None,
-        };
-        let file = self.path.as_deref().zip(text.as_deref());
-        let loaded = Config::load(file, &self.env, &self.flags)?;
-        Ok((loaded.config, text))
+    /// The file's text, or why it cannot be read (worded as at start).
+    fn read(&self, path: &std::path::Path) -> Result<String, String> {
+        config::read_file(path).map_err(|e| e.to_string())
+    }
+
+    /// Assembles the configuration as at start, from the file `text` read.
+    fn assemble(&self, text: Option<&str>) -> Result<Config, ConfigError> {
+        let file = self.path.as_deref().zip(text);
+        Ok(Config::load(file, &self.env, &self.flags)?.config)
     }
 }
 
-/// What a reload can change.
-#[derive(Clone)]
-pub struct ReloadTargets {
-    pub limiter: RateLimiter,
-    pub metrics: RateLimitMetrics,
-    pub leases: LeaseManager,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabel {
+    result: &'static str,
+}
+
+/// `gantry_config_reloads_total{result}`.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadMetrics {
+    reloads: Family<ReloadLabel, Counter>,
+}
+
+impl ReloadMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "gantry_config_reloads",
+            "Configuration reloads by result (success, failure)",
+            m.reloads.clone(),
+        );
+        m
+    }
+
+    fn count(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ReloadLabel { result }).inc();
+    }
 }
 
 pub struct Reloader {
     source: ConfigSource,
-    targets: ReloadTargets,
+    /// One per capability whose section reloads.
+    hooks: Vec<ReloadHook>,
+    metrics: ReloadMetrics,
     current: Config,
     /// The file text (or read error) last acted on, so a change is acted on once.
     last_seen: Option<Result<String, String>>,
@@ -66,14 +89,17 @@ pub enum ReloadOutcome {
 }
 
 impl Reloader {
-    pub fn new(source: ConfigSource, targets: ReloadTargets, current: Config) -> Self {
-        let last_seen = source
-            .path
-            .as_ref()
-            .map(|p| std::fs::read_to_string(p).map_err(|e| e.to_string()));
+    pub fn new(
+        source: ConfigSource,
+        hooks: Vec<ReloadHook>,
+        metrics: ReloadMetrics,
+        current: Config,
+    ) -> Self {
+        let last_seen = source.path.as_ref().map(|p| source.read(p));
         Self {
             source,
-            targets,
+            hooks,
+            metrics,
             current,
             last_seen,
         }
@@ -84,33 +110,39 @@ impl Reloader {
         let Some(path) = &self.source.path else {
             return ReloadOutcome::Unchanged;
         };
-        let seen = std::fs::read_to_string(path).map_err(|e| e.to_string());
+        let seen = self.source.read(path);
         if !force && self.last_seen.as_ref() == Some(&seen) {
             return ReloadOutcome::Unchanged;
         }
         self.reload(seen)
     }
 
-    /// Applies the file whose content was just `seen`, or refuses it.
+    /// Applies the file whose content was just `seen` (not read again: the
+    /// text that was settled on is the text applied), or refuses it.
     fn reload(&mut self, seen: Result<String, String>) -> ReloadOutcome {
+        let assembled = match &seen {
+            Ok(text) => self.source.assemble(Some(text)).map_err(|e| e.to_string()),
+            Err(unreadable) => Err(unreadable.clone()),
+        };
         self.last_seen = Some(seen);
-        match self.source.load() {
-            Ok((config, _)) => {
+        match assembled {
+            Ok(config) => {
                 self.apply(config);
-                self.targets.metrics.reload(true);
+                self.metrics.count(true);
                 ReloadOutcome::Applied
             }
             Err(e) => {
-                self.targets.metrics.reload(false);
+                self.metrics.count(false);
                 tracing::error!(error = %e, "configuration reload refused; the configuration in force stays");
-                ReloadOutcome::Refused(e.to_string())
+                ReloadOutcome::Refused(e)
             }
         }
     }
 
     fn apply(&mut self, config: Config) {
-        self.targets.limiter.reload(&config.ratelimit);
-        self.targets.leases.reload(&config.leases);
+        for hook in &self.hooks {
+            hook(&config);
+        }
         let restart_needed: Vec<&str> = [
             ("server", self.current.server != config.server),
             ("storage", self.current.storage != config.storage),
@@ -147,12 +179,12 @@ impl Reloader {
         let Some(path) = self.source.path.clone() else {
             return ReloadOutcome::Unchanged;
         };
-        let first = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+        let first = self.source.read(&path);
         if self.last_seen.as_ref() == Some(&first) {
             return ReloadOutcome::Unchanged;
         }
         tokio::time::sleep(SETTLE).await;
-        let second = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+        let second = self.source.read(&path);
         if first != second {
             tracing::debug!("configuration file still changing; looking again at the next poll");
             return ReloadOutcome::Unchanged;

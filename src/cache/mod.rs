@@ -14,6 +14,7 @@ pub mod compress;
 pub mod engine;
 pub mod entry;
 pub mod hot;
+pub mod runtime;
 pub mod service;
 pub mod stats;
 pub mod watch;

@@ -14,6 +14,7 @@ pub mod manager;
 pub mod metrics;
 pub mod persist;
 pub mod pool;
+pub mod runtime;
 pub mod service;
 pub mod table;
 

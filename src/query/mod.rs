@@ -13,6 +13,7 @@ pub mod persist;
 pub mod rules;
 #[cfg(test)]
 mod rules_tests;
+pub mod runtime;
 pub mod service;
 pub mod slowlog;
 pub mod stats;

@@ -19,7 +19,7 @@ use super::gcra::Params;
 use super::limits::key_with_params;
 use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
-use crate::transport::direct::{Begin, DirectUnary, encode_within};
+use crate::routes::{Begin, DirectUnary, encode_within};
 
 pub struct EnvoyRateLimitService {
     limiter: RateLimiter,

@@ -3,30 +3,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-
 use super::gcra::Params;
-use super::metrics::RateLimitMetrics;
+use super::metrics::{LimitCounters, RateLimitMetrics};
 use crate::config::{LimitConfig, LimitScopeConfig, RateLimitConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     PerKey,
     Shared,
-}
-
-/// Metric handles of one limit, created once so the hot path does no label lookups.
-#[derive(Debug, Clone)]
-pub struct LimitCounters {
-    pub allowed: Counter,
-    pub denied: Counter,
-    pub tokens_granted: Counter,
-    pub wait_seconds: Histogram,
-    pub waiting: Gauge,
-    pub buckets: Gauge,
-    pub table_full: Counter,
 }
 
 #[derive(Debug)]

@@ -8,7 +8,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::limits::LimitCounters;
 use crate::telemetry::metrics::latency_histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,9 +21,16 @@ pub struct DecisionLabels {
     pub result: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabel {
-    pub result: &'static str,
+/// Metric handles of one limit, created once so the hot path does no label lookups.
+#[derive(Debug, Clone)]
+pub struct LimitCounters {
+    pub allowed: Counter,
+    pub denied: Counter,
+    pub tokens_granted: Counter,
+    pub wait_seconds: Histogram,
+    pub waiting: Gauge,
+    pub buckets: Gauge,
+    pub table_full: Counter,
 }
 
 #[derive(Clone, Debug)]
@@ -35,7 +41,6 @@ pub struct RateLimitMetrics {
     waiting: Family<LimitLabel, Gauge>,
     buckets: Family<LimitLabel, Gauge>,
     table_full: Family<LimitLabel, Counter>,
-    pub reloads: Family<ReloadLabel, Counter>,
     pub buckets_total: Gauge,
 }
 
@@ -48,7 +53,6 @@ impl Default for RateLimitMetrics {
             waiting: Family::default(),
             buckets: Family::default(),
             table_full: Family::default(),
-            reloads: Family::default(),
             buckets_total: Gauge::default(),
         }
     }
@@ -91,11 +95,6 @@ impl RateLimitMetrics {
             "gantry_ratelimit_buckets_total",
             "Buckets held in memory over all limits",
             m.buckets_total.clone(),
-        );
-        registry.register(
-            "gantry_config_reloads",
-            "Configuration reloads by result (success, failure)",
-            m.reloads.clone(),
         );
         m
     }
@@ -144,10 +143,5 @@ impl RateLimitMetrics {
         self.waiting.remove(&label);
         self.buckets.remove(&label);
         self.table_full.remove(&label);
-    }
-
-    pub fn reload(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
-        self.reloads.get_or_create(&ReloadLabel { result }).inc();
     }
 }

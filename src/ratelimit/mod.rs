@@ -10,6 +10,7 @@ pub mod limiter;
 pub mod limits;
 pub mod metrics;
 pub mod persist;
+pub mod runtime;
 pub mod service;
 
 pub use limiter::{AcquireRequest, Outcome, RateLimiter, SavedBucket};

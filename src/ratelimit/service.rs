@@ -10,7 +10,7 @@ use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb, grpc_timeout, wait_within_deadline};
 use crate::proto::gantry::v1 as pb;
-use crate::transport::direct::{Begin, DirectUnary, encode_within};
+use crate::routes::{Begin, DirectUnary, encode_within};
 
 pub struct RateLimiterService {
     limiter: RateLimiter,

@@ -3,7 +3,7 @@
 //! caller's W3C trace context), and records go-grpc-prometheus style metrics,
 //! reading the final status from the response headers or trailers.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,12 +20,14 @@ use tracing::Instrument;
 use super::metrics::{HandledLabels, MethodLabels, RpcMetrics, code_label};
 
 use crate::error::ApiError;
-use crate::transport::BoxError;
+use tower::BoxError;
 
 /// One method's metric handles, created at start so a call does no label
 /// allocation or family lookup.
 struct MethodHandles {
     labels: MethodLabels,
+    /// The setting that limits this method's message size.
+    size_setting: &'static str,
     started: prometheus_client::metrics::counter::Counter,
     handling: prometheus_client::metrics::histogram::Histogram,
     /// By gRPC code number (0..=16), created on first use.
@@ -33,24 +35,15 @@ struct MethodHandles {
 }
 
 impl MethodHandles {
-    fn new(metrics: &RpcMetrics, labels: MethodLabels) -> Self {
+    fn new(metrics: &RpcMetrics, labels: MethodLabels, size_setting: &'static str) -> Self {
         let started = metrics.started.get_or_create(&labels).clone();
         let handling = metrics.handling_seconds.get_or_create(&labels).clone();
         Self {
             labels,
+            size_setting,
             started,
             handling,
             handled: Default::default(),
-        }
-    }
-
-    /// The setting that limits this method's message size.
-    fn size_setting(&self) -> &'static str {
-        match self.labels.grpc_service.as_str() {
-            "gantry.v1.Traces" | "opentelemetry.proto.collector.trace.v1.TraceService" => {
-                "traces.max_message_bytes"
-            }
-            _ => "server.max_message_bytes",
         }
     }
 
@@ -92,23 +85,29 @@ pub struct RpcLayer {
 }
 
 impl RpcLayer {
+    /// `methods`: every routed method path, with the setting that bounds
+    /// its messages (named when tonic refuses one as too large).
     pub fn new(
         metrics: RpcMetrics,
         max_inflight: u32,
-        known_paths: HashSet<String>,
+        methods: HashMap<String, &'static str>,
         propagate_context: bool,
     ) -> Self {
-        let methods = known_paths
-            .iter()
-            .map(|path| {
-                let handles = MethodHandles::new(&metrics, method_labels(path, &known_paths));
-                (path.clone(), Arc::new(handles))
-            })
-            .collect();
         let unknown = Arc::new(MethodHandles::new(
             &metrics,
-            method_labels("", &known_paths),
+            unknown_labels(),
+            "server.max_message_bytes",
         ));
+        let methods = methods
+            .into_iter()
+            .map(|(path, setting)| {
+                let handles = match method_labels(&path) {
+                    Some(labels) => Arc::new(MethodHandles::new(&metrics, labels, setting)),
+                    None => unknown.clone(),
+                };
+                (path, handles)
+            })
+            .collect();
         Self {
             shared: Arc::new(Shared {
                 metrics,
@@ -140,15 +139,16 @@ pub struct RpcService<S> {
 }
 
 /// Splits `/gantry.v1.Cache/Get` into service and method labels.
-fn method_labels(path: &str, known: &HashSet<String>) -> MethodLabels {
-    if known.contains(path)
-        && let Some((service, method)) = path.trim_start_matches('/').split_once('/')
-    {
-        return MethodLabels {
-            grpc_service: service.to_string(),
-            grpc_method: method.to_string(),
-        };
-    }
+fn method_labels(path: &str) -> Option<MethodLabels> {
+    let (service, method) = path.trim_start_matches('/').split_once('/')?;
+    Some(MethodLabels {
+        grpc_service: service.to_string(),
+        grpc_method: method.to_string(),
+    })
+}
+
+/// The labels every path outside the routed methods shares.
+fn unknown_labels() -> MethodLabels {
     MethodLabels {
         grpc_service: "unknown".to_string(),
         grpc_method: "unknown".to_string(),
@@ -249,7 +249,7 @@ where
                 match result {
                     Ok(response) => {
                         let (mut parts, body) = response.into_parts();
-                        rewrite_oversized(&mut parts.headers, call.method.size_setting());
+                        rewrite_oversized(&mut parts.headers, call.method.size_setting);
                         if let Some(code) = status_in(&parts.headers) {
                             // Trailers-only response: the status is final now.
                             call.finish(code);
@@ -454,7 +454,7 @@ where
                     let setting = this
                         .call
                         .as_ref()
-                        .map_or("server.max_message_bytes", |c| c.method.size_setting());
+                        .map_or("server.max_message_bytes", |c| c.method.size_setting);
                     rewrite_oversized(&mut trailers, setting);
                     if let Some(mut call) = this.call.take() {
                         call.finish(status_in(&trailers).unwrap_or(tonic::Code::Unknown));
@@ -497,13 +497,32 @@ mod tests {
 
     #[test]
     fn labels_split_known_paths_and_fold_unknown_ones() {
-        let known: HashSet<String> = ["/gantry.v1.Cache/Get".to_string()].into();
-        let l = method_labels("/gantry.v1.Cache/Get", &known);
+        let metrics = RpcMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let known = HashMap::from([
+            (
+                "/gantry.v1.Cache/Get".to_string(),
+                "server.max_message_bytes",
+            ),
+            (
+                "/gantry.v1.Traces/Ingest".to_string(),
+                "traces.max_message_bytes",
+            ),
+        ]);
+        let layer = RpcLayer::new(metrics, 10, known, false);
+        let handles = |path: &str| {
+            let shared = &layer.shared;
+            shared.methods.get(path).unwrap_or(&shared.unknown).clone()
+        };
+        let l = &handles("/gantry.v1.Cache/Get").labels;
         assert_eq!(
             (l.grpc_service.as_str(), l.grpc_method.as_str()),
             ("gantry.v1.Cache", "Get")
         );
-        let l = method_labels("/random/garbage", &known);
+        assert_eq!(
+            handles("/gantry.v1.Traces/Ingest").size_setting,
+            "traces.max_message_bytes"
+        );
+        let l = &handles("/random/garbage").labels;
         assert_eq!(
             (l.grpc_service.as_str(), l.grpc_method.as_str()),
             ("unknown", "unknown")

@@ -13,6 +13,7 @@ pub mod endpoints;
 pub mod forward;
 pub mod metrics;
 pub mod persist;
+pub mod runtime;
 pub mod service;
 pub mod span;
 pub mod table;

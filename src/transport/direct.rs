@@ -15,7 +15,6 @@
 //! exactly what it always was. Answers are not compressed (a client that
 //! offers gzip may always be answered in identity, and these are tiny).
 
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
@@ -26,54 +25,26 @@ use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Request, Response};
 
 use super::stream::{IncomingBody, LazyDeadline, timed_out};
+use crate::routes::{DirectUnary, Method};
 use crate::telemetry::rpc::{DirectCall, RpcLayer};
 
-/// Starts the call's record (and sheds it when the server is full): called
-/// by a [`DirectUnary`] once it knows it will answer, before any side effect.
-pub type Begin<'a> = &'a mut dyn FnMut() -> Result<(), tonic::Status>;
-
-/// A unary method answered directly.
-pub trait DirectUnary: Send + Sync + 'static {
-    /// Answers one uncompressed request message with a response message
-    /// framed for the wire ([`encode_within`]), or `None` to send the call the
-    /// service path (before calling `begin`, and so before any side effect).
-    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, tonic::Status>>;
-}
-
-/// Encodes an answer behind gRPC's 5-byte prefix (uncompressed), in one
-/// buffer, refusing one larger than the message limit with what the service
-/// path answers then (tonic's check, worded by the per-call layer).
-pub fn encode_within(
-    answer: &impl prost::Message,
-    max_message_bytes: usize,
-) -> Result<Bytes, tonic::Status> {
-    let len = answer.encoded_len();
-    if len > max_message_bytes {
-        return Err(tonic::Status::resource_exhausted(format!(
-            "response message too large: found {len} bytes, the limit is: {max_message_bytes} bytes (server.max_message_bytes)"
-        )));
-    }
-    let mut framed = BytesMut::with_capacity(5 + len);
-    framed.put_u8(0);
-    framed.put_u32(len as u32);
-    // Cannot fail: the buffer holds `len` more bytes.
-    let _ = answer.encode(&mut framed);
-    Ok(framed.freeze())
-}
-
-/// The methods answered directly, by path.
+/// What direct calls share: the per-call layer that records them, and the
+/// request message limit.
 #[derive(Clone)]
 pub struct DirectCalls {
     pub layer: RpcLayer,
     pub max_message_bytes: usize,
-    pub methods: HashMap<&'static str, Arc<dyn DirectUnary>, foldhash::fast::RandomState>,
 }
 
 impl DirectCalls {
-    /// The handler for this request, when its path has one and the request
-    /// is plain gRPC (no request compression).
-    pub fn handler(&self, request: &Request<RecvStream>) -> Option<Arc<dyn DirectUnary>> {
-        let handler = self.methods.get(request.uri().path())?;
+    /// The method's handler, when it has one and the request is plain gRPC
+    /// (no request compression).
+    pub fn handler(
+        &self,
+        method: &Method,
+        request: &Request<RecvStream>,
+    ) -> Option<Arc<dyn DirectUnary>> {
+        let handler = method.direct.as_ref()?;
         let headers = request.headers();
         let grpc = headers
             .get(http::header::CONTENT_TYPE)
@@ -141,7 +112,7 @@ pub async fn serve<F, Fut>(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     handler: Arc<dyn DirectUnary>,
-    calls: Arc<DirectCalls>,
+    calls: DirectCalls,
     mut deadline: LazyDeadline,
     fallback: F,
 ) where
@@ -184,18 +155,35 @@ pub async fn serve<F, Fut>(
             return fallback(Request::from_parts(parts, body), respond, deadline).await;
         }
     };
+    if !answer(&*handler, &framed[5..], &parts, &calls, &mut respond) {
+        let body = tonic::body::Body::new(IncomingBody::after(framed, recv));
+        fallback(Request::from_parts(parts, body), respond, deadline).await;
+    }
+}
+
+/// Answers the call from its message, or returns false when the handler
+/// sends it the service path. The decision and the answer run inside the
+/// call's span, entered as soon as its record starts.
+fn answer(
+    handler: &dyn DirectUnary,
+    message: &[u8],
+    parts: &http::request::Parts,
+    calls: &DirectCalls,
+    respond: &mut SendResponse<Bytes>,
+) -> bool {
     let mut call: Option<DirectCall> = None;
+    let mut entered: Option<tracing::span::EnteredSpan> = None;
     let mut begin = || {
-        call = Some(calls.layer.start_direct(parts.uri.path(), &parts.headers)?);
+        let started = calls.layer.start_direct(parts.uri.path(), &parts.headers)?;
+        entered = Some(started.span().clone().entered());
+        call = Some(started);
         Ok(())
     };
-    let answer = handler.answer(&framed[5..], &mut begin);
-    let Some(answer) = answer else {
-        let body = tonic::body::Body::new(IncomingBody::after(framed, recv));
-        return fallback(Request::from_parts(parts, body), respond, deadline).await;
+    let Some(answer) = handler.answer(message, &mut begin) else {
+        return false;
     };
     let code = match answer {
-        Ok(framed) => match send_ok(&mut respond, framed) {
+        Ok(framed) => match send_ok(respond, framed) {
             Ok(()) => tonic::Code::Ok,
             Err(_) => tonic::Code::Cancelled,
         },
@@ -210,6 +198,8 @@ pub async fn serve<F, Fut>(
     if let Some(call) = call {
         call.finish(code);
     }
+    drop(entered);
+    true
 }
 
 fn send_ok(respond: &mut SendResponse<Bytes>, framed: Bytes) -> Result<(), h2::Error> {

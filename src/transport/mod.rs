@@ -20,7 +20,7 @@ mod stream;
 
 use stream::LazyDeadline;
 
-pub use direct::{DirectCalls, DirectUnary};
+pub use direct::DirectCalls;
 pub use router::Router;
 
 use std::convert::Infallible;
@@ -37,9 +37,11 @@ use http_body::Body;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::{Service, ServiceExt};
+use tonic::transport::server::TcpConnectInfo;
+use tower::{BoxError, Service, ServiceExt};
 
 use crate::grpc::parse_grpc_timeout;
+use crate::routes::MethodTable;
 use crate::telemetry::metrics::ConnectionMetrics;
 
 /// HTTP/2 settings, as hyper's server sets them by default unless named here.
@@ -51,11 +53,12 @@ pub struct Settings {
     pub keepalive_interval: Duration,
     /// …and close it when the answer takes longer than this.
     pub keepalive_timeout: Duration,
-    /// Paths answered in the connection's own task: calls that answer at once
-    /// from memory. Every other call gets a task of its own.
-    pub inline_paths: Arc<[&'static str]>,
-    /// Unary methods answered from their request bytes (`server.direct_calls`).
-    pub direct: Option<Arc<DirectCalls>>,
+    /// How each method runs, by path: in the connection's own task (calls
+    /// that answer at once from memory), answered from its request bytes, or
+    /// (any path not here) in a task of its own.
+    pub methods: Arc<MethodTable>,
+    /// What the direct calls share.
+    pub direct: DirectCalls,
     pub metrics: ConnectionMetrics,
 }
 
@@ -67,9 +70,6 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type CallFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// A body's or a service's error (tonic's own alias is private).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a transport serves: tonic's services behind gantry's per-call layer.
 pub trait GrpcService:
@@ -153,6 +153,12 @@ async fn connection<S: GrpcService>(
     settings: Arc<Settings>,
     closing: CancellationToken,
 ) {
+    // What tonic's server puts in every request, so `Request::remote_addr()`
+    // answers the same on both transports.
+    let connect_info = TcpConnectInfo {
+        local_addr: socket.local_addr().ok(),
+        remote_addr: socket.peer_addr().ok(),
+    };
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_window_size(STREAM_WINDOW)
@@ -205,8 +211,9 @@ async fn connection<S: GrpcService>(
             // calls queued since the last time.
             loop {
                 match conn.poll_accept(cx) {
-                    Poll::Ready(Some(Ok((request, respond)))) => {
+                    Poll::Ready(Some(Ok((mut request, respond)))) => {
                         progressed = true;
+                        request.extensions_mut().insert(connect_info.clone());
                         let call = call(request, respond, &service, &settings);
                         if call.inline {
                             calls.push(call.future);
@@ -266,15 +273,13 @@ fn call<S: GrpcService>(
         d.min(settings.request_timeout)
     }));
     let service = service.clone();
-    if let Some(direct) = &settings.direct
-        && let Some(handler) = direct.handler(&request)
-    {
-        let direct = direct.clone();
+    let method = settings.methods.get(request.uri().path());
+    if let Some(handler) = method.and_then(|m| settings.direct.handler(m, &request)) {
         let future = Box::pin(direct::serve(
             request,
             respond,
             handler,
-            direct,
+            settings.direct.clone(),
             deadline,
             move |request, respond, deadline| through_service(service, request, respond, deadline),
         ));
@@ -283,7 +288,7 @@ fn call<S: GrpcService>(
             inline: true,
         };
     }
-    let inline = settings.inline_paths.contains(&request.uri().path());
+    let inline = method.is_some_and(|m| m.inline);
     let future = Box::pin(through_service(
         service,
         stream::request(request),

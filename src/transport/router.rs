@@ -11,11 +11,9 @@ use std::task::{Context, Poll};
 use futures_util::future::{self, Either};
 use http::{Request, Response};
 use tonic::body::Body;
-use tonic::server::NamedService;
 use tower::Service;
-use tower::util::BoxCloneSyncService;
 
-type BoxedService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+use crate::routes::{BoxedService, GrpcService};
 
 #[derive(Clone, Default)]
 pub struct Router {
@@ -23,21 +21,15 @@ pub struct Router {
 }
 
 impl Router {
-    /// Adds a generated service (tonic's servers are always ready, so a call
-    /// goes straight to `call`).
-    pub fn add_service<S>(mut self, service: S) -> Self
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        self.services
-            .insert(S::NAME, BoxCloneSyncService::new(service));
-        self
+    /// Routes to `services` by name (tonic's servers are always ready, so a
+    /// call goes straight to `call`).
+    pub fn new(services: &[GrpcService]) -> Self {
+        Self {
+            services: services
+                .iter()
+                .map(|s| (s.name, s.service.clone()))
+                .collect(),
+        }
     }
 }
 

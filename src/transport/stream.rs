@@ -13,7 +13,7 @@ use h2::{RecvStream, SendStream};
 use http::{Request, Response};
 use http_body::{Body, Frame};
 
-use super::BoxError;
+use tower::BoxError;
 
 /// The request body as tonic reads it; received bytes are handed back to the
 /// flow-control window as they are read, so a client sends no faster than the

@@ -1,0 +1,65 @@
+//! The cache as the server runs it: opened over the store (its entries
+//! counted), `gantry.v1.Cache` served, expired entries swept. What it writes
+//! is in the store, which the server flushes last.
+
+use std::time::Instant;
+
+use super::CacheEngine;
+use super::engine::run_sweeper;
+use super::service::CacheService;
+use super::stats::{CacheCollector, WatchCollector};
+use crate::config::CacheConfig;
+use crate::proto::gantry::v1::cache_server::{self, CacheServer};
+use crate::routes::{Served, grpc_service};
+use crate::runtime::{Capability, Context, StartError, blocking};
+
+pub struct Runtime;
+
+impl Runtime {
+    pub async fn start(
+        config: &CacheConfig,
+        ctx: &mut Context<'_>,
+    ) -> Result<Capability, StartError> {
+        let (cache_config, store) = (config.clone(), ctx.store.clone());
+        let started = Instant::now();
+        let cache = blocking("opening the cache", move || {
+            CacheEngine::open(&cache_config, store)
+        })
+        .await?;
+        let entries: u64 = cache
+            .namespaces()
+            .snapshot()
+            .iter()
+            .map(|(_, s)| s.entries)
+            .sum();
+        if entries > 0 {
+            tracing::info!(
+                entries,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "cache entries counted"
+            );
+        }
+        ctx.registry
+            .register_collector(Box::new(CacheCollector(cache.namespaces())));
+        ctx.registry
+            .register_collector(Box::new(WatchCollector(cache.clone())));
+
+        let token = ctx.background.token();
+        ctx.background.spawn(run_sweeper(
+            cache.clone(),
+            config.sweep_interval.get(),
+            usize::try_from(config.sweep_batch).unwrap_or(usize::MAX),
+            token,
+        ));
+
+        let lanes = ctx.lanes(config.coalesce);
+        let served = Served::default()
+            .service(grpc_service!(
+                CacheServer::new(CacheService::new(cache, lanes)),
+                ctx.max_message_bytes(),
+                "server.max_message_bytes"
+            ))
+            .inline(cache_server::SERVICE_NAME, &["Get", "Put", "Delete"]);
+        Ok(Capability::new("cache", served, Box::pin(async {})))
+    }
+}

@@ -1,0 +1,62 @@
+//! Query analysis as the server runs it: statistics and the slow log
+//! restored from the store, `gantry.v1.QueryAnalyzer` served, statistics
+//! saved periodically and at stop.
+
+use super::QueryEngine;
+use super::metrics::QueryMetrics;
+use super::service::QueryService;
+use crate::config::QueryConfig;
+use crate::proto::gantry::v1::query_analyzer_server::QueryAnalyzerServer;
+use crate::routes::{Served, grpc_service};
+use crate::runtime::{Capability, Context, StartError, blocking};
+
+pub struct Runtime;
+
+impl Runtime {
+    pub async fn start(
+        config: &QueryConfig,
+        ctx: &mut Context<'_>,
+    ) -> Result<Capability, StartError> {
+        let metrics = QueryMetrics::register(ctx.registry);
+        let query = QueryEngine::new(config, ctx.store.clone(), metrics);
+        // Unreadable statistics are logged, not fatal: they rebuild
+        // themselves from new executions.
+        let engine = query.clone();
+        match blocking("restoring query statistics", move || engine.restore()).await {
+            Ok(0) => {}
+            Ok(restored) => tracing::info!(restored, "query statistics restored"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read saved query statistics; starting empty")
+            }
+        }
+
+        let saver = query.clone();
+        ctx.background.save_every(
+            config.persist_interval.get(),
+            "query statistics",
+            move || save(saver.clone()),
+        );
+
+        let served = Served::default().service(grpc_service!(
+            QueryAnalyzerServer::new(QueryService::new(query.clone(), config)),
+            ctx.max_message_bytes(),
+            "server.max_message_bytes"
+        ));
+        Ok(Capability::new(
+            "query",
+            served,
+            Box::pin(async move {
+                // Query statistics and the slow log survive the restart.
+                if let Err(e) = save(query).await {
+                    tracing::error!(error = %e, "saving query statistics at shutdown failed");
+                }
+            }),
+        ))
+    }
+}
+
+async fn save(query: QueryEngine) -> Result<usize, String> {
+    blocking("saving query statistics", move || query.save())
+        .await
+        .map_err(|e| e.to_string())
+}

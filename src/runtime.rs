@@ -1,0 +1,216 @@
+//! What the capabilities' runtimes share: the context each is built from,
+//! the task set their background work runs on, and the [`Capability`] each
+//! hands the server — its services, its reload hook and how it stops.
+//!
+//! A capability folder exports one concrete `Runtime` whose `start` restores
+//! its saved state from the store, registers its metrics, spawns its
+//! background work and returns a [`Capability`]. The server composes them in
+//! start-up order (src/server.rs) and stops them in that order at shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ServerConfig, Transport};
+use crate::lanes::{Lanes, default_lanes};
+use crate::routes::Served;
+use crate::store::{Store, StoreError};
+
+/// Queue depth of each lane; a full lane makes callers run their work in place.
+const COALESCE_DEPTH: usize = 4096;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the lease journal thread: {0}")]
+    Journal(std::io::Error),
+    #[error("cannot start the span ingestion thread: {0}")]
+    TracesWorker(std::io::Error),
+    #[error("{0}")]
+    Forward(String),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What every capability is built from.
+pub struct Context<'a> {
+    pub store: Arc<dyn Store>,
+    pub registry: &'a mut Registry,
+    pub server: &'a ServerConfig,
+    pub background: &'a mut Background,
+    lanes: Option<Lanes>,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: &'a mut Registry,
+        server: &'a ServerConfig,
+        background: &'a mut Background,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            server,
+            background,
+            lanes: None,
+        }
+    }
+
+    /// `server.max_message_bytes`, as tonic takes it.
+    pub fn max_message_bytes(&self) -> usize {
+        usize::try_from(self.server.max_message_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// The lanes (a task per core, shared by every capability that asks),
+    /// when the capability wants them (`coalesce`) and they help: lanes group
+    /// the replies of hyper's task-per-call server; gantry's own transport
+    /// already answers short calls together per connection, and there the
+    /// extra hop only costs (docs/benchmarks.md).
+    pub fn lanes(&mut self, coalesce: bool) -> Option<Lanes> {
+        if !coalesce || self.server.transport != Transport::Hyper {
+            return None;
+        }
+        Some(
+            self.lanes
+                .get_or_insert_with(|| Lanes::spawn(default_lanes(), COALESCE_DEPTH))
+                .clone(),
+        )
+    }
+
+    /// Whether the h2 transport answers this capability's direct calls.
+    pub fn direct_calls(&self) -> bool {
+        self.server.direct_calls && self.server.transport == Transport::H2
+    }
+}
+
+/// Runs a blocking store operation off the async workers; a panic in it
+/// becomes a store error.
+pub async fn blocking<T: Send + 'static>(
+    what: &str,
+    job: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| StoreError::Io(format!("{what} panicked: {e}")))?
+}
+
+/// The capabilities' background work: one task set, one cancellation token.
+#[derive(Default)]
+pub struct Background {
+    tasks: JoinSet<()>,
+    stop: CancellationToken,
+}
+
+impl Background {
+    /// The token every background task ends on.
+    pub fn token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Runs `save` every `every` (not at once: state was just restored)
+    /// until the stop; a failure is logged and the next tick tries again.
+    pub fn save_every<F, Fut>(&mut self, every: Duration, what: &'static str, save: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<usize, String>> + Send,
+    {
+        let stop = self.token();
+        self.spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticker.tick() => {
+                        if let Err(e) = save().await {
+                            tracing::warn!(error = %e, "periodic save of {what} failed");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Runs `job` every `every` on the blocking pool until the stop; logs its
+    /// count at debug level when it did something.
+    pub fn every_off_the_workers<F>(&mut self, every: Duration, what: &'static str, job: F)
+    where
+        F: Fn() -> usize + Clone + Send + 'static,
+    {
+        let stop = self.token();
+        self.spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticker.tick() => {
+                        if let Ok(count) = tokio::task::spawn_blocking(job.clone()).await
+                            && count > 0
+                        {
+                            tracing::debug!(count, "{what}");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Cancels every task and waits for them to end.
+    pub async fn stop(&mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Applies a reloaded configuration to what a capability runs.
+pub type ReloadHook = Box<dyn Fn(&Config) + Send + Sync>;
+
+/// Saves and flushes what a capability owns, at shutdown.
+pub type StopFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A started capability, as the server composes it.
+pub struct Capability {
+    /// For logs: `ratelimit`, `cache`, …
+    pub name: &'static str,
+    pub served: Served,
+    /// What a hot reload changes; `None` for sections that need a restart.
+    pub reload: Option<ReloadHook>,
+    /// Runs once the gRPC side has drained and the background work stopped.
+    pub stop: StopFuture,
+}
+
+impl Capability {
+    pub fn new(name: &'static str, served: Served, stop: StopFuture) -> Self {
+        Self {
+            name,
+            served,
+            reload: None,
+            stop,
+        }
+    }
+
+    pub fn reloads(mut self, hook: ReloadHook) -> Self {
+        self.reload = Some(hook);
+        self
+    }
+}
