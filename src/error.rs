@@ -1,8 +1,10 @@
 //! The one mapping from gantry's errors to gRPC status codes.
 //!
 //! Each area has its own error type (`ConfigError`, `StoreError`, and one per
-//! capability); the gRPC adapters turn them into [`ApiError`], and
-//! `impl From<ApiError> for Status` below is the only place that picks a code:
+//! capability); malformed input is a [`FieldError`] that they carry as it
+//! is. The conversions below (structural matches, no text taken apart) turn
+//! them into [`ApiError`], and `impl From<ApiError> for Status` is the only
+//! place that picks a code:
 //!
 //! | error                | code                 |
 //! |----------------------|----------------------|
@@ -15,14 +17,70 @@
 
 use tonic::{Code, Status};
 
+use crate::cache::CacheError;
+use crate::leases::LeaseError;
+use crate::query::QueryError;
+use crate::ratelimit::RateLimitError;
 use crate::store::StoreError;
+use crate::traces::TracesError;
+
+/// A malformed field: which one (with its place in a batch, as
+/// `requests[3].key`) and why. Validation everywhere returns this; domain
+/// errors carry it as it is, so nothing has to be taken apart again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An empty required field.
+    pub fn empty(field: impl Into<String>) -> Self {
+        Self::new(field, "must not be empty")
+    }
+
+    /// A field over its configured length (`setting` names the key).
+    pub fn too_long(field: impl Into<String>, len: usize, max: usize, setting: &str) -> Self {
+        Self::new(
+            field,
+            format!("{len} bytes is longer than the limit of {max} ({setting})"),
+        )
+    }
+
+    /// A required text field: not empty, at most `max` bytes.
+    pub fn check_text(field: &str, value: &str, max: usize, setting: &str) -> Result<(), Self> {
+        if value.is_empty() {
+            return Err(Self::empty(field));
+        }
+        if value.len() > max {
+            return Err(Self::too_long(field, value.len(), max, setting));
+        }
+        Ok(())
+    }
+
+    /// The same error for item `index` of the batch field `list`.
+    pub fn in_item(self, list: &str, index: usize) -> Self {
+        Self {
+            field: format!("{list}[{index}].{}", self.field),
+            reason: self.reason,
+        }
+    }
+}
 
 /// What a gRPC call can fail with, independent of which service raised it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// A field is malformed; names the field and the value.
-    #[error("{field}: {reason}")]
-    InvalidArgument { field: String, reason: String },
+    #[error(transparent)]
+    InvalidArgument(#[from] FieldError),
     /// A named thing (limit, pool, trace…) does not exist.
     #[error("{kind} {name:?} not found")]
     NotFound { kind: &'static str, name: String },
@@ -43,16 +101,13 @@ pub enum ApiError {
 impl ApiError {
     /// Shorthand for the most common error.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ApiError::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ApiError::InvalidArgument(FieldError::new(field, reason))
     }
 
     /// The gRPC code this error maps to.
     pub fn code(&self) -> Code {
         match self {
-            ApiError::InvalidArgument { .. } => Code::InvalidArgument,
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::NotFound { .. } => Code::NotFound,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
@@ -68,11 +123,87 @@ impl From<ApiError> for Status {
     }
 }
 
+impl From<FieldError> for Status {
+    fn from(err: FieldError) -> Self {
+        ApiError::from(err).into()
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         // Every storage failure seen by a call means "the store is down or
         // misbehaving": UNAVAILABLE lets clients (and Envoy's failure_mode_deny) react.
         ApiError::Unavailable(format!("store unavailable: {err}"))
+    }
+}
+
+impl From<RateLimitError> for ApiError {
+    fn from(err: RateLimitError) -> Self {
+        match err {
+            RateLimitError::Invalid(field) => ApiError::InvalidArgument(field),
+            RateLimitError::UnknownLimit(name) => ApiError::NotFound {
+                kind: "limit",
+                name,
+            },
+            RateLimitError::TableFull { .. } | RateLimitError::QueueFull { .. } => {
+                ApiError::ResourceExhausted(err.to_string())
+            }
+            RateLimitError::Internal(_) => ApiError::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<LeaseError> for ApiError {
+    fn from(err: LeaseError) -> Self {
+        match err {
+            LeaseError::Invalid(field) => ApiError::InvalidArgument(field),
+            LeaseError::UnknownPool(name) | LeaseError::PoolRemoved(name) => {
+                ApiError::NotFound { kind: "pool", name }
+            }
+            LeaseError::UnknownLease(id) => ApiError::NotFound {
+                kind: "lease",
+                name: id,
+            },
+            LeaseError::QueueFull { .. } => ApiError::ResourceExhausted(err.to_string()),
+            LeaseError::Unavailable(_) => ApiError::Unavailable(err.to_string()),
+        }
+    }
+}
+
+impl From<CacheError> for ApiError {
+    fn from(err: CacheError) -> Self {
+        match err {
+            CacheError::Invalid(field) => ApiError::InvalidArgument(field),
+            CacheError::ConditionFailed(message) => ApiError::FailedPrecondition(message),
+            CacheError::TooManyNamespaces { .. } | CacheError::TooManyWatchers { .. } => {
+                ApiError::ResourceExhausted(err.to_string())
+            }
+            CacheError::Damaged { .. } => ApiError::Internal(err.to_string()),
+            CacheError::Store(e) => ApiError::from(e),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(err: QueryError) -> Self {
+        match err {
+            QueryError::Invalid(field) => ApiError::InvalidArgument(field),
+        }
+    }
+}
+
+impl From<TracesError> for ApiError {
+    fn from(err: TracesError) -> Self {
+        match err {
+            TracesError::Invalid(field) => ApiError::InvalidArgument(field),
+            TracesError::QueueFull { .. } => ApiError::ResourceExhausted(err.to_string()),
+            TracesError::NotFound(id) => ApiError::NotFound {
+                kind: "trace",
+                name: id,
+            },
+            TracesError::Stopped => ApiError::Unavailable(err.to_string()),
+            TracesError::Store(e) => e.into(),
+        }
     }
 }
 

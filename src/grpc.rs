@@ -3,24 +3,24 @@
 
 use std::time::Duration;
 
-use crate::error::ApiError;
+use crate::error::FieldError;
 
 /// A protobuf duration as a std one; unset is zero, negative is refused.
 pub fn duration_from_pb(
     field: &str,
     value: Option<&prost_types::Duration>,
-) -> Result<Duration, ApiError> {
+) -> Result<Duration, FieldError> {
     let Some(d) = value else {
         return Ok(Duration::ZERO);
     };
     if d.seconds < 0 || d.nanos < 0 {
-        return Err(ApiError::invalid(
+        return Err(FieldError::new(
             field,
             format!("must not be negative, got {}s {}ns", d.seconds, d.nanos),
         ));
     }
     if d.nanos >= 1_000_000_000 {
-        return Err(ApiError::invalid(
+        return Err(FieldError::new(
             field,
             format!("nanos must be below 1000000000, got {}", d.nanos),
         ));

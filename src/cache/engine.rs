@@ -26,6 +26,7 @@ use super::hot::{HotEntry, HotTier};
 use super::stats::{Counters, Namespaces};
 use super::watch::{Change, ChangeKind, MAX_EVENT_VALUE_BYTES, Subscription, WatchHub};
 use crate::config::{CacheConfig, Durability};
+use crate::error::FieldError;
 use crate::store::flush::GroupFlush;
 use crate::store::{Domain, Store, StoreError, Tree};
 use crate::wallclock::now_ms;
@@ -163,43 +164,19 @@ impl CacheEngine {
     /// Checks a namespace (for Watch and Stats as well as reads and writes).
     pub fn check_namespace(&self, namespace: &str) -> Result<(), CacheError> {
         let field = "namespace";
-        if namespace.is_empty() {
-            return Err(CacheError::Empty {
-                field: field.into(),
-            });
-        }
-        if namespace.len() > self.inner.limits.max_namespace_bytes {
-            return Err(CacheError::TooLong {
-                field: field.into(),
-                len: namespace.len(),
-                max: self.inner.limits.max_namespace_bytes,
-                setting: "cache.max_namespace_bytes",
-            });
-        }
+        let max = self.inner.limits.max_namespace_bytes;
+        FieldError::check_text(field, namespace, max, "cache.max_namespace_bytes")?;
         if namespace.chars().any(char::is_control) {
-            return Err(CacheError::ControlCharacter {
-                field: field.into(),
-                value: namespace.to_string(),
-            });
+            let reason = format!("{namespace:?} contains a control character");
+            return Err(FieldError::new(field, reason).into());
         }
         Ok(())
     }
 
     fn check(&self, namespace: &str, key: &str) -> Result<(), CacheError> {
         self.check_namespace(namespace)?;
-        if key.is_empty() {
-            return Err(CacheError::Empty {
-                field: "key".into(),
-            });
-        }
-        if key.len() > self.inner.limits.max_key_bytes {
-            return Err(CacheError::TooLong {
-                field: "key".into(),
-                len: key.len(),
-                max: self.inner.limits.max_key_bytes,
-                setting: "cache.max_key_bytes",
-            });
-        }
+        let max = self.inner.limits.max_key_bytes;
+        FieldError::check_text("key", key, max, "cache.max_key_bytes")?;
         Ok(())
     }
 
@@ -306,12 +283,8 @@ impl CacheEngine {
         self.check(namespace, key)?;
         let limits = self.inner.limits;
         if value.len() > limits.max_value_bytes {
-            return Err(CacheError::TooLong {
-                field: "value".into(),
-                len: value.len(),
-                max: limits.max_value_bytes,
-                setting: "cache.max_value_bytes",
-            });
+            let (len, max) = (value.len(), limits.max_value_bytes);
+            return Err(FieldError::too_long("value", len, max, "cache.max_value_bytes").into());
         }
         let counters = self.inner.namespaces.get_or_create(namespace)?;
         let (compressed, data) =

@@ -21,30 +21,19 @@ pub mod watch;
 
 pub use engine::{CacheEngine, Condition, Found, Written};
 
-use crate::error::ApiError;
+use crate::error::FieldError;
 use crate::store::StoreError;
 
 /// What a cache call (or one item of a batch) can fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CacheError {
-    #[error("{field}: must not be empty")]
-    Empty { field: String },
-    #[error("{field}: {len} bytes is longer than the limit of {max} ({setting})")]
-    TooLong {
-        field: String,
-        len: usize,
-        max: usize,
-        setting: &'static str,
-    },
-    #[error("{field}: {value:?} contains a control character")]
-    ControlCharacter { field: String, value: String },
-    #[error("{field}: {reason}")]
-    Invalid { field: String, reason: String },
+    /// A malformed field (empty, too long, a control character, a bad ttl,
+    /// a batch over `cache.max_batch`).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
     /// A condition (`if_absent`, `if_version`) did not hold.
     #[error("{0}")]
     ConditionFailed(String),
-    #[error("items: {len} items exceed the batch limit of {max} (cache.max_batch)")]
-    BatchTooLarge { len: usize, max: usize },
     #[error(
         "namespace {namespace:?} would be namespace number {} over the limit of {max} (cache.max_namespaces)",
         max + 1
@@ -65,60 +54,9 @@ pub enum CacheError {
 impl CacheError {
     /// Prefixes the field with a batch item's position (`items[3].key`).
     pub fn in_item(self, index: usize) -> Self {
-        let at = |field: String| format!("items[{index}].{field}");
         match self {
-            CacheError::Empty { field } => CacheError::Empty { field: at(field) },
-            CacheError::TooLong {
-                field,
-                len,
-                max,
-                setting,
-            } => CacheError::TooLong {
-                field: at(field),
-                len,
-                max,
-                setting,
-            },
-            CacheError::ControlCharacter { field, value } => CacheError::ControlCharacter {
-                field: at(field),
-                value,
-            },
-            CacheError::Invalid { field, reason } => CacheError::Invalid {
-                field: at(field),
-                reason,
-            },
+            CacheError::Invalid(field) => CacheError::Invalid(field.in_item("items", index)),
             other => other,
-        }
-    }
-}
-
-impl From<CacheError> for ApiError {
-    fn from(err: CacheError) -> Self {
-        match err {
-            CacheError::Empty { field } => ApiError::invalid(field, "must not be empty"),
-            CacheError::TooLong {
-                field,
-                len,
-                max,
-                setting,
-            } => ApiError::invalid(
-                field,
-                format!("{len} bytes is longer than the limit of {max} ({setting})"),
-            ),
-            CacheError::ControlCharacter { field, value } => {
-                ApiError::invalid(field, format!("{value:?} contains a control character"))
-            }
-            CacheError::Invalid { field, reason } => ApiError::invalid(field, reason),
-            CacheError::BatchTooLarge { len, max } => ApiError::invalid(
-                "items",
-                format!("{len} items exceed the batch limit of {max} (cache.max_batch)"),
-            ),
-            CacheError::ConditionFailed(message) => ApiError::FailedPrecondition(message),
-            e @ (CacheError::TooManyNamespaces { .. } | CacheError::TooManyWatchers { .. }) => {
-                ApiError::ResourceExhausted(e.to_string())
-            }
-            e @ CacheError::Damaged { .. } => ApiError::Internal(e.to_string()),
-            CacheError::Store(e) => ApiError::from(e),
         }
     }
 }
@@ -126,15 +64,14 @@ impl From<CacheError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ApiError;
     use tonic::Code;
 
     #[test]
     fn errors_map_to_the_design_codes_and_name_the_item() {
         let cases = [
             (
-                CacheError::Empty {
-                    field: "key".into(),
-                },
+                CacheError::Invalid(FieldError::empty("key")),
                 Code::InvalidArgument,
             ),
             (
@@ -156,13 +93,8 @@ mod tests {
         for (err, code) in cases {
             assert_eq!(ApiError::from(err.clone()).code(), code, "{err}");
         }
-        let err = CacheError::TooLong {
-            field: "key".into(),
-            len: 9,
-            max: 4,
-            setting: "cache.max_key_bytes",
-        }
-        .in_item(3);
+        let err = CacheError::Invalid(FieldError::too_long("key", 9, 4, "cache.max_key_bytes"))
+            .in_item(3);
         assert_eq!(
             err.to_string(),
             "items[3].key: 9 bytes is longer than the limit of 4 (cache.max_key_bytes)"

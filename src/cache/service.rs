@@ -56,7 +56,8 @@ impl CacheService {
     fn check_batch(&self, len: usize) -> Result<(), Status> {
         let max = self.engine.max_batch();
         if len > max {
-            return Err(ApiError::from(CacheError::BatchTooLarge { len, max }).into());
+            let reason = format!("{len} items exceed the batch limit of {max} (cache.max_batch)");
+            return Err(ApiError::invalid("items", reason).into());
         }
         Ok(())
     }
@@ -92,13 +93,7 @@ fn item_error(err: CacheError) -> pb::ItemError {
 
 /// Field errors of a PutRequest that happen before the engine sees it.
 fn put_args(r: &pb::PutRequest) -> Result<(Option<Duration>, Condition), CacheError> {
-    let ttl = duration_from_pb("ttl", r.ttl.as_ref()).map_err(|e| match e {
-        ApiError::InvalidArgument { field, reason } => CacheError::Invalid { field, reason },
-        other => CacheError::Invalid {
-            field: "ttl".into(),
-            reason: other.to_string(),
-        },
-    })?;
+    let ttl = duration_from_pb("ttl", r.ttl.as_ref())?;
     let condition = match r.condition {
         None | Some(pb::put_request::Condition::IfAbsent(false)) => Condition::Always,
         Some(pb::put_request::Condition::IfAbsent(true)) => Condition::IfAbsent,

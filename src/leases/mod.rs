@@ -21,34 +21,19 @@ pub mod table;
 pub use manager::{AcquireOutcome, LeaseManager};
 pub use table::{Lease, PoolStatus};
 
-use crate::error::ApiError;
+use crate::error::FieldError;
 
 /// What a lease call can fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {
+    /// A malformed field (empty or long names, a count above the pool's
+    /// capacity or per-holder maximum).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
     #[error("pool {0:?} not found")]
     UnknownPool(String),
     #[error("lease {0:?} not found (it expired, was released, or never existed)")]
     UnknownLease(String),
-    #[error("{field}: must not be empty")]
-    Empty { field: &'static str },
-    #[error("{field}: {len} bytes is longer than the limit of {max} ({setting})")]
-    TooLong {
-        field: &'static str,
-        len: usize,
-        max: usize,
-        setting: &'static str,
-    },
-    #[error(
-        "count: {count} exceeds the capacity of {capacity} of pool {pool:?}; it could never be granted"
-    )]
-    AboveCapacity {
-        count: u32,
-        capacity: u32,
-        pool: String,
-    },
-    #[error("count: {count} exceeds the per-holder maximum of {max} of pool {pool:?}")]
-    AboveHolderMax { count: u32, max: u32, pool: String },
     #[error("wait queue of pool {pool:?} is full ({max} waiters, leases.max_waiters)")]
     QueueFull { pool: String, max: usize },
     #[error("pool {0:?} was removed from the configuration while the call waited")]
@@ -57,39 +42,10 @@ pub enum LeaseError {
     Unavailable(String),
 }
 
-impl From<LeaseError> for ApiError {
-    fn from(err: LeaseError) -> Self {
-        match &err {
-            LeaseError::UnknownPool(name) | LeaseError::PoolRemoved(name) => ApiError::NotFound {
-                kind: "pool",
-                name: name.clone(),
-            },
-            LeaseError::UnknownLease(id) => ApiError::NotFound {
-                kind: "lease",
-                name: id.clone(),
-            },
-            LeaseError::Empty { field } | LeaseError::TooLong { field, .. } => {
-                let text = err.to_string();
-                let reason = text
-                    .strip_prefix(&format!("{field}: "))
-                    .unwrap_or(&text)
-                    .to_string();
-                ApiError::invalid(*field, reason)
-            }
-            LeaseError::AboveCapacity { .. } | LeaseError::AboveHolderMax { .. } => {
-                let text = err.to_string();
-                let reason = text.strip_prefix("count: ").unwrap_or(&text).to_string();
-                ApiError::invalid("count", reason)
-            }
-            LeaseError::QueueFull { .. } => ApiError::ResourceExhausted(err.to_string()),
-            LeaseError::Unavailable(_) => ApiError::Unavailable(err.to_string()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ApiError;
     use tonic::Code;
 
     #[test]
@@ -97,13 +53,8 @@ mod tests {
         let cases = [
             (LeaseError::UnknownPool("db".into()), Code::NotFound),
             (LeaseError::UnknownLease("x".into()), Code::NotFound),
-            (LeaseError::Empty { field: "holder" }, Code::InvalidArgument),
             (
-                LeaseError::AboveCapacity {
-                    count: 9,
-                    capacity: 5,
-                    pool: "db".into(),
-                },
+                LeaseError::Invalid(FieldError::empty("holder")),
                 Code::InvalidArgument,
             ),
             (
@@ -119,15 +70,11 @@ mod tests {
             let status = tonic::Status::from(ApiError::from(err.clone()));
             assert_eq!(status.code(), code, "{err}");
         }
-        let status = tonic::Status::from(ApiError::from(LeaseError::AboveCapacity {
-            count: 9,
-            capacity: 5,
-            pool: "db".into(),
-        }));
-        assert_eq!(
-            status.message(),
-            "count: 9 exceeds the capacity of 5 of pool \"db\"; it could never be granted"
-        );
+        let status = tonic::Status::from(ApiError::from(LeaseError::Invalid(FieldError::new(
+            "count",
+            "9 exceeds the capacity of 5",
+        ))));
+        assert_eq!(status.message(), "count: 9 exceeds the capacity of 5");
     }
 }
 

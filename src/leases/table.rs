@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use super::LeaseError;
 use super::pool::PoolSpec;
+use crate::error::FieldError;
 use crate::waitqueue::{WaitQueue, Waiter};
 
 /// One granted lease.
@@ -210,26 +211,6 @@ pub struct Table<W> {
     next_id: u64,
 }
 
-fn check_text(
-    field: &'static str,
-    value: &str,
-    max: usize,
-    setting: &'static str,
-) -> Result<(), LeaseError> {
-    if value.is_empty() {
-        return Err(LeaseError::Empty { field });
-    }
-    if value.len() > max {
-        return Err(LeaseError::TooLong {
-            field,
-            len: value.len(),
-            max,
-            setting,
-        });
-    }
-    Ok(())
-}
-
 fn expires_at(now_ms: u64, ttl: Duration) -> u64 {
     now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
 }
@@ -267,8 +248,8 @@ impl<W> Table<W> {
         waiter: Option<W>,
         fx: &mut Effects<W>,
     ) -> Result<Admission, LeaseError> {
-        check_text("pool", ask.pool, MAX_POOL_BYTES, "pool names")?;
-        check_text(
+        FieldError::check_text("pool", ask.pool, MAX_POOL_BYTES, "pool names")?;
+        FieldError::check_text(
             "holder",
             ask.holder,
             self.limits.max_holder_bytes,
@@ -281,18 +262,24 @@ impl<W> Table<W> {
             .get(ask.pool)
             .ok_or_else(|| LeaseError::UnknownPool(ask.pool.to_string()))?;
         if count > pool.spec.capacity {
-            return Err(LeaseError::AboveCapacity {
-                count,
-                capacity: pool.spec.capacity,
-                pool: ask.pool.to_string(),
-            });
+            return Err(FieldError::new(
+                "count",
+                format!(
+                    "{count} exceeds the capacity of {} of pool {:?}; it could never be granted",
+                    pool.spec.capacity, ask.pool
+                ),
+            )
+            .into());
         }
         if count > pool.spec.max_per_holder {
-            return Err(LeaseError::AboveHolderMax {
-                count,
-                max: pool.spec.max_per_holder,
-                pool: ask.pool.to_string(),
-            });
+            return Err(FieldError::new(
+                "count",
+                format!(
+                    "{count} exceeds the per-holder maximum of {} of pool {:?}",
+                    pool.spec.max_per_holder, ask.pool
+                ),
+            )
+            .into());
         }
         let ttl = pool.spec.ttl(ask.ttl);
         let line_ahead = pool
@@ -393,7 +380,7 @@ impl<W> Table<W> {
         now_ms: u64,
         fx: &mut Effects<W>,
     ) -> Result<Lease, LeaseError> {
-        check_text("lease_id", id, MAX_ID_BYTES, "lease ids")?;
+        FieldError::check_text("lease_id", id, MAX_ID_BYTES, "lease ids")?;
         self.expire(now_ms, fx);
         let Some(lease) = self.leases.get_mut(id) else {
             return Err(LeaseError::UnknownLease(id.to_string()));
@@ -415,7 +402,7 @@ impl<W> Table<W> {
         now_ms: u64,
         fx: &mut Effects<W>,
     ) -> Result<Option<Lease>, LeaseError> {
-        check_text("lease_id", id, MAX_ID_BYTES, "lease ids")?;
+        FieldError::check_text("lease_id", id, MAX_ID_BYTES, "lease ids")?;
         self.expire(now_ms, fx);
         let Some(lease) = self.remove_lease(id) else {
             return Ok(None);

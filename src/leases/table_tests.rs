@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::LeaseError;
 use super::pool::PoolSpec;
 use super::table::{Admission, Ask, Effects, EndReason, Lease, Limits, Table, WaitEnd};
+use crate::error::FieldError;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -99,20 +100,12 @@ fn bad_asks_name_the_problem() {
     let mut fx = Effects::default();
     let mut try_ask = |a: Ask<'_>| t.acquire(a, T0, None, &mut fx).unwrap_err();
     assert_eq!(
-        try_ask(ask("a", 11)),
-        LeaseError::AboveCapacity {
-            count: 11,
-            capacity: 10,
-            pool: "db".into()
-        }
+        try_ask(ask("a", 11)).to_string(),
+        "count: 11 exceeds the capacity of 10 of pool \"db\"; it could never be granted"
     );
     assert_eq!(
-        try_ask(ask("a", 4)),
-        LeaseError::AboveHolderMax {
-            count: 4,
-            max: 3,
-            pool: "db".into()
-        }
+        try_ask(ask("a", 4)).to_string(),
+        "count: 4 exceeds the per-holder maximum of 3 of pool \"db\""
     );
     assert_eq!(
         try_ask(Ask {
@@ -121,25 +114,27 @@ fn bad_asks_name_the_problem() {
         }),
         LeaseError::UnknownPool("nope".into())
     );
-    assert_eq!(try_ask(ask("", 1)), LeaseError::Empty { field: "holder" });
+    let empty = |field| LeaseError::Invalid(FieldError::empty(field));
+    assert_eq!(try_ask(ask("", 1)), empty("holder"));
     assert_eq!(
         try_ask(Ask {
             pool: "",
             ..ask("a", 1)
         }),
-        LeaseError::Empty { field: "pool" }
+        empty("pool")
     );
-    assert!(matches!(
+    assert_eq!(
         try_ask(ask("a-holder-name-longer-than-16", 1)),
-        LeaseError::TooLong {
-            field: "holder",
-            max: 16,
-            ..
-        }
-    ));
+        LeaseError::Invalid(FieldError::too_long(
+            "holder",
+            28,
+            16,
+            "leases.max_holder_bytes"
+        ))
+    );
     assert_eq!(
         t.release("", T0, &mut Effects::default()).unwrap_err(),
-        LeaseError::Empty { field: "lease_id" }
+        empty("lease_id")
     );
 }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::config::QueryConfig;
+use crate::error::FieldError;
 use crate::store::{Domain, Store, StoreError};
 use analyze::Analysis;
 use dialect::Dialect;
@@ -35,20 +36,8 @@ use stats::{Entry, Key, Order, StatsTable};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
-    #[error("{field}: {reason}")]
-    Invalid { field: String, reason: String },
-    #[error("{count} executions in one request, more than query.max_batch ({max})")]
-    BatchTooLarge { count: usize, max: usize },
-}
-
-impl From<QueryError> for crate::error::ApiError {
-    fn from(err: QueryError) -> Self {
-        use crate::error::ApiError;
-        match err {
-            QueryError::Invalid { field, reason } => ApiError::invalid(field, reason),
-            QueryError::BatchTooLarge { .. } => ApiError::invalid("executions", err.to_string()),
-        }
-    }
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
 }
 
 /// One execution to record, checked by the adapter.

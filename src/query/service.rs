@@ -10,7 +10,7 @@ use super::rules::{Finding, Severity};
 use super::stats::{Entry, Key, Order};
 use super::{Execution, QueryEngine, QueryError};
 use crate::config::QueryConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::grpc::{duration_from_pb, duration_to_pb};
 use crate::proto::gantry::v1 as pb;
 
@@ -38,32 +38,24 @@ impl QueryService {
     }
 
     fn dialect(name: &str, field: &str) -> Result<Dialect, QueryError> {
-        Dialect::parse(name).ok_or_else(|| QueryError::Invalid {
-            field: field.into(),
-            reason: format!("{name:?} is not a dialect; use {}", Dialect::NAMES),
+        Dialect::parse(name).ok_or_else(|| {
+            let reason = format!("{name:?} is not a dialect; use {}", Dialect::NAMES);
+            QueryError::Invalid(FieldError::new(field, reason))
         })
     }
 
     fn check_sql(&self, sql: &str, field: &str) -> Result<(), QueryError> {
         if sql.len() > self.max_sql_bytes {
-            return Err(QueryError::Invalid {
-                field: field.into(),
-                reason: format!(
-                    "{} bytes is longer than the limit of {} (query.max_sql_bytes)",
-                    sql.len(),
-                    self.max_sql_bytes
-                ),
-            });
+            let (len, max) = (sql.len(), self.max_sql_bytes);
+            return Err(FieldError::too_long(field, len, max, "query.max_sql_bytes").into());
         }
         Ok(())
     }
 
     /// One execution, checked; the error names the field.
     fn execution(&self, e: pb::QueryExecution, now_ms: u64) -> Result<Execution, QueryError> {
-        let invalid = |field: &str, reason: String| QueryError::Invalid {
-            field: field.into(),
-            reason,
-        };
+        let invalid =
+            |field: &str, reason: String| QueryError::Invalid(FieldError::new(field, reason));
         let dialect = Self::dialect(&e.dialect, "dialect")?;
         let (sql, fingerprint) = match (e.sql.is_empty(), e.fingerprint.is_empty()) {
             (false, _) => {
@@ -87,14 +79,7 @@ impl QueryService {
                 ));
             }
         };
-        let duration =
-            duration_from_pb("duration", e.duration.as_ref()).map_err(|err| match err {
-                // Already names the field: keep it as it is, not prefixed twice.
-                ApiError::InvalidArgument { field, reason } => {
-                    QueryError::Invalid { field, reason }
-                }
-                other => invalid("duration", other.to_string()),
-            })?;
+        let duration = duration_from_pb("duration", e.duration.as_ref())?;
         if e.service.len() > self.max_service_bytes {
             return Err(invalid(
                 "service",
@@ -171,10 +156,8 @@ fn order(value: i32) -> Result<Order, QueryError> {
         Ok(pb::QueryOrder::Calls) => Order::Calls,
         Ok(pb::QueryOrder::Rows) => Order::Rows,
         Err(_) => {
-            return Err(QueryError::Invalid {
-                field: "order_by".into(),
-                reason: format!("{value} is not a QueryOrder"),
-            });
+            let reason = format!("{value} is not a QueryOrder");
+            return Err(QueryError::Invalid(FieldError::new("order_by", reason)));
         }
     })
 }
@@ -241,11 +224,12 @@ impl pb::query_analyzer_server::QueryAnalyzer for QueryService {
     ) -> Result<Response<pb::RecordResponse>, Status> {
         let executions = request.into_inner().executions;
         if executions.len() > self.max_batch {
-            return Err(ApiError::from(QueryError::BatchTooLarge {
-                count: executions.len(),
-                max: self.max_batch,
-            })
-            .into());
+            let reason = format!(
+                "{} executions in one request, more than query.max_batch ({})",
+                executions.len(),
+                self.max_batch
+            );
+            return Err(ApiError::invalid("executions", reason).into());
         }
         let now = now_ms();
         let mut valid = Vec::with_capacity(executions.len());

@@ -137,12 +137,9 @@ fn to_domain(r: &pb::AcquireRequest, item: Option<usize>) -> Result<AcquireReque
     // format 100 strings to say nothing went wrong.
     let max_wait = match r.max_wait.as_ref() {
         None => std::time::Duration::ZERO,
-        Some(d) => duration_from_pb("max_wait", Some(d)).map_err(|e| match (e, item) {
-            (ApiError::InvalidArgument { field, reason }, Some(i)) => ApiError::InvalidArgument {
-                field: format!("requests[{i}].{field}"),
-                reason,
-            },
-            (e, _) => e,
+        Some(d) => duration_from_pb("max_wait", Some(d)).map_err(|e| match item {
+            Some(i) => e.in_item("requests", i),
+            None => e,
         })?,
     };
     Ok(AcquireRequest {

@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::config::TracesConfig;
+use crate::error::FieldError;
 use crate::store::{Store, StoreError, Tree};
 use endpoints::{EndpointRow, EndpointTable, Window};
 use forward::{ForwardItem, Forwarder};
@@ -36,14 +37,13 @@ use table::TraceTable;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TracesError {
-    #[error("{count} spans in one request, more than traces.max_batch ({max})")]
-    BatchTooLarge { count: usize, max: usize },
+    /// A malformed field (a bad trace id, a batch over `traces.max_batch`).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
     #[error(
         "the ingestion queue is full ({queued} spans waiting, traces.queue_spans = {capacity}); retry with backoff"
     )]
     QueueFull { queued: usize, capacity: usize },
-    #[error("trace_id: {0}")]
-    InvalidTraceId(span::SpanError),
     #[error("trace {0} not found")]
     NotFound(String),
     #[error("the ingestion worker has stopped")]
@@ -169,10 +169,11 @@ impl Traces {
     /// Refuses a request with more spans than `traces.max_batch`, before any work.
     pub fn check_batch(&self, count: usize) -> Result<(), TracesError> {
         if count > self.max_batch {
-            return Err(TracesError::BatchTooLarge {
-                count,
-                max: self.max_batch,
-            });
+            let reason = format!(
+                "{count} spans in one request, more than traces.max_batch ({})",
+                self.max_batch
+            );
+            return Err(FieldError::new("spans", reason).into());
         }
         Ok(())
     }
@@ -218,7 +219,8 @@ impl Traces {
     /// A trace, parents before children: the spans in memory together with
     /// the persisted ones (a trace evicted from memory may have late spans there).
     pub fn get(&self, trace_id: &[u8]) -> Result<Vec<Span>, TracesError> {
-        let id: TraceId = span::parse_trace_id(trace_id).map_err(TracesError::InvalidTraceId)?;
+        let id: TraceId = span::parse_trace_id(trace_id)
+            .map_err(|e| FieldError::new("trace_id", e.to_string()))?;
         let mut spans = self.shared.table.lock().get(&id).unwrap_or_default();
         if let Some(p) = &self.shared.persist {
             let persisted = persist::read_trace(&*p.tree, &id)?;
@@ -393,23 +395,6 @@ fn apply(shared: &Shared, group: &mut Vec<Job>, total: usize) {
     }
 }
 
-impl From<TracesError> for crate::error::ApiError {
-    fn from(err: TracesError) -> Self {
-        use crate::error::ApiError;
-        match err {
-            TracesError::BatchTooLarge { .. } => ApiError::invalid("spans", err.to_string()),
-            TracesError::QueueFull { .. } => ApiError::ResourceExhausted(err.to_string()),
-            TracesError::InvalidTraceId(e) => ApiError::invalid("trace_id", e.to_string()),
-            TracesError::NotFound(id) => ApiError::NotFound {
-                kind: "trace",
-                name: id,
-            },
-            TracesError::Stopped => ApiError::Unavailable(err.to_string()),
-            TracesError::Store(e) => e.into(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,10 +424,10 @@ mod tests {
             traces.get(&[9; 16]),
             Err(TracesError::NotFound(span::hex(&[9; 16])))
         );
-        assert!(matches!(
-            traces.get(&[1; 3]),
-            Err(TracesError::InvalidTraceId(_))
-        ));
+        assert_eq!(
+            traces.get(&[1; 3]).unwrap_err().to_string(),
+            "trace_id: trace_id must be 16 bytes, got 3"
+        );
     }
 
     #[tokio::test]
@@ -467,11 +452,8 @@ mod tests {
             Ok(1)
         );
         assert_eq!(
-            traces.check_batch(20_000),
-            Err(TracesError::BatchTooLarge {
-                count: 20_000,
-                max: 16_384
-            })
+            traces.check_batch(20_000).unwrap_err().to_string(),
+            "spans: 20000 spans in one request, more than traces.max_batch (16384)"
         );
     }
 

@@ -22,6 +22,7 @@ use super::gcra::{BucketState, Decision, Params};
 use super::limits::{Limit, LimitSet};
 use super::metrics::RateLimitMetrics;
 use crate::config::RateLimitConfig;
+use crate::error::FieldError;
 
 mod batch;
 mod buckets;
@@ -32,6 +33,8 @@ use buckets::{Bucket, BucketKey, Granted, KeyRef, Map, Queue, Shard};
 use waiting::{WaitGuard, enqueue};
 
 const SHARDS: usize = 64;
+/// Named when a key or client is longer than allowed.
+const MAX_KEY_SETTING: &str = "ratelimit.max_key_bytes";
 /// A full table re-sweeps a shard at most this often when new keys keep coming.
 const RESWEEP_NS: u64 = 10_000_000;
 
@@ -325,10 +328,14 @@ impl RateLimiter {
     ) -> Result<Vec<Outcome>, RateLimitError> {
         let max = self.max_batch();
         if reqs.len() > max {
-            return Err(RateLimitError::BatchTooLarge {
-                len: reqs.len(),
-                max,
-            });
+            return Err(FieldError::new(
+                "requests",
+                format!(
+                    "{} requests exceed the batch limit of {max} (ratelimit.max_batch)",
+                    reqs.len()
+                ),
+            )
+            .into());
         }
         let state = self.inner.state.load();
         let prepared = reqs
@@ -548,28 +555,24 @@ impl Inner {
             .resolve(req.limit)
             .ok_or_else(|| RateLimitError::UnknownLimit(req.limit.to_string()))?;
         if req.key.is_empty() {
-            return Err(RateLimitError::EmptyKey {
-                field: field("key"),
-            });
+            return Err(FieldError::empty(field("key")).into());
         }
-        if req.key.len() > settings.max_key_bytes {
-            return Err(RateLimitError::TooLong {
-                field: field("key"),
-                len: req.key.len(),
-                max: settings.max_key_bytes,
-            });
+        let max_key = settings.max_key_bytes;
+        if req.key.len() > max_key {
+            let e = FieldError::too_long(field("key"), req.key.len(), max_key, MAX_KEY_SETTING);
+            return Err(e.into());
         }
-        if req.client.len() > settings.max_key_bytes {
-            return Err(RateLimitError::TooLong {
-                field: field("client"),
-                len: req.client.len(),
-                max: settings.max_key_bytes,
-            });
+        if req.client.len() > max_key {
+            let e =
+                FieldError::too_long(field("client"), req.client.len(), max_key, MAX_KEY_SETTING);
+            return Err(e.into());
         }
         if req.params.is_none() && req.key.contains(super::limits::OVERRIDE_MARK) {
-            return Err(RateLimitError::BadKey {
-                field: field("key"),
-            });
+            return Err(FieldError::new(
+                field("key"),
+                "must not contain the control character U+001E",
+            )
+            .into());
         }
         let bucket_key = limit.bucket_key(req.key);
         // Without explicit parameters the key was just checked to carry none.
@@ -578,12 +581,14 @@ impl Inner {
             .unwrap_or_else(|| limit.params_for_plain_key(bucket_key));
         let tokens = req.tokens.max(1);
         if tokens > params.burst {
-            return Err(RateLimitError::TooManyTokens {
-                field: field("tokens"),
-                tokens,
-                burst: params.burst,
-                limit: limit.name.clone(),
-            });
+            return Err(FieldError::new(
+                field("tokens"),
+                format!(
+                    "{tokens} exceeds the burst of {} of limit {:?}; it could never be granted",
+                    params.burst, limit.name
+                ),
+            )
+            .into());
         }
         Ok(Prepared {
             limit,
