@@ -2,7 +2,9 @@
 //! changes (polled, which also catches an atomic rename and a Kubernetes
 //! ConfigMap symlink swap that file-watch APIs miss). A file that does not
 //! load is refused with a log line and a metric; what is in force stays.
-//! Hot-reloadable: `[ratelimit]` and `[leases]`.
+//! What reloads is what the capabilities' reload hooks apply: most of
+//! `[ratelimit]` and all of `[leases]` (each section's struct says which
+//! keys); a change anywhere else is logged as needing a restart.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -11,6 +11,7 @@
 //! - `service`: `gantry.v1.Cache` over gRPC.
 
 pub mod compress;
+pub mod config;
 pub mod engine;
 pub mod entry;
 pub mod hot;

@@ -9,6 +9,7 @@
 //! - `manager`: the async shell — locks, waits, timers, journal, metrics.
 //! - `service`: `gantry.v1.Leases` over gRPC.
 
+pub mod config;
 pub mod journal;
 pub mod manager;
 pub mod metrics;

@@ -4,6 +4,7 @@
 //! detection. Pure domain logic; `service.rs` is the gRPC adapter.
 
 pub mod analyze;
+pub mod config;
 pub mod dialect;
 pub mod fingerprint;
 pub mod lexer;

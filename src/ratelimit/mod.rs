@@ -3,6 +3,7 @@
 //! Everything here but `service.rs` and `envoy.rs` is free of gRPC types.
 
 pub mod coalesce;
+pub mod config;
 pub mod descriptors;
 pub mod envoy;
 pub mod gcra;

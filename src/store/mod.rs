@@ -3,6 +3,7 @@
 //! without touching them. The embedded default is sled: one `sled::Db`, one
 //! tree per domain.
 
+pub mod config;
 pub mod flush;
 mod sled_store;
 

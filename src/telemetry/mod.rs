@@ -1,6 +1,7 @@
 //! Gantry's own observability: tracing logs (text or JSON), optional OTLP
 //! export of gantry's spans, and Prometheus metrics.
 
+pub mod config;
 pub mod metrics;
 pub mod rpc;
 

@@ -8,6 +8,7 @@
 //! exporters retry) rather than letting callers pile up.
 
 pub mod attributes;
+pub mod config;
 pub mod convert;
 pub mod endpoints;
 pub mod forward;

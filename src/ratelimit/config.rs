@@ -1,0 +1,238 @@
+//! `[ratelimit]`: the limits, Envoy's domains, and the limiter's bounds.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::values::{Checked, HumanDuration, at_least_one, positive, unique_name};
+use crate::error::FieldError;
+
+/// `[ratelimit]`: shared token buckets. Hot-reloadable: `limits`, `envoy`,
+/// `default_limit`, `max_waiters`, `max_key_bytes`, `max_batch`,
+/// `envoy_response_headers`; the rest is read at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Limit used for names that are not configured; empty: unknown names are NOT_FOUND.
+    pub default_limit: String,
+    /// Most buckets held in memory over all limits (full buckets do not count: they are dropped).
+    pub max_buckets: u64,
+    /// Most callers waiting in one bucket's queue; beyond it, RESOURCE_EXHAUSTED.
+    pub max_waiters: u64,
+    /// Most requests in one AcquireBatch.
+    pub max_batch: u64,
+    /// Longest `key` (and `client`) accepted, in bytes.
+    pub max_key_bytes: u64,
+    /// How often idle full buckets are dropped.
+    pub sweep_interval: HumanDuration,
+    /// How often bucket levels are saved to the store (they are also saved at shutdown).
+    pub persist_interval: HumanDuration,
+    /// Add draft-03 `X-RateLimit-*` headers to Envoy ShouldRateLimit answers.
+    pub envoy_response_headers: bool,
+    /// Decide immediate Acquire and AcquireBatch calls on a few decision tasks that answer in
+    /// groups (fewer write system calls per call); false: decide in each call.
+    pub coalesce: bool,
+    /// The limits, e.g. `[[ratelimit.limits]] name = "api" rate = 100 period = "1s" burst = 200`.
+    pub limits: Vec<LimitConfig>,
+    /// Envoy domains and how their descriptors map to limits.
+    pub envoy: Vec<EnvoyDomainConfig>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            default_limit: String::new(),
+            max_buckets: 1_000_000,
+            max_waiters: 1_000,
+            max_batch: 1_000,
+            max_key_bytes: 1024,
+            sweep_interval: HumanDuration::from_secs(10),
+            persist_interval: HumanDuration::from_secs(60),
+            envoy_response_headers: false,
+            coalesce: true,
+            limits: Vec::new(),
+            envoy: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScopeConfig {
+    /// One bucket per key.
+    #[default]
+    PerKey,
+    /// One bucket for every key.
+    Shared,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    pub name: String,
+    /// Tokens added per `period`.
+    pub rate: u64,
+    /// The refill period; default 1s.
+    #[serde(default = "one_second")]
+    pub period: HumanDuration,
+    /// Bucket capacity; default `rate`.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub scope: LimitScopeConfig,
+    /// Per-key exceptions.
+    #[serde(default)]
+    pub overrides: Vec<LimitOverrideConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrideConfig {
+    pub key: String,
+    pub rate: u64,
+    /// Default: the limit's period.
+    #[serde(default)]
+    pub period: Option<HumanDuration>,
+    /// Default: the override's rate.
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+fn one_second() -> HumanDuration {
+    HumanDuration::from_secs(1)
+}
+
+/// One Envoy rate-limit domain: `[[ratelimit.envoy]] domain = "edge"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyDomainConfig {
+    pub domain: String,
+    /// Rules tried in order; the first whose entries match a descriptor decides its limit.
+    #[serde(default)]
+    pub descriptors: Vec<EnvoyDescriptorConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyDescriptorConfig {
+    /// The descriptor's entries, in order. An entry without `value` matches any value,
+    /// and that value becomes part of the bucket key (one bucket per value).
+    pub entries: Vec<EnvoyEntryConfig>,
+    /// The gantry limit that applies.
+    pub limit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyEntryConfig {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// Upper bounds that keep the token arithmetic far from overflow.
+pub const MAX_RATE: u64 = 1_000_000_000;
+pub const MAX_BURST: u64 = 1_000_000_000_000;
+pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
+
+impl RateLimitConfig {
+    pub(crate) fn validate(&self) -> Checked {
+        at_least_one(
+            "ratelimit",
+            [
+                ("max_buckets", self.max_buckets),
+                ("max_batch", self.max_batch),
+                ("max_key_bytes", self.max_key_bytes),
+            ],
+        )?;
+        positive(
+            "ratelimit",
+            [
+                ("sweep_interval", self.sweep_interval),
+                ("persist_interval", self.persist_interval),
+            ],
+        )?;
+        let mut names = BTreeSet::new();
+        for (i, limit) in self.limits.iter().enumerate() {
+            let at = format!("ratelimit.limits[{i}]");
+            unique_name(&format!("{at}.name"), &limit.name, &mut names)?;
+            check_bucket(&at, limit.rate, limit.period.get(), limit.burst)?;
+            let mut keys = BTreeSet::new();
+            for (j, o) in limit.overrides.iter().enumerate() {
+                let at = format!("{at}.overrides[{j}]");
+                if !keys.insert(o.key.as_str()) {
+                    return Err(FieldError::new(
+                        format!("{at}.key"),
+                        format!("{:?} is overridden twice", o.key),
+                    ));
+                }
+                check_bucket(&at, o.rate, o.period.unwrap_or(limit.period).get(), o.burst)?;
+            }
+        }
+        let configured = |key: String, name: &str| {
+            if names.contains(name) {
+                Ok(())
+            } else {
+                Err(FieldError::new(
+                    key,
+                    format!("{name:?} is not a configured limit"),
+                ))
+            }
+        };
+        if !self.default_limit.is_empty() {
+            configured("ratelimit.default_limit".into(), &self.default_limit)?;
+        }
+        let mut domains = BTreeSet::new();
+        for (i, domain) in self.envoy.iter().enumerate() {
+            let at = format!("ratelimit.envoy[{i}]");
+            if domain.domain.is_empty() {
+                return Err(FieldError::empty(format!("{at}.domain")));
+            }
+            if !domains.insert(domain.domain.as_str()) {
+                return Err(FieldError::new(
+                    format!("{at}.domain"),
+                    format!("{:?} is defined twice", domain.domain),
+                ));
+            }
+            for (j, rule) in domain.descriptors.iter().enumerate() {
+                let at = format!("{at}.descriptors[{j}]");
+                if rule.entries.is_empty() {
+                    return Err(FieldError::new(
+                        format!("{at}.entries"),
+                        "must list at least one entry",
+                    ));
+                }
+                configured(format!("{at}.limit"), &rule.limit)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_bucket(at: &str, rate: u64, period: Duration, burst: Option<u64>) -> Checked {
+    if rate == 0 || rate > MAX_RATE {
+        return Err(FieldError::new(
+            format!("{at}.rate"),
+            format!("{rate} is out of range; use 1 to {MAX_RATE}"),
+        ));
+    }
+    if period < Duration::from_millis(1) || period > MAX_PERIOD {
+        return Err(FieldError::new(
+            format!("{at}.period"),
+            format!(
+                "{} is out of range; use 1ms to 366 days",
+                humantime::format_duration(period)
+            ),
+        ));
+    }
+    if let Some(burst) = burst
+        && (burst == 0 || burst > MAX_BURST)
+    {
+        return Err(FieldError::new(
+            format!("{at}.burst"),
+            format!("{burst} is out of range; use 1 to {MAX_BURST}"),
+        ));
+    }
+    Ok(())
+}
