@@ -335,3 +335,69 @@ async fn keepalive(ping_pong: Option<h2::PingPong>, interval: Duration, timeout:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics::RpcMetrics;
+    use crate::telemetry::rpc::RpcLayer;
+
+    /// What `tonic::Request::remote_addr()` reads on tonic's own server.
+    #[tokio::test]
+    async fn requests_carry_the_peer_address_as_on_tonics_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        // Answers every call with the peer it saw, in the status message.
+        let service = tower::service_fn(|request: Request<tonic::body::Body>| async move {
+            let peer = request
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            Ok::<_, Infallible>(tonic::Status::unknown(peer).into_http::<tonic::body::Body>())
+        });
+        let metrics = RpcMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let settings = Settings {
+            max_concurrent_streams: 16,
+            request_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::ZERO,
+            keepalive_timeout: Duration::from_secs(1),
+            methods: Arc::default(),
+            direct: DirectCalls {
+                layer: RpcLayer::new(metrics.clone(), 16, Default::default(), false),
+                max_message_bytes: 1 << 20,
+            },
+            metrics: metrics.connections,
+        };
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            incoming,
+            service,
+            settings,
+            stop.clone().cancelled_owned(),
+        ));
+
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let status = client
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        let peer: std::net::SocketAddr = status.message().parse().unwrap();
+        assert_eq!(peer.ip(), addr.ip());
+        assert_ne!(
+            peer.port(),
+            addr.port(),
+            "the client's port, not the server's"
+        );
+
+        stop.cancel();
+        server.await.unwrap();
+    }
+}
