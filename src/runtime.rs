@@ -195,6 +195,9 @@ pub struct Capability {
     pub served: Served,
     /// What a hot reload changes; `None` for sections that need a restart.
     pub reload: Option<ReloadHook>,
+    /// Its calls write to the store, so they cannot be served while the
+    /// store is unwritable (health reports its services NOT_SERVING then).
+    pub needs_store: bool,
     /// Runs once the gRPC side has drained and the background work stopped.
     pub stop: StopFuture,
 }
@@ -205,12 +208,18 @@ impl Capability {
             name,
             served,
             reload: None,
+            needs_store: false,
             stop,
         }
     }
 
     pub fn reloads(mut self, hook: ReloadHook) -> Self {
         self.reload = Some(hook);
+        self
+    }
+
+    pub fn needs_store(mut self, needs: bool) -> Self {
+        self.needs_store = needs;
         self
     }
 }

@@ -103,6 +103,7 @@ impl Gantry {
         let rpc_metrics = RpcMetrics::register(&mut registry);
         let reload_metrics = ReloadMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
+        store.health().register(&mut registry);
 
         let mut background = Background::default();
         let mut ctx = Context::new(
@@ -199,13 +200,24 @@ impl Gantry {
         let mut served = operations(&health, server_cfg)?;
         let mut reload_hooks = Vec::new();
         let mut stops = Vec::new();
+        let mut writers = Vec::new();
         for capability in capabilities {
+            if capability.needs_store {
+                writers.extend(capability.served.services.iter().map(|s| s.name));
+            }
             served.merge(capability.served);
             reload_hooks.extend(capability.reload);
             stops.push((capability.name, capability.stop));
         }
         let health_names: Vec<&'static str> = served.services.iter().map(|s| s.name).collect();
         set_health(&health, &health_names, ServingStatus::Serving).await;
+        background.spawn(watch_store(
+            store.clone(),
+            config.storage.recover_interval.get(),
+            health.clone(),
+            writers,
+            shutdown.clone(),
+        ));
 
         let connection_metrics = rpc_metrics.connections.clone();
         let layer = RpcLayer::new(
@@ -303,15 +315,30 @@ impl Gantry {
         metrics_stop.cancel();
         let _ = metrics_task.await;
         background.stop().await;
+        // Whatever the disk does, each stop and the last flush take at most
+        // `storage.flush_timeout`.
+        let flush_timeout = config.storage.flush_timeout.get();
         for (name, stop) in stops {
             tracing::debug!(capability = name, "stopping");
-            stop.await;
+            if tokio::time::timeout(flush_timeout, stop).await.is_err() {
+                tracing::error!(
+                    capability = name,
+                    timeout = ?flush_timeout,
+                    "stopping did not finish within storage.flush_timeout; going on"
+                );
+            }
         }
 
         let flush_store = store.clone();
-        let flushed = tokio::task::spawn_blocking(move || flush_store.flush())
-            .await
-            .map_err(|e| ServeError::Flush(e.to_string()))?;
+        let flushing = tokio::task::spawn_blocking(move || flush_store.flush());
+        let flushed = store
+            .health()
+            .bounded("the flush at shutdown", async {
+                flushing
+                    .await
+                    .map_err(|e| StoreError::Io(format!("the flush at shutdown panicked: {e}")))?
+            })
+            .await;
         flushed.map_err(|e| ServeError::Flush(e.to_string()))?;
         tracing::info!("store flushed; gantry stopped");
         served.map_err(ServeError::from)
@@ -389,6 +416,47 @@ pub fn otlp_trace_descriptors() -> prost_types::FileDescriptorSet {
         })
     });
     set
+}
+
+/// While the store is unwritable (a full disk): the services that write
+/// report NOT_SERVING, and every `storage.recover_interval` gantry tries to
+/// bring the store back; once it takes writes, they report SERVING again.
+async fn watch_store(
+    store: Arc<dyn Store>,
+    every: Duration,
+    reporter: HealthReporter,
+    writers: Vec<&'static str>,
+    shutdown: CancellationToken,
+) {
+    let health = store.health().clone();
+    let mut writable = health.subscribe();
+    loop {
+        while *writable.borrow_and_update() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = writable.changed() => if changed.is_err() { return },
+            }
+        }
+        set_health(&reporter, &writers, ServingStatus::NotServing).await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let attempt = store.clone();
+            let recovering = tokio::task::spawn_blocking(move || attempt.recover());
+            match tokio::time::timeout(health.flush_timeout() + every, recovering).await {
+                Ok(Ok(Ok(()))) => break,
+                Ok(Ok(Err(e))) => tracing::debug!(error = %e, "the store is still not writable"),
+                Ok(Err(e)) => tracing::error!(error = %e, "recovering the store panicked"),
+                Err(_) => tracing::warn!("recovering the store did not finish in time"),
+            }
+        }
+        health.recovered();
+        if !shutdown.is_cancelled() {
+            set_health(&reporter, &writers, ServingStatus::Serving).await;
+        }
+    }
 }
 
 async fn set_health(reporter: &HealthReporter, services: &[&str], status: ServingStatus) {

@@ -157,6 +157,12 @@ impl CacheEngine {
         self.inner.watch.watchers()
     }
 
+    /// Forgets the hot tier: after the store recovered from a fault it may
+    /// have lost writes the hot tier still shows, and the store is the truth.
+    pub fn forget_hot(&self) {
+        self.inner.hot.clear();
+    }
+
     pub fn hot_entries(&self) -> usize {
         self.inner.hot.len()
     }

@@ -98,6 +98,11 @@ impl HotTier {
         self.cache.remove(name);
     }
 
+    /// Forgets every entry (the store is the truth again after it reopened).
+    pub fn clear(&self) {
+        self.cache.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.cache.len()
     }

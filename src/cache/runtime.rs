@@ -52,6 +52,22 @@ impl Runtime {
             token,
         ));
 
+        // The hot tier may show writes a store that recovered from a fault
+        // lost; after a recovery the store is the truth.
+        let mut writable = ctx.store.health().subscribe();
+        let (forgetting, stop) = (cache.clone(), ctx.background.token());
+        ctx.background.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = writable.changed() => if changed.is_err() { return },
+                }
+                if *writable.borrow_and_update() {
+                    forgetting.forget_hot();
+                }
+            }
+        });
+
         let lanes = ctx.lanes(config.coalesce);
         let served = Served::default()
             .service(grpc_service!(
@@ -60,6 +76,6 @@ impl Runtime {
                 "server.max_message_bytes"
             ))
             .inline(cache_server::SERVICE_NAME, &["Get", "Put", "Delete"]);
-        Ok(Capability::new("cache", served, Box::pin(async {})))
+        Ok(Capability::new("cache", served, Box::pin(async {})).needs_store(true))
     }
 }

@@ -18,7 +18,8 @@ use tokio::sync::oneshot;
 use super::LeaseError;
 use super::metrics::JournalMetrics;
 use crate::config::Durability;
-use crate::store::{BatchOp, Domain, Store};
+use crate::store::health::StoreHealth;
+use crate::store::{BatchOp, Domain, Store, StoreError};
 
 /// Most changes applied as one batch.
 const MAX_GROUP: usize = 4096;
@@ -28,28 +29,40 @@ enum Msg {
         ops: Vec<BatchOp>,
         /// Must be on disk (in `sync` mode) before `done` fires.
         durable: bool,
-        done: Option<oneshot::Sender<Result<(), String>>>,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
     },
     Stop(oneshot::Sender<()>),
 }
 
 /// Resolves when a submitted change is in the store (and flushed if asked).
-pub struct Ticket(oneshot::Receiver<Result<(), String>>);
+pub struct Ticket {
+    answer: oneshot::Receiver<Result<(), StoreError>>,
+    health: StoreHealth,
+}
 
 impl Ticket {
+    /// Waits at most `storage.flush_timeout`: a store that does not answer
+    /// is unwritable, not a reason to hang.
     pub async fn wait(self) -> Result<(), LeaseError> {
-        match self.0.await {
-            Ok(result) => result.map_err(LeaseError::Unavailable),
-            Err(_) => Err(LeaseError::Unavailable(
-                "the lease journal stopped (shutting down)".into(),
-            )),
-        }
+        let answer = async {
+            match self.answer.await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Io(
+                    "the lease journal stopped (shutting down)".into(),
+                )),
+            }
+        };
+        self.health
+            .bounded("writing lease changes", answer)
+            .await
+            .map_err(|e| LeaseError::Unavailable(e.to_string()))
     }
 }
 
 pub struct Journal {
     tx: mpsc::Sender<Msg>,
     sync: Arc<AtomicBool>,
+    health: StoreHealth,
 }
 
 impl Journal {
@@ -60,12 +73,13 @@ impl Journal {
         metrics: JournalMetrics,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
+        let health = store.health().clone();
         let sync = Arc::new(AtomicBool::new(durability == Durability::Sync));
         let thread_sync = sync.clone();
         std::thread::Builder::new()
             .name("gantry-lease-journal".into())
             .spawn(move || run(store, rx, thread_sync, metrics))?;
-        Ok(Self { tx, sync })
+        Ok(Self { tx, sync, health })
     }
 
     pub fn set_durability(&self, durability: Durability) {
@@ -82,7 +96,10 @@ impl Journal {
             durable,
             done: Some(done),
         });
-        Ticket(rx)
+        Ticket {
+            answer: rx,
+            health: self.health.clone(),
+        }
     }
 
     /// Queues changes nobody waits for (deletions: a lost one only keeps a
@@ -161,7 +178,6 @@ fn run(
                 tracing::error!(error = %e, changes = count, "writing lease changes to the store failed");
             }
         }
-        let result = result.map_err(|e| e.to_string());
         for done in waiting {
             let _ = done.send(result.clone());
         }

@@ -55,6 +55,7 @@ impl Runtime {
             // Lease changes still queued reach the store before it is flushed.
             Box::pin(async move { leases.stop().await }),
         )
-        .reloads(Box::new(move |config| reloaded.reload(&config.leases))))
+        .reloads(Box::new(move |config| reloaded.reload(&config.leases)))
+        .needs_store(true))
     }
 }

@@ -27,6 +27,12 @@ pub struct StorageConfig {
     /// A data directory that fails to open because it is damaged: `fail` stops
     /// with an error; `quarantine` moves it aside, logs loudly and starts empty.
     pub on_corruption: OnCorruption,
+    /// Longest wait for a flush (a `sync` Put, a lease grant, shutdown) before
+    /// the store counts as unwritable and the caller gets UNAVAILABLE.
+    pub flush_timeout: HumanDuration,
+    /// While the store is unwritable (a full disk), how often gantry tries to
+    /// bring it back (for sled: reopen it and write a probe).
+    pub recover_interval: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -45,6 +51,8 @@ impl Default for StorageConfig {
             flush_interval: HumanDuration::from_millis(500),
             cache_capacity_bytes: 128 * 1024 * 1024,
             on_corruption: OnCorruption::Fail,
+            flush_timeout: HumanDuration::from_secs(5),
+            recover_interval: HumanDuration::from_secs(1),
         }
     }
 }
@@ -54,6 +62,13 @@ impl StorageConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(FieldError::empty("storage.data_dir"));
         }
-        positive("storage", [("flush_interval", self.flush_interval)])
+        positive(
+            "storage",
+            [
+                ("flush_interval", self.flush_interval),
+                ("flush_timeout", self.flush_timeout),
+                ("recover_interval", self.recover_interval),
+            ],
+        )
     }
 }

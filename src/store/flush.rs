@@ -8,16 +8,19 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
+use super::health::StoreHealth;
 use super::{Store, StoreError};
 
 type Waiter = oneshot::Sender<Result<(), StoreError>>;
 
 pub struct GroupFlush {
     tx: mpsc::Sender<Waiter>,
+    health: StoreHealth,
 }
 
 impl GroupFlush {
     pub fn start(store: Arc<dyn Store>, name: &str) -> std::io::Result<Self> {
+        let health = store.health().clone();
         let (tx, rx) = mpsc::channel::<Waiter>();
         std::thread::Builder::new()
             .name(format!("gantry-flush-{name}"))
@@ -31,17 +34,23 @@ impl GroupFlush {
                     }
                 }
             })?;
-        Ok(Self { tx })
+        Ok(Self { tx, health })
     }
 
-    /// Resolves once everything written before this call is on disk.
+    /// Resolves once everything written before this call is on disk; fails
+    /// at once while the store is unwritable, and after
+    /// `storage.flush_timeout` when the flush does not come back.
     pub async fn flushed(&self) -> Result<(), StoreError> {
+        self.health.check_writable()?;
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(tx)
             .map_err(|_| StoreError::Io("the flusher thread is gone".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Io("the flusher thread is gone".into()))?
+        let answer = async {
+            rx.await
+                .map_err(|_| StoreError::Io("the flusher thread is gone".into()))?
+        };
+        self.health.bounded("a flush", answer).await
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod flush;
+pub mod health;
 mod sled_store;
 
 use std::path::PathBuf;
@@ -62,6 +63,10 @@ pub enum StoreError {
     /// A read or write failed.
     #[error("{0}")]
     Io(String),
+    /// An earlier write or flush failed and the store has not recovered:
+    /// writes are refused at once with that cause.
+    #[error("store is not writable: {cause}")]
+    Unwritable { cause: String },
 }
 
 /// A compare-and-swap whose expected value did not match; carries the current value.
@@ -121,6 +126,11 @@ pub trait Store: Send + Sync {
     /// A number larger than every number it returned before, across restarts
     /// (cache versions come from it, so a re-created key never reuses one).
     fn next_id(&self) -> Result<u64, StoreError>;
+    /// Whether the store takes writes, and why not.
+    fn health(&self) -> &health::StoreHealth;
+    /// Tries to make an unwritable store take writes again (blocking); Ok
+    /// once a write and a flush went through.
+    fn recover(&self) -> Result<(), StoreError>;
 }
 
 /// Opens the configured backend. A damaged data directory stops the start,

@@ -1,8 +1,19 @@
 //! The embedded backend: one sled database in the data directory.
+//!
+//! sled keeps the first I/O error it meets (a full disk, a failing device)
+//! and refuses every later write with it, even once the cause is gone. So
+//! the open database sits behind a swappable handle: after a fault,
+//! [`Store::recover`] closes it and opens the directory again, which is how
+//! writes come back without restarting gantry. Between the two, calls are
+//! answered UNAVAILABLE.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
+
+use super::health::StoreHealth;
 use super::{BatchOp, CasConflict, Domain, KeyValue, Store, StoreError, Tree};
 use crate::config::StorageConfig;
 
@@ -10,54 +21,127 @@ use crate::config::StorageConfig;
 const LOCK_RETRIES: u32 = 20;
 const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
 
-pub struct SledStore {
+/// How long a reopen waits for calls still using the old database to finish.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// The key a recovery writes and flushes to prove the store takes writes.
+const PROBE_KEY: &[u8] = b"store-probe";
+
+/// An open sled database and its trees, indexed by `Domain as usize`.
+struct Open {
     db: sled::Db,
-    dir: PathBuf,
-    /// Indexed by `Domain as usize`; `open` fills it in `Domain::ALL` order.
+    trees: Vec<sled::Tree>,
+}
+
+type Handle = Arc<ArcSwapOption<Open>>;
+
+pub struct SledStore {
+    config: StorageConfig,
+    open: Handle,
     trees: Vec<Arc<SledTree>>,
+    health: StoreHealth,
 }
 
 impl SledStore {
     pub fn open(config: &StorageConfig) -> Result<Self, StoreError> {
-        let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            StoreError::Io(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let flush_ms = u64::try_from(config.flush_interval.get().as_millis()).unwrap_or(u64::MAX);
-        let sled_config = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(config.cache_capacity_bytes)
-            .flush_every_ms(Some(flush_ms.max(1)));
-        // sled's flusher thread lets go of the directory lock a moment after
-        // a Db is dropped; a restart within the same process (tests, or a
-        // supervisor that restarts fast) must not mistake that for another
-        // gantry. A lock still held after the grace period is one.
-        let mut attempts = 0;
-        let db = loop {
-            match sled_config.open().map_err(|e| classify_open_error(&dir, e)) {
-                Err(StoreError::Locked { .. }) if attempts < LOCK_RETRIES => {
-                    attempts += 1;
-                    std::thread::sleep(LOCK_RETRY_PAUSE);
-                }
-                other => break other?,
-            }
-        };
-        let mut trees = Vec::with_capacity(Domain::ALL.len());
-        for domain in Domain::ALL {
-            let tree = db
-                .open_tree(domain.name())
-                .map_err(|e| classify_open_error(&dir, e))?;
-            trees.push(Arc::new(SledTree { tree }));
-        }
-        Ok(Self { db, dir, trees })
+        let open: Handle = Arc::new(ArcSwapOption::from_pointee(open_dir(config)?));
+        let health = StoreHealth::new(config.flush_timeout.get());
+        let trees = Domain::ALL
+            .iter()
+            .map(|&domain| {
+                Arc::new(SledTree {
+                    open: open.clone(),
+                    index: domain as usize,
+                    health: health.clone(),
+                })
+            })
+            .collect();
+        Ok(Self {
+            config: config.clone(),
+            open,
+            trees,
+            health,
+        })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.config.data_dir
     }
+
+    fn current(&self) -> Result<Arc<Open>, StoreError> {
+        current(&self.open)
+    }
+
+    /// Closes the database and opens the directory again. Refuses when
+    /// calls still hold the old one after [`RELEASE_WAIT`] (a flush that
+    /// never returns): then only a restart helps.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let Some(old) = self.open.swap(None) else {
+            return Err(StoreError::Io("the store is being reopened".into()));
+        };
+        let deadline = Instant::now() + RELEASE_WAIT;
+        while Arc::strong_count(&old) > 1 {
+            if Instant::now() > deadline {
+                self.open.store(Some(old));
+                return Err(StoreError::Io(
+                    "calls still hold the failed database (a write or flush that never returned); restart gantry".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(old);
+        match open_dir(&self.config) {
+            Ok(fresh) => {
+                self.open.store(Some(Arc::new(fresh)));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn current(handle: &ArcSwapOption<Open>) -> Result<Arc<Open>, StoreError> {
+    handle
+        .load_full()
+        .ok_or_else(|| StoreError::Io("the store is being reopened".into()))
+}
+
+/// Opens sled in the configured directory (creating it) with every tree.
+fn open_dir(config: &StorageConfig) -> Result<Open, StoreError> {
+    let dir = config.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        StoreError::Io(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let flush_ms = u64::try_from(config.flush_interval.get().as_millis()).unwrap_or(u64::MAX);
+    let sled_config = sled::Config::new()
+        .path(&dir)
+        .cache_capacity(config.cache_capacity_bytes)
+        .flush_every_ms(Some(flush_ms.max(1)));
+    // sled's flusher thread lets go of the directory lock a moment after
+    // a Db is dropped; a restart within the same process (tests, or a
+    // supervisor that restarts fast) must not mistake that for another
+    // gantry. A lock still held after the grace period is one.
+    let mut attempts = 0;
+    let db = loop {
+        match sled_config.open().map_err(|e| classify_open_error(&dir, e)) {
+            Err(StoreError::Locked { .. }) if attempts < LOCK_RETRIES => {
+                attempts += 1;
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            other => break other?,
+        }
+    };
+    let mut trees = Vec::with_capacity(Domain::ALL.len());
+    for domain in Domain::ALL {
+        trees.push(
+            db.open_tree(domain.name())
+                .map_err(|e| classify_open_error(&dir, e))?,
+        );
+    }
+    Ok(Open { db, trees })
 }
 
 /// sled reports a held lock as a generic I/O error; recognise it so the
@@ -87,47 +171,81 @@ impl Store for SledStore {
     }
 
     fn tree(&self, domain: Domain) -> Arc<dyn Tree> {
-        // `open` pushed one tree per entry of `Domain::ALL`, whose order is
+        // `open` made one tree per entry of `Domain::ALL`, whose order is
         // the enum's declaration order, so this index is always in bounds.
         self.trees[domain as usize].clone()
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(io)
+        self.health.check_writable()?;
+        let open = self.current()?;
+        self.health.observe(open.db.flush().map(|_| ()).map_err(io))
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(io)
+        self.current()?.db.size_on_disk().map_err(io)
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
-        self.db.generate_id().map_err(io)
+        self.health.check_writable()?;
+        let open = self.current()?;
+        self.health.observe(open.db.generate_id().map_err(io))
+    }
+
+    fn health(&self) -> &StoreHealth {
+        &self.health
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        self.reopen()?;
+        let open = self.current()?;
+        let probe = open.trees[Domain::Meta as usize]
+            .insert(PROBE_KEY, b"ok")
+            .and_then(|_| open.db.flush())
+            .map(drop)
+            .map_err(io);
+        drop(open);
+        probe
     }
 }
 
+/// One domain's tree; every call goes to the database open at the moment.
 struct SledTree {
-    tree: sled::Tree,
+    open: Handle,
+    index: usize,
+    health: StoreHealth,
+}
+
+impl SledTree {
+    fn read<T>(&self, op: impl FnOnce(&sled::Tree) -> sled::Result<T>) -> Result<T, StoreError> {
+        let open = current(&self.open)?;
+        op(&open.trees[self.index]).map_err(io)
+    }
+
+    /// A write: refused at once while the store is unwritable, and a failure
+    /// marks it so.
+    fn write<T>(&self, op: impl FnOnce(&sled::Tree) -> sled::Result<T>) -> Result<T, StoreError> {
+        self.health.check_writable()?;
+        let open = current(&self.open)?;
+        self.health.observe(op(&open.trees[self.index]).map_err(io))
+    }
 }
 
 impl Tree for SledTree {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(key).map_err(io)?.map(|v| v.to_vec()))
+        Ok(self.read(|t| t.get(key))?.map(|v| v.to_vec()))
     }
 
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree
-            .insert(key, value)
-            .map_err(io)?
-            .map(|v| v.to_vec()))
+        Ok(self.write(|t| t.insert(key, value))?.map(|v| v.to_vec()))
     }
 
     fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tree.insert(key, value).map(drop).map_err(io)
+        self.write(|t| t.insert(key, value).map(drop))
     }
 
     fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.remove(key).map_err(io)?.map(|v| v.to_vec()))
+        Ok(self.write(|t| t.remove(key))?.map(|v| v.to_vec()))
     }
 
     fn compare_and_swap(
@@ -136,7 +254,7 @@ impl Tree for SledTree {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<Result<(), CasConflict>, StoreError> {
-        match self.tree.compare_and_swap(key, expected, new).map_err(io)? {
+        match self.write(|t| t.compare_and_swap(key, expected, new))? {
             Ok(()) => Ok(Ok(())),
             Err(conflict) => Ok(Err(CasConflict {
                 current: conflict.current.map(|v| v.to_vec()),
@@ -152,22 +270,26 @@ impl Tree for SledTree {
                 BatchOp::Remove(k) => batch.remove(k),
             }
         }
-        self.tree.apply_batch(batch).map_err(io)
+        self.write(|t| t.apply_batch(batch))
     }
 
     fn scan_prefix<'a>(
         &'a self,
         prefix: &[u8],
     ) -> Box<dyn Iterator<Item = Result<KeyValue, StoreError>> + Send + 'a> {
-        Box::new(
-            self.tree
-                .scan_prefix(prefix)
-                .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io)),
-        )
+        match current(&self.open) {
+            // The iterator keeps its own handle on the tree it reads.
+            Ok(open) => Box::new(
+                open.trees[self.index]
+                    .scan_prefix(prefix)
+                    .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io)),
+            ),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     }
 
     fn len(&self) -> usize {
-        self.tree.len()
+        current(&self.open).map_or(0, |open| open.trees[self.index].len())
     }
 }
 

@@ -84,6 +84,7 @@ impl Runtime {
                     let _ = task.await;
                 }
             }),
-        ))
+        )
+        .needs_store(config.persist))
     }
 }

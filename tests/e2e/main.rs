@@ -5,6 +5,7 @@ mod cache;
 mod cache_process;
 mod clients;
 mod common;
+mod disk_full;
 mod docs;
 mod foundation;
 mod helm;
