@@ -64,6 +64,8 @@ pub struct ConnectionMetrics {
     pub errors: Counter,
     /// Closed because the peer did not answer a keepalive PING in time.
     pub keepalive_timeouts: Counter,
+    /// Closed with GOAWAY ENHANCE_YOUR_CALM for abuse (a rapid-reset flood).
+    pub abusive: Counter,
 }
 
 impl RpcMetrics {
@@ -120,6 +122,11 @@ impl RpcMetrics {
             "gantry_grpc_keepalive_timeouts",
             "Connections closed because the peer did not answer a keepalive PING in time",
             metrics.connections.keepalive_timeouts.clone(),
+        );
+        registry.register(
+            "gantry_grpc_connections_abusive",
+            "Connections closed with GOAWAY ENHANCE_YOUR_CALM for resetting more calls than allowed (rapid reset)",
+            metrics.connections.abusive.clone(),
         );
         metrics
     }

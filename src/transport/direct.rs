@@ -24,6 +24,7 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Request, Response};
 
+use super::abuse::Ended;
 use super::stream::{IncomingBody, LazyDeadline, timed_out};
 use crate::routes::{DirectUnary, Method};
 use crate::telemetry::rpc::{DirectCall, RpcLayer};
@@ -115,9 +116,10 @@ pub async fn serve<F, Fut>(
     calls: DirectCalls,
     mut deadline: LazyDeadline,
     fallback: F,
-) where
+) -> Ended
+where
     F: FnOnce(Request<tonic::body::Body>, SendResponse<Bytes>, LazyDeadline) -> Fut,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = Ended>,
 {
     let (parts, mut recv) = request.into_parts();
     // A client that sends headers and no body is held to the call's deadline
@@ -143,22 +145,23 @@ pub async fn serve<F, Fut>(
             let status = timed_out();
             ended(status.code());
             let _ = respond.send_response(status.into_http::<()>(), true);
-            return;
+            return Ended::Done;
         }
         Some(Read::Message(framed)) => framed,
         Some(Read::Gone) => {
             ended(tonic::Code::Cancelled);
-            return;
+            return Ended::Reset;
         }
         Some(Read::Other(head)) => {
             let body = tonic::body::Body::new(IncomingBody::after(head, recv));
             return fallback(Request::from_parts(parts, body), respond, deadline).await;
         }
     };
-    if !answer(&*handler, &framed[5..], &parts, &calls, &mut respond) {
-        let body = tonic::body::Body::new(IncomingBody::after(framed, recv));
-        fallback(Request::from_parts(parts, body), respond, deadline).await;
+    if answer(&*handler, &framed[5..], &parts, &calls, &mut respond) {
+        return Ended::Done;
     }
+    let body = tonic::body::Body::new(IncomingBody::after(framed, recv));
+    fallback(Request::from_parts(parts, body), respond, deadline).await
 }
 
 /// Answers the call from its message, or returns false when the handler

@@ -14,10 +14,12 @@
 //! analysis, waits) still get a task each, so one connection's heavy call
 //! neither blocks its other calls nor keeps the work off the other cores.
 
+mod abuse;
 pub mod direct;
 mod router;
 mod stream;
 
+use abuse::{Ended, ResetBudget};
 use stream::LazyDeadline;
 
 pub use direct::DirectCalls;
@@ -69,7 +71,7 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// A client that opens a connection and never says hello is dropped after this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type CallFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+type CallFuture = Pin<Box<dyn Future<Output = Ended> + Send>>;
 
 /// What a transport serves: tonic's services behind gantry's per-call layer.
 pub trait GrpcService:
@@ -193,6 +195,8 @@ async fn connection<S: GrpcService>(
     let mut going_away = false;
     let mut calls: FuturesUnordered<CallFuture> = FuturesUnordered::new();
     let keepalive_timeouts = metrics.keepalive_timeouts.clone();
+    let resets = Arc::new(ResetBudget::default());
+    let mut calmed = false;
 
     let result = poll_fn(move |cx| {
         if !going_away && closing.as_mut().poll(cx).is_ready() {
@@ -218,7 +222,8 @@ async fn connection<S: GrpcService>(
                         if call.inline {
                             calls.push(call.future);
                         } else {
-                            tokio::spawn(call.future);
+                            let resets = resets.clone();
+                            tokio::spawn(async move { resets.count(call.future.await) });
                         }
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
@@ -226,8 +231,17 @@ async fn connection<S: GrpcService>(
                     Poll::Pending => break,
                 }
             }
-            while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {
+            while let Poll::Ready(Some(ended)) = calls.poll_next_unpin(cx) {
+                resets.count(ended);
                 progressed = true;
+            }
+            if resets.exceeded() && !calmed {
+                calmed = true;
+                metrics.abusive.inc();
+                tracing::warn!(
+                    "closing a connection that reset more calls than it may (rapid reset): GOAWAY ENHANCE_YOUR_CALM"
+                );
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
             }
             if !progressed {
                 return Poll::Pending;
@@ -304,15 +318,22 @@ async fn through_service<S: GrpcService>(
     request: Request<tonic::body::Body>,
     respond: h2::server::SendResponse<Bytes>,
     deadline: LazyDeadline,
-) {
+) -> Ended {
     let answer = async move {
         match service.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
     };
-    if let Err(end) = stream::serve(answer, respond, deadline).await {
-        tracing::debug!(error = %end, "call ended early");
+    match stream::serve(answer, respond, deadline).await {
+        Ok(()) => Ended::Done,
+        Err(end) => {
+            tracing::debug!(error = %end, "call ended early");
+            match end {
+                stream::StreamEnd::Reset(_) => Ended::Reset,
+                _ => Ended::Done,
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests over real gRPC on 127.0.0.1:0, in one test binary to keep
 //! link time low. Each module covers one area.
 
+mod abuse;
 mod cache;
 mod cache_process;
 mod clients;
