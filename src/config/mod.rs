@@ -25,7 +25,7 @@ pub use crate::leases::config::{LeasesConfig, MAX_LEASE_TTL, MAX_POOL_NAME_BYTES
 pub use crate::query::config::QueryConfig;
 pub use crate::ratelimit::config::{
     EnvoyDescriptorConfig, EnvoyDomainConfig, EnvoyEntryConfig, LimitConfig, LimitOverrideConfig,
-    LimitScopeConfig, MAX_BURST, MAX_PERIOD, MAX_RATE, RateLimitConfig,
+    LimitScopeConfig, MAX_BURST, MAX_PERIOD, MAX_RATE, RateLimitConfig, UncleanRestart,
 };
 pub use crate::store::config::{OnCorruption, StorageBackend, StorageConfig};
 pub use crate::telemetry::config::{LogFormat, TelemetryConfig};

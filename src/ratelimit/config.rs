@@ -28,6 +28,10 @@ pub struct RateLimitConfig {
     pub sweep_interval: HumanDuration,
     /// How often bucket levels are saved to the store (they are also saved at shutdown).
     pub persist_interval: HumanDuration,
+    /// After an unclean stop (kill -9, a crash): `spent` takes every bucket
+    /// as emptied at the previous run's last heartbeat, so a crash loop hands
+    /// out no fresh bursts; `saved` restores the last periodic snapshot.
+    pub unclean_restart: UncleanRestart,
     /// Add draft-03 `X-RateLimit-*` headers to Envoy ShouldRateLimit answers.
     pub envoy_response_headers: bool,
     /// Decide immediate Acquire and AcquireBatch calls on a few decision tasks that answer in
@@ -49,12 +53,25 @@ impl Default for RateLimitConfig {
             max_key_bytes: 1024,
             sweep_interval: HumanDuration::from_secs(10),
             persist_interval: HumanDuration::from_secs(60),
+            unclean_restart: UncleanRestart::Spent,
             envoy_response_headers: false,
             coalesce: true,
             limits: Vec::new(),
             envoy: Vec::new(),
         }
     }
+}
+
+/// What bucket levels are after an unclean stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UncleanRestart {
+    /// Every bucket was empty at the last heartbeat (at most ~1.5 s before
+    /// the crash) and has refilled since.
+    #[default]
+    Spent,
+    /// As the last periodic snapshot saved them (up to `persist_interval` old).
+    Saved,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -67,6 +67,12 @@ fn div_ceil(a: u128, b: u64) -> u128 {
 
 impl Params {
     /// Nanoseconds one token takes to accrue, rounded up (for reporting).
+    /// How long an empty bucket takes to fill: `burst` tokens at `rate` per `period`.
+    pub fn full_ns(&self) -> u64 {
+        let full = u128::from(self.burst) * u128::from(self.period_ns) / u128::from(self.rate);
+        u64::try_from(full).unwrap_or(u64::MAX)
+    }
+
     pub fn token_interval_ns(&self) -> u64 {
         self.period_ns.div_ceil(self.rate)
     }

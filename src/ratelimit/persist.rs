@@ -4,7 +4,15 @@
 //! - `b/<limit>\0<key>` → how long until the bucket is full (u64 ns, big-endian)
 //! - `saved_at` → when the snapshot was taken (u64 ns since the Unix epoch)
 //!
-//! At start the wall-clock time since `saved_at` counts as refill time.
+//! - `alive_at` → the last heartbeat (u64 ns since the Unix epoch), written
+//!   every second while gantry runs
+//! - `clean_stop` → present only after a clean shutdown saved the snapshot
+//!
+//! After a clean stop the wall-clock time since `saved_at` counts as refill
+//! time. After an unclean one (a heartbeat and no `clean_stop`: kill -9, a
+//! crash, a power loss) the snapshot can be up to `persist_interval` old, so
+//! by default every bucket is taken to have been empty at the last heartbeat
+//! (`ratelimit.unclean_restart`): a crash loop hands out no fresh bursts.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +21,50 @@ use crate::store::{BatchOp, StoreError, Tree};
 
 const BUCKET_PREFIX: &[u8] = b"b/";
 const SAVED_AT: &[u8] = b"saved_at";
+const ALIVE_AT: &[u8] = b"alive_at";
+const CLEAN_STOP: &[u8] = b"clean_stop";
+
+/// How the previous run ended, as the store remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastStop {
+    /// Nothing to go by: a new data directory, or one written before
+    /// heartbeats existed.
+    Unknown,
+    /// A clean shutdown saved the snapshot.
+    Clean,
+    /// Killed or crashed; the last heartbeat was at this time.
+    Unclean { alive_at: SystemTime },
+}
+
+/// How the previous run ended.
+pub fn last_stop(tree: &dyn Tree) -> Result<LastStop, StoreError> {
+    if tree.get(CLEAN_STOP)?.is_some() {
+        return Ok(LastStop::Clean);
+    }
+    Ok(read_time(tree, ALIVE_AT)?
+        .map_or(LastStop::Unknown, |alive_at| LastStop::Unclean { alive_at }))
+}
+
+/// Records that gantry is running now (and so that a stop from here on is
+/// unclean until [`mark_clean_stop`]).
+pub fn heartbeat(tree: &dyn Tree, now: SystemTime) -> Result<(), StoreError> {
+    tree.apply_batch(vec![
+        BatchOp::Insert(ALIVE_AT.to_vec(), unix_ns(now).to_be_bytes().to_vec()),
+        BatchOp::Remove(CLEAN_STOP.to_vec()),
+    ])
+}
+
+/// Records a clean shutdown (after the last snapshot was saved).
+pub fn mark_clean_stop(tree: &dyn Tree) -> Result<(), StoreError> {
+    tree.set(CLEAN_STOP, b"1")
+}
+
+fn read_time(tree: &dyn Tree, key: &[u8]) -> Result<Option<SystemTime>, StoreError> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(|b| UNIX_EPOCH + Duration::from_nanos(u64::from_be_bytes(b))))
+}
 
 fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -134,6 +186,29 @@ mod tests {
         assert_eq!(skipped, 1);
         let (_, downtime, _) = load(&*tree, t0 - Duration::from_secs(5)).unwrap();
         assert_eq!(downtime, Duration::ZERO, "a clock that went backwards");
+    }
+
+    #[test]
+    fn the_last_stop_is_clean_only_after_a_mark_following_the_heartbeats() {
+        let (_dir, store) = crate::store::temp_store();
+        let tree = store.tree(Domain::RateLimit);
+        assert_eq!(last_stop(&*tree).unwrap(), LastStop::Unknown);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        heartbeat(&*tree, t0).unwrap();
+        assert_eq!(
+            last_stop(&*tree).unwrap(),
+            LastStop::Unclean { alive_at: t0 }
+        );
+        mark_clean_stop(&*tree).unwrap();
+        assert_eq!(last_stop(&*tree).unwrap(), LastStop::Clean);
+        heartbeat(&*tree, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            last_stop(&*tree).unwrap(),
+            LastStop::Unclean {
+                alive_at: t0 + Duration::from_secs(1)
+            },
+            "running again: a stop from now on is unclean until marked"
+        );
     }
 
     #[test]

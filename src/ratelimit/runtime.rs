@@ -3,7 +3,7 @@
 //! calls), idle full buckets swept and levels saved periodically and at stop.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     self as envoy_server, RateLimitServiceServer,
@@ -13,13 +13,17 @@ use super::RateLimiter;
 use super::coalesce::Coalescer;
 use super::envoy::{DirectShouldRateLimit, EnvoyRateLimitService};
 use super::metrics::RateLimitMetrics;
-use super::persist;
+use super::persist::{self, LastStop};
 use super::service::{DirectAcquire, DirectAcquireBatch, RateLimiterService};
-use crate::config::RateLimitConfig;
+use crate::config::{RateLimitConfig, UncleanRestart};
 use crate::proto::gantry::v1::rate_limiter_server::{self, RateLimiterServer};
 use crate::routes::{Served, grpc_service};
 use crate::runtime::{Capability, Context, StartError, blocking};
 use crate::store::{Domain, Store};
+
+/// How often the rate limiter records that gantry is alive: after an unclean
+/// stop, buckets count as emptied at the last record.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Envoy's rate-limit service, served beside gantry's own.
 pub const ENVOY_RLS: &str = envoy_server::SERVICE_NAME;
@@ -42,7 +46,13 @@ impl Runtime {
             limiter: RateLimiter::new(config, metrics),
             store: ctx.store.clone(),
         };
-        runtime.restore().await;
+        runtime.restore(config.unclean_restart).await;
+        let beating = runtime.clone();
+        ctx.background
+            .save_every(HEARTBEAT, "the rate-limit heartbeat", move || {
+                let beating = beating.clone();
+                async move { beating.heartbeat().await.map(|()| 1) }
+            });
 
         let limiter = runtime.limiter.clone();
         ctx.background.every_off_the_workers(
@@ -66,9 +76,17 @@ impl Runtime {
             "ratelimit",
             served,
             Box::pin(async move {
-                // Bucket levels survive the restart, so clients get no fresh burst.
-                if let Err(e) = runtime.save().await {
-                    tracing::error!(error = %e, "saving rate-limit buckets at shutdown failed");
+                // Bucket levels survive the restart, so clients get no fresh
+                // burst; only a saved snapshot counts as a clean stop.
+                match runtime.save().await {
+                    Ok(_) => {
+                        if let Err(e) = runtime.mark_clean_stop().await {
+                            tracing::error!(error = %e, "recording the clean stop failed; the next start will treat buckets as spent");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "saving rate-limit buckets at shutdown failed")
+                    }
                 }
             }),
         )
@@ -115,7 +133,39 @@ impl Runtime {
         served
     }
 
-    async fn restore(&self) {
+    /// Restores bucket levels as the previous run left them: the snapshot
+    /// after a clean stop; after an unclean one (by default) every bucket
+    /// emptied at the last heartbeat. Then records this run's first heartbeat.
+    async fn restore(&self, unclean: UncleanRestart) {
+        let store = self.store.clone();
+        let last = blocking("reading how the last run stopped", move || {
+            persist::last_stop(&*store.tree(Domain::RateLimit))
+        })
+        .await;
+        match last {
+            Ok(LastStop::Unclean { alive_at }) if unclean == UncleanRestart::Spent => {
+                let ago = SystemTime::now()
+                    .duration_since(alive_at)
+                    .unwrap_or(Duration::ZERO);
+                self.limiter.assume_spent(ago);
+                tracing::warn!(
+                    last_alive_ms_ago = ago.as_millis() as u64,
+                    "the last run did not stop cleanly: every rate-limit bucket counts as emptied at its last heartbeat (ratelimit.unclean_restart = \"spent\")"
+                );
+            }
+            Ok(_) => self.restore_snapshot().await,
+            Err(e) => {
+                // Unknown: the conservative choice, as after a crash just now.
+                self.limiter.assume_spent(Duration::ZERO);
+                tracing::error!(error = %e, "cannot read how the last run stopped; every rate-limit bucket counts as emptied now");
+            }
+        }
+        if let Err(e) = self.heartbeat().await {
+            tracing::warn!(error = %e, "recording the rate-limit heartbeat failed");
+        }
+    }
+
+    async fn restore_snapshot(&self) {
         let store = self.store.clone();
         let loaded = blocking("restoring rate-limit buckets", move || {
             persist::load(&*store.tree(Domain::RateLimit), SystemTime::now())
@@ -138,6 +188,24 @@ impl Runtime {
                 tracing::error!(error = %e, "cannot read saved rate-limit buckets; starting with full buckets")
             }
         }
+    }
+
+    async fn heartbeat(&self) -> Result<(), String> {
+        let store = self.store.clone();
+        blocking("the rate-limit heartbeat", move || {
+            persist::heartbeat(&*store.tree(Domain::RateLimit), SystemTime::now())
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    async fn mark_clean_stop(&self) -> Result<(), String> {
+        let store = self.store.clone();
+        blocking("recording the clean stop", move || {
+            persist::mark_clean_stop(&*store.tree(Domain::RateLimit))
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 
     async fn save(&self) -> Result<usize, String> {

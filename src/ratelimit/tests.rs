@@ -590,3 +590,37 @@ async fn snapshot_and_restore_count_downtime_as_refill() {
         "unknown limits are skipped"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_an_unclean_stop_every_bucket_counts_as_emptied_at_the_crash() {
+    // 10 per minute: one token every 6 s.
+    let rl = limiter(vec![limit("login", 10, 60_000, 10)]);
+    rl.assume_spent(Duration::from_secs(13));
+    // 13 s since the crash: two tokens refilled, for any key, batches too.
+    assert_eq!(peek(&rl, "login", "alice").remaining, 2);
+    assert!(take(&rl, "login", "alice", 2).allowed);
+    assert!(!take(&rl, "login", "alice", 1).allowed);
+    let batch = rl
+        .acquire_batch(
+            &[AcquireRequest {
+                tokens: 3,
+                ..req("login", "bob")
+            }],
+            true,
+        )
+        .unwrap();
+    assert!(
+        !batch[0].allowed,
+        "bob's bucket was emptied at the crash too"
+    );
+    // Refill goes on from there: full a minute after the crash.
+    tokio::time::advance(Duration::from_secs(47)).await;
+    assert_eq!(peek(&rl, "login", "carol").remaining, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_long_ago_leaves_buckets_full() {
+    let rl = limiter(vec![limit("login", 10, 60_000, 10)]);
+    rl.assume_spent(Duration::from_secs(3600));
+    assert_eq!(peek(&rl, "login", "alice").remaining, 10);
+}

@@ -62,7 +62,7 @@ impl Inner {
                 Some(b) => b.state.clone().decide(params, now, *tokens, false).allowed,
                 None => {
                     new_buckets += 1;
-                    BucketState::default()
+                    self.fresh_state(params)
                         .decide(params, now, *tokens, false)
                         .allowed
                 }
@@ -100,7 +100,7 @@ impl Inner {
                     d
                 }
                 None => {
-                    let mut state = BucketState::default();
+                    let mut state = self.fresh_state(params);
                     let d = state.decide(params, now, *tokens, consume);
                     if consume {
                         self.buckets.fetch_add(1, Ordering::Relaxed);

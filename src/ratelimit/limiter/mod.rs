@@ -86,6 +86,10 @@ struct Inner {
     next_waiter: AtomicU64,
     next_limit_id: Mutex<u32>,
     metrics: RateLimitMetrics,
+    /// After an unclean stop: how long before this limiter's clock started
+    /// the previous run was last alive; every bucket counts as emptied then.
+    /// `u64::MAX`: no such assumption (buckets start full).
+    spent_before_start_ns: AtomicU64,
 }
 
 /// One acquisition as the domain sees it (the gRPC adapter fills it in).
@@ -182,6 +186,7 @@ impl RateLimiter {
                 next_waiter: AtomicU64::new(1),
                 next_limit_id: Mutex::new(next_id),
                 metrics,
+                spent_before_start_ns: AtomicU64::new(u64::MAX),
             }),
         }
     }
@@ -464,6 +469,18 @@ impl RateLimiter {
         saved
     }
 
+    /// Takes every bucket as emptied `ago` (the previous run's last sign of
+    /// life before an unclean stop): a bucket made from now on starts with
+    /// what it refilled since, instead of a full burst.
+    pub fn assume_spent(&self, ago: Duration) {
+        let ago = u64::try_from(ago.as_nanos()).unwrap_or(u64::MAX - 1);
+        let since_start = self.inner.clock.now_ns();
+        self.inner.spent_before_start_ns.store(
+            ago.saturating_sub(since_start).min(u64::MAX - 1),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Restores saved buckets, counting `downtime` as refill time. Buckets of
     /// limits no longer configured, or already full again, are skipped.
     pub fn restore(&self, saved: &[SavedBucket], downtime: Duration) -> usize {
@@ -624,13 +641,24 @@ impl Inner {
                 .decide(&p.params, now, p.tokens, !dry_run)
                 .into());
         }
-        // No bucket is a full bucket.
-        let mut state = BucketState::default();
+        // No bucket is a full bucket (or, after an unclean stop, an emptied one).
+        let mut state = self.fresh_state(&p.params);
         let decision = state.decide(&p.params, now, p.tokens, !dry_run);
         if !dry_run {
             self.insert_new(shard, p, state, now)?;
         }
         Ok(decision.into())
+    }
+
+    /// The state of a bucket that does not exist yet: full, unless the
+    /// previous run stopped uncleanly (see [`RateLimiter::assume_spent`]).
+    fn fresh_state(&self, params: &Params) -> BucketState {
+        let before_start = self.spent_before_start_ns.load(Ordering::Relaxed);
+        if before_start == u64::MAX {
+            return BucketState::default();
+        }
+        // Empty at -before_start on this clock: full at full_ns - before_start.
+        BucketState::with_deficit(0, params.full_ns().saturating_sub(before_start))
     }
 
     /// Adds a bucket, enforcing `max_buckets`: sweeps this shard first, and
