@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use crate::error::FieldError;
 
-/// A protobuf duration as a std one; unset is zero, negative is refused.
+/// The largest `google.protobuf.Duration` (±10,000 years), in seconds.
+pub const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
+
+/// A protobuf duration as a std one; unset is zero, negative and beyond
+/// protobuf's range are refused.
 pub fn duration_from_pb(
     field: &str,
     value: Option<&prost_types::Duration>,
@@ -17,6 +21,15 @@ pub fn duration_from_pb(
         return Err(FieldError::new(
             field,
             format!("must not be negative, got {}s {}ns", d.seconds, d.nanos),
+        ));
+    }
+    if d.seconds > MAX_DURATION_SECONDS {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{}s is beyond protobuf's Duration range (at most {MAX_DURATION_SECONDS}s, about 10,000 years)",
+                d.seconds
+            ),
         ));
     }
     if d.nanos >= 1_000_000_000 {

@@ -179,6 +179,16 @@ impl CacheEngine {
         Ok(())
     }
 
+    /// A Watch's key prefix: one longer than any key could never match.
+    pub fn check_key_prefix(&self, prefix: &str) -> Result<(), CacheError> {
+        let max = self.inner.limits.max_key_bytes;
+        if prefix.len() > max {
+            let e = FieldError::too_long("key_prefix", prefix.len(), max, "cache.max_key_bytes");
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     fn check(&self, namespace: &str, key: &str) -> Result<(), CacheError> {
         self.check_namespace(namespace)?;
         let max = self.inner.limits.max_key_bytes;

@@ -239,6 +239,9 @@ impl pb::cache_server::Cache for CacheService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let r = request.into_inner();
+        self.engine
+            .check_key_prefix(&r.key_prefix)
+            .map_err(ApiError::from)?;
         let subscription = self
             .engine
             .subscribe(&r.namespace)

@@ -216,7 +216,27 @@ impl Config {
         self.cache.validate()?;
         self.query.validate()?;
         self.traces.validate()?;
-        self.leases.validate()
+        self.leases.validate()?;
+        self.check_value_fits_a_response()
+    }
+
+    /// A cache value must fit in a Get's response after gzip (which can grow
+    /// an incompressible value slightly) with room for the other fields;
+    /// otherwise a value could be stored and never read back.
+    fn check_value_fits_a_response(&self) -> values::Checked {
+        let value = self.cache.max_value_bytes;
+        let needed = value.saturating_add(value / 1000).saturating_add(4096);
+        if needed > self.server.max_message_bytes {
+            return Err(crate::error::FieldError::new(
+                "cache.max_value_bytes",
+                format!(
+                    "{value} does not fit in a response of server.max_message_bytes ({}) with gzip's overhead and the other fields; keep it at most {}",
+                    self.server.max_message_bytes,
+                    self.server.max_message_bytes.saturating_sub(4096) * 1000 / 1001
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Every scalar key with its default value, in file order: the source of

@@ -148,6 +148,9 @@ pub struct EnvoyEntryConfig {
     pub value: Option<String>,
 }
 
+/// Longest limit name, configured or asked for.
+pub const MAX_LIMIT_NAME_BYTES: usize = 256;
+
 /// Upper bounds that keep the token arithmetic far from overflow.
 pub const MAX_RATE: u64 = 1_000_000_000;
 pub const MAX_BURST: u64 = 1_000_000_000_000;
@@ -174,6 +177,14 @@ impl RateLimitConfig {
         for (i, limit) in self.limits.iter().enumerate() {
             let at = format!("ratelimit.limits[{i}]");
             unique_name(&format!("{at}.name"), &limit.name, &mut names)?;
+            if limit.name.len() > MAX_LIMIT_NAME_BYTES {
+                return Err(FieldError::too_long(
+                    format!("{at}.name"),
+                    limit.name.len(),
+                    MAX_LIMIT_NAME_BYTES,
+                    "limit names",
+                ));
+            }
             check_bucket(&at, limit.rate, limit.period.get(), limit.burst)?;
             let mut keys = BTreeSet::new();
             for (j, o) in limit.overrides.iter().enumerate() {

@@ -165,6 +165,31 @@ fn status_in(headers: &HeaderMap) -> Option<tonic::Code> {
         .map(tonic::Code::from)
 }
 
+/// tonic's codec reports a request it cannot decode (garbage bytes, a
+/// string field that is not UTF-8) as INTERNAL; it is the caller's input, so
+/// gantry's contract says INVALID_ARGUMENT, with tonic's own message. tonic
+/// gives no structured marker for this, so its message prefix (prost's
+/// `DecodeError`) is what identifies it; gantry's own INTERNAL errors never
+/// start that way.
+fn rewrite_undecodable(headers: &mut HeaderMap) {
+    if status_in(headers) != Some(tonic::Code::Internal) {
+        return;
+    }
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    if !status
+        .message()
+        .starts_with("failed to decode Protobuf message")
+    {
+        return;
+    }
+    let replacement = tonic::Status::invalid_argument(status.message().to_string());
+    headers.remove("grpc-status");
+    headers.remove("grpc-message");
+    let _ = replacement.add_header(headers);
+}
+
 /// tonic reports an oversized message as OUT_OF_RANGE; the gRPC spec (and
 /// gantry's contract) say RESOURCE_EXHAUSTED. Rewrites that one status in
 /// place, naming the setting that sets the limit.
@@ -250,6 +275,7 @@ where
                     Ok(response) => {
                         let (mut parts, body) = response.into_parts();
                         rewrite_oversized(&mut parts.headers, call.method.size_setting);
+                        rewrite_undecodable(&mut parts.headers);
                         if let Some(code) = status_in(&parts.headers) {
                             // Trailers-only response: the status is final now.
                             call.finish(code);
@@ -527,6 +553,24 @@ mod tests {
             (l.grpc_service.as_str(), l.grpc_method.as_str()),
             ("unknown", "unknown")
         );
+    }
+
+    #[test]
+    fn undecodable_requests_become_invalid_argument_and_other_internals_stay() {
+        let mut headers = HeaderMap::new();
+        tonic::Status::internal("failed to decode Protobuf message: invalid wire type value: 7")
+            .add_header(&mut headers)
+            .unwrap();
+        rewrite_undecodable(&mut headers);
+        let status = tonic::Status::from_header_map(&headers).unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("invalid wire type"));
+        let mut headers = HeaderMap::new();
+        tonic::Status::internal("internal error: a bug")
+            .add_header(&mut headers)
+            .unwrap();
+        rewrite_undecodable(&mut headers);
+        assert_eq!(status_in(&headers), Some(tonic::Code::Internal));
     }
 
     #[test]

@@ -215,10 +215,9 @@ async fn connection<S: GrpcService>(
             // calls queued since the last time.
             loop {
                 match conn.poll_accept(cx) {
-                    Poll::Ready(Some(Ok((mut request, respond)))) => {
+                    Poll::Ready(Some(Ok((request, respond)))) => {
                         progressed = true;
-                        request.extensions_mut().insert(connect_info.clone());
-                        let call = call(request, respond, &service, &settings);
+                        let call = call(request, respond, &service, &settings, &connect_info);
                         if call.inline {
                             calls.push(call.future);
                         } else {
@@ -272,11 +271,15 @@ struct Call {
     inline: bool,
 }
 
+/// Starts one call. Requests that reach the service stack carry the
+/// connection's addresses as on tonic's server (`Request::remote_addr()`);
+/// a direct call, which never builds a request, skips that allocation.
 fn call<S: GrpcService>(
     request: Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
     service: &S,
     settings: &Settings,
+    connect_info: &TcpConnectInfo,
 ) -> Call {
     let client_deadline = request
         .headers()
@@ -289,13 +292,17 @@ fn call<S: GrpcService>(
     let service = service.clone();
     let method = settings.methods.get(request.uri().path());
     if let Some(handler) = method.and_then(|m| settings.direct.handler(m, &request)) {
+        let connect_info = connect_info.clone();
         let future = Box::pin(direct::serve(
             request,
             respond,
             handler,
             settings.direct.clone(),
             deadline,
-            move |request, respond, deadline| through_service(service, request, respond, deadline),
+            move |mut request, respond, deadline| {
+                request.extensions_mut().insert(connect_info);
+                through_service(service, request, respond, deadline)
+            },
         ));
         return Call {
             future,
@@ -303,12 +310,9 @@ fn call<S: GrpcService>(
         };
     }
     let inline = method.is_some_and(|m| m.inline);
-    let future = Box::pin(through_service(
-        service,
-        stream::request(request),
-        respond,
-        deadline,
-    ));
+    let mut request = stream::request(request);
+    request.extensions_mut().insert(connect_info.clone());
+    let future = Box::pin(through_service(service, request, respond, deadline));
     Call { future, inline }
 }
 

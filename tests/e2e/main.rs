@@ -10,6 +10,7 @@ mod disk_full;
 mod docs;
 mod foundation;
 mod helm;
+mod hostile_input;
 mod leases;
 mod leases_process;
 mod process;

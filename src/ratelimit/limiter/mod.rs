@@ -23,6 +23,7 @@ use super::limits::{Limit, LimitSet};
 use super::metrics::RateLimitMetrics;
 use crate::config::RateLimitConfig;
 use crate::error::FieldError;
+use crate::ratelimit::config::MAX_LIMIT_NAME_BYTES;
 
 mod batch;
 mod buckets;
@@ -568,6 +569,13 @@ impl Inner {
             None => name.to_string(),
         };
         let settings = &state.settings;
+        // Bounded before the name is looked up, or echoed in a NOT_FOUND.
+        FieldError::check_text(
+            &field("limit"),
+            req.limit,
+            MAX_LIMIT_NAME_BYTES,
+            "limit names",
+        )?;
         let limit = set
             .resolve(req.limit)
             .ok_or_else(|| RateLimitError::UnknownLimit(req.limit.to_string()))?;
