@@ -9,6 +9,7 @@ mod common;
 mod disk_full;
 mod docs;
 mod foundation;
+mod fuzz;
 mod helm;
 mod hostile_input;
 mod leases;

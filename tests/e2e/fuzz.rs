@@ -1,0 +1,525 @@
+//! Fuzzing on stable Rust: random bytes and structured random input (via
+//! proptest) for every decoder that reads untrusted bytes — the direct-call
+//! decoders (which must also answer exactly as the service path does), the
+//! SQL lexer and fingerprint, OTLP conversion, and the configuration loader.
+//! Each target runs for `GANTRY_FUZZ_SECONDS` (2 by default; `.ci/run` gives
+//! each 20). A finding becomes a regression test beside the code it broke.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use gantry::config::{
+    Config, EnvoyDescriptorConfig, EnvoyDomainConfig, EnvoyEntryConfig, FlagOverrides,
+    HumanDuration, LimitConfig, LimitScopeConfig, RateLimitConfig,
+};
+use gantry::proto::gantry::v1 as pb;
+use gantry::proto::gantry::v1::rate_limiter_server::RateLimiter as _;
+use gantry::query::analyze::analyze;
+use gantry::query::dialect::Dialect;
+use gantry::query::fingerprint::fingerprint;
+use gantry::query::rules::RuleSettings;
+use gantry::ratelimit::RateLimiter;
+use gantry::ratelimit::envoy::{DirectShouldRateLimit, EnvoyRateLimitService};
+use gantry::ratelimit::metrics::RateLimitMetrics;
+use gantry::ratelimit::service::{DirectAcquire, DirectAcquireBatch, RateLimiterService};
+use gantry::routes::DirectUnary;
+use gantry::traces::convert::from_otlp;
+use gantry::traces::span::SpanLimits;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
+use proptest::prelude::*;
+use proptest::test_runner::{
+    Config as RunnerConfig, RngAlgorithm, TestCaseError, TestRng, TestRunner,
+};
+use prost::Message;
+
+/// How long each target runs.
+fn budget() -> Duration {
+    let seconds = std::env::var("GANTRY_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    Duration::from_secs_f64(seconds)
+}
+
+/// Runs `check` on values of `strategy` until the budget is spent (at least
+/// one round of 64 cases); a failure is shrunk and reported by proptest.
+fn fuzz<S>(name: &str, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S: Strategy,
+    S::Value: Debug,
+{
+    let started = Instant::now();
+    let deadline = started + budget();
+    // A runner stops after `cases` successes: a fresh one, with a fresh
+    // seed, each round.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut cases = 0u64;
+    for round in 0u128.. {
+        let mut seed = [0u8; 32];
+        seed[..16].copy_from_slice(&base.wrapping_add(round).to_le_bytes());
+        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
+        let config = RunnerConfig {
+            cases: 64,
+            failure_persistence: None,
+            ..RunnerConfig::default()
+        };
+        let mut runner = TestRunner::new_with_rng(config, rng);
+        if let Err(e) = runner.run(&strategy, &check) {
+            panic!("fuzz target {name} failed after {cases} cases (round seed {seed:?}): {e}");
+        }
+        cases += 64;
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    eprintln!(
+        "fuzz target {name}: {cases} cases in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Text that looks like what a hostile or careless client sends: ASCII,
+/// control characters, U+001E, quotes, multi-byte characters.
+fn text(max: usize) -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => proptest::char::range('a', 'z'),
+            1 => proptest::char::range('\u{0}', '\u{1f}'),
+            1 => Just('\u{1e}'),
+            1 => prop_oneof![Just('\''), Just('"'), Just('$'), Just('\\'), Just('/'), Just('*')],
+            1 => any::<char>(),
+        ],
+        0..max,
+    )
+    .prop_map(|chars| chars.into_iter().collect())
+}
+
+fn limiter() -> RateLimiter {
+    let config = RateLimitConfig {
+        max_key_bytes: 24,
+        max_batch: 8,
+        limits: vec![LimitConfig {
+            name: "api".into(),
+            rate: 1,
+            period: HumanDuration::from_secs(3600),
+            burst: Some(50),
+            scope: LimitScopeConfig::PerKey,
+            overrides: vec![],
+        }],
+        envoy: vec![EnvoyDomainConfig {
+            domain: "edge".into(),
+            descriptors: vec![EnvoyDescriptorConfig {
+                entries: vec![EnvoyEntryConfig {
+                    key: "generic_key".into(),
+                    value: None,
+                }],
+                limit: "api".into(),
+            }],
+        }],
+        ..RateLimitConfig::default()
+    };
+    RateLimiter::new(&config, RateLimitMetrics::default())
+}
+
+fn acquire_request() -> impl Strategy<Value = pb::AcquireRequest> {
+    (
+        prop_oneof![
+            Just("api".to_string()),
+            Just(String::new()),
+            text(8),
+            Just("x".repeat(300))
+        ],
+        text(30),
+        prop_oneof![0..60u64, any::<u64>()],
+        any::<bool>(),
+        text(30),
+    )
+        .prop_map(|(limit, key, tokens, dry_run, client)| pb::AcquireRequest {
+            limit,
+            key,
+            tokens,
+            dry_run,
+            client,
+            ..Default::default()
+        })
+}
+
+/// What a direct answer means, to compare with the service path's: the
+/// status, or the response's fields that do not depend on the clock.
+fn direct_outcome<M: Message + Default>(
+    answer: Option<Result<Bytes, tonic::Status>>,
+) -> Option<Result<M, (tonic::Code, String)>> {
+    answer.map(|a| match a {
+        Ok(framed) => Ok(M::decode(&framed[5..]).expect("a direct answer decodes")),
+        Err(s) => Err((s.code(), s.message().to_string())),
+    })
+}
+
+fn status_of<M>(r: Result<tonic::Response<M>, tonic::Status>) -> Result<M, (tonic::Code, String)> {
+    r.map(tonic::Response::into_inner)
+        .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+fn same_acquire(a: &pb::AcquireResponse, b: &pb::AcquireResponse) -> bool {
+    (a.allowed, a.remaining, a.limit) == (b.allowed, b.remaining, b.limit)
+}
+
+#[test]
+fn direct_acquire_answers_as_the_service_path() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (direct_limiter, service_limiter) = (limiter(), limiter());
+    let direct = DirectAcquire::new(direct_limiter);
+    let service = RateLimiterService::new(service_limiter, None);
+    fuzz("direct Acquire", acquire_request(), |request| {
+        let bytes = request.encode_to_vec();
+        let Some(direct) =
+            direct_outcome::<pb::AcquireResponse>(direct.answer(&bytes, &mut || Ok(())))
+        else {
+            return Ok(()); // served the long way: nothing to compare
+        };
+        let served = status_of(runtime.block_on(service.acquire(tonic::Request::new(request))));
+        match (&direct, &served) {
+            (Ok(a), Ok(b)) => prop_assert!(same_acquire(a, b), "{a:?} vs {b:?}"),
+            _ => prop_assert_eq!(direct.err(), served.err()),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn direct_acquire_batch_answers_as_the_service_path() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (direct_limiter, service_limiter) = (limiter(), limiter());
+    let direct = DirectAcquireBatch::new(direct_limiter, 1 << 20);
+    let service = RateLimiterService::new(service_limiter, None);
+    let batch = (
+        prop::collection::vec(acquire_request(), 0..10),
+        any::<bool>(),
+    )
+        .prop_map(|(requests, all_or_nothing)| pb::AcquireBatchRequest {
+            requests,
+            all_or_nothing,
+        });
+    fuzz("direct AcquireBatch", batch, |request| {
+        let bytes = request.encode_to_vec();
+        let Some(direct) =
+            direct_outcome::<pb::AcquireBatchResponse>(direct.answer(&bytes, &mut || Ok(())))
+        else {
+            return Ok(());
+        };
+        let served =
+            status_of(runtime.block_on(service.acquire_batch(tonic::Request::new(request))));
+        match (&direct, &served) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(a.responses.len(), b.responses.len());
+                for (x, y) in a.responses.iter().zip(&b.responses) {
+                    prop_assert!(same_acquire(x, y), "{x:?} vs {y:?}");
+                }
+            }
+            _ => prop_assert_eq!(direct.err(), served.err()),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn direct_should_rate_limit_answers_as_the_service_path() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (direct_limiter, service_limiter) = (limiter(), limiter());
+    let direct = DirectShouldRateLimit::new(direct_limiter, 1 << 20);
+    let service = EnvoyRateLimitService::new(service_limiter);
+    let entry = (
+        prop_oneof![Just("generic_key".to_string()), text(10)],
+        text(20),
+    )
+        .prop_map(|(key, value)| Entry { key, value });
+    let descriptor = (prop::collection::vec(entry, 0..3), any::<bool>()).prop_map(
+        |(entries, is_negative_hits)| RateLimitDescriptor {
+            entries,
+            is_negative_hits,
+            ..Default::default()
+        },
+    );
+    let request = (
+        prop_oneof![Just("edge".to_string()), Just(String::new()), text(10)],
+        prop::collection::vec(descriptor, 0..4),
+        prop_oneof![0..5u32, any::<u32>()],
+    )
+        .prop_map(|(domain, descriptors, hits_addend)| RateLimitRequest {
+            domain,
+            descriptors,
+            hits_addend,
+        });
+    fuzz("direct ShouldRateLimit", request, |request| {
+        let bytes = request.encode_to_vec();
+        let Some(direct) = direct_outcome::<
+            envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse,
+        >(direct.answer(&bytes, &mut || Ok(()))) else {
+            return Ok(());
+        };
+        let served =
+            status_of(runtime.block_on(service.should_rate_limit(tonic::Request::new(request))));
+        match (&direct, &served) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(a.overall_code, b.overall_code);
+                let codes =
+                    |r: &envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse| {
+                        r.statuses
+                            .iter()
+                            .map(|s| (s.code, s.limit_remaining))
+                            .collect::<Vec<_>>()
+                    };
+                prop_assert_eq!(codes(a), codes(b));
+            }
+            _ => prop_assert_eq!(direct.err(), served.err()),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn direct_decoders_survive_random_bytes() {
+    let limiter = limiter();
+    let handlers: Vec<Box<dyn DirectUnary>> = vec![
+        Box::new(DirectAcquire::new(limiter.clone())),
+        Box::new(DirectAcquireBatch::new(limiter.clone(), 1 << 20)),
+        Box::new(DirectShouldRateLimit::new(limiter, 1 << 20)),
+    ];
+    fuzz(
+        "direct decoders, random bytes",
+        prop::collection::vec(any::<u8>(), 0..256),
+        |bytes| {
+            for handler in &handlers {
+                if let Some(Ok(framed)) = handler.answer(&bytes, &mut || Ok(())) {
+                    prop_assert!(framed.len() >= 5);
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+/// SQL-shaped token soup: keywords, identifiers, literals of every quoting,
+/// comments (closed or not), parameters, operators, stray bytes.
+fn sql() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        prop::sample::select(vec![
+            "SELECT",
+            "FROM",
+            "WHERE",
+            "IN",
+            "(",
+            ")",
+            ",",
+            "=",
+            "?",
+            "$1",
+            ":name",
+            "@v",
+            "'a''b'",
+            "E'\\x'",
+            "$$body$$",
+            "$tag$",
+            "\"quoted\"",
+            "`tick`",
+            "[br]",
+            "--",
+            "/*",
+            "*/",
+            "#",
+            "0x1F",
+            "1e-5",
+            "-",
+            "+",
+            "::",
+            "ARRAY[",
+            "]",
+            "VALUES",
+            "UNION",
+            "ALL",
+            "LIMIT",
+            "OFFSET",
+            "JOIN",
+            "ON",
+            "GROUP BY",
+            "ORDER BY",
+            ";",
+            "\\",
+            "\n",
+            "NULL",
+            "TRUE",
+        ])
+        .prop_map(str::to_string),
+        text(6),
+        any::<u64>().prop_map(|n| n.to_string()),
+    ];
+    prop::collection::vec(token, 0..60).prop_map(|tokens| tokens.join(" "))
+}
+
+#[test]
+fn sql_lexer_fingerprint_and_rules_never_panic() {
+    let settings = RuleSettings::default();
+    let dialects = [
+        Dialect::Generic,
+        Dialect::Postgres,
+        Dialect::Mysql,
+        Dialect::Sqlite,
+    ];
+    fuzz(
+        "SQL lexer, fingerprint and rules",
+        prop_oneof![sql(), any::<String>()],
+        |sql| {
+            for dialect in dialects {
+                let first = fingerprint(&sql, dialect);
+                let again = fingerprint(&sql, dialect);
+                prop_assert_eq!(first.fingerprint, again.fingerprint, "deterministic");
+                let _ = analyze(&sql, dialect, &settings);
+            }
+            Ok(())
+        },
+    );
+}
+
+fn otlp_span() -> impl Strategy<Value = OtlpSpan> {
+    let attribute = (
+        text(12),
+        prop_oneof![
+            text(40).prop_map(any_value::Value::StringValue),
+            any::<i64>().prop_map(any_value::Value::IntValue)
+        ],
+    )
+        .prop_map(|(key, value)| KeyValue {
+            key,
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        });
+    (
+        prop::collection::vec(any::<u8>(), 0..20),
+        prop::collection::vec(any::<u8>(), 0..10),
+        prop::collection::vec(any::<u8>(), 0..10),
+        text(40),
+        any::<i32>(),
+        any::<u64>(),
+        any::<u64>(),
+        prop::collection::vec(attribute, 0..6),
+    )
+        .prop_map(
+            |(trace_id, span_id, parent_span_id, name, kind, start, end, attributes)| OtlpSpan {
+                trace_id,
+                span_id,
+                parent_span_id,
+                name,
+                kind,
+                start_time_unix_nano: start,
+                end_time_unix_nano: end,
+                attributes,
+                ..Default::default()
+            },
+        )
+}
+
+#[test]
+fn otlp_conversion_never_panics() {
+    let limits = SpanLimits {
+        max_name_bytes: 32,
+        max_attributes: 4,
+        max_attribute_bytes: 64,
+    };
+    let structured = prop::collection::vec(otlp_span(), 0..8).prop_map(|spans| {
+        vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]
+    });
+    fuzz(
+        "OTLP conversion, structured",
+        structured,
+        |resource_spans| {
+            let count: usize = resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            let converted = from_otlp(resource_spans, &limits);
+            prop_assert_eq!(converted.spans.len() + converted.rejected.len(), count);
+            Ok(())
+        },
+    );
+    fuzz(
+        "OTLP conversion, random bytes",
+        prop::collection::vec(any::<u8>(), 0..512),
+        |bytes| {
+            if let Ok(request) = ExportTraceServiceRequest::decode(bytes.as_slice()) {
+                let _ = from_otlp(request.resource_spans, &limits);
+            }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn the_config_loader_never_panics() {
+    let keys: Vec<String> = Config::documented_keys()
+        .into_iter()
+        .map(|(key, _, _)| key)
+        .collect();
+    let value = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        text(12).prop_map(|s| format!("{s:?}")),
+        prop::sample::select(vec![
+            "true",
+            "\"1s\"",
+            "\"0s\"",
+            "\"-1s\"",
+            "\"9999999999999h\"",
+            "[]",
+            "{}",
+            "1.5",
+            "\"127.0.0.1:0\"",
+            "\"\"",
+            "[[",
+            "\"redis://x\"",
+        ])
+        .prop_map(str::to_string),
+    ];
+    let line =
+        (prop::sample::select(keys.clone()), value.clone()).prop_map(|(key, value)| {
+            match key.rsplit_once('.') {
+                Some((section, name)) => format!("[{section}]\n{name} = {value}\n"),
+                None => format!("{key} = {value}\n"),
+            }
+        });
+    let file = prop::collection::vec(prop_oneof![4 => line, 1 => text(20)], 0..8)
+        .prop_map(|lines| lines.concat());
+    let env = prop::collection::vec((prop::sample::select(keys), value), 0..3).prop_map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(key, value)| {
+                let name = format!("GANTRY_{}", key.replace('.', "_").to_uppercase());
+                (name, value.trim_matches('"').to_string())
+            })
+            .collect::<BTreeMap<_, _>>()
+    });
+    fuzz("config loader", (file, env), |(text, env)| {
+        let _ = Config::load(
+            Some((Path::new("fuzz.toml"), &text)),
+            &env,
+            &FlagOverrides::default(),
+        );
+        Ok(())
+    });
+}
