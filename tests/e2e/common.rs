@@ -189,6 +189,23 @@ impl GantryProcess {
         }
     }
 
+    /// `gantry serve --config gantry.toml` in `cwd`, on ephemeral ports.
+    pub fn serve_config(cwd: &Path, envs: &[(&str, &str)]) -> Self {
+        Self::spawn(
+            &[
+                "serve",
+                "--config",
+                "gantry.toml",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+            envs,
+            cwd,
+        )
+    }
+
     /// Waits for a stderr line containing `needle`; panics with what was seen on timeout.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

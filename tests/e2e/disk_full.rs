@@ -110,23 +110,22 @@ fn spawn(data: &Path, cwd: &Path) -> GantryProcess {
         "[cache]\ndurability = \"sync\"\n\n[[leases.pools]]\nname = \"db\"\ncapacity = 1000000\n",
     )
     .unwrap();
-    GantryProcess::spawn(
-        &[
-            "serve",
-            "--config",
-            "gantry.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
+    GantryProcess::serve_config(
+        cwd,
         &[
             ("GANTRY_DATA_DIR", data.to_str().unwrap()),
             ("GANTRY_STORAGE_FLUSH_TIMEOUT", "2s"),
             ("GANTRY_SERVER_SHUTDOWN_GRACE", "2s"),
         ],
-        cwd,
     )
+}
+
+async fn first_entry_is_there(cache: &mut CacheClient<Channel>) -> bool {
+    let read = cache.get(pb::GetRequest {
+        namespace: "fill".into(),
+        key: "k0".into(),
+    });
+    read.await.unwrap().into_inner().found
 }
 
 /// Puts until the store refuses; every answer comes before its deadline.
@@ -179,16 +178,7 @@ async fn a_full_disk_fails_writes_fast_and_recovers_when_space_returns() {
         let refused = leases.acquire(lease()).await.unwrap_err();
         assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     }
-    // Reads still work.
-    let read = cache
-        .get(pb::GetRequest {
-            namespace: "fill".into(),
-            key: "k0".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(read.found);
+    assert!(first_entry_is_there(&mut cache).await, "reads still work");
     assert_eq!(
         health(&channel, "gantry.v1.Cache").await,
         ServingStatus::NotServing
@@ -234,16 +224,10 @@ async fn a_full_disk_fails_writes_fast_and_recovers_when_space_returns() {
         Some(1.0),
         "{text}"
     );
-    // What was written before the disk filled is still there.
-    let read = cache
-        .get(pb::GetRequest {
-            namespace: "fill".into(),
-            key: "k0".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(read.found);
+    assert!(
+        first_entry_is_there(&mut cache).await,
+        "what was written before the disk filled is still there"
+    );
 
     // Full again, then SIGTERM: the process ends within the grace period
     // plus the flush timeout, whatever the disk does.

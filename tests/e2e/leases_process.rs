@@ -24,19 +24,7 @@ fn pools_toml(pools: &[(&str, u32)]) -> String {
 }
 
 fn spawn(cwd: &std::path::Path) -> GantryProcess {
-    GantryProcess::spawn(
-        &[
-            "serve",
-            "--config",
-            "gantry.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        &[("GANTRY_SERVER_CONFIG_POLL_INTERVAL", "100ms")],
-        cwd,
-    )
+    GantryProcess::serve_config(cwd, &[("GANTRY_SERVER_CONFIG_POLL_INTERVAL", "100ms")])
 }
 
 fn ask(pool: &str, holder: &str, count: u32) -> pb::AcquireLeaseRequest {
