@@ -1,5 +1,7 @@
-//! The slow-query log: executions at or above the threshold, newest last,
-//! bounded (the oldest go first).
+//! The slow-query log: executions at or above the threshold, kept in order
+//! of their own time (not of arrival: a batch recorded late, or a replica's
+//! clock, can bring older executions after newer ones), bounded — the oldest
+//! go first.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -30,10 +32,22 @@ impl SlowLog {
     }
 
     pub fn push(&mut self, query: SlowQuery) {
+        // Most executions arrive in time order: the place is found from the back.
+        let at = self
+            .entries
+            .iter()
+            .rposition(|q| q.time_ms <= query.time_ms)
+            .map_or(0, |i| i + 1);
         if self.entries.len() >= self.capacity {
+            if at == 0 {
+                // Older than everything kept in a full log.
+                return;
+            }
             self.entries.pop_front();
+            self.entries.insert(at - 1, query);
+        } else {
+            self.entries.insert(at, query);
         }
-        self.entries.push_back(query);
     }
 
     /// Newest first, only those at or after `since_ms`.
@@ -86,5 +100,30 @@ mod tests {
         assert_eq!(times, vec![5, 4, 3]);
         assert_eq!(log.recent(4, 10).len(), 2);
         assert_eq!(log.recent(0, 1)[0].time_ms, 5);
+    }
+
+    #[test]
+    fn executions_arriving_out_of_order_are_kept_in_time_order() {
+        let mut log = SlowLog::new(4);
+        for t in [10, 30, 20, 50, 40] {
+            log.push(q(t));
+        }
+        let times: Vec<u64> = log.recent(0, 10).iter().map(|q| q.time_ms).collect();
+        assert_eq!(
+            times,
+            vec![50, 40, 30, 20],
+            "newest first by their own time"
+        );
+        log.push(q(5));
+        assert_eq!(
+            log.len(),
+            4,
+            "older than everything in a full log: not kept"
+        );
+        log.push(q(35));
+        let times: Vec<u64> = log.recent(0, 2).iter().map(|q| q.time_ms).collect();
+        assert_eq!(times, vec![50, 40]);
+        let all: Vec<u64> = log.recent(0, 10).iter().map(|q| q.time_ms).collect();
+        assert_eq!(all, vec![50, 40, 35, 30], "the oldest went first");
     }
 }

@@ -305,6 +305,46 @@ async fn record_top_and_slow_queries_with_per_execution_rejection() {
     server.stop().await.unwrap();
 }
 
+/// "Newest first" means each execution's own time: a batch recorded late
+/// (a service flushing its buffer after a reconnect) does not push newer
+/// executions out of `limit`.
+#[tokio::test]
+async fn slow_queries_are_newest_first_by_their_own_time() {
+    let server =
+        TestServer::start_with(|c| c.query.slow_threshold = HumanDuration::from_millis(100)).await;
+    let mut client = QueryAnalyzerClient::new(server.channel.clone());
+    let now = SystemTime::now();
+    let at = |seconds_ago: u64, service: &str| pb::QueryExecution {
+        time: Some(prost_types::Timestamp::from(
+            now - Duration::from_secs(seconds_ago),
+        )),
+        ..exec("SELECT 1", 500, service)
+    };
+    // Arrives in the order 10 s ago, 1 s ago, then a late batch from 5 and 3 s ago.
+    for batch in [
+        vec![at(10, "a")],
+        vec![at(1, "b")],
+        vec![at(5, "c"), at(3, "d")],
+    ] {
+        client
+            .record(pb::RecordRequest { executions: batch })
+            .await
+            .unwrap();
+    }
+    let slow = client
+        .slow_queries(pb::SlowQueriesRequest {
+            since: None,
+            limit: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .queries;
+    let services: Vec<&str> = slow.iter().map(|q| q.service.as_str()).collect();
+    assert_eq!(services, vec!["b", "d"]);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn n_plus_one_in_a_trace_becomes_a_batching_hint() {
     let server = TestServer::start().await;
