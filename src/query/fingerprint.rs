@@ -101,34 +101,110 @@ fn ends_operand(token: &Token<'_>) -> bool {
     }
 }
 
-/// The significant tokens (indices into `tokens`), each marked literal or
-/// not, with unary minus signs of literals and a trailing semicolon removed.
-fn significant(tokens: &[Token<'_>]) -> Vec<(usize, bool)> {
-    let mut out: Vec<(usize, bool)> = Vec::with_capacity(tokens.len());
+/// Types whose parenthesised numbers are modifiers (`varchar(10)`,
+/// `numeric(10, 2)`), part of the type and not values.
+const TYPES_WITH_MODIFIERS: [&str; 20] = [
+    "VARCHAR",
+    "CHAR",
+    "CHARACTER",
+    "VARYING",
+    "NCHAR",
+    "NVARCHAR",
+    "NUMERIC",
+    "DECIMAL",
+    "DEC",
+    "FLOAT",
+    "BIT",
+    "VARBIT",
+    "TIME",
+    "TIMESTAMP",
+    "TIMESTAMPTZ",
+    "TIMETZ",
+    "INTERVAL",
+    "BINARY",
+    "VARBINARY",
+    "DATETIME2",
+];
+
+/// One significant token (an index into the tokens): whether it is a
+/// literal, and whether that literal is a type modifier — masked in the
+/// fingerprint like any literal (as pg_query does), but kept as written in
+/// the normalized text, where `varchar($1)` would change the meaning.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    index: usize,
+    literal: bool,
+    type_modifier: bool,
+}
+
+/// `?` in Postgres is a placeholder only where a value goes; between an
+/// operand and a string or a `$n` it is jsonb's key-exists operator
+/// (`data ? 'k'`), which must not become a placeholder.
+fn is_jsonb_operator(tokens: &[Token<'_>], i: usize, prev: Option<&Token<'_>>) -> bool {
+    let next = tokens[i + 1..].iter().find(|t| t.kind != Kind::Space);
+    tokens[i].text == "?"
+        && prev.is_some_and(ends_operand)
+        && next.is_some_and(|n| {
+            n.kind == Kind::Parameter && n.text.starts_with('$')
+                || n.kind == Kind::Literal && n.text.starts_with(['\'', 'E', 'e'])
+        })
+}
+
+/// The significant tokens, each marked literal or not, with unary minus
+/// signs of literals and a trailing semicolon removed.
+fn significant(tokens: &[Token<'_>], dialect: Dialect) -> Vec<Mark> {
+    let mut out: Vec<Mark> = Vec::with_capacity(tokens.len());
+    // Inside the parentheses of a type's modifiers (`varchar(…)`).
+    let mut in_modifiers = false;
     for (i, token) in tokens.iter().enumerate() {
         if token.kind == Kind::Space {
             continue;
         }
-        let prev = out.last().map(|&(p, _)| &tokens[p]);
-        let literal = matches!(token.kind, Kind::Literal | Kind::Parameter)
+        let prev = out.last().map(|m| &tokens[m.index]);
+        let before_prev = out.len().checked_sub(2).map(|b| &tokens[out[b].index]);
+        if token.kind == Kind::Symbol && token.text == "(" {
+            // A type where a type goes: after `::`, `AS`, or a column's name.
+            in_modifiers = prev.is_some_and(|p| {
+                p.kind == Kind::Word
+                    && TYPES_WITH_MODIFIERS
+                        .iter()
+                        .any(|t| p.text.eq_ignore_ascii_case(t))
+            }) && before_prev.is_some_and(|b| {
+                b.text == "::"
+                    || word_is(b, "AS")
+                    || word_is(b, "CHARACTER")
+                    || b.kind == Kind::Quoted
+                    || (b.kind == Kind::Word && ends_operand(b))
+            });
+        } else if token.kind == Kind::Symbol && token.text == ")" {
+            in_modifiers = false;
+        }
+        let operator = dialect == Dialect::Postgres
+            && token.kind == Kind::Parameter
+            && is_jsonb_operator(tokens, i, prev);
+        let literal = (matches!(token.kind, Kind::Literal | Kind::Parameter) && !operator)
             || word_is(token, "TRUE")
             || word_is(token, "FALSE")
             || (word_is(token, "NULL")
                 && !prev.is_some_and(|p| word_is(p, "IS") || word_is(p, "NOT")));
+        let type_modifier = in_modifiers
+            && token.kind == Kind::Literal
+            && token.text.starts_with(|c: char| c.is_ascii_digit());
         if literal
             && prev.is_some_and(|p| p.kind == Kind::Symbol && p.text == "-")
-            && !out
-                .len()
-                .checked_sub(2)
-                .is_some_and(|b| ends_operand(&tokens[out[b].0]))
+            && !before_prev.is_some_and(ends_operand)
         {
             out.pop();
         }
-        out.push((i, literal));
+        out.push(Mark {
+            index: i,
+            literal,
+            type_modifier,
+        });
     }
     if out
         .last()
-        .is_some_and(|&(i, _)| tokens[i].kind == Kind::Symbol && tokens[i].text == ";")
+        .is_some_and(|m| tokens[m.index].kind == Kind::Symbol && tokens[m.index].text == ";")
     {
         out.pop();
     }
@@ -224,12 +300,12 @@ fn unquote(text: &str) -> &str {
 
 pub fn fingerprint(sql: &str, dialect: Dialect) -> Fingerprinted {
     let tokens: Vec<Token<'_>> = Lexer::new(sql, dialect).collect();
-    let marks = significant(&tokens);
+    let marks = significant(&tokens, dialect);
     let stream: Vec<Canon<'_>> = marks
         .iter()
-        .map(|&(i, literal)| {
-            let t = &tokens[i];
-            match (t.kind, literal) {
+        .map(|m| {
+            let t = &tokens[m.index];
+            match (t.kind, m.literal) {
                 (_, true) => Canon::Literal,
                 (Kind::Word, false) => Canon::Word(t.text),
                 (Kind::Quoted, false) => Canon::Quoted(unquote(t.text)),
@@ -251,11 +327,12 @@ pub fn fingerprint(sql: &str, dialect: Dialect) -> Fingerprinted {
 }
 
 /// The text as written, literals replaced, comments dropped, whitespace collapsed.
-fn normalized_text(tokens: &[Token<'_>], marks: &[(usize, bool)], dialect: Dialect) -> String {
+fn normalized_text(tokens: &[Token<'_>], marks: &[Mark], dialect: Dialect) -> String {
     let mut text = String::with_capacity(tokens.iter().map(|t| t.text.len()).sum());
     let mut placeholders = 0u32;
     let mut previous: Option<usize> = None;
-    for &(i, literal) in marks {
+    for mark in marks {
+        let (i, literal) = (mark.index, mark.literal && !mark.type_modifier);
         // Whitespace or a comment between two kept tokens becomes one space;
         // a removed unary minus goes with them.
         if let Some(p) = previous
@@ -482,6 +559,71 @@ mod tests {
     /// committed when the algorithm was written and must never change (a
     /// change of algorithm is a new major version, documented in
     /// docs/query-analysis.md).
+    #[test]
+    fn jsonb_key_operators_are_not_placeholders() {
+        let pg = Dialect::Postgres;
+        let a = fingerprint("SELECT * FROM docs WHERE data ? 'k' AND id = $1", pg);
+        assert_eq!(
+            a.normalized,
+            "SELECT * FROM docs WHERE data ? $1 AND id = $2"
+        );
+        same(
+            pg,
+            "SELECT * FROM docs WHERE data ? 'k'",
+            "SELECT * FROM docs WHERE data ? 'other'",
+        );
+        differ(
+            pg,
+            "SELECT * FROM docs WHERE data ? 'k'",
+            "SELECT * FROM docs WHERE data = 'k'",
+        );
+        assert_eq!(
+            fingerprint("SELECT * FROM docs WHERE data ? $1", pg).normalized,
+            "SELECT * FROM docs WHERE data ? $1"
+        );
+        // Where a value goes, `?` is still a placeholder (JDBC-style text).
+        assert_eq!(
+            fingerprint("SELECT * FROM t WHERE id = ? LIMIT ? OFFSET ?", pg).normalized,
+            "SELECT * FROM t WHERE id = $1 LIMIT $2 OFFSET $3"
+        );
+        assert_eq!(
+            fingerprint(
+                "SELECT * FROM t WHERE a = ? AND b IN (?, ?)",
+                Dialect::Mysql
+            )
+            .normalized,
+            "SELECT * FROM t WHERE a = ? AND b IN (?, ?)"
+        );
+    }
+
+    #[test]
+    fn type_modifiers_stay_in_the_normalized_text() {
+        let pg = Dialect::Postgres;
+        let a = fingerprint(
+            "SELECT x::varchar(10), CAST(y AS numeric(10, 2)), z::character varying(5) FROM t WHERE id = 7",
+            pg,
+        );
+        assert_eq!(
+            a.normalized,
+            "SELECT x::varchar(10), CAST(y AS numeric(10, 2)), z::character varying(5) FROM t WHERE id = $1"
+        );
+        // The fingerprint masks them like any constant, as pg_query does.
+        same(
+            pg,
+            "SELECT x::varchar(10) FROM t",
+            "SELECT x::varchar(20) FROM t",
+        );
+        assert_eq!(
+            fingerprint("CREATE TABLE t (name varchar(64), price decimal(8, 2))", pg).normalized,
+            "CREATE TABLE t (name varchar(64), price decimal(8, 2))"
+        );
+        // A function that shares a type's name is not a type.
+        assert_eq!(
+            fingerprint("SELECT CHAR(65)", Dialect::Mysql).normalized,
+            "SELECT CHAR(?)"
+        );
+    }
+
     #[test]
     fn committed_test_vectors() {
         let vectors = [
