@@ -213,11 +213,16 @@ fn significant(tokens: &[Token<'_>], dialect: Dialect) -> Vec<Mark> {
 
 /// The matching closing parenthesis of the `(` at `open`, if any.
 fn closing(stream: &[Canon<'_>], open: usize) -> Option<usize> {
+    closing_of(stream, open, "(", ")")
+}
+
+/// The matching `close` of the `open` symbol at `at`, if any.
+fn closing_of(stream: &[Canon<'_>], at: usize, open: &str, close: &str) -> Option<usize> {
     let mut depth = 0usize;
-    for (i, c) in stream.iter().enumerate().skip(open) {
-        if c.is("(") {
+    for (i, c) in stream.iter().enumerate().skip(at) {
+        if c.is(open) {
             depth += 1;
-        } else if c.is(")") {
+        } else if c.is(close) {
             depth -= 1;
             if depth == 0 {
                 return Some(i);
@@ -227,11 +232,63 @@ fn closing(stream: &[Canon<'_>], open: usize) -> Option<usize> {
     None
 }
 
+/// Where one element of a list of values that starts at `k` ends
+/// (exclusive): a literal, possibly cast (`? :: BIGINT`, `? :: VARCHAR ( ? )`),
+/// or, in the outer list only (`rows`), a parenthesised row of such
+/// elements (`( ? , ? )`) — one level, so deeply nested input costs no
+/// recursion.
+fn element_end(stream: &[Canon<'_>], k: usize, rows: bool) -> Option<usize> {
+    let mut end = match stream.get(k)? {
+        Canon::Literal => k + 1,
+        c if rows && c.is("(") => {
+            let close = closing(stream, k)?;
+            uniform_list(stream, k + 1, close, false)?;
+            close + 1
+        }
+        _ => return None,
+    };
+    while stream.get(end).is_some_and(|c| c.is("::"))
+        && matches!(stream.get(end + 1), Some(Canon::Word(_)))
+    {
+        end += 2;
+        if stream.get(end).is_some_and(|c| c.is("(")) {
+            end = closing(stream, end)? + 1;
+        }
+    }
+    Some(end)
+}
+
+/// When `stream[start..end]` is a comma-separated list of values that all
+/// have the first one's shape, where the first ends.
+fn uniform_list(stream: &[Canon<'_>], start: usize, end: usize, rows: bool) -> Option<usize> {
+    let first_end = element_end(stream, start, rows)?;
+    if first_end > end {
+        return None;
+    }
+    let first = &stream[start..first_end];
+    let mut k = first_end;
+    while k < end {
+        if !stream[k].is(",") {
+            return None;
+        }
+        let next = element_end(stream, k + 1, rows)?;
+        if next > end || !same_run(&stream[k + 1..next], first) {
+            return None;
+        }
+        k = next;
+    }
+    (k == end).then_some(first_end)
+}
+
 fn same_run(a: &[Canon<'_>], b: &[Canon<'_>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y))
 }
 
-/// `IN (?, ?, ?)` becomes `IN (?)`; a run of identical VALUES rows keeps one.
+/// A list of values keeps its first element: `IN (?, ?, ?)` becomes
+/// `IN (?)`, and so do lists of casts (`IN (? :: BIGINT, …)`), of rows
+/// (`IN ((?, ?), (?, ?))`) and arrays (`ARRAY [?, ?]`, so `= ANY (ARRAY […])`
+/// and `&& ARRAY […]` group whatever the length); a run of identical VALUES
+/// rows keeps one.
 fn collapse_lists<'a>(stream: &[Canon<'a>]) -> Vec<Canon<'a>> {
     let mut out = Vec::with_capacity(stream.len());
     let mut i = 0;
@@ -239,21 +296,22 @@ fn collapse_lists<'a>(stream: &[Canon<'a>]) -> Vec<Canon<'a>> {
         let c = stream[i];
         out.push(c);
         i += 1;
-        if c.is("IN") && stream.get(i).is_some_and(|c| c.is("(")) {
-            if let Some(end) = closing(stream, i) {
-                let inner = &stream[i + 1..end];
-                let only_literals = inner.len() % 2 == 1
-                    && inner.iter().enumerate().all(|(k, c)| {
-                        if k % 2 == 0 {
-                            *c == Canon::Literal
-                        } else {
-                            c.is(",")
-                        }
-                    });
-                if only_literals {
-                    out.extend([Canon::Symbol("("), Canon::Literal, Canon::Symbol(")")]);
-                    i = end + 1;
-                }
+        let brackets = if c.is("IN") {
+            Some(("(", ")"))
+        } else if c.is("ARRAY") {
+            Some(("[", "]"))
+        } else {
+            None
+        };
+        if let Some((open, close)) = brackets
+            && stream.get(i).is_some_and(|c| c.is(open))
+        {
+            if let Some(end) = closing_of(stream, i, open, close)
+                && let Some(first_end) = uniform_list(stream, i + 1, end, true)
+            {
+                out.extend_from_slice(&stream[i..first_end]);
+                out.push(stream[end]);
+                i = end + 1;
             }
         } else if c.is("VALUES") && stream.get(i).is_some_and(|c| c.is("(")) {
             let Some(end) = closing(stream, i) else {
@@ -559,6 +617,31 @@ mod tests {
     /// committed when the algorithm was written and must never change (a
     /// change of algorithm is a new major version, documented in
     /// docs/query-analysis.md).
+    #[test]
+    fn lists_of_casts_rows_and_arrays_group_whatever_their_length() {
+        let pg = Dialect::Postgres;
+        let t = |tail: &str| format!("SELECT * FROM t WHERE {tail}");
+        for (a, b) in [
+            ("id = ANY(ARRAY[1,2,3])", "id = ANY(ARRAY[4])"),
+            ("tags && ARRAY['a','b']", "tags && ARRAY['c']"),
+            ("id IN ($1::bigint, $2::bigint)", "id IN ($1::bigint)"),
+            ("(a, b) IN ((1, 2), (3, 4))", "(a, b) IN ((5, 6))"),
+            ("id IN (1, 2, 3)", "id IN (4)"),
+        ] {
+            same(pg, &t(a), &t(b));
+        }
+        for (a, b) in [
+            ("id IN ($1::bigint)", "id IN ($1::text)"),
+            ("(a, b) IN ((1, 2))", "(a, b) IN ((1, 2, 3))"),
+            ("id IN (1, x)", "id IN (1)"),
+            ("id = ANY(ARRAY[1])", "id = ANY(ARRAY[x])"),
+        ] {
+            differ(pg, &t(a), &t(b));
+        }
+        // Lists of different shapes are kept whole.
+        differ(pg, &t("id IN (1, $1::int)"), &t("id IN (1)"));
+    }
+
     #[test]
     fn jsonb_key_operators_are_not_placeholders() {
         let pg = Dialect::Postgres;
