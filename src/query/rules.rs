@@ -170,8 +170,33 @@ fn function_name(expr: &Expr) -> Option<String> {
     }
 }
 
-/// A function call with a column among its arguments, e.g. `lower(email)`.
+fn is_column(expr: &Expr) -> bool {
+    matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+}
+
+/// A column inside something that hides it from an index: a function call
+/// with a column among its arguments (`lower(email)`), or the special forms
+/// sqlparser gives their own nodes — a cast (`created_at::date`,
+/// `CAST(created_at AS date)`), `substr`/`SUBSTRING`, `TRIM`, `EXTRACT`,
+/// `CEIL`/`FLOOR`, `AT TIME ZONE`.
 fn function_over_column(expr: &Expr) -> bool {
+    match expr {
+        Expr::Function(_) => function_call_over_column(expr),
+        Expr::Cast { expr, .. }
+        | Expr::Substring { expr, .. }
+        | Expr::Trim { expr, .. }
+        | Expr::Extract { expr, .. }
+        | Expr::Ceil { expr, .. }
+        | Expr::Floor { expr, .. }
+        | Expr::AtTimeZone {
+            timestamp: expr, ..
+        } => is_column(expr) || function_over_column(expr),
+        _ => false,
+    }
+}
+
+/// A function call with a column among its arguments, e.g. `lower(email)`.
+fn function_call_over_column(expr: &Expr) -> bool {
     let Expr::Function(f) = expr else {
         return false;
     };
@@ -183,10 +208,7 @@ fn function_over_column(expr: &Expr) -> bool {
         | FunctionArg::Named {
             arg: FunctionArgExpr::Expr(e),
             ..
-        } => {
-            matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
-                || function_over_column(e)
-        }
+        } => is_column(e) || function_over_column(e),
         _ => false,
     })
 }
@@ -365,13 +387,29 @@ impl Visitor for Findings<'_> {
                 self.add(MIXED_AND_OR, expr)
             }
             Expr::Like { pattern, .. } | Expr::ILike { pattern, .. } => {
-                if let Expr::Value(v) = &**pattern
+                // The pattern's first piece: `'%' || $1` starts with a wildcard too.
+                let mut first = &**pattern;
+                while let Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::StringConcat,
+                    ..
+                } = first
+                {
+                    first = left;
+                }
+                if let Expr::Value(v) = first
                     && let Value::SingleQuotedString(p) | Value::DoubleQuotedString(p) = &v.value
                     && (p.starts_with('%') || p.starts_with('_'))
                 {
                     self.add(LEADING_WILDCARD, expr);
                 }
             }
+            // `<> ALL (subquery)`: the same NULL trap as NOT IN.
+            Expr::AllOp {
+                compare_op: BinaryOperator::NotEq,
+                right,
+                ..
+            } if matches!(&**right, Expr::Subquery(_)) => self.add(NOT_IN_SUBQUERY, expr),
             Expr::In {
                 target: InTarget::Subquery(_),
                 negated: true,

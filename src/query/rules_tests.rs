@@ -97,6 +97,15 @@ fn leading_wildcard_like() {
         rules::LEADING_WILDCARD,
         "SELECT id FROM users WHERE email LIKE 'bob%'",
     );
+    // A leading wildcard built by concatenation is one too.
+    for_postgres_fires(
+        rules::LEADING_WILDCARD,
+        "SELECT id FROM users WHERE email LIKE '%' || $1",
+    );
+    silent(
+        rules::LEADING_WILDCARD,
+        "SELECT id FROM users WHERE email LIKE 'bob' || '%'",
+    );
 }
 
 #[test]
@@ -128,6 +137,11 @@ fn not_in_subquery_and_in_subquery() {
     silent(
         rules::NOT_IN_SUBQUERY,
         "SELECT id FROM a WHERE id NOT IN (1, 2)",
+    );
+    // `<> ALL (subquery)` is the same NULL trap as NOT IN.
+    for_postgres_fires(
+        rules::NOT_IN_SUBQUERY,
+        "SELECT id FROM a WHERE id <> ALL (SELECT a_id FROM b)",
     );
     fires(
         rules::SUBQUERY_AS_JOIN,
@@ -184,6 +198,32 @@ fn function_on_column_in_where() {
     silent(
         rules::FUNCTION_ON_COLUMN,
         "SELECT lower(email) FROM users WHERE id = 1",
+    );
+    // Functions compared with IN, and casts of a column, defeat an index too.
+    fires(
+        rules::FUNCTION_ON_COLUMN,
+        "SELECT id FROM addresses WHERE substr(zip, 1, 5) IN ('12345', '67890')",
+    );
+    fires(
+        rules::FUNCTION_ON_COLUMN,
+        "SELECT id FROM orders WHERE CAST(created_at AS date) = '2024-01-01'",
+    );
+    for_postgres_fires(
+        rules::FUNCTION_ON_COLUMN,
+        "SELECT id FROM orders WHERE created_at::date = '2024-01-01'",
+    );
+    silent(
+        rules::FUNCTION_ON_COLUMN,
+        "SELECT id FROM orders WHERE created_at = CAST('2024-01-01' AS timestamp)",
+    );
+}
+
+fn for_postgres_fires(rule: rules::Rule, sql: &str) {
+    assert!(
+        ids(sql, Dialect::Postgres).contains(&rule.id),
+        "{} should fire (Postgres) on: {sql}\n got {:?}",
+        rule.id,
+        ids(sql, Dialect::Postgres)
     );
 }
 
