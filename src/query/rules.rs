@@ -118,6 +118,18 @@ fn snippet(text: impl std::fmt::Display) -> String {
 pub struct Findings<'a> {
     settings: &'a RuleSettings,
     pub found: Vec<Finding>,
+    /// The statement's CTE names (lower case): reading one is not reading a
+    /// table — it has no index to miss and was filtered where it was defined.
+    ctes: HashSet<String>,
+    /// Subqueries whose reach is set by where they stand (IN / NOT IN,
+    /// ALL / ANY, EXISTS), by address: the tree outlives the visit.
+    placed_subqueries: HashSet<usize>,
+    /// SELECTs directly under EXISTS: their projection is never read.
+    exists_selects: HashSet<usize>,
+}
+
+fn address<T>(node: &T) -> usize {
+    std::ptr::from_ref(node) as usize
 }
 
 impl<'a> Findings<'a> {
@@ -125,7 +137,30 @@ impl<'a> Findings<'a> {
         Self {
             settings,
             found: Vec::new(),
+            ctes: HashSet::new(),
+            placed_subqueries: HashSet::new(),
+            exists_selects: HashSet::new(),
         }
+    }
+
+    /// A base table (not a CTE, not a table function, not a subquery).
+    fn is_table(&self, relation: &TableFactor) -> bool {
+        match relation {
+            TableFactor::Table { name, args, .. } => {
+                args.is_none()
+                    && !name.0.last().is_some_and(|part| {
+                        self.ctes.contains(&part.to_string().to_ascii_lowercase())
+                    })
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the SELECT reads a base table, joined or not.
+    fn reads_a_table(&self, select: &Select) -> bool {
+        select.from.iter().any(|t| {
+            self.is_table(&t.relation) || t.joins.iter().any(|j| self.is_table(&j.relation))
+        })
     }
 
     pub fn add(&mut self, rule: Rule, snippet_text: impl std::fmt::Display) {
@@ -247,6 +282,139 @@ fn functions_on_columns<'e>(expr: &'e Expr, out: &mut Vec<&'e Expr>) {
     }
 }
 
+/// The names a FROM item answers to (its alias, else its table's last name),
+/// lower case; `None` for a LATERAL item, which is linked by construction.
+fn item_names(item: &sqlparser::ast::TableWithJoins) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for relation in std::iter::once(&item.relation).chain(item.joins.iter().map(|j| &j.relation)) {
+        match relation {
+            TableFactor::Derived { lateral: true, .. } => return None,
+            TableFactor::Function { lateral: true, .. } => return None,
+            TableFactor::Table { name, alias, .. } => {
+                if let Some(alias) = alias {
+                    names.push(alias.name.value.to_ascii_lowercase());
+                }
+                if let Some(last) = name.0.last() {
+                    names.push(last.to_string().to_ascii_lowercase());
+                }
+            }
+            TableFactor::Derived {
+                alias: Some(alias), ..
+            } => names.push(alias.name.value.to_ascii_lowercase()),
+            _ => {}
+        }
+    }
+    Some(names)
+}
+
+/// The qualifiers (`o` in `o.customer_id`) of the columns in an expression,
+/// and whether it has a column without one.
+fn qualifiers(expr: &Expr, out: &mut Vec<String>, bare: &mut bool) {
+    match expr {
+        Expr::Identifier(_) => *bare = true,
+        Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+            out.push(parts[parts.len() - 2].value.to_ascii_lowercase());
+        }
+        Expr::BinaryOp { left, right, .. } => {
+            qualifiers(left, out, bare);
+            qualifiers(right, out, bare);
+        }
+        Expr::Nested(e) | Expr::Cast { expr: e, .. } | Expr::UnaryOp { expr: e, .. } => {
+            qualifiers(e, out, bare)
+        }
+        Expr::Function(_) => {
+            // lower(a.email) = b.email links a and b as well.
+            let mut visitor = QualifierVisitor(out, bare);
+            let _ = expr.visit(&mut visitor);
+        }
+        _ => {}
+    }
+}
+
+struct QualifierVisitor<'o>(&'o mut Vec<String>, &'o mut bool);
+
+impl Visitor for QualifierVisitor<'_> {
+    type Break = ();
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        match expr {
+            Expr::Identifier(_) => *self.1 = true,
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                self.0
+                    .push(parts[parts.len() - 2].value.to_ascii_lowercase());
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Whether the predicates in WHERE connect every comma-separated FROM item
+/// (a comparison between columns of two items links them). Only a FROM list
+/// that stays in pieces is a real cross join; a comparison of two bare
+/// columns cannot be placed and counts as linking everything.
+fn comma_joins_are_linked(select: &Select) -> bool {
+    let mut items: Vec<Vec<String>> = Vec::new();
+    for item in &select.from {
+        match item_names(item) {
+            Some(names) => items.push(names),
+            None => return true,
+        }
+    }
+    let Some(selection) = &select.selection else {
+        return false;
+    };
+    let mut group: Vec<usize> = (0..items.len()).collect();
+    fn root(group: &mut [usize], mut i: usize) -> usize {
+        while group[i] != i {
+            group[i] = group[group[i]];
+            i = group[i];
+        }
+        i
+    }
+    let item_of = |q: &str| items.iter().position(|names| names.iter().any(|n| n == q));
+    let mut comparisons = Vec::new();
+    collect_comparisons(selection, &mut comparisons);
+    for (left, right) in comparisons {
+        let (mut lq, mut rq) = (Vec::new(), Vec::new());
+        let (mut lbare, mut rbare) = (false, false);
+        qualifiers(left, &mut lq, &mut lbare);
+        qualifiers(right, &mut rq, &mut rbare);
+        if lbare && rbare {
+            return true;
+        }
+        for l in lq.iter().filter_map(|q| item_of(q)) {
+            for r in rq.iter().filter_map(|q| item_of(q)) {
+                let (a, b) = (root(&mut group, l), root(&mut group, r));
+                group[a] = b;
+            }
+        }
+    }
+    let first = root(&mut group, 0);
+    (1..items.len()).all(|i| root(&mut group, i) == first)
+}
+
+/// The two sides of every comparison in a WHERE clause (through AND, OR
+/// and parentheses).
+fn collect_comparisons<'e>(expr: &'e Expr, out: &mut Vec<(&'e Expr, &'e Expr)>) {
+    match expr {
+        Expr::BinaryOp { left, op, right } => match op {
+            BinaryOperator::And | BinaryOperator::Or => {
+                collect_comparisons(left, out);
+                collect_comparisons(right, out);
+            }
+            BinaryOperator::Eq
+            | BinaryOperator::NotEq
+            | BinaryOperator::Lt
+            | BinaryOperator::LtEq
+            | BinaryOperator::Gt
+            | BinaryOperator::GtEq => out.push((left, right)),
+            _ => {}
+        },
+        Expr::Nested(inner) => collect_comparisons(inner, out),
+        _ => {}
+    }
+}
+
 fn limit_and_offset(query: &Query) -> (bool, Option<&Expr>) {
     let fetch = query.fetch.is_some();
     match &query.limit_clause {
@@ -288,6 +456,11 @@ impl Visitor for Findings<'_> {
     }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.ctes.insert(cte.alias.name.value.to_ascii_lowercase());
+            }
+        }
         let (limited, offset) = limit_and_offset(query);
         if let Some(offset) = offset
             && let Some(n) = number(offset)
@@ -323,14 +496,14 @@ impl Visitor for Findings<'_> {
         {
             self.add(UNION_WITHOUT_ALL, &query.body);
         }
-        if let SetExpr::Select(select) = &*query.body {
-            let reads_a_table = select
-                .from
-                .iter()
-                .any(|t| matches!(t.relation, TableFactor::Table { .. }) || !t.joins.is_empty());
-            if reads_a_table && select.selection.is_none() && !limited && select.top.is_none() {
-                self.add(UNBOUNDED_SELECT, select);
-            }
+        if let SetExpr::Select(select) = &*query.body
+            && !self.placed_subqueries.contains(&address(query))
+            && self.reads_a_table(select)
+            && select.selection.is_none()
+            && !limited
+            && select.top.is_none()
+        {
+            self.add(UNBOUNDED_SELECT, select);
         }
         ControlFlow::Continue(())
     }
@@ -341,10 +514,11 @@ impl Visitor for Findings<'_> {
                 item,
                 SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
             )
-        }) {
+        }) && !self.exists_selects.contains(&address(select))
+        {
             self.add(SELECT_STAR, star);
         }
-        if select.from.len() > 1 {
+        if select.from.len() > 1 && !comma_joins_are_linked(select) {
             let tables: Vec<String> = select.from.iter().map(|t| t.relation.to_string()).collect();
             self.add(IMPLICIT_CROSS_JOIN, format!("FROM {}", tables.join(", ")));
         }
@@ -353,7 +527,9 @@ impl Visitor for Findings<'_> {
         {
             self.add(DISTINCT_WITH_JOIN, "SELECT DISTINCT … JOIN");
         }
-        if let Some(selection) = &select.selection {
+        if let Some(selection) = &select.selection
+            && self.reads_a_table(select)
+        {
             let mut hits = Vec::new();
             functions_on_columns(selection, &mut hits);
             for hit in hits {
@@ -364,6 +540,26 @@ impl Visitor for Findings<'_> {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        match expr {
+            Expr::Exists { subquery, .. } => {
+                self.placed_subqueries.insert(address(&**subquery));
+                if let SetExpr::Select(select) = &*subquery.body {
+                    self.exists_selects.insert(address(&**select));
+                }
+            }
+            Expr::In {
+                target: InTarget::Subquery(subquery),
+                ..
+            } => {
+                self.placed_subqueries.insert(address(&**subquery));
+            }
+            Expr::AllOp { right, .. } | Expr::AnyOp { right, .. } => {
+                if let Expr::Subquery(subquery) = &**right {
+                    self.placed_subqueries.insert(address(&**subquery));
+                }
+            }
+            _ => {}
+        }
         match expr {
             Expr::BinaryOp {
                 left,
