@@ -11,6 +11,7 @@ use sqlparser::parser::Parser;
 use super::dialect::Dialect;
 use super::fingerprint::{Fingerprinted, fingerprint};
 use super::rules::{self, Finding, Findings, RuleSettings};
+use super::unsupported;
 
 /// Nesting deeper than this is refused by the parser (a `parse_error`),
 /// so hostile input cannot exhaust the stack.
@@ -77,18 +78,56 @@ fn table_name(name: &sqlparser::ast::ObjectName) -> String {
         .join(".")
 }
 
-pub fn analyze(sql: &str, dialect: Dialect, settings: &RuleSettings) -> Analysis {
-    let fingerprinted = fingerprint(sql, dialect);
-    let parsed = Parser::new(dialect.sqlparser())
+fn parse(sql: &str, dialect: Dialect) -> Result<Vec<Statement>, sqlparser::parser::ParserError> {
+    Parser::new(dialect.sqlparser())
         .with_recursion_limit(RECURSION_LIMIT)
         .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements());
+        .and_then(|mut p| p.parse_statements())
+}
+
+pub fn analyze(sql: &str, dialect: Dialect, settings: &RuleSettings) -> Analysis {
+    let fingerprinted = fingerprint(sql, dialect);
     let mut findings = Findings::new(settings);
-    let (statement_kind, tables) = match parsed {
-        Ok(statements) if !statements.is_empty() => {
+    let (statement_kind, tables) = match parse(sql, dialect) {
+        Ok(statements) => examine(&statements, &mut findings),
+        Err(e) => {
+            let constructs = unsupported::find(sql, dialect);
+            if constructs.is_empty() {
+                findings.add_parse_error(&e.to_string());
+                (kind_from_text(&fingerprinted.normalized), Vec::new())
+            } else {
+                // Valid SQL the parser does not know: say so, and analyze
+                // the rest when the constructs can be left out.
+                let rest = unsupported::without(sql, &constructs)
+                    .and_then(|rest| parse(&rest, dialect).ok());
+                for c in &constructs {
+                    findings.add_not_analyzed(c.name, rest.is_some());
+                }
+                match rest {
+                    Some(statements) => examine(&statements, &mut findings),
+                    None => (kind_from_text(&fingerprinted.normalized), Vec::new()),
+                }
+            }
+        }
+    };
+    let mut findings = findings.found;
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.rule_id.cmp(b.rule_id)));
+    Analysis {
+        fingerprinted,
+        statement_kind,
+        tables,
+        findings,
+    }
+}
+
+/// Runs the rules over parsed statements; their kind and the tables they read.
+fn examine(statements: &[Statement], findings: &mut Findings<'_>) -> (&'static str, Vec<String>) {
+    match statements {
+        [] => ("OTHER", Vec::new()),
+        statements => {
             let mut tables = BTreeSet::new();
             let mut ctes = BTreeSet::new();
-            for statement in &statements {
+            for statement in statements {
                 findings.check(statement);
                 if let Statement::Query(q) = statement
                     && let Some(with) = &q.with
@@ -113,18 +152,5 @@ pub fn analyze(sql: &str, dialect: Dialect, settings: &RuleSettings) -> Analysis
             let tables = tables.into_iter().filter(|t| !ctes.contains(t)).collect();
             (kind(&statements[0]), tables)
         }
-        Ok(_) => ("OTHER", Vec::new()),
-        Err(e) => {
-            findings.add_parse_error(&e.to_string());
-            (kind_from_text(&fingerprinted.normalized), Vec::new())
-        }
-    };
-    let mut findings = findings.found;
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.rule_id.cmp(b.rule_id)));
-    Analysis {
-        fingerprinted,
-        statement_kind,
-        tables,
-        findings,
     }
 }

@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod service;
 pub mod slowlog;
 pub mod stats;
+pub mod unsupported;
 
 use std::sync::Arc;
 use std::time::Duration;

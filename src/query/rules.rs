@@ -83,6 +83,8 @@ rules! {
         "UNION removes duplicates with a sort or hash; use UNION ALL when rows cannot repeat or duplicates are fine";
     MULTIPLE_STATEMENTS = "multiple_statements", Info,
         "more than one statement in one text; fingerprints and statistics are per text, so send statements one by one";
+    NOT_ANALYZED = "not_analyzed", Info,
+        "valid SQL that gantry's SQL parser does not support yet; the fingerprint and statistics are unaffected";
 }
 
 /// Which rules run and their thresholds (from `[query]`).
@@ -185,6 +187,24 @@ impl<'a> Findings<'a> {
             PARSE_ERROR,
             format!("{} ({error})", PARSE_ERROR.message),
             error,
+        );
+    }
+
+    /// Valid SQL the parser does not know (`unsupported.rs`): information,
+    /// not a finding against the query.
+    pub fn add_not_analyzed(&mut self, construct: &str, rest_analyzed: bool) {
+        let rest = if rest_analyzed {
+            "the rest of the statement was analyzed"
+        } else {
+            "the statement was not checked by the rules"
+        };
+        self.add_with(
+            NOT_ANALYZED,
+            format!(
+                "not analyzed: {construct} — {}; {rest}",
+                NOT_ANALYZED.message
+            ),
+            construct,
         );
     }
 

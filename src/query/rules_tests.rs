@@ -472,3 +472,108 @@ fn hostile_input_answers_without_a_panic() {
         assert_eq!(a.fingerprinted.fingerprint.len(), 16, "{garbage:?}");
     }
 }
+
+/// Valid SQL the parser does not know is information, not a parse error;
+/// where the construct can be left out, the rest is still checked.
+#[test]
+fn valid_sql_the_parser_does_not_know_is_not_a_parse_error() {
+    let cases = [
+        (
+            "SELECT sum(x) OVER (ORDER BY t ROWS BETWEEN 1 PRECEDING AND CURRENT ROW EXCLUDE TIES) FROM t WHERE a = 1",
+            Dialect::Postgres,
+            true,
+        ),
+        (
+            "SELECT sum(x) OVER (ORDER BY t GROUPS BETWEEN 1 PRECEDING AND CURRENT ROW EXCLUDE TIES) FROM t WHERE a = 1",
+            Dialect::Postgres,
+            true,
+        ),
+        ("TABLE t", Dialect::Postgres, false),
+        (
+            "SELECT * FROM ROWS FROM (generate_series(1, 3), generate_series(1, 4)) AS x(a, b)",
+            Dialect::Postgres,
+            false,
+        ),
+        (
+            "SELECT id FROM t WHERE id = 1 FOR NO KEY UPDATE",
+            Dialect::Postgres,
+            true,
+        ),
+        (
+            "SELECT id FROM t WHERE id = 1 FOR KEY SHARE",
+            Dialect::Postgres,
+            true,
+        ),
+        ("VACUUM (ANALYZE) t", Dialect::Postgres, false),
+        ("DO $$ BEGIN PERFORM 1; END $$", Dialect::Postgres, false),
+        (
+            "SELECT 'a'\n 'b' FROM t WHERE id = 1",
+            Dialect::Postgres,
+            true,
+        ),
+        (
+            "SELECT a, b FROM t WHERE c = 1 GROUP BY DISTINCT a, b",
+            Dialect::Postgres,
+            true,
+        ),
+        (
+            "SELECT id FROM t WHERE x BETWEEN SYMMETRIC 5 AND 1",
+            Dialect::Postgres,
+            true,
+        ),
+        (
+            "SELECT xmlelement(name foo, 'bar') FROM t WHERE id = 1",
+            Dialect::Postgres,
+            false,
+        ),
+        (
+            "SELECT id FROM t WHERE id = 1 LOCK IN SHARE MODE",
+            Dialect::Mysql,
+            true,
+        ),
+    ];
+    for (sql, d, rest_analyzed) in cases {
+        let a = analyze(sql, d, &RuleSettings::default());
+        let ids: Vec<&str> = a.findings.iter().map(|f| f.rule_id).collect();
+        assert!(!ids.contains(&"parse_error"), "{sql}: {ids:?}");
+        let note = a
+            .findings
+            .iter()
+            .find(|f| f.rule_id == "not_analyzed")
+            .unwrap_or_else(|| panic!("{sql}: no not_analyzed in {ids:?}"));
+        assert_eq!(note.severity, Severity::Info);
+        assert!(
+            note.message.starts_with("not analyzed: "),
+            "{}",
+            note.message
+        );
+        assert_eq!(
+            note.message
+                .contains("the rest of the statement was analyzed"),
+            rest_analyzed,
+            "{sql}: {}",
+            note.message
+        );
+        if rest_analyzed {
+            assert!(!a.tables.is_empty(), "{sql}: tables come from the rest");
+        }
+    }
+    // The rest is checked by the rules: a leading wildcard next to a locking clause.
+    let a = analyze(
+        "SELECT id FROM t WHERE email LIKE '%x' FOR NO KEY UPDATE",
+        Dialect::Postgres,
+        &RuleSettings::default(),
+    );
+    assert!(
+        a.findings
+            .iter()
+            .any(|f| f.rule_id == "leading_wildcard_like")
+    );
+    // Text that is simply wrong is still a parse error.
+    let a = analyze(
+        "SELEC id FROM t",
+        Dialect::Postgres,
+        &RuleSettings::default(),
+    );
+    assert!(a.findings.iter().any(|f| f.rule_id == "parse_error"));
+}
