@@ -707,6 +707,53 @@ mod tests {
         );
     }
 
+    /// `benches/corpus/groups.sql`: statements of one group share a
+    /// fingerprint, different groups do not, and none is a parse error.
+    #[test]
+    fn the_corpus_groups_hold() {
+        use std::collections::BTreeMap;
+        let corpus = include_str!("../../benches/corpus/groups.sql");
+        let mut groups: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for block in corpus.split("\n;;\n") {
+            let mut group = None;
+            let mut dialect = Dialect::Postgres;
+            let mut sql = Vec::new();
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("-- group: ") {
+                    group = Some(name.trim().to_string());
+                } else if let Some(name) = line.strip_prefix("-- dialect: ") {
+                    dialect = Dialect::parse(name.trim()).unwrap();
+                } else if !line.starts_with("--") {
+                    sql.push(line);
+                }
+            }
+            let Some(group) = group else { continue };
+            let sql = sql.join("\n");
+            let analysis =
+                super::super::analyze::analyze(&sql, dialect, &super::super::rules::RuleSettings::default());
+            assert!(
+                analysis.findings.iter().all(|f| f.rule_id != "parse_error"),
+                "{group}: {sql}: {:?}",
+                analysis.findings
+            );
+            groups
+                .entry(group)
+                .or_default()
+                .push((analysis.fingerprinted.fingerprint, sql));
+        }
+        assert!(groups.len() >= 20, "{} groups", groups.len());
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for (group, members) in &groups {
+            let first = &members[0].0;
+            for (fp, sql) in members {
+                assert_eq!(fp, first, "{group}: {sql} is not with {}", members[0].1);
+            }
+            if let Some(other) = owner.insert(first.clone(), group.clone()) {
+                panic!("groups {other} and {group} share the fingerprint {first}");
+            }
+        }
+    }
+
     #[test]
     fn committed_test_vectors() {
         let vectors = [
