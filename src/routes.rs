@@ -98,6 +98,9 @@ pub struct Method {
     pub inline: bool,
     /// Answered from its request bytes (`server.direct_calls`).
     pub direct: Option<Arc<dyn DirectUnary>>,
+    /// A direct call its handler declines goes the service path in a task
+    /// of its own (the handler answers the cheap cases; the rest is heavy).
+    pub spawn_fallback: bool,
 }
 
 /// Method paths with their [`Method`]; one lookup per call.
@@ -135,6 +138,23 @@ impl Served {
             .or_default();
         entry.inline = true;
         entry.direct = Some(handler);
+        self
+    }
+
+    /// `service`'s `method` is answered directly by `handler` when it can;
+    /// the calls it declines run the service path in a task of their own.
+    pub fn direct_or_task(
+        mut self,
+        service: &str,
+        method: &str,
+        handler: Arc<dyn DirectUnary>,
+    ) -> Self {
+        let entry = self
+            .methods
+            .entry(method_path(service, method))
+            .or_default();
+        entry.direct = Some(handler);
+        entry.spawn_fallback = true;
         self
     }
 

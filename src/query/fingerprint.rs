@@ -729,8 +729,11 @@ mod tests {
             }
             let Some(group) = group else { continue };
             let sql = sql.join("\n");
-            let analysis =
-                super::super::analyze::analyze(&sql, dialect, &super::super::rules::RuleSettings::default());
+            let analysis = super::super::analyze::analyze(
+                &sql,
+                dialect,
+                &super::super::rules::RuleSettings::default(),
+            );
             assert!(
                 analysis.findings.iter().all(|f| f.rule_id != "parse_error"),
                 "{group}: {sql}: {:?}",

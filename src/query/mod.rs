@@ -8,6 +8,7 @@ pub mod config;
 pub mod dialect;
 pub mod fingerprint;
 pub mod lexer;
+pub mod memo;
 pub mod metrics;
 pub mod nplus1;
 pub mod persist;
@@ -67,6 +68,8 @@ struct State {
 struct Inner {
     state: Mutex<State>,
     rules: RuleSettings,
+    /// Analyses of texts seen before (Analyze).
+    analyses: memo::AnalysisMemo,
     slow_threshold: Duration,
     keep_raw_samples: bool,
     store: Arc<dyn Store>,
@@ -101,6 +104,7 @@ impl QueryEngine {
                     max_in_list: size(config.max_in_list),
                     max_offset: config.max_offset,
                 },
+                analyses: memo::AnalysisMemo::default(),
                 slow_threshold: config.slow_threshold.get(),
                 keep_raw_samples: config.keep_raw_samples,
                 store,
@@ -113,8 +117,24 @@ impl QueryEngine {
         &self.inner.metrics
     }
 
-    pub fn analyze(&self, sql: &str, dialect: Dialect) -> Analysis {
-        let analysis = analyze::analyze(sql, dialect, &self.inner.rules);
+    /// Analyzes `sql`, or answers from the analyses of texts seen before.
+    pub fn analyze(&self, sql: &str, dialect: Dialect) -> Arc<Analysis> {
+        let analysis = self.inner.analyses.get_or_analyze(sql, dialect, || {
+            analyze::analyze(sql, dialect, &self.inner.rules)
+        });
+        self.count(&analysis, dialect);
+        analysis
+    }
+
+    /// The analysis of a text seen before, without analyzing a new one
+    /// (counted as an analysis when there is one).
+    pub fn remembered(&self, sql: &str, dialect: Dialect) -> Option<Arc<Analysis>> {
+        let analysis = self.inner.analyses.get(sql, dialect)?;
+        self.count(&analysis, dialect);
+        Some(analysis)
+    }
+
+    fn count(&self, analysis: &Analysis, dialect: Dialect) {
         let m = &self.inner.metrics;
         let parsed = !analysis
             .findings
@@ -131,7 +151,6 @@ impl QueryEngine {
                 .get_or_create(&RuleLabel { rule: f.rule_id })
                 .inc();
         }
-        analysis
     }
 
     /// Adds checked executions to the statistics. Fingerprinting happens

@@ -4,9 +4,11 @@
 
 use super::QueryEngine;
 use super::metrics::QueryMetrics;
-use super::service::QueryService;
+use std::sync::Arc;
+
+use super::service::{DirectAnalyze, QueryService};
 use crate::config::QueryConfig;
-use crate::proto::gantry::v1::query_analyzer_server::QueryAnalyzerServer;
+use crate::proto::gantry::v1::query_analyzer_server::{self, QueryAnalyzerServer};
 use crate::routes::{Served, grpc_service};
 use crate::runtime::{Capability, Context, StartError, blocking};
 
@@ -37,11 +39,21 @@ impl Runtime {
             move || save(saver.clone()),
         );
 
-        let served = Served::default().service(grpc_service!(
+        let limit = ctx.max_message_bytes();
+        let mut served = Served::default().service(grpc_service!(
             QueryAnalyzerServer::new(QueryService::new(query.clone(), config)),
-            ctx.max_message_bytes(),
+            limit,
             "server.max_message_bytes"
         ));
+        if ctx.direct_calls() {
+            // A text analyzed before is answered from memory in the
+            // connection's task; a new one is parsed in a task of its own.
+            served = served.direct_or_task(
+                query_analyzer_server::SERVICE_NAME,
+                "Analyze",
+                Arc::new(DirectAnalyze::new(query.clone(), config, limit)),
+            );
+        }
         Ok(Capability::new(
             "query",
             served,

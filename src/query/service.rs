@@ -5,6 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
+use bytes::Bytes;
+use prost::Message;
+
+use super::analyze::Analysis;
 use super::dialect::Dialect;
 use super::rules::{Finding, Severity};
 use super::stats::{Entry, Key, Order};
@@ -13,6 +17,7 @@ use crate::config::QueryConfig;
 use crate::error::{ApiError, FieldError};
 use crate::grpc::{duration_from_pb, duration_to_pb};
 use crate::proto::gantry::v1 as pb;
+use crate::routes::{Begin, DirectUnary, encode_within};
 
 /// TopQueries answers at most this many fingerprints, whatever `limit` says.
 const MAX_TOP: usize = 1_000;
@@ -139,6 +144,61 @@ fn severity(s: Severity) -> i32 {
     }
 }
 
+fn analyze_response(analysis: &Analysis, dialect: Dialect) -> pb::AnalyzeResponse {
+    tracing::debug!(
+        dialect = dialect.name(),
+        fingerprint = %analysis.fingerprinted.fingerprint,
+        kind = analysis.statement_kind,
+        findings = analysis.findings.len(),
+        "query.analyze"
+    );
+    pb::AnalyzeResponse {
+        fingerprint: analysis.fingerprinted.fingerprint.clone(),
+        normalized: analysis.fingerprinted.normalized.clone(),
+        statement_kind: analysis.statement_kind.to_string(),
+        tables: analysis.tables.clone(),
+        findings: analysis.findings.iter().cloned().map(finding).collect(),
+    }
+}
+
+/// `Analyze` of a text analyzed before, answered by the transport from the
+/// request bytes with exactly the service path's answer; anything else (a
+/// new text, an invalid request) goes the service path, in a task of its own.
+pub struct DirectAnalyze {
+    engine: QueryEngine,
+    max_sql_bytes: usize,
+    /// The response limit the service path enforces.
+    max_message_bytes: usize,
+}
+
+impl DirectAnalyze {
+    pub fn new(engine: QueryEngine, config: &QueryConfig, max_message_bytes: usize) -> Self {
+        Self {
+            engine,
+            max_sql_bytes: usize::try_from(config.max_sql_bytes).unwrap_or(usize::MAX),
+            max_message_bytes,
+        }
+    }
+}
+
+impl DirectUnary for DirectAnalyze {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, Status>> {
+        let r = pb::AnalyzeRequest::decode(message).ok()?;
+        let dialect = Dialect::parse(&r.dialect)?;
+        if r.sql.len() > self.max_sql_bytes {
+            return None;
+        }
+        let analysis = self.engine.remembered(&r.sql, dialect)?;
+        if let Err(shed) = begin() {
+            return Some(Err(shed));
+        }
+        Some(encode_within(
+            &analyze_response(&analysis, dialect),
+            self.max_message_bytes,
+        ))
+    }
+}
+
 fn finding(f: Finding) -> pb::Finding {
     pb::Finding {
         rule_id: f.rule_id.to_string(),
@@ -202,20 +262,7 @@ impl pb::query_analyzer_server::QueryAnalyzer for QueryService {
         let dialect = Self::dialect(&r.dialect, "dialect").map_err(ApiError::from)?;
         self.check_sql(&r.sql, "sql").map_err(ApiError::from)?;
         let analysis = self.engine.analyze(&r.sql, dialect);
-        tracing::debug!(
-            dialect = dialect.name(),
-            fingerprint = %analysis.fingerprinted.fingerprint,
-            kind = analysis.statement_kind,
-            findings = analysis.findings.len(),
-            "query.analyze"
-        );
-        Ok(Response::new(pb::AnalyzeResponse {
-            fingerprint: analysis.fingerprinted.fingerprint,
-            normalized: analysis.fingerprinted.normalized,
-            statement_kind: analysis.statement_kind.to_string(),
-            tables: analysis.tables,
-            findings: analysis.findings.into_iter().map(finding).collect(),
-        }))
+        Ok(Response::new(analyze_response(&analysis, dialect)))
     }
 
     async fn record(

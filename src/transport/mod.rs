@@ -291,19 +291,38 @@ fn call<S: GrpcService>(
     }));
     let service = service.clone();
     let method = settings.methods.get(request.uri().path());
-    if let Some(handler) = method.and_then(|m| settings.direct.handler(m, &request)) {
+    if let Some(method) = method
+        && let Some(handler) = settings.direct.handler(method, &request)
+    {
         let connect_info = connect_info.clone();
-        let future = Box::pin(direct::serve(
-            request,
-            respond,
-            handler,
-            settings.direct.clone(),
-            deadline,
-            move |mut request, respond, deadline| {
-                request.extensions_mut().insert(connect_info);
-                through_service(service, request, respond, deadline)
-            },
-        ));
+        let future: CallFuture = if method.spawn_fallback {
+            // Declined calls are the heavy ones: a task of their own, so the
+            // connection's other calls do not wait behind them.
+            Box::pin(direct::serve(
+                request,
+                respond,
+                handler,
+                settings.direct.clone(),
+                deadline,
+                move |mut request, respond, deadline| async move {
+                    request.extensions_mut().insert(connect_info);
+                    tokio::spawn(through_service(service, request, respond, deadline));
+                    Ended::Done
+                },
+            ))
+        } else {
+            Box::pin(direct::serve(
+                request,
+                respond,
+                handler,
+                settings.direct.clone(),
+                deadline,
+                move |mut request, respond, deadline| {
+                    request.extensions_mut().insert(connect_info);
+                    through_service(service, request, respond, deadline)
+                },
+            ))
+        };
         return Call {
             future,
             inline: true,

@@ -64,6 +64,55 @@ async fn top(
         .queries
 }
 
+/// A text analyzed before is answered from memory (on the h2 transport,
+/// straight from the request bytes): exactly the answer of a fresh analysis
+/// on a server that never saw it, errors included; the metric counts both.
+#[tokio::test]
+async fn a_repeated_analysis_answers_exactly_as_the_first() {
+    let remembering = TestServer::start().await;
+    let fresh = TestServer::start_with(|c| c.server.direct_calls = false).await;
+    let mut a = QueryAnalyzerClient::new(remembering.channel.clone());
+    let mut b = QueryAnalyzerClient::new(fresh.channel.clone());
+    let texts = [
+        (
+            "SELECT * FROM users WHERE lower(email) = 'a@b.c' LIMIT 10 OFFSET 50000",
+            "postgres",
+        ),
+        ("SELEC broken", ""),
+        (
+            "SELECT id FROM t WHERE id = 1 FOR NO KEY UPDATE",
+            "postgres",
+        ),
+        ("DELETE FROM `sessions`", "mysql"),
+    ];
+    for (sql, dialect) in texts {
+        let first = analyze(&mut a, sql, dialect).await;
+        for _ in 0..3 {
+            assert_eq!(analyze(&mut a, sql, dialect).await, first, "{sql}");
+        }
+        assert_eq!(analyze(&mut b, sql, dialect).await, first, "{sql}");
+    }
+    // Invalid requests are refused the same way, remembered text or not.
+    let bad = pb::AnalyzeRequest {
+        sql: "SELECT 1".into(),
+        dialect: "oracle".into(),
+    };
+    let x = a.analyze(bad.clone()).await.unwrap_err();
+    let y = b.analyze(bad).await.unwrap_err();
+    assert_eq!((x.code(), x.message()), (y.code(), y.message()));
+    let (_, text) = crate::common::http_get(remembering.metrics, "/metrics").await;
+    assert_eq!(
+        crate::common::metric_value(
+            &text,
+            "gantry_query_analyzed_total{dialect=\"postgres\",parsed=\"true\"}"
+        ),
+        Some(8.0),
+        "{text}"
+    );
+    remembering.stop().await.unwrap();
+    fresh.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn analyze_fingerprints_normalizes_and_finds_anti_patterns() {
     let server = TestServer::start().await;
