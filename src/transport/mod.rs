@@ -294,37 +294,23 @@ fn call<S: GrpcService>(
     if let Some(method) = method
         && let Some(handler) = settings.direct.handler(method, &request)
     {
-        let connect_info = connect_info.clone();
-        let future: CallFuture = if method.spawn_fallback {
-            // Declined calls are the heavy ones: a task of their own, so the
-            // connection's other calls do not wait behind them.
-            Box::pin(direct::serve(
-                request,
-                respond,
-                handler,
-                settings.direct.clone(),
-                deadline,
-                move |mut request, respond, deadline| async move {
-                    request.extensions_mut().insert(connect_info);
-                    tokio::spawn(through_service(service, request, respond, deadline));
-                    Ended::Done
-                },
-            ))
-        } else {
-            Box::pin(direct::serve(
-                request,
-                respond,
-                handler,
-                settings.direct.clone(),
-                deadline,
-                move |mut request, respond, deadline| {
-                    request.extensions_mut().insert(connect_info);
-                    through_service(service, request, respond, deadline)
-                },
-            ))
+        let (connect_info, spawn) = (connect_info.clone(), method.spawn_fallback);
+        let fallback = move |mut request: Request<tonic::body::Body>, respond, deadline| {
+            request.extensions_mut().insert(connect_info);
+            let call = through_service(service, request, respond, deadline);
+            if spawn {
+                // Declined calls are the heavy ones: a task of their own, so
+                // the connection's other calls do not wait behind them.
+                tokio::spawn(call);
+                Box::pin(async { Ended::Done }) as CallFuture
+            } else {
+                Box::pin(call)
+            }
         };
+        let direct = settings.direct.clone();
+        let future = direct::serve(request, respond, handler, direct, deadline, fallback);
         return Call {
-            future,
+            future: Box::pin(future),
             inline: true,
         };
     }
