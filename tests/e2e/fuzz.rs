@@ -429,6 +429,48 @@ fn otlp_span() -> impl Strategy<Value = OtlpSpan> {
         )
 }
 
+/// A remembered Analyze answered from its bytes equals the service path's
+/// answer, for SQL-shaped text in every dialect (and refusals are left to
+/// the service path).
+#[test]
+fn direct_analyze_answers_as_the_service_path() {
+    use gantry::proto::gantry::v1::query_analyzer_server::QueryAnalyzer as _;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = gantry::store::open(&gantry::config::StorageConfig {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    })
+    .unwrap();
+    let config = gantry::config::QueryConfig::default();
+    let metrics = gantry::query::metrics::QueryMetrics::register(
+        &mut prometheus_client::registry::Registry::default(),
+    );
+    let engine = gantry::query::QueryEngine::new(&config, store, metrics);
+    let service = gantry::query::service::QueryService::new(engine.clone(), &config);
+    let direct = gantry::query::service::DirectAnalyze::new(engine, &config, 1 << 20);
+    let request = (
+        prop_oneof![sql(), any::<String>()],
+        prop::sample::select(vec!["postgres", "mysql", "sqlite", "generic", "", "oracle"]),
+    )
+        .prop_map(|(sql, dialect)| pb::AnalyzeRequest {
+            sql,
+            dialect: dialect.to_string(),
+        });
+    fuzz("direct Analyze", request, |request| {
+        let bytes = request.encode_to_vec();
+        let served = status_of(runtime.block_on(service.analyze(tonic::Request::new(request))));
+        match direct_outcome::<pb::AnalyzeResponse>(direct.answer(&bytes, &mut || Ok(()))) {
+            // Remembered now: the same answer, to the byte.
+            Some(Ok(answer)) => prop_assert_eq!(Ok(answer), served),
+            Some(Err(status)) => prop_assert!(false, "a direct refusal: {status:?}"),
+            // Declined: only what the service path refused (or could not remember).
+            None => prop_assert!(served.is_err(), "a valid text was not remembered"),
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn otlp_conversion_never_panics() {
     let limits = SpanLimits {
