@@ -93,6 +93,28 @@ def test_recorder_batches_in_the_background(gantry_addr):
         assert top.queries[0].batching.max_per_trace == 7
 
 
+@pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Asia/Tokyo", "Australia/Lord_Howe"])
+def test_lease_expiry_is_right_in_every_time_zone(gantry_addr, zone, monkeypatch):
+    """expires_at is Unix time whatever the machine's zone: a lease with a
+    30 s TTL expires 30 s from now, and renews on that rhythm."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        with Client(gantry_addr) as client:
+            with client.lease("db", holder=f"tz-{zone}", count=1, ttl=30.0) as lease:
+                assert abs(lease.expires_at - time.time() - 30.0) < 2.0, lease.expires_at - time.time()
+
+        async def run():
+            async with AsyncClient(gantry_addr) as client:
+                async with client.lease("db", holder=f"tz-async-{zone}", count=1, ttl=30.0) as lease:
+                    assert abs(lease.expires_at - time.time() - 30.0) < 2.0, lease.expires_at - time.time()
+
+        asyncio.run(run())
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 async def test_asyncio_helpers(gantry_addr):
     async with AsyncClient(gantry_addr) as client:
         steady = client.limiter("steady", key="async", wait=3.0)

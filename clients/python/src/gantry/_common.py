@@ -56,6 +56,14 @@ class Decision:
     waited: float
 
 
+def unix_seconds(ts) -> float:
+    """A protobuf Timestamp as Unix seconds. Not `ToDatetime().timestamp()`:
+    that datetime is naive, so `timestamp()` reads it as local time and is off
+    by the machine's UTC offset (a 30 s lease renewed every 9,610 s in
+    Los Angeles)."""
+    return ts.seconds + ts.nanos / 1e9
+
+
 def duration(seconds: Optional[float]) -> Optional[duration_pb2.Duration]:
     if seconds is None or seconds <= 0:
         return None

@@ -22,7 +22,16 @@ from gantry.v1 import (
     traces_pb2_grpc,
 )
 
-from ._common import CHANNEL_OPTIONS, Decision, NearItems, NotGranted, decision, duration, execution
+from ._common import (
+    CHANNEL_OPTIONS,
+    Decision,
+    NearItems,
+    NotGranted,
+    decision,
+    duration,
+    execution,
+    unix_seconds,
+)
 
 T = TypeVar("T")
 
@@ -197,7 +206,7 @@ class AsyncLease:
         if not resp.granted:
             raise NotGranted(f"{self.count} units of {self.pool} not granted within {self.wait}s")
         self.lease_id = resp.lease_id
-        self.expires_at = resp.expires_at.ToDatetime().timestamp()
+        self.expires_at = unix_seconds(resp.expires_at)
         if self.ttl <= 0:
             self.ttl = max(self.expires_at - time.time(), 1.0)
         self._task = asyncio.get_running_loop().create_task(self._renew())
@@ -210,7 +219,7 @@ class AsyncLease:
             try:
                 resp = await self._gantry.leases.Renew(
                     leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)), timeout=every)
-                self.expires_at = resp.expires_at.ToDatetime().timestamp()
+                self.expires_at = unix_seconds(resp.expires_at)
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND or time.time() > self.expires_at:
                     self.lost.set()

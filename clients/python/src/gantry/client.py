@@ -22,7 +22,16 @@ from gantry.v1 import (
     traces_pb2_grpc,
 )
 
-from ._common import CHANNEL_OPTIONS, Decision, NearItems, NotGranted, decision, duration, execution
+from ._common import (
+    CHANNEL_OPTIONS,
+    Decision,
+    NearItems,
+    NotGranted,
+    decision,
+    duration,
+    execution,
+    unix_seconds,
+)
 
 F = TypeVar("F", bound=Callable)
 
@@ -235,7 +244,7 @@ class Lease:
         if not resp.granted:
             raise NotGranted(f"{self.count} units of {self.pool} not granted within {self.wait}s")
         self.lease_id = resp.lease_id
-        self.expires_at = resp.expires_at.ToDatetime().timestamp()
+        self.expires_at = unix_seconds(resp.expires_at)
         if self.ttl <= 0:
             self.ttl = max(self.expires_at - time.time(), 1.0)
         self._thread = threading.Thread(target=self._renew, name="gantry-lease", daemon=True)
@@ -248,7 +257,7 @@ class Lease:
             try:
                 resp = self._gantry.leases.Renew(
                     leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)), timeout=every)
-                self.expires_at = resp.expires_at.ToDatetime().timestamp()
+                self.expires_at = unix_seconds(resp.expires_at)
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND or time.time() > self.expires_at:
                     self.lost.set()
