@@ -122,4 +122,4 @@ func retry(o options) grpc.UnaryClientInterceptor {
 }
 
 // ErrNotGranted is returned when a wait ran out without a grant.
-var ErrNotGranted = errors.New("gantry: not granted before the deadline")
+var ErrNotGranted = errors.New("gantry: not granted")

@@ -104,6 +104,20 @@ func TestLimiterTakesWaitsAndRefuses(t *testing.T) {
 	if err := tight.Wait(short); !errors.Is(err, ErrNotGranted) {
 		t.Fatalf("want ErrNotGranted, got %v", err)
 	}
+	// No deadline: Wait blocks until the token comes (about 1 s), as x/time/rate does.
+	started := time.Now()
+	if err := tight.Wait(ctx); err != nil {
+		t.Fatalf("Wait without a deadline: %v", err)
+	}
+	if waited := time.Since(started); waited < 100*time.Millisecond {
+		t.Fatalf("Wait without a deadline returned after %v, before a token could accrue", waited)
+	}
+	// A cancelled context ends the wait with its error.
+	cancelled, stop := context.WithCancel(ctx)
+	go func() { time.Sleep(100 * time.Millisecond); stop() }()
+	if err := tight.Wait(cancelled); !errors.Is(err, context.Canceled) {
+		t.Fatalf("want context.Canceled, got %v", err)
+	}
 	// 5 per second, burst 1: the second call waits about 200 ms for its token.
 	steady := c.Limiter("steady", "k")
 	wait, cancel2 := context.WithTimeout(ctx, 3*time.Second)
@@ -152,8 +166,9 @@ func TestLeaseRenewsItselfAndReleases(t *testing.T) {
 	// The pool is full: another holder waits until its deadline, then gives up.
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if _, err := c.AcquireLease(short, "db", "pod-b", 1, 0); !errors.Is(err, ErrNotGranted) {
-		t.Fatalf("want ErrNotGranted, got %v", err)
+	if _, err := c.AcquireLease(short, "db", "pod-b", 1, 0); !errors.Is(err, ErrNotGranted) ||
+		!strings.Contains(err.Error(), "before the deadline") {
+		t.Fatalf("want ErrNotGranted before the deadline, got %v", err)
 	}
 	if err := lease.Release(); err != nil {
 		t.Fatal(err)
@@ -221,6 +236,11 @@ func TestRecorderBatchesInTheBackground(t *testing.T) {
 	if rec.Dropped() != 0 || rec.Failed() != 0 {
 		t.Fatalf("dropped %d failed %d", rec.Dropped(), rec.Failed())
 	}
+	// After Close, Record drops (and says so) instead of panicking.
+	if rec.Record("SELECT 1", time.Millisecond, 1, "") || rec.Dropped() != 1 {
+		t.Fatalf("Record after Close: dropped %d", rec.Dropped())
+	}
+	rec.Close()
 	top, err := c.Query.TopQueries(context.Background(), &gantryv1.TopQueriesRequest{Service: "shop"})
 	if err != nil || len(top.GetQueries()) != 1 {
 		t.Fatalf("top: %v %v", top, err)

@@ -49,7 +49,11 @@ func (c *Client) AcquireLease(ctx context.Context, pool, holder string, count ui
 		return nil, err
 	}
 	if !resp.GetGranted() {
-		return nil, fmt.Errorf("%w: %d units of %s", ErrNotGranted, count, pool)
+		when := "now (no deadline, so no wait)"
+		if _, ok := ctx.Deadline(); ok {
+			when = "before the deadline"
+		}
+		return nil, fmt.Errorf("%w: %d units of %s %s", ErrNotGranted, count, pool, when)
 	}
 	expires := resp.GetExpiresAt().AsTime()
 	if ttl <= 0 {

@@ -60,20 +60,33 @@ func (l *Limiter) AcquireKey(ctx context.Context, key string, tokens uint64) (De
 	}, nil
 }
 
-// Wait blocks until one token is granted, or returns ErrNotGranted when ctx's
-// deadline nears first (or ctx's error when it is cancelled).
+// waitSlice is how long one wait in the bucket's queue lasts when ctx has no
+// deadline; Wait then queues again, until granted or ctx is cancelled.
+const waitSlice = 30 * time.Second
+
+// Wait blocks until one token is granted, as x/time/rate's Wait does: without
+// a deadline it waits as long as it takes (or until ctx is cancelled); with one
+// it returns ErrNotGranted when the deadline nears first.
 func (l *Limiter) Wait(ctx context.Context) error {
-	d, err := l.Acquire(ctx, 1)
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+	for {
+		attempt, cancel := ctx, context.CancelFunc(func() {})
+		if _, ok := ctx.Deadline(); !ok {
+			attempt, cancel = context.WithTimeout(ctx, waitSlice)
 		}
-		return err
+		d, err := l.Acquire(attempt, 1)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case err != nil:
+			return err
+		case d.Allowed:
+			return nil
+		}
+		if _, ok := ctx.Deadline(); ok {
+			return fmt.Errorf("%w before the deadline (retry after %v)", ErrNotGranted, d.RetryAfter)
+		}
 	}
-	if !d.Allowed {
-		return fmt.Errorf("%w (retry after %v)", ErrNotGranted, d.RetryAfter)
-	}
-	return nil
 }
 
 // Do runs f once a token is granted: the decorator form of Wait.

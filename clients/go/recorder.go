@@ -25,6 +25,10 @@ type Recorder struct {
 	failed   atomic.Uint64
 	close    sync.Once
 	done     chan struct{}
+	// closed guards queue: Record after Close drops (returns false)
+	// instead of sending on a closed channel.
+	mu     sync.RWMutex
+	closed bool
 }
 
 // NewRecorder starts a recorder for service's queries in dialect
@@ -53,6 +57,12 @@ func (r *Recorder) Record(sql string, took time.Duration, rows uint64, traceID s
 		Service:  r.service,
 		TraceId:  traceID,
 		Time:     timestamppb.Now(),
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.closed {
+		r.dropped.Add(1)
+		return false
 	}
 	select {
 	case r.queue <- e:
@@ -107,7 +117,10 @@ func (r *Recorder) run() {
 // Close sends what is queued and stops. Record must not be called after Close.
 func (r *Recorder) Close() {
 	r.close.Do(func() {
+		r.mu.Lock()
+		r.closed = true
 		close(r.queue)
+		r.mu.Unlock()
 		<-r.done
 	})
 }
