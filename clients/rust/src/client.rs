@@ -26,11 +26,13 @@ type TracesClient = pb::traces_client::TracesClient<Channel>;
 pub enum Error {
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("gantry answered {}: {}", .0.code(), .0.message())]
+    /// The code by its name (`NotFound`), as gRPC and the docs spell it.
+    #[error("gantry answered {:?}: {}", .0.code(), .0.message())]
     Status(#[from] Status),
-    /// A wait for tokens or lease units ran out.
-    #[error("not granted within the wait (retry after {retry_after:?})")]
-    NotGranted { retry_after: Duration },
+    /// A wait for tokens or lease units ran out; `retry_after` when gantry
+    /// said when to try again (rate limits do, leases cannot know).
+    #[error("not granted within the wait{}", .retry_after.map(|d| format!(" (retry after {d:?})")).unwrap_or_default())]
+    NotGranted { retry_after: Option<Duration> },
 }
 
 /// One connection to gantry and the generated clients (cheap to clone).
@@ -162,9 +164,7 @@ impl Gantry {
             })
             .await?;
         if !lease.granted {
-            return Err(Error::NotGranted {
-                retry_after: Duration::ZERO,
-            });
+            return Err(Error::NotGranted { retry_after: None });
         }
         let expires = system_time(lease.expires_at.as_ref());
         let ttl = if ttl.is_zero() {
@@ -257,7 +257,7 @@ impl Limiter {
         let d = self.acquire(1, wait).await?;
         if !d.allowed {
             return Err(Error::NotGranted {
-                retry_after: d.retry_after,
+                retry_after: Some(d.retry_after),
             });
         }
         Ok(d)

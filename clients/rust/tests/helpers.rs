@@ -90,10 +90,17 @@ async fn limiter_takes_waits_and_refuses() {
     assert!(tight.acquire(1, Duration::ZERO).await.unwrap().allowed);
     let refused = tight.acquire(1, Duration::ZERO).await.unwrap();
     assert!(!refused.allowed && refused.retry_after > Duration::ZERO);
+    let not_granted = tight.wait(Duration::from_millis(200)).await.unwrap_err();
     assert!(matches!(
-        tight.wait(Duration::from_millis(200)).await,
-        Err(Error::NotGranted { .. })
+        not_granted,
+        Error::NotGranted {
+            retry_after: Some(d)
+        } if d > Duration::ZERO
     ));
+    assert!(
+        not_granted.to_string().contains("retry after"),
+        "{not_granted}"
+    );
     let steady = gantry.limiter("steady", "k").client("worker-1");
     assert_eq!(
         steady
@@ -104,8 +111,16 @@ async fn limiter_takes_waits_and_refuses() {
     );
     let waited = steady.wait(Duration::from_secs(3)).await.unwrap();
     assert!(waited.waited >= Duration::from_millis(100), "{waited:?}");
-    let unknown = gantry.limiter("nope", "k").acquire(1, Duration::ZERO).await;
-    assert!(matches!(unknown, Err(Error::Status(s)) if s.code() == tonic::Code::NotFound));
+    let unknown = gantry
+        .limiter("nope", "k")
+        .acquire(1, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        "gantry answered NotFound: limit \"nope\" not found"
+    );
+    assert!(matches!(unknown, Error::Status(s) if s.code() == tonic::Code::NotFound));
 }
 
 #[tokio::test]
@@ -130,7 +145,9 @@ async fn lease_renews_itself_and_releases() {
     let busy = gantry
         .lease("db", "pod-b", 1, Duration::ZERO, Duration::from_millis(300))
         .await;
-    assert!(matches!(busy, Err(Error::NotGranted { .. })));
+    let busy = busy.unwrap_err();
+    assert!(matches!(busy, Error::NotGranted { retry_after: None }));
+    assert_eq!(busy.to_string(), "not granted within the wait");
     assert!(lease.release().await.unwrap());
     let again = gantry
         .lease("db", "pod-b", 2, Duration::ZERO, Duration::ZERO)
