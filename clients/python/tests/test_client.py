@@ -87,6 +87,10 @@ def test_recorder_batches_in_the_background(gantry_addr):
                 assert recorder.record(f"SELECT * FROM items WHERE id = {i}", 0.003, rows=1,
                                        trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
         assert recorder.dropped == 0 and recorder.failed == 0
+        # After close: refused and counted, not silently dropped; close again is fine.
+        assert not recorder.record("SELECT 1", 0.001)
+        assert recorder.dropped == 1
+        recorder.close()
         top = client.query.TopQueries(query_pb2.TopQueriesRequest(service="shop"))
         assert len(top.queries) == 1
         assert top.queries[0].calls == 7
@@ -152,6 +156,8 @@ async def test_asyncio_helpers(gantry_addr):
             assert await near.get("k") == b"2"
         async with client.recorder("async-svc", interval=0.1) as recorder:
             recorder.record("SELECT 1", 0.001)
+        assert not recorder.record("SELECT 1", 0.001), "after close: refused"
+        assert recorder.dropped == 1
         top = await client.query.TopQueries(query_pb2.TopQueriesRequest(service="async-svc"))
         assert top.queries[0].calls == 1
 

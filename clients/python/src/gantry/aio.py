@@ -256,9 +256,13 @@ class AsyncQueryRecorder:
         self._queue: "asyncio.Queue" = asyncio.Queue(maxsize=queue_size)
         self.dropped = 0
         self.failed = 0
+        self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def record(self, sql: str, seconds_taken: float, rows: int = 0, trace_id: str = "") -> bool:
+        if self._closed:
+            self.dropped += 1
+            return False
         try:
             self._queue.put_nowait(execution(sql, seconds_taken, rows, trace_id, self.service, self.dialect))
             return True
@@ -295,6 +299,10 @@ class AsyncQueryRecorder:
                 deadline = loop.time() + self._interval
 
     async def close(self) -> None:
+        """Sends what is queued and stops; later record() calls return False."""
+        if self._closed:
+            return
+        self._closed = True
         await self._queue.put(None)
         await self._task
 

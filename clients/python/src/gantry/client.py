@@ -293,16 +293,24 @@ class QueryRecorder:
         self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
         self.dropped = 0
         self.failed = 0
+        # Guards the queue's end: a record() after close() is dropped and
+        # says so (False), never left behind the end marker unsent.
+        self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="gantry-recorder", daemon=True)
         self._thread.start()
 
     def record(self, sql: str, seconds_taken: float, rows: int = 0, trace_id: str = "") -> bool:
-        try:
-            self._queue.put_nowait(execution(sql, seconds_taken, rows, trace_id, self.service, self.dialect))
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        with self._lock:
+            if self._closed:
+                self.dropped += 1
+                return False
+            try:
+                self._queue.put_nowait(execution(sql, seconds_taken, rows, trace_id, self.service, self.dialect))
+                return True
+            except queue.Full:
+                self.dropped += 1
+                return False
 
     def _send(self, pending) -> None:
         if not pending:
@@ -332,7 +340,11 @@ class QueryRecorder:
                 deadline = time.monotonic() + self._interval
 
     def close(self) -> None:
-        """Sends what is queued and stops."""
+        """Sends what is queued and stops; later record() calls return False."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._queue.put(None)
         self._thread.join()
 
