@@ -35,7 +35,14 @@ fn run(future: impl std::future::Future<Output = i32>) -> i32 {
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(future),
+        Ok(runtime) => {
+            let code = runtime.block_on(future);
+            // Dropping the runtime would wait for every blocking task, and
+            // one stuck on a failed disk (a flush that never returns) would
+            // keep the process alive after shutdown: give them a moment, then go.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
+        }
         Err(e) => {
             eprintln!("gantry: cannot start the async runtime: {e}");
             exit::FAILURE
