@@ -438,6 +438,8 @@ async fn watch_store(
             }
         }
         set_health(&reporter, &writers, ServingStatus::NotServing).await;
+        // Each new reason an attempt fails is said at warn; repeats at debug.
+        let mut told = String::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -447,6 +449,10 @@ async fn watch_store(
             let recovering = tokio::task::spawn_blocking(move || attempt.recover());
             match tokio::time::timeout(health.flush_timeout() + every, recovering).await {
                 Ok(Ok(Ok(()))) => break,
+                Ok(Ok(Err(e))) if e.to_string() != told => {
+                    told = e.to_string();
+                    tracing::warn!(error = %e, "the store is still not writable; trying again every storage.recover_interval");
+                }
                 Ok(Ok(Err(e))) => tracing::debug!(error = %e, "the store is still not writable"),
                 Ok(Err(e)) => tracing::error!(error = %e, "recovering the store panicked"),
                 Err(_) => tracing::warn!("recovering the store did not finish in time"),

@@ -147,8 +147,8 @@ async fn a_full_disk_fails_writes_fast_and_recovers_when_space_returns() {
     let cwd = tempfile::tempdir().unwrap();
     let data: PathBuf = fs.path().join("data");
     let mut gantry = spawn(&data, cwd.path());
-    let (grpc, metrics) = gantry.wait_until_listening();
-    let channel = connect(grpc).await;
+    let (grpc, mut metrics) = gantry.wait_until_listening();
+    let mut channel = connect(grpc).await;
     let mut cache = CacheClient::new(channel.clone());
     let mut leases = LeasesClient::new(channel.clone());
 
@@ -199,7 +199,10 @@ async fn a_full_disk_fails_writes_fast_and_recovers_when_space_returns() {
     );
     gantry.wait_for_line("store is not writable", Duration::from_secs(5));
 
-    // Space comes back: writes succeed again without a restart.
+    // Space comes back: writes succeed again without a restart — unless a
+    // flush of sled's never returned and still holds the database, which
+    // gantry then says, and only a restart helps (docs/operations.md); the
+    // restart must then work on the same data.
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -209,7 +212,25 @@ async fn a_full_disk_fails_writes_fast_and_recovers_when_space_returns() {
                 assert_eq!(e.code(), Code::Unavailable, "{e:?}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => panic!("writes did not come back after space was freed: {e:?}"),
+            Err(e) => {
+                gantry.wait_for_line(
+                    "calls still hold the failed database",
+                    Duration::from_secs(5),
+                );
+                eprintln!("a flush never returned ({e:?}): recovering by a restart, as documented");
+                let started = Instant::now();
+                gantry.signal("TERM");
+                gantry.wait_exit(Duration::from_secs(15));
+                assert!(started.elapsed() < Duration::from_secs(10));
+                gantry = spawn(&data, cwd.path());
+                let (grpc, new_metrics) = gantry.wait_until_listening();
+                metrics = new_metrics;
+                channel = connect(grpc).await;
+                cache = CacheClient::new(channel.clone());
+                leases = LeasesClient::new(channel.clone());
+                cache.put(put("after", noise(100, 7))).await.unwrap();
+                break;
+            }
         }
     }
     let granted = leases.acquire(lease()).await.unwrap().into_inner();
