@@ -154,10 +154,6 @@ impl StoreHealth {
         );
     }
 
-    pub fn fault_now(&self) -> Option<Fault> {
-        self.fault.lock().clone()
-    }
-
     /// Follows writability (true: writable).
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.writable.subscribe()
