@@ -148,6 +148,7 @@ impl From<RateLimitError> for ApiError {
             RateLimitError::TableFull { .. } | RateLimitError::QueueFull { .. } => {
                 ApiError::ResourceExhausted(err.to_string())
             }
+            RateLimitError::StoreUnavailable { .. } => ApiError::Unavailable(err.to_string()),
             RateLimitError::Internal(_) => ApiError::Internal(err.to_string()),
         }
     }

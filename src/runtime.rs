@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ServerConfig, Transport};
 use crate::lanes::{Lanes, default_lanes};
 use crate::routes::Served;
+use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
 
 /// Queue depth of each lane; a full lane makes callers run their work in place.
@@ -36,6 +37,8 @@ pub enum StartError {
     TracesWorker(std::io::Error),
     #[error("{0}")]
     Forward(String),
+    #[error(transparent)]
+    Redis(crate::store::redis::RedisStoreError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -51,6 +54,8 @@ pub struct Context<'a> {
     pub registry: &'a mut Registry,
     pub server: &'a ServerConfig,
     pub background: &'a mut Background,
+    /// The shared store, with `storage.backend = "redis"`.
+    pub redis: Option<RedisStore>,
     lanes: Option<Lanes>,
 }
 
@@ -66,6 +71,7 @@ impl<'a> Context<'a> {
             registry,
             server,
             background,
+            redis: None,
             lanes: None,
         }
     }
@@ -198,6 +204,9 @@ pub struct Capability {
     /// Its calls write to the store, so they cannot be served while the
     /// store is unwritable (health reports its services NOT_SERVING then).
     pub needs_store: bool,
+    /// Its calls need the shared store (Redis): health reports its services
+    /// NOT_SERVING while Redis does not answer.
+    pub needs_redis: bool,
     /// Runs once the gRPC side has drained and the background work stopped.
     pub stop: StopFuture,
 }
@@ -209,6 +218,7 @@ impl Capability {
             served,
             reload: None,
             needs_store: false,
+            needs_redis: false,
             stop,
         }
     }
@@ -220,6 +230,11 @@ impl Capability {
 
     pub fn needs_store(mut self, needs: bool) -> Self {
         self.needs_store = needs;
+        self
+    }
+
+    pub fn needs_redis(mut self, needs: bool) -> Self {
+        self.needs_redis = needs;
         self
     }
 }

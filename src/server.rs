@@ -20,11 +20,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::{Config, Transport};
+use crate::config::{Config, StorageBackend, Transport};
 use crate::proto::gantry::v1 as pb;
 use crate::reload::{ConfigSource, ReloadMetrics, Reloader};
 use crate::routes::{GrpcService, Served, grpc_service};
 use crate::runtime::{Background, Capability, Context};
+use crate::store::redis::RedisStore;
 use crate::store::{self, Store, StoreError};
 use crate::telemetry::metrics::{self, ProcessCollector, RpcMetrics};
 use crate::telemetry::rpc::RpcLayer;
@@ -76,6 +77,7 @@ pub struct Gantry {
     propagate_context: bool,
     health: HealthReporter,
     capabilities: Vec<Capability>,
+    redis: Option<RedisStore>,
     background: Background,
     source: Option<ConfigSource>,
     reload_trigger: Arc<tokio::sync::Notify>,
@@ -106,12 +108,25 @@ impl Gantry {
         store.health().register(&mut registry);
 
         let mut background = Background::default();
+        let redis = match config.storage.backend {
+            StorageBackend::Redis => Some(
+                RedisStore::start(
+                    &config.storage.redis,
+                    config.storage.recover_interval.get(),
+                    &mut registry,
+                    background.token(),
+                )
+                .map_err(StartError::Redis)?,
+            ),
+            StorageBackend::Sled => None,
+        };
         let mut ctx = Context::new(
             store.clone(),
             &mut registry,
             &config.server,
             &mut background,
         );
+        ctx.redis = redis.clone();
         // Start-up order; at shutdown they stop in the same order.
         let capabilities = vec![
             ratelimit::runtime::Runtime::start(&config.ratelimit, &mut ctx).await?,
@@ -133,6 +148,7 @@ impl Gantry {
             health: HealthReporter::new(),
             capabilities,
             background,
+            redis,
             source: None,
             reload_trigger: Arc::new(tokio::sync::Notify::new()),
         })
@@ -192,6 +208,7 @@ impl Gantry {
             health,
             capabilities,
             mut background,
+            redis,
             source,
             reload_trigger,
         } = self;
@@ -201,9 +218,13 @@ impl Gantry {
         let mut reload_hooks = Vec::new();
         let mut stops = Vec::new();
         let mut writers = Vec::new();
+        let mut on_redis = Vec::new();
         for capability in capabilities {
             if capability.needs_store {
                 writers.extend(capability.served.services.iter().map(|s| s.name));
+            }
+            if capability.needs_redis {
+                on_redis.extend(capability.served.services.iter().map(|s| s.name));
             }
             served.merge(capability.served);
             reload_hooks.extend(capability.reload);
@@ -218,6 +239,14 @@ impl Gantry {
             writers,
             shutdown.clone(),
         ));
+        if let Some(redis) = redis {
+            background.spawn(watch_redis(
+                redis,
+                health.clone(),
+                on_redis,
+                shutdown.clone(),
+            ));
+        }
 
         let connection_metrics = rpc_metrics.connections.clone();
         let layer = RpcLayer::new(
@@ -461,6 +490,31 @@ async fn watch_store(
         health.recovered();
         if !shutdown.is_cancelled() {
             set_health(&reporter, &writers, ServingStatus::Serving).await;
+        }
+    }
+}
+
+/// The services whose state lives in Redis report NOT_SERVING while it
+/// does not answer (and until the first connection), SERVING once it does.
+async fn watch_redis(
+    redis: RedisStore,
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    shutdown: CancellationToken,
+) {
+    let mut up = redis.subscribe();
+    loop {
+        let status = if *up.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if !shutdown.is_cancelled() {
+            set_health(&reporter, &services, status).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = up.changed() => if changed.is_err() { return },
         }
     }
 }

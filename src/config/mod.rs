@@ -25,9 +25,10 @@ pub use crate::leases::config::{LeasesConfig, MAX_LEASE_TTL, MAX_POOL_NAME_BYTES
 pub use crate::query::config::QueryConfig;
 pub use crate::ratelimit::config::{
     EnvoyDescriptorConfig, EnvoyDomainConfig, EnvoyEntryConfig, LimitConfig, LimitOverrideConfig,
-    LimitScopeConfig, MAX_BURST, MAX_PERIOD, MAX_RATE, RateLimitConfig, UncleanRestart,
+    LimitScopeConfig, MAX_BURST, MAX_PERIOD, MAX_RATE, RateLimitConfig, StoreFailure,
+    UncleanRestart,
 };
-pub use crate::store::config::{OnCorruption, StorageBackend, StorageConfig};
+pub use crate::store::config::{OnCorruption, RedisConfig, StorageBackend, StorageConfig};
 pub use crate::telemetry::config::{LogFormat, TelemetryConfig};
 pub use crate::traces::config::TracesConfig;
 pub use server::{ServerConfig, Transport};
@@ -295,7 +296,7 @@ fn env_overrides(
         } else if let Some(key) = by_name.get(name) {
             key.clone()
         } else {
-            if name != CONFIG_FILE_ENV {
+            if name != CONFIG_FILE_ENV && name != crate::store::config::REDIS_PASSWORD_ENV {
                 warnings.push(format!("ignoring unknown environment variable {name}"));
             }
             continue;
@@ -342,45 +343,65 @@ fn set_override(
             "false" | "0" => toml::Value::Boolean(false),
             _ => return Err(invalid(format!("{raw:?} is not true or false"))),
         },
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_string()))
+                .collect(),
+        ),
         _ => return Err(invalid("cannot be set from a string".into())),
     };
-    let (section, leaf) = key.split_once('.').unwrap_or(("", key));
-    let target = if section.is_empty() {
-        table
-    } else {
-        match table
+    let (sections, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut target = table;
+    let mut walked = String::new();
+    for section in sections.split('.').filter(|s| !s.is_empty()) {
+        if !walked.is_empty() {
+            walked.push('.');
+        }
+        walked.push_str(section);
+        target = match target
             .entry(section.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
         {
             toml::Value::Table(t) => t,
             other => {
                 return Err(ConfigError::Invalid {
-                    key: section.to_string(),
+                    key: walked,
                     reason: format!("must be a table, found {}", other.type_str()),
                     origin,
                 });
             }
-        }
-    };
+        };
+    }
     target.insert(leaf.to_string(), value);
     Ok(())
 }
 
-/// Dotted paths of every scalar (non-table, non-array-of-tables) value.
+/// Keys whose value is a list of strings, set from the environment as a
+/// comma-separated list.
+const LIST_KEYS: &[&str] = &["storage.redis.cluster"];
+
+/// Dotted paths of every scalar (non-table, non-array-of-tables) value, at
+/// any depth (`storage.redis.url`), plus the string lists of [`LIST_KEYS`].
 fn scalar_paths(table: &toml::Table) -> Vec<String> {
-    let mut out = Vec::new();
-    for (section, value) in table {
-        match value {
-            toml::Value::Table(inner) => {
-                for (key, v) in inner {
-                    if !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)) {
-                        out.push(format!("{section}.{key}"));
-                    }
-                }
+    fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) => walk(&path, inner, out),
+                toml::Value::Array(_) if LIST_KEYS.contains(&path.as_str()) => out.push(path),
+                toml::Value::Array(_) => {}
+                _ => out.push(path),
             }
-            _ => out.push(section.clone()),
         }
     }
+    let mut out = Vec::new();
+    walk("", table, &mut out);
     out
 }
 

@@ -37,6 +37,11 @@ pub struct RateLimitConfig {
     /// Decide immediate Acquire and AcquireBatch calls on a few decision tasks that answer in
     /// groups (fewer write system calls per call); false: decide in each call.
     pub coalesce: bool,
+    /// With `storage.backend = "redis"`, a decision Redis cannot make:
+    /// `closed` answers UNAVAILABLE (Envoy's `failure_mode_deny` then
+    /// decides for Envoy); `open` allows it. Either way it is counted in
+    /// `gantry_ratelimit_store_failures_total`.
+    pub store_failure: StoreFailure,
     /// The limits, e.g. `[[ratelimit.limits]] name = "api" rate = 100 period = "1s" burst = 200`.
     pub limits: Vec<LimitConfig>,
     /// Envoy domains and how their descriptors map to limits.
@@ -56,10 +61,22 @@ impl Default for RateLimitConfig {
             unclean_restart: UncleanRestart::Spent,
             envoy_response_headers: false,
             coalesce: true,
+            store_failure: StoreFailure::Closed,
             limits: Vec::new(),
             envoy: Vec::new(),
         }
     }
+}
+
+/// What a rate-limit decision is when the shared store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreFailure {
+    /// UNAVAILABLE: the caller (or Envoy's `failure_mode_deny`) decides.
+    #[default]
+    Closed,
+    /// Allowed, counted: traffic flows unlimited until the store is back.
+    Open,
 }
 
 /// What bucket levels are after an unclean stop.

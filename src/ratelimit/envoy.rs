@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use futures_util::FutureExt;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -109,7 +110,7 @@ fn envoy_duration(d: Duration) -> envoy_types::pb::google::protobuf::Duration {
 impl EnvoyRateLimitService {
     /// Decides a `ShouldRateLimit` request (the gRPC method, and the
     /// transport's direct call, answer with this).
-    pub fn answer(&self, r: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
+    pub async fn answer(&self, r: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
         if r.domain.is_empty() {
             return Err(ApiError::invalid("domain", "must not be empty").into());
         }
@@ -180,21 +181,22 @@ impl EnvoyRateLimitService {
                 .into());
             };
             let outcome = if descriptor.is_negative_hits {
-                self.limiter.give_back(&req)
+                self.limiter.give_back_now(&req).await
             } else if hits > params.burst {
                 // More hits than the bucket holds can never fit: over limit, not an error.
                 self.limiter
-                    .try_acquire(&AcquireRequest {
+                    .acquire_now(&AcquireRequest {
                         dry_run: true,
                         tokens: 1,
                         ..req
                     })
+                    .await
                     .map(|o| Outcome {
                         allowed: false,
                         ..o
                     })
             } else {
-                self.limiter.try_acquire(&req)
+                self.limiter.acquire_now(&req).await
             }
             .map_err(|e| {
                 let api = ApiError::from(e);
@@ -261,7 +263,7 @@ impl RateLimitService for EnvoyRateLimitService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        self.answer(request.get_ref()).map(Response::new)
+        self.answer(request.get_ref()).await.map(Response::new)
     }
 }
 
@@ -287,11 +289,14 @@ impl DirectUnary for DirectShouldRateLimit {
         if let Err(shed) = begin() {
             return Some(Err(shed));
         }
-        Some(
-            self.service
-                .answer(&r)
-                .and_then(|answer| encode_within(&answer, self.max_message_bytes)),
-        )
+        // Registered only with embedded buckets, where deciding never
+        // waits: the answer is ready at the first poll.
+        let answer = self.service.answer(&r).now_or_never().unwrap_or_else(|| {
+            Err(Status::internal(
+                "ShouldRateLimit answered directly would have had to wait",
+            ))
+        });
+        Some(answer.and_then(|answer| encode_within(&answer, self.max_message_bytes)))
     }
 }
 

@@ -42,6 +42,13 @@ pub struct RateLimitMetrics {
     buckets: Family<LimitLabel, Gauge>,
     table_full: Family<LimitLabel, Counter>,
     pub buckets_total: Gauge,
+    store_failures: Family<FailureLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabel {
+    /// `allowed` (ratelimit.store_failure = "open") or `unavailable`.
+    pub answer: &'static str,
 }
 
 impl Default for RateLimitMetrics {
@@ -54,6 +61,7 @@ impl Default for RateLimitMetrics {
             buckets: Family::default(),
             table_full: Family::default(),
             buckets_total: Gauge::default(),
+            store_failures: Family::default(),
         }
     }
 }
@@ -96,7 +104,19 @@ impl RateLimitMetrics {
             "Buckets held in memory over all limits",
             m.buckets_total.clone(),
         );
+        registry.register(
+            "gantry_ratelimit_store_failures",
+            "Decisions the shared store (storage.backend = \"redis\") could not make, by the answer given (ratelimit.store_failure)",
+            m.store_failures.clone(),
+        );
         m
+    }
+
+    /// Counts a decision the shared store could not make.
+    pub fn store_failure(&self, answer: &'static str) {
+        self.store_failures
+            .get_or_create(&FailureLabel { answer })
+            .inc();
     }
 
     pub fn counters_for(&self, limit: &str) -> LimitCounters {

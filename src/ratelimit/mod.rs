@@ -11,6 +11,7 @@ pub mod limiter;
 pub mod limits;
 pub mod metrics;
 pub mod persist;
+pub mod redis_gcra;
 pub mod runtime;
 pub mod service;
 
@@ -39,6 +40,10 @@ pub enum RateLimitError {
         key: String,
         max: usize,
     },
+    /// The shared store (Redis) could not decide, and
+    /// `ratelimit.store_failure = "closed"`.
+    #[error("cannot decide limit {limit:?}: {cause} (ratelimit.store_failure = \"closed\")")]
+    StoreUnavailable { limit: String, cause: String },
     #[error("internal rate-limiter error: {0}")]
     Internal(String),
 }

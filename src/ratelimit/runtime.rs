@@ -14,11 +14,13 @@ use super::coalesce::Coalescer;
 use super::envoy::{DirectShouldRateLimit, EnvoyRateLimitService};
 use super::metrics::RateLimitMetrics;
 use super::persist::{self, LastStop};
+use super::redis_gcra::RedisBuckets;
 use super::service::{DirectAcquire, DirectAcquireBatch, RateLimiterService};
 use crate::config::{RateLimitConfig, UncleanRestart};
 use crate::proto::gantry::v1::rate_limiter_server::{self, RateLimiterServer};
 use crate::routes::{Served, grpc_service};
 use crate::runtime::{Capability, Context, StartError, blocking};
+use crate::store::redis::RedisStore;
 use crate::store::{Domain, Store};
 
 /// How often the rate limiter records that gantry is alive: after an unclean
@@ -42,6 +44,9 @@ impl Runtime {
         ctx: &mut Context<'_>,
     ) -> Result<Capability, StartError> {
         let metrics = RateLimitMetrics::register(ctx.registry);
+        if let Some(redis) = ctx.redis.clone() {
+            return Ok(Self::start_shared(config, ctx, metrics, redis));
+        }
         let runtime = Self {
             limiter: RateLimiter::new(config, metrics),
             store: ctx.store.clone(),
@@ -91,6 +96,38 @@ impl Runtime {
             }),
         )
         .reloads(Box::new(move |config| reloaded.reload(&config.ratelimit))))
+    }
+
+    /// Buckets in Redis (`storage.backend = "redis"`): nothing to restore,
+    /// sweep or save — Redis keeps them and expires full ones — and every
+    /// call goes the service path, since each waits for Redis.
+    fn start_shared(
+        config: &RateLimitConfig,
+        ctx: &mut Context<'_>,
+        metrics: RateLimitMetrics,
+        redis: RedisStore,
+    ) -> Capability {
+        let limiter = RateLimiter::shared(config, metrics, RedisBuckets::start(redis));
+        let limit = ctx.max_message_bytes();
+        let served = Served::default()
+            .service(grpc_service!(
+                RateLimiterServer::new(RateLimiterService::new(limiter.clone(), None)),
+                limit,
+                "server.max_message_bytes"
+            ))
+            .service(grpc_service!(
+                RateLimitServiceServer::new(EnvoyRateLimitService::new(limiter.clone())),
+                limit,
+                "server.max_message_bytes"
+            ))
+            .inline(
+                rate_limiter_server::SERVICE_NAME,
+                &["Acquire", "AcquireBatch"],
+            )
+            .inline(ENVOY_RLS, &["ShouldRateLimit"]);
+        Capability::new("ratelimit", served, Box::pin(async {}))
+            .reloads(Box::new(move |config| limiter.reload(&config.ratelimit)))
+            .needs_redis(true)
     }
 
     fn served(&self, config: &RateLimitConfig, ctx: &mut Context<'_>) -> Served {

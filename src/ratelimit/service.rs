@@ -28,24 +28,48 @@ fn decide_batch(
     limiter: &RateLimiter,
     r: &pb::AcquireBatchRequest,
 ) -> Result<pb::AcquireBatchResponse, ApiError> {
-    let reqs = r
-        .requests
-        .iter()
-        .enumerate()
-        .map(|(i, item)| to_domain(item, Some(i)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let reqs = batch_requests(r)?;
     let outcomes = limiter
         .acquire_batch(&reqs, r.all_or_nothing)
         .map_err(ApiError::from)?;
+    Ok(batch_response(&reqs, r.all_or_nothing, outcomes))
+}
+
+/// [`decide_batch`] on whichever backend holds the buckets.
+async fn decide_batch_anywhere(
+    limiter: &RateLimiter,
+    r: &pb::AcquireBatchRequest,
+) -> Result<pb::AcquireBatchResponse, ApiError> {
+    let reqs = batch_requests(r)?;
+    let outcomes = limiter
+        .acquire_many(&reqs, r.all_or_nothing)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(batch_response(&reqs, r.all_or_nothing, outcomes))
+}
+
+fn batch_requests(r: &pb::AcquireBatchRequest) -> Result<Vec<AcquireRequest<'_>>, ApiError> {
+    r.requests
+        .iter()
+        .enumerate()
+        .map(|(i, item)| to_domain(item, Some(i)))
+        .collect()
+}
+
+fn batch_response(
+    reqs: &[AcquireRequest<'_>],
+    all_or_nothing: bool,
+    outcomes: Vec<Outcome>,
+) -> pb::AcquireBatchResponse {
     tracing::debug!(
         items = reqs.len(),
-        all_or_nothing = r.all_or_nothing,
+        all_or_nothing,
         allowed = outcomes.iter().filter(|o| o.allowed).count(),
         "ratelimit.acquire_batch"
     );
-    Ok(pb::AcquireBatchResponse {
+    pb::AcquireBatchResponse {
         responses: outcomes.into_iter().map(to_pb).collect(),
-    })
+    }
 }
 
 /// Immediate `Acquire` calls, answered by the transport from their request
@@ -205,7 +229,7 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
                 .run(move |limiter| decide_batch(limiter, &r))
                 .await
                 .map_err(ApiError::from)??,
-            None => decide_batch(&self.limiter, &r)?,
+            None => decide_batch_anywhere(&self.limiter, &r).await?,
         };
         Ok(Response::new(response))
     }

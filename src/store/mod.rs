@@ -6,6 +6,7 @@
 pub mod config;
 pub mod flush;
 pub mod health;
+pub mod redis;
 mod sled_store;
 
 use std::path::PathBuf;
@@ -138,7 +139,9 @@ pub trait Store: Send + Sync {
 /// `<dir>.corrupt-<unix seconds>`) and an empty one is started instead.
 pub fn open(config: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
     match config.backend {
-        StorageBackend::Sled => match SledStore::open(config) {
+        // With Redis, capabilities that do not keep their state there yet
+        // still use sled in data_dir (docs/cluster.md lists which).
+        StorageBackend::Sled | StorageBackend::Redis => match SledStore::open(config) {
             Ok(store) => Ok(Arc::new(store)),
             Err(StoreError::Corrupt { dir, detail })
                 if config.on_corruption == OnCorruption::Quarantine =>

@@ -48,6 +48,27 @@ impl TestServer {
         Self::launch(config, dir).await
     }
 
+    /// A server on `backend` (its Redis connected before this returns).
+    pub async fn start_on(
+        backend: &crate::backends::Backend,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        backend.configure(&mut config);
+        adjust(&mut config);
+        let server = Self::launch(config, dir).await;
+        if backend.is_redis() {
+            server.wait_serving("gantry.v1.RateLimiter").await;
+        }
+        server
+    }
+
+    /// Waits (up to 10 s) until health reports `service` SERVING.
+    pub async fn wait_serving(&self, service: &str) {
+        wait_serving(&self.channel, service).await
+    }
+
     async fn launch(config: Config, dir: tempfile::TempDir) -> Self {
         let gantry = Gantry::build(config, false).await.unwrap();
         let grpc = gantry.grpc_addr();
@@ -80,6 +101,32 @@ impl TestServer {
         // The data lives in `dir`, which outlives this server; its own
         // temporary directory stays empty.
         Self::launch(config, tempfile::tempdir().unwrap()).await
+    }
+}
+
+/// Waits (up to 10 s) until health on `channel` reports `service` SERVING.
+pub async fn wait_serving(channel: &Channel, service: &str) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut health = HealthClient::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if status.as_ref().ok()
+            == Some(&(tonic_health::pb::health_check_response::ServingStatus::Serving as i32))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service} never became SERVING: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

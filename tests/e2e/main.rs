@@ -2,6 +2,7 @@
 //! link time low. Each module covers one area.
 
 mod abuse;
+mod backends;
 mod cache;
 mod cache_process;
 mod clients;

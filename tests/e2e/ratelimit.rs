@@ -11,6 +11,7 @@ use pb::rate_limiter_client::RateLimiterClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::backends::Backend;
 use crate::common::{TestServer, http_get, metric_value};
 
 fn limit(name: &str, rate: u64, period: Duration, burst: u64) -> LimitConfig {
@@ -50,10 +51,11 @@ fn std_duration(d: Option<prost_types::Duration>) -> Duration {
 }
 
 async fn start(
+    backend: &Backend,
     limits: Vec<LimitConfig>,
     adjust: impl FnOnce(&mut Config),
 ) -> (TestServer, RateLimiterClient<Channel>) {
-    let server = TestServer::start_with(|c| {
+    let server = TestServer::start_on(backend, |c| {
         c.ratelimit.limits = limits;
         adjust(c);
     })
@@ -62,9 +64,9 @@ async fn start(
     (server, client)
 }
 
-#[tokio::test]
-async fn acquire_spends_the_burst_then_answers_exactly_when_to_retry() {
-    let (server, mut rl) = start(vec![limit("api", 10, Duration::from_secs(1), 3)], |_| {}).await;
+crate::on_every_backend! {
+cluster async fn acquire_spends_the_burst_then_answers_exactly_when_to_retry(backend: Backend) {
+    let (server, mut rl) = start(&backend, vec![limit("api", 10, Duration::from_secs(1), 3)], |_| {}).await;
     for left in [2, 1, 0] {
         let r = rl
             .acquire(acquire("api", "alice"))
@@ -106,10 +108,11 @@ async fn acquire_spends_the_burst_then_answers_exactly_when_to_retry() {
     }
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn bad_requests_get_clear_errors_naming_field_and_value() {
-    let (server, mut rl) = start(vec![limit("api", 10, Duration::from_secs(1), 5)], |c| {
+crate::on_every_backend! {
+async fn bad_requests_get_clear_errors_naming_field_and_value(backend: Backend) {
+    let (server, mut rl) = start(&backend, vec![limit("api", 10, Duration::from_secs(1), 5)], |c| {
         c.ratelimit.max_key_bytes = 16
     })
     .await;
@@ -165,10 +168,12 @@ async fn bad_requests_get_clear_errors_naming_field_and_value() {
     }
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn batches_are_atomic_when_asked_and_bounded() {
+crate::on_every_backend! {
+cluster async fn batches_are_atomic_when_asked_and_bounded(backend: Backend) {
     let (server, mut rl) = start(
+        &backend,
         vec![limit("a", 1, hour(), 5), limit("b", 1, hour(), 1)],
         |c| c.ratelimit.max_batch = 4,
     )
@@ -272,9 +277,10 @@ async fn batches_are_atomic_when_asked_and_bounded() {
     );
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn list_limits_shows_what_is_configured() {
+crate::on_every_backend! {
+async fn list_limits_shows_what_is_configured(backend: Backend) {
     let mut shared = limit("svc", 50, Duration::from_secs(60), 100);
     shared.scope = LimitScopeConfig::Shared;
     let mut api = limit("api", 10, Duration::from_secs(1), 20);
@@ -284,7 +290,7 @@ async fn list_limits_shows_what_is_configured() {
         period: None,
         burst: Some(200),
     });
-    let (server, mut rl) = start(vec![shared, api], |c| {
+    let (server, mut rl) = start(&backend, vec![shared, api], |c| {
         c.ratelimit.default_limit = "api".into()
     })
     .await;
@@ -315,10 +321,12 @@ async fn list_limits_shows_what_is_configured() {
     );
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn a_waiter_is_granted_when_tokens_accrue_and_a_short_deadline_is_a_denial() {
+crate::on_every_backend! {
+cluster async fn a_waiter_is_granted_when_tokens_accrue_and_a_short_deadline_is_a_denial(backend: Backend) {
     let (server, mut rl) = start(
+        &backend,
         vec![
             limit("fast", 10, Duration::from_secs(1), 1),
             limit("slow", 1, Duration::from_secs(2), 1),
@@ -378,12 +386,13 @@ async fn a_waiter_is_granted_when_tokens_accrue_and_a_short_deadline_is_a_denial
     assert!(holder.await.unwrap().unwrap().into_inner().allowed);
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn concurrent_callers_over_grpc_get_exactly_the_burst() {
+crate::on_every_backend! {
+cluster async fn concurrent_callers_over_grpc_get_exactly_the_burst(backend: Backend) {
     // Both decision paths: coalesced on decision tasks (default), and in each call.
     for coalesce in [true, false] {
-        let (server, rl) = start(vec![limit("api", 1, hour(), 100)], |c| {
+        let (server, rl) = start(&backend, vec![limit("api", 1, hour(), 100)], |c| {
             c.ratelimit.coalesce = coalesce
         })
         .await;
@@ -394,7 +403,7 @@ async fn concurrent_callers_over_grpc_get_exactly_the_burst() {
                 let mut granted = 0u32;
                 for _ in 0..5 {
                     if rl
-                        .acquire(acquire("api", "hot"))
+                        .acquire(acquire("api", &format!("hot-{coalesce}")))
                         .await
                         .unwrap()
                         .into_inner()
@@ -417,10 +426,11 @@ async fn concurrent_callers_over_grpc_get_exactly_the_burst() {
         server.stop().await.unwrap();
     }
 }
+}
 
-#[tokio::test]
-async fn a_full_queue_and_a_full_server_are_resource_exhausted() {
-    let (server, rl) = start(vec![limit("api", 1, hour(), 1)], |c| {
+crate::on_every_backend! {
+async fn a_full_queue_and_a_full_server_are_resource_exhausted(backend: Backend) {
+    let (server, rl) = start(&backend, vec![limit("api", 1, hour(), 1)], |c| {
         c.ratelimit.max_waiters = 1;
         c.server.max_inflight = 2;
     })
@@ -485,12 +495,13 @@ async fn a_full_queue_and_a_full_server_are_resource_exhausted() {
     );
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn a_caller_that_gives_up_leaves_the_queue_without_consuming() {
+crate::on_every_backend! {
+async fn a_caller_that_gives_up_leaves_the_queue_without_consuming(backend: Backend) {
     // One token a second, burst 2. Empty the bucket at t0; a caller that wants
     // 2 tokens would be granted at t0 + 2 s, but gives up at t0 + 50 ms.
-    let (server, mut rl) = start(vec![limit("api", 1, Duration::from_secs(1), 2)], |_| {}).await;
+    let (server, mut rl) = start(&backend, vec![limit("api", 1, Duration::from_secs(1), 2)], |_| {}).await;
     let t0 = std::time::Instant::now();
     rl.acquire(pb::AcquireRequest {
         tokens: 2,
@@ -537,11 +548,13 @@ async fn a_caller_that_gives_up_leaves_the_queue_without_consuming() {
     );
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn bucket_levels_survive_a_restart() {
+crate::on_every_backend! {
+async fn bucket_levels_survive_a_restart(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::common::test_config(dir.path());
+    backend.configure(&mut config);
     config.ratelimit.limits = vec![limit("api", 1, hour(), 10)];
     for round in 0..2 {
         let gantry = gantry::server::Gantry::build(config.clone(), false)
@@ -550,7 +563,9 @@ async fn bucket_levels_survive_a_restart() {
         let addr = gantry.grpc_addr();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let handle = tokio::spawn(gantry.serve(shutdown.clone()));
-        let mut rl = RateLimiterClient::new(crate::common::connect(addr).await);
+        let channel = crate::common::connect(addr).await;
+        crate::common::wait_serving(&channel, "gantry.v1.RateLimiter").await;
+        let mut rl = RateLimiterClient::new(channel);
         if round == 0 {
             let r = rl
                 .acquire(pb::AcquireRequest {
@@ -586,10 +601,11 @@ async fn bucket_levels_survive_a_restart() {
         handle.await.unwrap().unwrap();
     }
 }
+}
 
-#[tokio::test]
-async fn rate_limit_metrics_are_exported_per_limit() {
-    let (server, mut rl) = start(vec![limit("api", 1, hour(), 2)], |_| {}).await;
+crate::on_every_backend! {
+async fn rate_limit_metrics_are_exported_per_limit(backend: Backend) {
+    let (server, mut rl) = start(&backend, vec![limit("api", 1, hour(), 2)], |_| {}).await;
     for _ in 0..3 {
         rl.acquire(acquire("api", "k")).await.unwrap();
     }
@@ -621,6 +637,7 @@ async fn rate_limit_metrics_are_exported_per_limit() {
         "{text}"
     );
     server.stop().await.unwrap();
+}
 }
 
 mod envoy {
@@ -682,9 +699,9 @@ mod envoy {
         }
     }
 
-    #[tokio::test]
-    async fn should_rate_limit_maps_descriptors_to_buckets() {
-        let server = TestServer::start_with(|c| {
+    crate::on_every_backend! {
+    cluster async fn should_rate_limit_maps_descriptors_to_buckets(backend: Backend) {
+        let server = TestServer::start_on(&backend, |c| {
             envoy_config(c, 2, Duration::from_secs(60));
             c.ratelimit.envoy_response_headers = true;
         })
@@ -801,6 +818,7 @@ mod envoy {
         assert!(status.message().contains("domain"));
         server.stop().await.unwrap();
     }
+    }
 
     /// ShouldRateLimit answered directly by the transport (the default) and
     /// through tonic (`server.direct_calls = false`) give the same answers.
@@ -866,9 +884,11 @@ mod envoy {
 async fn calls_beyond_the_per_connection_limit_wait_for_a_free_slot() {
     // One call in flight per connection: while a rate-limit wait holds the
     // slot, a health check on the same connection waits; on a new connection it does not.
-    let (server, mut rl) = start(vec![limit("api", 1, Duration::from_secs(1), 1)], |c| {
-        c.server.max_concurrent_streams = 1
-    })
+    let (server, mut rl) = start(
+        &Backend::Sled,
+        vec![limit("api", 1, Duration::from_secs(1), 1)],
+        |c| c.server.max_concurrent_streams = 1,
+    )
     .await;
     rl.acquire(acquire("api", "k")).await.unwrap();
     let mut waiting = rl.clone();

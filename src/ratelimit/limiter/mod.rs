@@ -27,6 +27,7 @@ use crate::ratelimit::config::MAX_LIMIT_NAME_BYTES;
 
 mod batch;
 mod buckets;
+mod shared;
 mod waiting;
 
 pub use buckets::Clock;
@@ -91,6 +92,8 @@ struct Inner {
     /// the previous run was last alive; every bucket counts as emptied then.
     /// `u64::MAX`: no such assumption (buckets start full).
     spent_before_start_ns: AtomicU64,
+    /// Buckets kept in Redis instead of the table (`storage.backend = "redis"`).
+    shared: Option<shared::Shared>,
 }
 
 /// One acquisition as the domain sees it (the gRPC adapter fills it in).
@@ -165,6 +168,27 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(config: &RateLimitConfig, metrics: RateLimitMetrics) -> Self {
+        Self::build(config, metrics, None)
+    }
+
+    /// A limiter whose buckets live in Redis, shared by every replica.
+    pub fn shared(
+        config: &RateLimitConfig,
+        metrics: RateLimitMetrics,
+        buckets: crate::ratelimit::redis_gcra::RedisBuckets,
+    ) -> Self {
+        Self::build(
+            config,
+            metrics,
+            Some(shared::Shared::new(buckets, config.store_failure)),
+        )
+    }
+
+    fn build(
+        config: &RateLimitConfig,
+        metrics: RateLimitMetrics,
+        shared: Option<shared::Shared>,
+    ) -> Self {
         let mut next_id = 0;
         let limits = LimitSet::build(config, None, &mut next_id, &metrics);
         let hasher = foldhash::fast::RandomState::default();
@@ -188,6 +212,7 @@ impl RateLimiter {
                 next_limit_id: Mutex::new(next_id),
                 metrics,
                 spent_before_start_ns: AtomicU64::new(u64::MAX),
+                shared,
             }),
         }
     }
@@ -234,7 +259,10 @@ impl RateLimiter {
     /// Decides now, or waits in the bucket's fair queue up to `max_wait`.
     pub async fn acquire(&self, req: &AcquireRequest<'_>) -> Result<Outcome, RateLimitError> {
         if req.max_wait.is_zero() || req.dry_run {
-            return self.try_acquire(req);
+            return self.acquire_now(req).await;
+        }
+        if let Some(shared) = &self.inner.shared {
+            return self.acquire_shared_waiting(shared, req).await;
         }
         let state = self.inner.state.load_full();
         let set = &*state.limits;

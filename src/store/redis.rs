@@ -1,0 +1,338 @@
+//! The shared store of a gantry cluster: one Redis (or Valkey) server, or a
+//! Redis Cluster, reached through the `redis` crate's self-healing
+//! connections (a `ConnectionManager` for one server, the cluster client's
+//! own connection for a cluster). Both multiplex: concurrent calls share one
+//! connection per node and leave as a pipeline.
+//!
+//! Gantry starts even when Redis cannot be reached yet: the first connection
+//! is made in the background, every `storage.recover_interval`, and until then
+//! (and whenever Redis stops answering) the capabilities that keep their state
+//! here answer UNAVAILABLE and report NOT_SERVING (src/server.rs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, IntoConnectionInfo, RedisError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::config::{REDIS_PASSWORD_ENV, RedisConfig};
+
+/// Why a call to Redis failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisStoreError {
+    /// No connection, a dropped one, or no answer within
+    /// `storage.redis.response_timeout`: the caller may retry.
+    #[error("the Redis store is unreachable: {0}")]
+    Unreachable(String),
+    /// Redis answered with an error (a script failed, out of memory…).
+    #[error("the Redis store refused the command: {0}")]
+    Refused(String),
+    /// A script called by its SHA is not loaded (a restarted or failed-over
+    /// node): load it and call again.
+    #[error("the Redis store does not know the script (NOSCRIPT)")]
+    NoScript,
+}
+
+impl From<RedisError> for RedisStoreError {
+    fn from(e: RedisError) -> Self {
+        if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+            RedisStoreError::NoScript
+        } else if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error()
+        {
+            RedisStoreError::Unreachable(e.to_string())
+        } else {
+            RedisStoreError::Refused(e.to_string())
+        }
+    }
+}
+
+/// A connection to one server or to a cluster; cheap to clone.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+struct Inner {
+    connection: ArcSwapOption<Connection>,
+    prefix: String,
+    cluster: bool,
+    up: watch::Sender<bool>,
+    metrics: RedisMetrics,
+}
+
+/// The Redis store, shared by the capabilities that keep state there.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone, Default)]
+struct RedisMetrics {
+    up: Gauge,
+    errors: Counter,
+    reconnects: Counter,
+}
+
+impl RedisStore {
+    /// Prepares the store and starts connecting in the background (see the
+    /// module comment); `stop` ends the connecting and the health probe.
+    pub fn start(
+        config: &RedisConfig,
+        probe_every: Duration,
+        registry: &mut Registry,
+        stop: CancellationToken,
+    ) -> Result<Self, RedisStoreError> {
+        let password = read_password(config)?;
+        let metrics = RedisMetrics::default();
+        registry.register(
+            "gantry_store_redis_up",
+            "1 while the Redis store answers, 0 while it does not",
+            metrics.up.clone(),
+        );
+        registry.register(
+            "gantry_store_redis_errors",
+            "Calls to the Redis store that failed because it could not be reached",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "gantry_store_redis_reconnects",
+            "Times the Redis store answered again after it had not",
+            metrics.reconnects.clone(),
+        );
+        let store = Self {
+            inner: Arc::new(Inner {
+                connection: ArcSwapOption::empty(),
+                prefix: config.key_prefix.clone(),
+                cluster: !config.cluster.is_empty(),
+                up: watch::Sender::new(false),
+                metrics,
+            }),
+        };
+        let watcher = store.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            watcher
+                .connect_and_probe(config, password, probe_every, stop)
+                .await
+        });
+        Ok(store)
+    }
+
+    /// Whether keys of one call may live on different nodes (Redis Cluster).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.cluster
+    }
+
+    /// `<prefix>:<domain>:<name>`: every key gantry writes.
+    pub fn key(&self, domain: &str, name: &str) -> String {
+        let mut key =
+            String::with_capacity(self.inner.prefix.len() + domain.len() + name.len() + 2);
+        key.push_str(&self.inner.prefix);
+        key.push(':');
+        key.push_str(domain);
+        key.push(':');
+        key.push_str(name);
+        key
+    }
+
+    /// Follows whether Redis answers (true) or not.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.inner.up.subscribe()
+    }
+
+    pub fn is_up(&self) -> bool {
+        *self.inner.up.borrow()
+    }
+
+    /// Sends a pipeline (commands to several nodes of a cluster are split by
+    /// node and sent concurrently) and returns its replies.
+    pub async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, RedisStoreError> {
+        let Some(connection) = self.inner.connection.load_full() else {
+            return Err(RedisStoreError::Unreachable(
+                "not connected yet (gantry keeps trying every storage.recover_interval)".into(),
+            ));
+        };
+        let result = match &*connection {
+            Connection::Single(c) => pipeline.query_async(&mut c.clone()).await,
+            Connection::Cluster(c) => pipeline.query_async(&mut c.clone()).await,
+        };
+        result.map_err(|e| self.failed(e))
+    }
+
+    /// Sends one command.
+    pub async fn command<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisStoreError> {
+        let Some(connection) = self.inner.connection.load_full() else {
+            return Err(RedisStoreError::Unreachable(
+                "not connected yet (gantry keeps trying every storage.recover_interval)".into(),
+            ));
+        };
+        let result = match &*connection {
+            Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        };
+        result.map_err(|e| self.failed(e))
+    }
+
+    /// Loads a script on every node (on a cluster, every primary), so that
+    /// EVALSHA finds it; done again after NOSCRIPT (a restarted or failed-over node).
+    pub async fn load_script(&self, script: &redis::Script) -> Result<(), RedisStoreError> {
+        let Some(connection) = self.inner.connection.load_full() else {
+            return Err(RedisStoreError::Unreachable("not connected yet".into()));
+        };
+        let result = match &*connection {
+            Connection::Single(c) => script.load_async(&mut c.clone()).await,
+            Connection::Cluster(c) => script.load_async(&mut c.clone()).await,
+        };
+        result.map(|_| ()).map_err(|e| self.failed(e))
+    }
+
+    fn failed(&self, e: RedisError) -> RedisStoreError {
+        let e = RedisStoreError::from(e);
+        if matches!(e, RedisStoreError::Unreachable(_)) {
+            self.inner.metrics.errors.inc();
+            self.mark(false);
+        }
+        e
+    }
+
+    fn mark(&self, up: bool) {
+        let was = self.inner.up.send_replace(up);
+        self.inner.metrics.up.set(i64::from(up));
+        if was != up {
+            if up {
+                self.inner.metrics.reconnects.inc();
+                tracing::info!("the Redis store answers again");
+            } else {
+                tracing::warn!(
+                    "the Redis store stopped answering; calls that need it are UNAVAILABLE until it answers"
+                );
+            }
+        }
+    }
+
+    /// Connects (retrying until it works), then pings every `every` so a
+    /// store that comes back is noticed even when no call goes to it.
+    async fn connect_and_probe(
+        self,
+        config: RedisConfig,
+        password: Option<String>,
+        every: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut logged = false;
+        loop {
+            match connect(&config, password.as_deref()).await {
+                Ok(connection) => {
+                    self.inner.connection.store(Some(Arc::new(connection)));
+                    break;
+                }
+                Err(e) => {
+                    if !logged {
+                        tracing::warn!(error = %e, "cannot connect to the Redis store yet; trying again every storage.recover_interval");
+                        logged = true;
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+        loop {
+            let pong: Result<String, _> = self.command(&redis::cmd("PING")).await;
+            match pong {
+                Ok(_) => self.mark(true),
+                Err(e) => tracing::debug!(error = %e, "Redis health probe failed"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}
+
+/// The password from `password_file`, else the environment, else none.
+fn read_password(config: &RedisConfig) -> Result<Option<String>, RedisStoreError> {
+    if !config.password_file.as_os_str().is_empty() {
+        let text = std::fs::read_to_string(&config.password_file).map_err(|e| {
+            RedisStoreError::Refused(format!(
+                "cannot read storage.redis.password_file {}: {e}",
+                config.password_file.display()
+            ))
+        })?;
+        return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    Ok(std::env::var(REDIS_PASSWORD_ENV)
+        .ok()
+        .filter(|p| !p.is_empty()))
+}
+
+async fn connect(config: &RedisConfig, password: Option<&str>) -> Result<Connection, RedisError> {
+    if config.cluster.is_empty() {
+        let info = config.url.as_str().into_connection_info()?;
+        let mut settings = info.redis_settings().clone();
+        if !config.username.is_empty() {
+            settings = settings.set_username(&config.username);
+        }
+        if let Some(password) = password {
+            settings = settings.set_password(password);
+        }
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout.get()))
+            .set_response_timeout(Some(config.response_timeout.get()))
+            .set_number_of_retries(1);
+        let connection = tokio::time::timeout(
+            config.connect_timeout.get() * 2,
+            client.get_connection_manager_with_config(manager),
+        )
+        .await
+        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+        Ok(Connection::Single(connection))
+    } else {
+        let scheme = if config.cluster_tls {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let nodes: Vec<String> = config
+            .cluster
+            .iter()
+            .map(|node| format!("{scheme}://{node}"))
+            .collect();
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(config.connect_timeout.get())
+            .response_timeout(config.response_timeout.get())
+            .retries(2);
+        if !config.username.is_empty() {
+            builder = builder.username(&config.username);
+        }
+        if let Some(password) = password {
+            builder = builder.password(password);
+        }
+        let client = builder.build()?;
+        let connection = tokio::time::timeout(
+            config.connect_timeout.get() * 2,
+            client.get_async_connection(),
+        )
+        .await
+        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+        Ok(Connection::Cluster(connection))
+    }
+}
