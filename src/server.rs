@@ -278,7 +278,7 @@ impl Gantry {
             grpc = %grpc_addr,
             metrics = %metrics_addr,
             data_dir = %config.storage.data_dir.display(),
-            backend = store.backend(),
+            backend = if config.storage.backend == StorageBackend::Redis { "redis" } else { store.backend() },
             "gantry listening"
         );
 

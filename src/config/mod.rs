@@ -532,6 +532,72 @@ mod tests {
     }
 
     #[test]
+    fn redis_settings_have_environment_twins_at_any_depth() {
+        let environment = env(&[
+            ("GANTRY_STORAGE_BACKEND", "redis"),
+            (
+                "GANTRY_STORAGE_REDIS_CLUSTER",
+                "10.0.0.1:6379, 10.0.0.2:6379,",
+            ),
+            ("GANTRY_STORAGE_REDIS_KEY_PREFIX", "edge"),
+            (
+                "GANTRY_STORAGE_REDIS_PASSWORD",
+                "not a key, never a warning",
+            ),
+        ]);
+        let loaded = Config::load(None, &environment, &FlagOverrides::default()).unwrap();
+        let redis = &loaded.config.storage.redis;
+        assert_eq!(loaded.config.storage.backend, StorageBackend::Redis);
+        assert_eq!(redis.cluster, vec!["10.0.0.1:6379", "10.0.0.2:6379"]);
+        assert_eq!(redis.key_prefix, "edge");
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let documented: Vec<String> = Config::documented_keys().into_iter().map(|k| k.2).collect();
+        assert!(documented.contains(&"GANTRY_STORAGE_REDIS_URL".to_string()));
+    }
+
+    #[test]
+    fn redis_settings_are_checked() {
+        let refused = |text: &str, words: &[&str]| {
+            let e = load_text(text).unwrap_err().to_string();
+            for w in words {
+                assert!(e.contains(w), "{w:?} in {e}");
+            }
+            e
+        };
+        refused(
+            "[storage]\nbackend = \"redis\"\n",
+            &["storage.redis.url", "is required"],
+        );
+        let e = refused(
+            "[storage]\nbackend = \"redis\"\n[storage.redis]\nurl = \"redis://app:s3cret@10.0.0.1:6379\"\n",
+            &["password_file", "GANTRY_STORAGE_REDIS_PASSWORD"],
+        );
+        assert!(!e.contains("s3cret"), "the secret is never echoed: {e}");
+        refused(
+            "[storage]\nbackend = \"redis\"\n[storage.redis]\nurl = \"http://x\"\n",
+            &["scheme \"http\""],
+        );
+        refused(
+            "[storage]\nbackend = \"redis\"\n[storage.redis]\ncluster = [\"a:1\", \"b\"]\n",
+            &["storage.redis.cluster[1]", "host:port"],
+        );
+        refused(
+            "[storage]\nbackend = \"redis\"\n[storage.redis]\nurl = \"redis://a:1\"\ncluster = [\"a:1\"]\n",
+            &["cannot be set together"],
+        );
+        let ok = load_text(
+            "[storage]\nbackend = \"redis\"\n[storage.redis]\nurl = \"rediss://gantry@redis.internal:6380/2\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.storage.redis.url,
+            "rediss://gantry@redis.internal:6380/2"
+        );
+        // Redis settings are not checked while the backend is sled.
+        assert!(load_text("[storage.redis]\nurl = \"nonsense\"\n").is_ok());
+    }
+
+    #[test]
     fn unknown_env_variables_are_warned_about_not_fatal() {
         let environment = env(&[("GANTRY_SERVICE_HOST", "10.0.0.1"), ("GANTRY_CONFIG", "x")]);
         let loaded = Config::load(None, &environment, &FlagOverrides::default()).unwrap();

@@ -66,6 +66,8 @@ enum Connection {
 
 struct Inner {
     connection: ArcSwapOption<Connection>,
+    /// Whether it has answered once (the first answer is "connected", later ones "again").
+    answered: std::sync::atomic::AtomicBool,
     prefix: String,
     cluster: bool,
     up: watch::Sender<bool>,
@@ -114,6 +116,7 @@ impl RedisStore {
         let store = Self {
             inner: Arc::new(Inner {
                 connection: ArcSwapOption::empty(),
+                answered: Default::default(),
                 prefix: config.key_prefix.clone(),
                 cluster: !config.cluster.is_empty(),
                 up: watch::Sender::new(false),
@@ -214,9 +217,15 @@ impl RedisStore {
         let was = self.inner.up.send_replace(up);
         self.inner.metrics.up.set(i64::from(up));
         if was != up {
-            if up {
+            let again = self
+                .inner
+                .answered
+                .swap(true, std::sync::atomic::Ordering::Relaxed);
+            if up && again {
                 self.inner.metrics.reconnects.inc();
                 tracing::info!("the Redis store answers again");
+            } else if up {
+                tracing::info!(cluster = self.inner.cluster, "connected to the Redis store");
             } else {
                 tracing::warn!(
                     "the Redis store stopped answering; calls that need it are UNAVAILABLE until it answers"

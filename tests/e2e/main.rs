@@ -6,6 +6,7 @@ mod backends;
 mod cache;
 mod cache_process;
 mod clients;
+mod cluster;
 mod common;
 mod disk_full;
 mod docs;

@@ -832,6 +832,13 @@ mod envoy {
             })
         };
         let (direct, service) = (start(true).await, start(false).await);
+        same_answers(&direct, &service).await;
+        direct.stop().await.unwrap();
+        service.stop().await.unwrap();
+    }
+
+    /// The same ShouldRateLimit cases on two servers get the same answers.
+    async fn same_answers(left_server: &TestServer, right_server: &TestServer) {
         let ip = descriptor(&[("remote_address", "10.0.0.1")]);
         let mut overridden = ip.clone();
         overridden.limit = Some(RateLimitOverride {
@@ -853,8 +860,8 @@ mod envoy {
                 hits_addend: 0,
             },
         ];
-        let mut a = RateLimitServiceClient::new(direct.channel.clone());
-        let mut b = RateLimitServiceClient::new(service.channel.clone());
+        let mut a = RateLimitServiceClient::new(left_server.channel.clone());
+        let mut b = RateLimitServiceClient::new(right_server.channel.clone());
         for (n, case) in cases.into_iter().enumerate() {
             let left = a
                 .should_rate_limit(case.clone())
@@ -872,11 +879,28 @@ mod envoy {
                 (Err(x), Err(y)) => {
                     assert_eq!((x.code(), x.message()), (y.code(), y.message()), "case {n}");
                 }
-                (x, y) => panic!("case {n}: direct {x:?} against service {y:?}"),
+                (x, y) => panic!("case {n}: {x:?} against {y:?}"),
             }
         }
-        direct.stop().await.unwrap();
-        service.stop().await.unwrap();
+    }
+
+    /// Envoy's answers with buckets in Redis are the embedded store's.
+    #[tokio::test]
+    async fn should_rate_limit_answers_the_same_on_redis_as_on_sled() {
+        let Some(redis) = Backend::redis() else {
+            return;
+        };
+        let start = |backend: Backend| async move {
+            TestServer::start_on(&backend, |c| {
+                envoy_config(c, 2, Duration::from_secs(60));
+                c.ratelimit.envoy_response_headers = true;
+            })
+            .await
+        };
+        let (sled, shared) = (start(Backend::Sled).await, start(redis).await);
+        same_answers(&sled, &shared).await;
+        sled.stop().await.unwrap();
+        shared.stop().await.unwrap();
     }
 }
 
