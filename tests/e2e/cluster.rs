@@ -84,7 +84,7 @@ async fn three_replicas_admit_no_more_than_one_bucket_allows() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    if (n + caller) % 4 == 0 {
+                    if (n + caller).is_multiple_of(4) {
                         // Two tokens of the same bucket, all or nothing.
                         let batch = rl
                             .acquire_batch(pb::AcquireBatchRequest {
