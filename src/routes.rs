@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -61,12 +63,28 @@ pub fn method_path(service: &str, method: &str) -> String {
 /// by a [`DirectUnary`] once it knows it will answer, before any side effect.
 pub type Begin<'a> = &'a mut dyn FnMut() -> Result<(), tonic::Status>;
 
+/// An answer that is not ready at once: it waits for the shared store
+/// (Redis) without using the CPU, so it stays on the direct path.
+pub type Later = Pin<Box<dyn Future<Output = Result<Bytes, tonic::Status>> + Send>>;
+
+/// A direct call's answer: ready, or on its way.
+pub enum Answer {
+    Now(Result<Bytes, tonic::Status>),
+    Later(Later),
+}
+
+impl From<Result<Bytes, tonic::Status>> for Answer {
+    fn from(answer: Result<Bytes, tonic::Status>) -> Self {
+        Answer::Now(answer)
+    }
+}
+
 /// A unary method answered from its request bytes.
 pub trait DirectUnary: Send + Sync + 'static {
     /// Answers one uncompressed request message with a response message
     /// framed for the wire ([`encode_within`]), or `None` to send the call the
     /// service path (before calling `begin`, and so before any side effect).
-    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, tonic::Status>>;
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Answer>;
 }
 
 /// Encodes an answer behind gRPC's 5-byte prefix (uncompressed), in one

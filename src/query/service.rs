@@ -5,7 +5,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
-use bytes::Bytes;
 use prost::Message;
 
 use super::analyze::Analysis;
@@ -17,7 +16,7 @@ use crate::config::QueryConfig;
 use crate::error::{ApiError, FieldError};
 use crate::grpc::{duration_from_pb, duration_to_pb};
 use crate::proto::gantry::v1 as pb;
-use crate::routes::{Begin, DirectUnary, encode_within};
+use crate::routes::{Answer, Begin, DirectUnary, encode_within};
 
 /// TopQueries answers at most this many fingerprints, whatever `limit` says.
 const MAX_TOP: usize = 1_000;
@@ -182,7 +181,7 @@ impl DirectAnalyze {
 }
 
 impl DirectUnary for DirectAnalyze {
-    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, Status>> {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Answer> {
         let r = pb::AnalyzeRequest::decode(message).ok()?;
         let dialect = Dialect::parse(&r.dialect)?;
         if r.sql.len() > self.max_sql_bytes {
@@ -190,12 +189,12 @@ impl DirectUnary for DirectAnalyze {
         }
         let analysis = self.engine.remembered(&r.sql, dialect)?;
         if let Err(shed) = begin() {
-            return Some(Err(shed));
+            return Some(Answer::Now(Err(shed)));
         }
-        Some(encode_within(
+        Some(Answer::Now(encode_within(
             &analyze_response(&analysis, dialect),
             self.max_message_bytes,
-        ))
+        )))
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
@@ -20,8 +19,9 @@ use super::gcra::Params;
 use super::limits::key_with_params;
 use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
-use crate::routes::{Begin, DirectUnary, encode_within};
+use crate::routes::{Answer, Begin, DirectUnary, encode_within};
 
+#[derive(Clone)]
 pub struct EnvoyRateLimitService {
     limiter: RateLimiter,
 }
@@ -284,19 +284,29 @@ impl DirectShouldRateLimit {
 }
 
 impl DirectUnary for DirectShouldRateLimit {
-    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, Status>> {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Answer> {
         let r = RateLimitRequest::decode(message).ok()?;
         if let Err(shed) = begin() {
-            return Some(Err(shed));
+            return Some(Answer::Now(Err(shed)));
         }
-        // Registered only with embedded buckets, where deciding never
-        // waits: the answer is ready at the first poll.
+        let max = self.max_message_bytes;
+        if self.service.limiter.is_shared() {
+            // Decided in Redis: the answer follows when it replies.
+            let service = self.service.clone();
+            return Some(Answer::Later(Box::pin(async move {
+                let answer = service.answer(&r).await?;
+                encode_within(&answer, max)
+            })));
+        }
+        // Embedded buckets never wait: the answer is ready at the first poll.
         let answer = self.service.answer(&r).now_or_never().unwrap_or_else(|| {
             Err(Status::internal(
                 "ShouldRateLimit answered directly would have had to wait",
             ))
         });
-        Some(answer.and_then(|answer| encode_within(&answer, self.max_message_bytes)))
+        Some(Answer::Now(
+            answer.and_then(|answer| encode_within(&answer, max)),
+        ))
     }
 }
 

@@ -75,7 +75,10 @@ impl Runtime {
             },
         );
 
-        let served = runtime.served(config, ctx);
+        let coalescer = ctx
+            .lanes(config.coalesce)
+            .map(|lanes| Coalescer::new(runtime.limiter.clone(), lanes));
+        let served = Self::served(&runtime.limiter, coalescer, ctx);
         let reloaded = runtime.limiter.clone();
         Ok(Capability::new(
             "ratelimit",
@@ -99,8 +102,8 @@ impl Runtime {
     }
 
     /// Buckets in Redis (`storage.backend = "redis"`): nothing to restore,
-    /// sweep or save — Redis keeps them and expires full ones — and every
-    /// call goes the service path, since each waits for Redis.
+    /// sweep or save — Redis keeps them and expires full ones. Direct calls
+    /// answer when Redis replies, without tonic's per-call machinery.
     fn start_shared(
         config: &RateLimitConfig,
         ctx: &mut Context<'_>,
@@ -108,42 +111,30 @@ impl Runtime {
         redis: RedisStore,
     ) -> Capability {
         let limiter = RateLimiter::shared(config, metrics, RedisBuckets::start(redis));
-        let limit = ctx.max_message_bytes();
-        let served = Served::default()
-            .service(grpc_service!(
-                RateLimiterServer::new(RateLimiterService::new(limiter.clone(), None)),
-                limit,
-                "server.max_message_bytes"
-            ))
-            .service(grpc_service!(
-                RateLimitServiceServer::new(EnvoyRateLimitService::new(limiter.clone())),
-                limit,
-                "server.max_message_bytes"
-            ))
-            .inline(
-                rate_limiter_server::SERVICE_NAME,
-                &["Acquire", "AcquireBatch"],
-            )
-            .inline(ENVOY_RLS, &["ShouldRateLimit"]);
+        // No coalescing lanes: a decision waits for Redis, and the buckets'
+        // own lanes gather the round trips (src/ratelimit/redis_gcra.rs).
+        let served = Self::served(&limiter, None, ctx);
         Capability::new("ratelimit", served, Box::pin(async {}))
             .reloads(Box::new(move |config| limiter.reload(&config.ratelimit)))
             .needs_redis(true)
     }
 
-    fn served(&self, config: &RateLimitConfig, ctx: &mut Context<'_>) -> Served {
+    /// gantry.v1.RateLimiter and Envoy's service, with their direct calls.
+    fn served(
+        limiter: &RateLimiter,
+        coalescer: Option<Coalescer>,
+        ctx: &mut Context<'_>,
+    ) -> Served {
         let limit = ctx.max_message_bytes();
-        let coalescer = ctx
-            .lanes(config.coalesce)
-            .map(|lanes| Coalescer::new(self.limiter.clone(), lanes));
         let gantry = rate_limiter_server::SERVICE_NAME;
         let mut served = Served::default()
             .service(grpc_service!(
-                RateLimiterServer::new(RateLimiterService::new(self.limiter.clone(), coalescer)),
+                RateLimiterServer::new(RateLimiterService::new(limiter.clone(), coalescer)),
                 limit,
                 "server.max_message_bytes"
             ))
             .service(grpc_service!(
-                RateLimitServiceServer::new(EnvoyRateLimitService::new(self.limiter.clone())),
+                RateLimitServiceServer::new(EnvoyRateLimitService::new(limiter.clone())),
                 limit,
                 "server.max_message_bytes"
             ))
@@ -154,17 +145,17 @@ impl Runtime {
                 .direct(
                     gantry,
                     "Acquire",
-                    Arc::new(DirectAcquire::new(self.limiter.clone())),
+                    Arc::new(DirectAcquire::new(limiter.clone())),
                 )
                 .direct(
                     gantry,
                     "AcquireBatch",
-                    Arc::new(DirectAcquireBatch::new(self.limiter.clone(), limit)),
+                    Arc::new(DirectAcquireBatch::new(limiter.clone(), limit)),
                 )
                 .direct(
                     ENVOY_RLS,
                     "ShouldRateLimit",
-                    Arc::new(DirectShouldRateLimit::new(self.limiter.clone(), limit)),
+                    Arc::new(DirectShouldRateLimit::new(limiter.clone(), limit)),
                 );
         }
         served

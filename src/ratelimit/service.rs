@@ -1,6 +1,5 @@
 //! `gantry.v1.RateLimiter` over gRPC: converts and validates, then asks the limiter.
 
-use bytes::Bytes;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -10,7 +9,7 @@ use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb, grpc_timeout, wait_within_deadline};
 use crate::proto::gantry::v1 as pb;
-use crate::routes::{Begin, DirectUnary, encode_within};
+use crate::routes::{Answer, Begin, DirectUnary, encode_within};
 
 pub struct RateLimiterService {
     limiter: RateLimiter,
@@ -87,17 +86,28 @@ impl DirectAcquire {
 }
 
 impl DirectUnary for DirectAcquire {
-    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, Status>> {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Answer> {
         // Undecodable requests get tonic's own error on the service path.
         let r = pb::AcquireRequest::decode(message).ok()?;
         if r.max_wait.is_some_and(|d| d.seconds != 0 || d.nanos != 0) {
             return None;
         }
         if let Err(shed) = begin() {
-            return Some(Err(shed));
+            return Some(Answer::Now(Err(shed)));
         }
         // An AcquireResponse is a few dozen bytes; the message limit is at least 1 KiB.
-        Some(acquire_now(&self.limiter, &r).and_then(|answer| encode_within(&answer, usize::MAX)))
+        if !self.limiter.is_shared() {
+            return Some(Answer::Now(
+                acquire_now(&self.limiter, &r)
+                    .and_then(|answer| encode_within(&answer, usize::MAX)),
+            ));
+        }
+        let limiter = self.limiter.clone();
+        Some(Answer::Later(Box::pin(async move {
+            let req = to_domain(&r, None)?;
+            let outcome = limiter.acquire_now(&req).await.map_err(ApiError::from)?;
+            encode_within(&to_pb(outcome), usize::MAX)
+        })))
     }
 }
 
@@ -121,16 +131,24 @@ impl DirectAcquireBatch {
 }
 
 impl DirectUnary for DirectAcquireBatch {
-    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Result<Bytes, Status>> {
+    fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Answer> {
         let r = pb::AcquireBatchRequest::decode(message).ok()?;
         if let Err(shed) = begin() {
-            return Some(Err(shed));
+            return Some(Answer::Now(Err(shed)));
         }
-        Some(
-            decide_batch(&self.limiter, &r)
-                .map_err(Status::from)
-                .and_then(|answer| encode_within(&answer, self.max_message_bytes)),
-        )
+        let max = self.max_message_bytes;
+        if !self.limiter.is_shared() {
+            return Some(Answer::Now(
+                decide_batch(&self.limiter, &r)
+                    .map_err(Status::from)
+                    .and_then(|answer| encode_within(&answer, max)),
+            ));
+        }
+        let limiter = self.limiter.clone();
+        Some(Answer::Later(Box::pin(async move {
+            let answer = decide_batch_anywhere(&limiter, &r).await?;
+            encode_within(&answer, max)
+        })))
     }
 }
 

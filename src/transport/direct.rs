@@ -26,7 +26,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 
 use super::abuse::Ended;
 use super::stream::{IncomingBody, LazyDeadline, timed_out};
-use crate::routes::{DirectUnary, Method};
+use crate::routes::{Answer, DirectUnary, Later, Method};
 use crate::telemetry::rpc::{DirectCall, RpcLayer};
 
 /// What direct calls share: the per-call layer that records them, and the
@@ -157,35 +157,66 @@ where
             return fallback(Request::from_parts(parts, body), respond, deadline).await;
         }
     };
-    if answer(&*handler, &framed[5..], &parts, &calls, &mut respond) {
-        return Ended::Done;
+    match answer(&*handler, &framed[5..], &parts, &calls, &mut respond) {
+        Answered::Done => Ended::Done,
+        Answered::Later(later, call) => {
+            finish_later(later, call, respond, deadline).await;
+            Ended::Done
+        }
+        Answered::Declined => {
+            let body = tonic::body::Body::new(IncomingBody::after(framed, recv));
+            fallback(Request::from_parts(parts, body), respond, deadline).await
+        }
     }
-    let body = tonic::body::Body::new(IncomingBody::after(framed, recv));
-    fallback(Request::from_parts(parts, body), respond, deadline).await
 }
 
-/// Answers the call from its message, or returns false when the handler
-/// sends it the service path. The decision and the answer run inside the
-/// call's span, entered as soon as its record starts.
-fn answer(
-    handler: &dyn DirectUnary,
-    message: &[u8],
-    parts: &http::request::Parts,
-    calls: &DirectCalls,
-    respond: &mut SendResponse<Bytes>,
-) -> bool {
-    let mut call: Option<DirectCall> = None;
-    let mut entered: Option<tracing::span::EnteredSpan> = None;
-    let mut begin = || {
-        let started = calls.layer.start_direct(parts.uri.path(), &parts.headers)?;
-        entered = Some(started.span().clone().entered());
-        call = Some(started);
-        Ok(())
-    };
-    let Some(answer) = handler.answer(message, &mut begin) else {
-        return false;
-    };
+/// What the handler made of a call.
+enum Answered {
+    /// Sent the service path.
+    Declined,
+    /// Answered.
+    Done,
+    /// Its answer is on its way (from the shared store), with its record.
+    Later(Later, Option<DirectCall>),
+}
+
+/// Waits for an answer that was not ready at once — within the call's
+/// deadline, and no longer once the client reset the stream — and sends it.
+async fn finish_later(
+    later: Later,
+    call: Option<DirectCall>,
+    mut respond: SendResponse<Bytes>,
+    mut deadline: LazyDeadline,
+) {
+    let span = call
+        .as_ref()
+        .map_or_else(tracing::Span::none, |c| c.span().clone());
+    let mut later = std::pin::pin!(tracing::Instrument::instrument(later, span));
+    let answer = poll_fn(|cx| {
+        if let Poll::Ready(answer) = later.as_mut().poll(cx) {
+            return Poll::Ready(Some(answer));
+        }
+        if deadline.poll_expired(cx) {
+            return Poll::Ready(Some(Err(timed_out())));
+        }
+        match respond.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
     let code = match answer {
+        None => tonic::Code::Cancelled,
+        Some(answer) => send(&mut respond, answer),
+    };
+    if let Some(call) = call {
+        call.finish(code);
+    }
+}
+
+/// Sends an answer; the code the call's record ends with.
+fn send(respond: &mut SendResponse<Bytes>, answer: Result<Bytes, tonic::Status>) -> tonic::Code {
+    match answer {
         Ok(framed) => match send_ok(respond, framed) {
             Ok(()) => tonic::Code::Ok,
             Err(_) => tonic::Code::Cancelled,
@@ -197,12 +228,43 @@ fn answer(
             let _ = respond.send_response(head, true);
             code
         }
+    }
+}
+
+/// Answers the call from its message, or says the handler sends it the
+/// service path. The decision and the answer run inside the call's span,
+/// entered as soon as its record starts.
+fn answer(
+    handler: &dyn DirectUnary,
+    message: &[u8],
+    parts: &http::request::Parts,
+    calls: &DirectCalls,
+    respond: &mut SendResponse<Bytes>,
+) -> Answered {
+    let mut call: Option<DirectCall> = None;
+    let mut entered: Option<tracing::span::EnteredSpan> = None;
+    let mut begin = || {
+        let started = calls.layer.start_direct(parts.uri.path(), &parts.headers)?;
+        entered = Some(started.span().clone().entered());
+        call = Some(started);
+        Ok(())
     };
+    let Some(answer) = handler.answer(message, &mut begin) else {
+        return Answered::Declined;
+    };
+    let answer = match answer {
+        Answer::Now(answer) => answer,
+        Answer::Later(later) => {
+            drop(entered);
+            return Answered::Later(later, call);
+        }
+    };
+    let code = send(respond, answer);
     if let Some(call) = call {
         call.finish(code);
     }
     drop(entered);
-    true
+    Answered::Done
 }
 
 fn send_ok(respond: &mut SendResponse<Bytes>, framed: Bytes) -> Result<(), h2::Error> {
