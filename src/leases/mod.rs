@@ -17,9 +17,11 @@ pub mod persist;
 pub mod pool;
 pub mod runtime;
 pub mod service;
+pub mod shared;
 pub mod table;
 
 pub use manager::{AcquireOutcome, LeaseManager};
+pub use shared::SharedLeases;
 pub use table::{Lease, PoolStatus};
 
 use crate::error::FieldError;
@@ -41,6 +43,51 @@ pub enum LeaseError {
     PoolRemoved(String),
     #[error("lease store unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Where the lease pools live: this process's table (embedded), or Redis.
+#[derive(Clone)]
+pub enum Leases {
+    Embedded(LeaseManager),
+    Shared(SharedLeases),
+}
+
+impl Leases {
+    pub async fn acquire(
+        &self,
+        ask: table::Ask<'_>,
+        max_wait: std::time::Duration,
+    ) -> Result<AcquireOutcome, LeaseError> {
+        match self {
+            Leases::Embedded(m) => m.acquire(ask, max_wait).await,
+            Leases::Shared(s) => s.acquire(ask, max_wait).await,
+        }
+    }
+
+    pub async fn renew(
+        &self,
+        id: &str,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<Lease, LeaseError> {
+        match self {
+            Leases::Embedded(m) => m.renew(id, ttl).await,
+            Leases::Shared(s) => s.renew(id, ttl).await,
+        }
+    }
+
+    pub async fn release(&self, id: &str) -> Result<bool, LeaseError> {
+        match self {
+            Leases::Embedded(m) => m.release(id),
+            Leases::Shared(s) => s.release(id).await,
+        }
+    }
+
+    pub async fn status(&self, pool: &str) -> Result<PoolStatus, LeaseError> {
+        match self {
+            Leases::Embedded(m) => m.status(pool),
+            Leases::Shared(s) => s.status(pool).await,
+        }
+    }
 }
 
 #[cfg(test)]

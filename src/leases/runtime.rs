@@ -2,9 +2,9 @@
 //! back from the store, `gantry.v1.Leases` served, expiries run on time, and
 //! the journal drained to the store at stop.
 
-use super::LeaseManager;
 use super::metrics::LeaseMetrics;
 use super::service::LeasesService;
+use super::{LeaseManager, Leases, SharedLeases};
 use crate::config::LeasesConfig;
 use crate::proto::gantry::v1::leases_server::{self, LeasesServer};
 use crate::routes::{Served, grpc_service};
@@ -20,6 +20,16 @@ impl Runtime {
         ctx: &mut Context<'_>,
     ) -> Result<Capability, StartError> {
         let metrics = LeaseMetrics::register(ctx.registry);
+        if let Some(redis) = ctx.redis.clone() {
+            // Pools in Redis: nothing to restore, journal or expire here —
+            // every script ends the leases whose time has come.
+            let shared = SharedLeases::start(config, redis, metrics, ctx.background.token());
+            let reloaded = shared.clone();
+            let served = served(Leases::Shared(shared), ctx);
+            return Ok(Capability::new("leases", served, Box::pin(async {}))
+                .reloads(Box::new(move |config| reloaded.reload(&config.leases)))
+                .needs_redis(true));
+        }
         let leases =
             LeaseManager::new(config, ctx.store.clone(), metrics).map_err(StartError::Journal)?;
         let (restoring, store) = (leases.clone(), ctx.store.clone());
@@ -38,16 +48,7 @@ impl Runtime {
         let token = ctx.background.token();
         ctx.background.spawn(leases.clone().run_expiry(token));
 
-        let served = Served::default()
-            .service(grpc_service!(
-                LeasesServer::new(LeasesService::new(leases.clone())),
-                ctx.max_message_bytes(),
-                "server.max_message_bytes"
-            ))
-            .inline(
-                leases_server::SERVICE_NAME,
-                &["Acquire", "Renew", "Release"],
-            );
+        let served = served(Leases::Embedded(leases.clone()), ctx);
         let reloaded = leases.clone();
         Ok(Capability::new(
             "leases",
@@ -58,4 +59,18 @@ impl Runtime {
         .reloads(Box::new(move |config| reloaded.reload(&config.leases)))
         .needs_store(true))
     }
+}
+
+/// `gantry.v1.Leases`, its short calls in the connection's task.
+fn served(leases: Leases, ctx: &mut Context<'_>) -> Served {
+    Served::default()
+        .service(grpc_service!(
+            LeasesServer::new(LeasesService::new(leases)),
+            ctx.max_message_bytes(),
+            "server.max_message_bytes"
+        ))
+        .inline(
+            leases_server::SERVICE_NAME,
+            &["Acquire", "Renew", "Release"],
+        )
 }

@@ -5,17 +5,17 @@ use std::time::{Duration, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 use super::table::Ask;
-use super::{Lease, LeaseManager};
+use super::{Lease, Leases};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb, grpc_timeout, wait_within_deadline};
 use crate::proto::gantry::v1 as pb;
 
 pub struct LeasesService {
-    manager: LeaseManager,
+    manager: Leases,
 }
 
 impl LeasesService {
-    pub fn new(manager: LeaseManager) -> Self {
+    pub fn new(manager: Leases) -> Self {
         Self { manager }
     }
 }
@@ -111,7 +111,11 @@ impl pb::leases_server::Leases for LeasesService {
         request: Request<pb::ReleaseLeaseRequest>,
     ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
         let r = request.get_ref();
-        let released = self.manager.release(&r.lease_id).map_err(ApiError::from)?;
+        let released = self
+            .manager
+            .release(&r.lease_id)
+            .await
+            .map_err(ApiError::from)?;
         tracing::debug!(lease_id = %r.lease_id, released, "leases.release");
         Ok(Response::new(pb::ReleaseLeaseResponse { released }))
     }
@@ -124,7 +128,7 @@ impl pb::leases_server::Leases for LeasesService {
         if r.pool.is_empty() {
             return Err(ApiError::invalid("pool", "must not be empty").into());
         }
-        let status = self.manager.status(&r.pool).map_err(ApiError::from)?;
+        let status = self.manager.status(&r.pool).await.map_err(ApiError::from)?;
         let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         Ok(Response::new(pb::PoolStatusResponse {
             pool: status.pool,

@@ -8,8 +8,9 @@
 //! whole nanoseconds plus a remainder in units of 1/rate ns, so no rounding
 //! accumulates. Lua has only doubles, so the script works on the TAT's
 //! distance from now (exact while burst × period stays below 2^53 ns, 104
-//! days); the TAT is stored as `seconds:nanoseconds:remainder`, expiring when
-//! the bucket is full again — a missing key is a full bucket.
+//! days); the TAT is stored as three little-endian doubles (seconds,
+//! nanoseconds, remainder: Lua's `struct`, cheaper to read and write than
+//! text), expiring when the bucket is full again — a missing key is a full bucket.
 //!
 //! Concurrent decisions are gathered by a few lanes: whatever arrived while
 //! the previous round trip was out leaves together — on one server as one
@@ -48,12 +49,11 @@ local n = #KEYS
 -- The TAT's distance from now in units of 1/rate ns (0: full).
 local function distance(key, rate)
   local v = redis.call('GET', key)
-  if not v then return 0 end
-  local s, ns, frac = string.match(v, '^(%d+):(%d+):(%d+)$')
-  if not s then return 0 end
-  local d = (tonumber(s) - now_s) * 1e9 + (tonumber(ns) - now_ns)
+  if not v or #v ~= 24 then return 0 end
+  local s, ns, frac = struct.unpack('<ddd', v)
+  local d = (s - now_s) * 1e9 + (ns - now_ns)
   if d < 0 then return 0 end
-  return d * rate + math.min(tonumber(frac), rate - 1)
+  return d * rate + math.min(frac, rate - 1)
 end
 
 local function store(key, rate, d)
@@ -66,7 +66,7 @@ local function store(key, rate, d)
   local total = now_ns + whole
   local s = now_s + math.floor(total / 1e9)
   local ns = total % 1e9
-  redis.call('SET', key, string.format('%d:%d:%d', s, ns, frac), 'PX', math.floor(whole / 1e6) + 1)
+  redis.call('SET', key, struct.pack('<ddd', s, ns, frac), 'PX', math.floor(whole / 1e6) + 1)
 end
 
 local function params(i)

@@ -66,6 +66,9 @@ enum Connection {
 
 struct Inner {
     connection: ArcSwapOption<Connection>,
+    /// For connections of their own (pub/sub).
+    config: RedisConfig,
+    password: Option<String>,
     /// Whether it has answered once (the first answer is "connected", later ones "again").
     answered: std::sync::atomic::AtomicBool,
     prefix: String,
@@ -116,6 +119,8 @@ impl RedisStore {
         let store = Self {
             inner: Arc::new(Inner {
                 connection: ArcSwapOption::empty(),
+                config: config.clone(),
+                password: password.clone(),
                 answered: Default::default(),
                 prefix: config.key_prefix.clone(),
                 cluster: !config.cluster.is_empty(),
@@ -189,6 +194,39 @@ impl RedisStore {
             Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
         };
         result.map_err(|e| self.failed(e))
+    }
+
+    /// A connection of its own for classic pub/sub: to the server, or to the
+    /// first seed node of a cluster (classic messages reach every node).
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisStoreError> {
+        let config = &self.inner.config;
+        let url = match config.cluster.first() {
+            None => config.url.clone(),
+            Some(node) => {
+                let scheme = if config.cluster_tls {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                format!("{scheme}://{node}")
+            }
+        };
+        let info = url.as_str().into_connection_info()?;
+        let mut settings = info.redis_settings().clone();
+        if !config.username.is_empty() {
+            settings = settings.set_username(&config.username);
+        }
+        if let Some(password) = &self.inner.password {
+            settings = settings.set_password(password);
+        }
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        Ok(
+            tokio::time::timeout(config.connect_timeout.get(), client.get_async_pubsub())
+                .await
+                .map_err(|_| {
+                    RedisStoreError::Unreachable("connecting for pub/sub timed out".into())
+                })??,
+        )
     }
 
     /// Loads a script on every node (on a cluster, every primary), so that

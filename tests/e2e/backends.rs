@@ -228,6 +228,7 @@ impl RedisServer {
     pub fn kill(&mut self) {
         let _ = Command::new("kill")
             .args(["-9", &self.pid.to_string()])
+            .stderr(Stdio::null())
             .status();
         let _ = self.stdin.take();
         let _ = self.shell.wait();

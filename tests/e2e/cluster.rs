@@ -148,6 +148,13 @@ async fn redis_killed_under_load_fails_closed_then_recovers() {
     };
     let server = TestServer::start_on(&backend, |c| {
         c.ratelimit.limits = vec![limit("api", 1, Duration::from_secs(3600), 10)];
+        c.leases.pools = vec![gantry::config::PoolConfig {
+            name: "db".into(),
+            capacity: 5,
+            max_per_holder: None,
+            default_ttl: HumanDuration::from_secs(30),
+            max_ttl: HumanDuration::from_secs(60),
+        }];
         c.storage.recover_interval = HumanDuration::from_millis(200);
     })
     .await;
@@ -184,6 +191,7 @@ async fn redis_killed_under_load_fails_closed_then_recovers() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.kill();
     let status = rl.acquire(acquire("api", "k")).await.unwrap_err();
+    // (The first failed call is what marks Redis down; health follows.)
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains("ratelimit.store_failure"),
@@ -298,13 +306,22 @@ async fn wait_health(
     let mut health = HealthClient::new(server.channel.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: "gantry.v1.RateLimiter".into(),
-            })
-            .await
-            .map(|r| r.into_inner().status);
-        if status.as_ref().ok() == Some(&(want as i32)) {
+        // Both capabilities whose state lives in Redis follow it.
+        let mut status = Vec::new();
+        for service in ["gantry.v1.RateLimiter", "gantry.v1.Leases"] {
+            status.push(
+                health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().status),
+            );
+        }
+        if status
+            .iter()
+            .all(|s| s.as_ref().ok() == Some(&(want as i32)))
+        {
             return;
         }
         assert!(
@@ -312,5 +329,175 @@ async fn wait_health(
             "health never became {want:?}: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three gantry processes share one lease pool: callers on every replica
+/// acquire, hold and release at random and never hold more than the
+/// capacity together; a waiter on one replica is woken at once by a release
+/// on another; and the units of a replica killed with SIGKILL come back when
+/// its leases expire.
+#[tokio::test]
+async fn three_replicas_share_a_lease_pool_and_a_killed_one_gives_its_units_back() {
+    use pb::leases_client::LeasesClient;
+    const CAPACITY: i64 = 6;
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::Redis {
+        url: redis.url(),
+        prefix: "leases".into(),
+    };
+    let mut env = backend.env();
+    env.push(("GANTRY_SERVER_SHUTDOWN_GRACE", "2s".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut replicas: Vec<GantryProcess> = (0..3)
+        .map(|i| {
+            let data = dir.path().join(format!("replica-{i}"));
+            std::fs::create_dir_all(&data).unwrap();
+            std::fs::write(
+                data.join("gantry.toml"),
+                "[[leases.pools]]\nname = \"db\"\ncapacity = 6\ndefault_ttl = \"2s\"\nmax_ttl = \"1m\"\n",
+            )
+            .unwrap();
+            GantryProcess::serve_config(&data, &env)
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for replica in &mut replicas {
+        let (grpc, _) = replica.wait_until_listening();
+        let channel = connect(grpc).await;
+        wait_serving(&channel, "gantry.v1.Leases").await;
+        clients.push(LeasesClient::new(channel));
+    }
+    let ask = |holder: &str, count: u32, max_wait: Duration| pb::AcquireLeaseRequest {
+        pool: "db".into(),
+        holder: holder.into(),
+        count,
+        max_wait: Some(prost_types::Duration {
+            seconds: max_wait.as_secs() as i64,
+            nanos: max_wait.subsec_nanos() as i32,
+        }),
+        ..Default::default()
+    };
+
+    // Contention from every replica: what the callers hold together (counted
+    // from a grant until its release is sent) never passes the capacity.
+    let held = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut tasks = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        for t in 0..6u64 {
+            let mut client = client.clone();
+            let (held, peak) = (held.clone(), peak.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut granted = 0;
+                let until = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < until {
+                    let count = 1 + ((t + granted) % 2) as u32;
+                    let lease = client
+                        .acquire(ask(
+                            &format!("r{i}-t{t}"),
+                            count,
+                            Duration::from_millis(300),
+                        ))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    if !lease.granted {
+                        continue;
+                    }
+                    granted += 1;
+                    let now = held.fetch_add(i64::from(count), Ordering::SeqCst) + i64::from(count);
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    assert!(now <= CAPACITY, "{now} units held at once");
+                    tokio::time::sleep(Duration::from_millis(5 + (t * 7) % 20)).await;
+                    held.fetch_sub(i64::from(count), Ordering::SeqCst);
+                    client
+                        .release(pb::ReleaseLeaseRequest {
+                            lease_id: lease.lease_id,
+                        })
+                        .await
+                        .unwrap();
+                }
+                granted
+            }));
+        }
+    }
+    let mut granted = 0;
+    for task in tasks {
+        granted += task.await.unwrap();
+    }
+    assert!(granted > 50, "only {granted} grants: no contention");
+    assert!(peak.load(Ordering::SeqCst) >= CAPACITY - 2);
+
+    // A waiter on replica 1 is woken by a release on replica 0.
+    let all = clients[0]
+        .acquire(ask("holder-0", 6, Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.granted);
+    let mut waiting = clients[1].clone();
+    let waiter = tokio::spawn(async move {
+        waiting
+            .acquire(ask("holder-1", 6, Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released_at = Instant::now();
+    assert!(
+        clients[0]
+            .release(pb::ReleaseLeaseRequest {
+                lease_id: all.lease_id,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .released
+    );
+    let woken = waiter.await.unwrap();
+    assert!(woken.granted);
+    assert!(
+        released_at.elapsed() < Duration::from_millis(500),
+        "woken {:?} after the release on another replica",
+        released_at.elapsed()
+    );
+    clients[1]
+        .release(pb::ReleaseLeaseRequest {
+            lease_id: woken.lease_id,
+        })
+        .await
+        .unwrap();
+
+    // Replica 2 takes 4 units (TTL 2 s) and is killed; they come back when
+    // the leases expire, and a waiter on replica 0 gets them.
+    let taken = clients[2]
+        .acquire(ask("doomed", 4, Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(taken.granted);
+    replicas[2].signal("KILL");
+    replicas[2].wait_exit(Duration::from_secs(10));
+    let killed_at = Instant::now();
+    let after = clients[0]
+        .acquire(ask("survivor", 6, Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.granted, "the killed replica's units came back");
+    let waited = killed_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(4),
+        "granted {waited:?} after the kill (TTL 2 s)"
+    );
+    drop(clients);
+    for replica in replicas.iter_mut().take(2) {
+        replica.signal("TERM");
+        assert_eq!(replica.wait_exit(Duration::from_secs(15)), 0);
     }
 }

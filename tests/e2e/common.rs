@@ -64,6 +64,23 @@ impl TestServer {
         server
     }
 
+    /// [`Self::start_in`] on `backend`.
+    pub async fn start_in_on(
+        dir: &Path,
+        backend: &crate::backends::Backend,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        let server = Self::start_in(dir, |c| {
+            backend.configure(c);
+            adjust(c);
+        })
+        .await;
+        if backend.is_redis() {
+            server.wait_serving("gantry.v1.RateLimiter").await;
+        }
+        server
+    }
+
     /// Waits (up to 10 s) until health reports `service` SERVING.
     pub async fn wait_serving(&self, service: &str) {
         wait_serving(&self.channel, service).await
