@@ -189,7 +189,35 @@ impl CacheEngine {
         Ok(())
     }
 
-    fn check(&self, namespace: &str, key: &str) -> Result<(), CacheError> {
+    /// Checks what a Put writes (namespace, key, value size) and counts the
+    /// namespace (`cache.max_namespaces`); the shared store's writes use it too.
+    pub(crate) fn check_put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<Arc<Counters>, CacheError> {
+        self.check(namespace, key)?;
+        let max = self.inner.limits.max_value_bytes;
+        if value.len() > max {
+            let e = FieldError::too_long("value", value.len(), max, "cache.max_value_bytes");
+            return Err(e.into());
+        }
+        self.inner.namespaces.get_or_create(namespace)
+    }
+
+    /// A value as it is stored: gzipped where that pays (`cache.compress_min_bytes`).
+    pub(crate) fn pack(&self, value: &[u8]) -> (bool, Vec<u8>) {
+        let limits = self.inner.limits;
+        compress::pack(value, limits.compress_min_bytes, limits.compression_level)
+    }
+
+    /// The hub Watch subscribes to; the shared store's listener publishes to it.
+    pub(crate) fn watch_hub(&self) -> &WatchHub {
+        &self.inner.watch
+    }
+
+    pub(crate) fn check(&self, namespace: &str, key: &str) -> Result<(), CacheError> {
         self.check_namespace(namespace)?;
         let max = self.inner.limits.max_key_bytes;
         FieldError::check_text("key", key, max, "cache.max_key_bytes")?;

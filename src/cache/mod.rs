@@ -17,6 +17,7 @@ pub mod entry;
 pub mod hot;
 pub mod runtime;
 pub mod service;
+pub mod shared;
 pub mod stats;
 pub mod watch;
 

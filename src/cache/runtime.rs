@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::CacheEngine;
 use super::engine::run_sweeper;
 use super::service::CacheService;
+use super::shared::RedisCache;
 use super::stats::{CacheCollector, WatchCollector};
 use crate::config::CacheConfig;
 use crate::proto::gantry::v1::cache_server::{self, CacheServer};
@@ -43,6 +44,19 @@ impl Runtime {
             .register_collector(Box::new(CacheCollector(cache.namespaces())));
         ctx.registry
             .register_collector(Box::new(WatchCollector(cache.clone())));
+        if let Some(redis) = ctx.redis.clone() {
+            // Entries in Redis, which expires them itself: no sweeper, no
+            // hot tier to forget; the engine validates and fans events out.
+            let shared = RedisCache::start(cache.clone(), redis, ctx.background.token());
+            let served = Served::default()
+                .service(grpc_service!(
+                    CacheServer::new(CacheService::shared(cache, shared)),
+                    ctx.max_message_bytes(),
+                    "server.max_message_bytes"
+                ))
+                .inline(cache_server::SERVICE_NAME, &["Get", "Put", "Delete"]);
+            return Ok(Capability::new("cache", served, Box::pin(async {})).needs_redis(true));
+        }
 
         let token = ctx.background.token();
         ctx.background.spawn(run_sweeper(

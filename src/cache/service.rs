@@ -8,6 +8,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::shared::RedisCache;
 use super::stats::Snapshot;
 use super::watch::ChangeKind;
 use super::{CacheEngine, CacheError, Condition, Found};
@@ -21,11 +22,27 @@ pub struct CacheService {
     engine: CacheEngine,
     /// Answers Get and Put in groups (`cache.coalesce`).
     lanes: Option<Lanes>,
+    /// Entries in Redis (`storage.backend = "redis"`); the engine then only
+    /// validates, counts and fans out watch events.
+    shared: Option<RedisCache>,
 }
 
 impl CacheService {
     pub fn new(engine: CacheEngine, lanes: Option<Lanes>) -> Self {
-        Self { engine, lanes }
+        Self {
+            engine,
+            lanes,
+            shared: None,
+        }
+    }
+
+    /// A service over entries in Redis.
+    pub fn shared(engine: CacheEngine, shared: RedisCache) -> Self {
+        Self {
+            engine,
+            lanes: None,
+            shared: Some(shared),
+        }
     }
 
     /// Runs `work` on a lane when coalescing, else here.
@@ -45,12 +62,43 @@ impl CacheService {
     }
 
     async fn read(&self, namespace: String, key: String) -> Result<Option<Found>, CacheError> {
+        if let Some(shared) = &self.shared {
+            return shared.get(&namespace, &key).await;
+        }
         self.on_lane(move |engine| engine.get(&namespace, &key))
             .await
     }
 
     async fn write(&self, request: pb::PutRequest) -> Result<pb::PutResponse, CacheError> {
+        if let Some(shared) = &self.shared {
+            let (ttl, condition) = put_args(&request)?;
+            let version = shared
+                .put(
+                    &request.namespace,
+                    &request.key,
+                    request.value,
+                    ttl,
+                    condition,
+                )
+                .await?;
+            return Ok(pb::PutResponse {
+                stored: true,
+                version,
+            });
+        }
         self.on_lane(move |engine| put_one(engine, request)).await
+    }
+
+    async fn remove(
+        &self,
+        namespace: &str,
+        key: &str,
+        if_version: Option<u64>,
+    ) -> Result<bool, CacheError> {
+        match &self.shared {
+            Some(shared) => shared.delete(namespace, key, if_version).await,
+            None => self.engine.delete(namespace, key, if_version),
+        }
     }
 
     fn check_batch(&self, len: usize) -> Result<(), Status> {
@@ -159,8 +207,8 @@ impl pb::cache_server::Cache for CacheService {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let r = request.get_ref();
         let deleted = self
-            .engine
-            .delete(&r.namespace, &r.key, r.if_version)
+            .remove(&r.namespace, &r.key, r.if_version)
+            .await
             .map_err(ApiError::from)?;
         if deleted {
             self.engine.durable().await.map_err(ApiError::from)?;
@@ -175,21 +223,34 @@ impl pb::cache_server::Cache for CacheService {
     ) -> Result<Response<pb::GetManyResponse>, Status> {
         let items = &request.get_ref().items;
         self.check_batch(items.len())?;
-        let results: Vec<pb::GetManyResult> = items
-            .iter()
+        let found: Vec<Result<Option<Found>, CacheError>> = match &self.shared {
+            // Concurrently: they leave together over the multiplexed connection.
+            Some(shared) => {
+                futures_util::future::join_all(
+                    items
+                        .iter()
+                        .map(|item| shared.get(&item.namespace, &item.key)),
+                )
+                .await
+            }
+            None => items
+                .iter()
+                .map(|item| self.engine.get(&item.namespace, &item.key))
+                .collect(),
+        };
+        let results: Vec<pb::GetManyResult> = found
+            .into_iter()
             .enumerate()
-            .map(
-                |(i, item)| match self.engine.get(&item.namespace, &item.key) {
-                    Ok(found) => pb::GetManyResult {
-                        response: Some(get_response(found)),
-                        error: None,
-                    },
-                    Err(e) => pb::GetManyResult {
-                        response: None,
-                        error: Some(item_error(e.in_item(i))),
-                    },
+            .map(|(i, found)| match found {
+                Ok(found) => pb::GetManyResult {
+                    response: Some(get_response(found)),
+                    error: None,
                 },
-            )
+                Err(e) => pb::GetManyResult {
+                    response: None,
+                    error: Some(item_error(e.in_item(i))),
+                },
+            })
             .collect();
         tracing::debug!(
             items = items.len(),
@@ -209,10 +270,19 @@ impl pb::cache_server::Cache for CacheService {
         let items = request.into_inner().items;
         self.check_batch(items.len())?;
         let count = items.len();
-        let results: Vec<pb::PutManyResult> = items
+        let written: Vec<Result<pb::PutResponse, CacheError>> = match &self.shared {
+            Some(_) => {
+                futures_util::future::join_all(items.into_iter().map(|item| self.write(item))).await
+            }
+            None => items
+                .into_iter()
+                .map(|item| put_one(&self.engine, item))
+                .collect(),
+        };
+        let results: Vec<pb::PutManyResult> = written
             .into_iter()
             .enumerate()
-            .map(|(i, item)| match put_one(&self.engine, item) {
+            .map(|(i, written)| match written {
                 Ok(response) => pb::PutManyResult {
                     response: Some(response),
                     error: None,
@@ -254,11 +324,18 @@ impl pb::cache_server::Cache for CacheService {
             // The guard lives as long as the stream: the watcher count drops with it.
             let _watching = &guard;
             match item {
-                Ok(change) if change.key.starts_with(&prefix) => Some(Ok(pb::WatchEvent {
+                Ok(change)
+                    if change.key.starts_with(&prefix) || change.kind == ChangeKind::Resync =>
+                {
+                    if change.kind == ChangeKind::Resync {
+                        engine.count_resync();
+                    }
+                    Some(Ok(pb::WatchEvent {
                     kind: match change.kind {
                         ChangeKind::Put => pb::watch_event::Kind::Put,
                         ChangeKind::Delete => pb::watch_event::Kind::Delete,
                         ChangeKind::Expire => pb::watch_event::Kind::Expire,
+                        ChangeKind::Resync => pb::watch_event::Kind::Resync,
                     } as i32,
                     namespace: change.namespace.clone(),
                     key: change.key.clone(),
@@ -269,7 +346,8 @@ impl pb::cache_server::Cache for CacheService {
                         Default::default()
                     },
                     time: Some(timestamp(change.at_ms)),
-                })),
+                }))
+                }
                 Ok(_) => None,
                 Err(BroadcastStreamRecvError::Lagged(lost)) => {
                     engine.count_resync();

@@ -24,6 +24,9 @@ pub enum ChangeKind {
     Put,
     Delete,
     Expire,
+    /// Events may have been lost (the shared store's subscription dropped):
+    /// every watcher drops its near cache.
+    Resync,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +107,23 @@ impl WatchHub {
     }
 
     /// Drops the channels of namespaces nobody watches any more.
+    /// Tells every watcher to resync.
+    pub fn resync_all(&self, at_ms: u64) {
+        let channels = self.channels.read();
+        for (namespace, tx) in channels.iter() {
+            if tx.receiver_count() > 0 {
+                let _ = tx.send(Arc::new(Change {
+                    kind: ChangeKind::Resync,
+                    namespace: namespace.clone(),
+                    key: String::new(),
+                    version: 0,
+                    value: None,
+                    at_ms,
+                }));
+            }
+        }
+    }
+
     pub fn prune(&self) {
         self.channels
             .write()

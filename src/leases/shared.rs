@@ -515,11 +515,7 @@ impl SharedLeases {
     }
 
     /// A place in the pool's queue on this replica.
-    fn join(
-        &self,
-        pool: &str,
-        max_waiters: usize,
-    ) -> Result<QueuePlace, LeaseError> {
+    fn join(&self, pool: &str, max_waiters: usize) -> Result<QueuePlace, LeaseError> {
         let mut queues = self.inner.queues.lock();
         let queue = queues.entry(pool.to_string()).or_default();
         if queue.waiting >= max_waiters {

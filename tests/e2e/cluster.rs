@@ -24,6 +24,40 @@ fn limit(name: &str, rate: u64, period: Duration, burst: u64) -> LimitConfig {
     }
 }
 
+/// `n` gantry processes on `backend`, each in its own directory with
+/// `config` as gantry.toml, and a channel to each once it serves `service`.
+async fn replicas(
+    backend: &Backend,
+    config: &str,
+    n: usize,
+    service: &str,
+) -> (
+    tempfile::TempDir,
+    Vec<GantryProcess>,
+    Vec<tonic::transport::Channel>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = backend.env();
+    env.push(("GANTRY_SERVER_SHUTDOWN_GRACE", "2s".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut processes: Vec<GantryProcess> = (0..n)
+        .map(|i| {
+            let data = dir.path().join(format!("replica-{i}"));
+            std::fs::create_dir_all(&data).unwrap();
+            std::fs::write(data.join("gantry.toml"), config).unwrap();
+            GantryProcess::serve_config(&data, &env)
+        })
+        .collect();
+    let mut channels = Vec::new();
+    for process in &mut processes {
+        let (grpc, _) = process.wait_until_listening();
+        let channel = connect(grpc).await;
+        wait_serving(&channel, service).await;
+        channels.push(channel);
+    }
+    (dir, processes, channels)
+}
+
 fn acquire(limit: &str, key: &str) -> pb::AcquireRequest {
     pb::AcquireRequest {
         limit: limit.into(),
@@ -499,5 +533,139 @@ async fn three_replicas_share_a_lease_pool_and_a_killed_one_gives_its_units_back
     for replica in replicas.iter_mut().take(2) {
         replica.signal("TERM");
         assert_eq!(replica.wait_exit(Duration::from_secs(15)), 0);
+    }
+}
+
+/// Three gantry processes share one cache: a Put on one is read on the
+/// others at once, versions and compare-and-set are global, and a Watch on
+/// one replica sees the writes and deletes made on the others.
+#[tokio::test]
+async fn three_replicas_share_one_cache() {
+    use pb::cache_client::CacheClient;
+    use tokio_stream::StreamExt;
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let backend = Backend::Redis {
+        url: redis.url(),
+        prefix: "cache".into(),
+    };
+    let (_dir, mut processes, channels) = replicas(&backend, "", 3, "gantry.v1.Cache").await;
+    let mut caches: Vec<CacheClient<_>> = channels.iter().cloned().map(CacheClient::new).collect();
+    let put =
+        |key: &str, value: &[u8], condition: Option<pb::put_request::Condition>| pb::PutRequest {
+            namespace: "shared".into(),
+            key: key.into(),
+            value: value.to_vec().into(),
+            condition,
+            ..Default::default()
+        };
+    let get = |key: &str| pb::GetRequest {
+        namespace: "shared".into(),
+        key: key.into(),
+    };
+
+    // Watch on replica 2; a first write proves its listener is subscribed.
+    let mut events = caches[2]
+        .watch(pb::WatchRequest {
+            namespace: "shared".into(),
+            key_prefix: String::new(),
+            include_values: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut warmed = false;
+    for _ in 0..50 {
+        caches[0].put(put("warm", b"1", None)).await.unwrap();
+        if let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_millis(100), events.next()).await
+        {
+            warmed = true;
+            break;
+        }
+    }
+    assert!(
+        warmed,
+        "the watcher on replica 2 never saw a write on replica 0"
+    );
+    // Events of the warm-up that arrived late are not what follows.
+    while let Ok(Some(Ok(_))) =
+        tokio::time::timeout(Duration::from_millis(200), events.next()).await
+    {}
+
+    let v1 = caches[0]
+        .put(put("k", b"one", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    let read = caches[1].get(get("k")).await.unwrap().into_inner();
+    assert!(read.found);
+    assert_eq!((&read.value[..], read.version), (&b"one"[..], v1));
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.kind, pb::watch_event::Kind::Put as i32);
+    assert_eq!(
+        (event.key.as_str(), event.version, &event.value[..]),
+        ("k", v1, &b"one"[..])
+    );
+
+    // Compare-and-set at v1 from every replica at once: exactly one wins.
+    let mut racers = Vec::new();
+    for (i, cache) in caches.iter().enumerate() {
+        let mut cache = cache.clone();
+        let request = put(
+            "k",
+            format!("from {i}").as_bytes(),
+            Some(pb::put_request::Condition::IfVersion(v1)),
+        );
+        racers.push(tokio::spawn(async move { cache.put(request).await }));
+    }
+    let mut winners = Vec::new();
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(won) => winners.push(won.into_inner().version),
+            Err(lost) => assert_eq!(lost.code(), Code::FailedPrecondition, "{lost:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert!(winners[0] > v1);
+
+    // A delete on replica 1 is seen by the watcher on replica 2.
+    while let Ok(Some(Ok(e))) =
+        tokio::time::timeout(Duration::from_millis(300), events.next()).await
+    {
+        assert_eq!(e.kind, pb::watch_event::Kind::Put as i32, "the winning put");
+    }
+    let deleted = caches[1]
+        .delete(pb::DeleteRequest {
+            namespace: "shared".into(),
+            key: "k".into(),
+            if_version: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.deleted);
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (event.kind, event.version),
+        (pb::watch_event::Kind::Delete as i32, winners[0])
+    );
+    assert!(!caches[0].get(get("k")).await.unwrap().into_inner().found);
+    drop(events);
+    drop(caches);
+    drop(channels);
+    for process in &mut processes {
+        process.signal("TERM");
+        assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
     }
 }

@@ -1,0 +1,374 @@
+//! The cache kept in Redis (`storage.backend = "redis"`): every replica reads
+//! and writes the same entries, so a Put on one is read on the others at once.
+//!
+//! An entry is one Redis hash (`<prefix>:c:<namespace length>:<namespace>:<key>`)
+//! holding its version, whether the value is gzipped, the value's length and
+//! the stored bytes; its TTL is Redis's own (PEXPIRE). Writes are Lua scripts
+//! ([`PUT_LUA`], [`DELETE_LUA`]): checking the condition (`if_absent`,
+//! `if_version`), choosing the version and writing are one atomic step, and the
+//! same step publishes the change (Redis pub/sub) for every replica's
+//! watchers. A version is `max(previous + 1, Redis's clock in µs)`: it grows
+//! with every write of a key, and a key deleted and written again never
+//! reuses an old version (as long as the Redis clock does not go back).
+//!
+//! The embedded engine still validates (the same limits and errors), counts
+//! namespaces, gzips and fans events out to this replica's watchers; its
+//! store and hot tier are not used (no per-replica hot tier: every read goes
+//! to Redis, so none can be stale).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::sync::CancellationToken;
+
+use super::watch::{Change, ChangeKind, MAX_EVENT_VALUE_BYTES};
+use super::{CacheEngine, CacheError, Condition, Found, compress};
+use crate::store::StoreError;
+use crate::store::redis::{RedisStore, RedisStoreError};
+use crate::wallclock::now_ms;
+
+/// Where every write announces itself.
+const EVENTS_CHANNEL: &str = "c-events";
+
+/// KEYS[1]: the entry. ARGV: condition (`always`, `absent`, `version`), the
+/// expected version, ttl in ms (0: none), gzipped (0/1), raw length, stored
+/// bytes, the events channel, the event's tail. Returns {stored (1/0), the
+/// version written or the current one (0: none)}.
+pub const PUT_LUA: &str = r#"
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local condition = ARGV[1]
+if condition == 'absent' and current > 0 then return {0, current} end
+if condition == 'version' and current ~= tonumber(ARGV[2]) then return {0, current} end
+local version = math.max(current + 1, now_us)
+redis.call('HSET', KEYS[1], 'v', string.format('%.0f', version), 'z', ARGV[4], 'n', ARGV[5], 'd', ARGV[6])
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
+redis.call('PUBLISH', ARGV[7], struct.pack('>Bdd', 1, version, math.floor(now_us / 1000)) .. ARGV[8])
+return {1, version}
+"#;
+
+/// KEYS[1]: the entry. ARGV: the expected version ('' for any), the events
+/// channel, the event's tail. Returns {deleted (1/0, -1: version mismatch),
+/// the version deleted or the current one}.
+pub const DELETE_LUA: &str = r#"
+local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if ARGV[1] ~= '' and current ~= tonumber(ARGV[1]) then return {-1, current} end
+if current == 0 then return {0, 0} end
+redis.call('DEL', KEYS[1])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('PUBLISH', ARGV[2], struct.pack('>Bdd', 2, current, now_ms) .. ARGV[3])
+return {1, current}
+"#;
+
+/// The cache in Redis.
+#[derive(Clone)]
+pub struct RedisCache {
+    engine: CacheEngine,
+    store: RedisStore,
+    put: Arc<redis::Script>,
+    delete: Arc<redis::Script>,
+}
+
+impl RedisCache {
+    /// Starts listening for changes made on any replica (until `stop`).
+    pub fn start(engine: CacheEngine, store: RedisStore, stop: CancellationToken) -> Self {
+        let cache = Self {
+            engine,
+            store,
+            put: Arc::new(redis::Script::new(PUT_LUA)),
+            delete: Arc::new(redis::Script::new(DELETE_LUA)),
+        };
+        let listener = cache.clone();
+        tokio::spawn(async move { listener.listen(stop).await });
+        cache
+    }
+
+    fn key(&self, namespace: &str, key: &str) -> String {
+        self.store
+            .key("c", &format!("{}:{namespace}:{key}", namespace.len()))
+    }
+
+    fn channel(&self) -> String {
+        self.store.key(EVENTS_CHANNEL, "")
+    }
+
+    pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Found>, CacheError> {
+        self.engine.check(namespace, key)?;
+        let entry = self.key(namespace, key);
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("HMGET")
+            .arg(&entry)
+            .arg(&["v", "z", "n", "d"])
+            .cmd("PTTL")
+            .arg(&entry);
+        let (fields, ttl_ms): (Vec<Option<Vec<u8>>>, i64) =
+            self.store.pipeline(&pipeline).await.map_err(unavailable)?;
+        let counters = self.engine.namespaces().get(namespace);
+        let number = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.as_deref())
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        let (Some(version), Some(data)) = (number(0), fields.get(3).and_then(|f| f.as_ref()))
+        else {
+            if let Some(c) = &counters {
+                c.store_miss();
+            }
+            return Ok(None);
+        };
+        let value = compress::unpack(number(1) == Some(1), data, number(2).unwrap_or(0)).map_err(
+            |detail| CacheError::Damaged {
+                namespace: namespace.to_string(),
+                key: key.to_string(),
+                detail,
+            },
+        )?;
+        if let Some(c) = &counters {
+            c.store_hit();
+        }
+        Ok(Some(Found {
+            value: Bytes::from(value),
+            version,
+            expires_at_ms: u64::try_from(ttl_ms)
+                .ok()
+                .map_or(0, |ttl| now_ms().saturating_add(ttl)),
+        }))
+    }
+
+    pub async fn put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        condition: Condition,
+    ) -> Result<u64, CacheError> {
+        self.engine.check_put(namespace, key, &value)?;
+        let (compressed, data) = self.engine.pack(&value);
+        let (mode, expected) = match condition {
+            Condition::Always => ("always", 0),
+            Condition::IfAbsent => ("absent", 0),
+            Condition::IfVersion(v) => ("version", v),
+        };
+        // A positive TTL below 1 ms still expires (as embedded).
+        let ttl_ms = ttl.map_or(0, |t| {
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        let event = event_tail(
+            namespace,
+            key,
+            (value.len() <= MAX_EVENT_VALUE_BYTES).then_some(&value[..]),
+        );
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.put.get_hash())
+            .arg(1)
+            .arg(self.key(namespace, key))
+            .arg(mode)
+            .arg(expected)
+            .arg(ttl_ms)
+            .arg(u8::from(compressed))
+            .arg(value.len())
+            .arg(data)
+            .arg(self.channel())
+            .arg(event);
+        let (stored, version): (i64, u64) = self.run(&self.put, &cmd).await?;
+        if stored == 1 {
+            return Ok(version);
+        }
+        let live = (version > 0).then_some(version);
+        Err(condition_failed(namespace, key, condition, live))
+    }
+
+    /// Deletes a live entry (only at `if_version` when given). False when
+    /// there was none.
+    pub async fn delete(
+        &self,
+        namespace: &str,
+        key: &str,
+        if_version: Option<u64>,
+    ) -> Result<bool, CacheError> {
+        self.engine.check(namespace, key)?;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.delete.get_hash())
+            .arg(1)
+            .arg(self.key(namespace, key))
+            .arg(if_version.map(|v| v.to_string()).unwrap_or_default())
+            .arg(self.channel())
+            .arg(event_tail(namespace, key, None));
+        let (deleted, version): (i64, u64) = self.run(&self.delete, &cmd).await?;
+        match (deleted, if_version) {
+            (1, _) => Ok(true),
+            (-1, Some(want)) => Err(condition_failed(
+                namespace,
+                key,
+                Condition::IfVersion(want),
+                (version > 0).then_some(version),
+            )),
+            _ => Ok(false),
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
+    ) -> Result<T, CacheError> {
+        match self.store.command(cmd).await {
+            Err(RedisStoreError::NoScript) => {
+                self.store.load_script(script).await.map_err(unavailable)?;
+                self.store.command(cmd).await
+            }
+            other => other,
+        }
+        .map_err(unavailable)
+    }
+
+    /// Hands the changes every replica publishes to this replica's watchers;
+    /// when the subscription is lost (and at its start), tells them to
+    /// resync, since changes may have been missed.
+    async fn listen(self, stop: CancellationToken) {
+        use futures_util::StreamExt;
+        let channel = self.channel();
+        loop {
+            if let Ok(mut pubsub) = self.store.pubsub().await
+                && pubsub.subscribe(&channel).await.is_ok()
+            {
+                self.engine.watch_hub().resync_all(now_ms());
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        message = messages.next() => match message {
+                            Some(message) => {
+                                if let Some(change) = parse_event(message.get_payload_bytes()) {
+                                    let namespace = change.namespace.clone();
+                                    self.engine.watch_hub().publish(&namespace, || change);
+                                }
+                            }
+                            None => break,
+                        },
+                    }
+                }
+                self.engine.watch_hub().resync_all(now_ms());
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// The part of a change event the writer knows before the script runs:
+/// namespace, key and (for puts) the value, each length-prefixed.
+fn event_tail(namespace: &str, key: &str, value: Option<&[u8]>) -> Vec<u8> {
+    let mut tail =
+        BytesMut::with_capacity(9 + namespace.len() + key.len() + value.map_or(0, <[u8]>::len));
+    for part in [namespace.as_bytes(), key.as_bytes()] {
+        tail.put_u32(part.len() as u32);
+        tail.put_slice(part);
+    }
+    match value {
+        Some(value) => {
+            tail.put_u8(1);
+            tail.put_slice(value);
+        }
+        None => tail.put_u8(0),
+    }
+    tail.to_vec()
+}
+
+/// A change as published by [`PUT_LUA`] / [`DELETE_LUA`]: kind (1 put,
+/// 2 delete), version and time (big-endian doubles), then [`event_tail`].
+fn parse_event(mut bytes: &[u8]) -> Option<Change> {
+    if bytes.len() < 17 {
+        return None;
+    }
+    let kind = match bytes.get_u8() {
+        1 => ChangeKind::Put,
+        2 => ChangeKind::Delete,
+        _ => return None,
+    };
+    let version = bytes.get_f64() as u64;
+    let at_ms = bytes.get_f64() as u64;
+    let mut text = || -> Option<String> {
+        if bytes.len() < 4 {
+            return None;
+        }
+        let len = bytes.get_u32() as usize;
+        let part = bytes.get(..len)?;
+        let text = String::from_utf8(part.to_vec()).ok()?;
+        bytes.advance(len);
+        Some(text)
+    };
+    let namespace = text()?;
+    let key = text()?;
+    let value = match bytes.first() {
+        Some(1) => Some(Bytes::copy_from_slice(&bytes[1..])),
+        _ => None,
+    };
+    Some(Change {
+        kind,
+        namespace,
+        key,
+        version,
+        value,
+        at_ms,
+    })
+}
+
+fn condition_failed(
+    namespace: &str,
+    key: &str,
+    condition: Condition,
+    live: Option<u64>,
+) -> CacheError {
+    let what = match (condition, live) {
+        (Condition::IfAbsent, Some(v)) => format!("exists at version {v} (if_absent)"),
+        (Condition::IfVersion(want), Some(v)) => {
+            format!("is at version {v}, not {want} (if_version)")
+        }
+        (Condition::IfVersion(want), None) => format!("does not exist (if_version {want})"),
+        _ => "changed meanwhile".to_string(),
+    };
+    CacheError::ConditionFailed(format!("namespace {namespace:?} key {key:?} {what}"))
+}
+
+fn unavailable(e: RedisStoreError) -> CacheError {
+    CacheError::Store(StoreError::Io(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_their_wire_form() {
+        let mut wire = vec![1u8];
+        wire.extend_from_slice(&1_700_000_000_000_001f64.to_be_bytes());
+        wire.extend_from_slice(&1_700_000_000_000f64.to_be_bytes());
+        wire.extend(event_tail("ns", "k:1", Some(b"value")));
+        let change = parse_event(&wire).unwrap();
+        assert_eq!(change.kind, ChangeKind::Put);
+        assert_eq!(
+            (change.namespace.as_str(), change.key.as_str()),
+            ("ns", "k:1")
+        );
+        assert_eq!(change.version, 1_700_000_000_000_001);
+        assert_eq!(change.value.as_deref(), Some(&b"value"[..]));
+        let mut wire = vec![2u8];
+        wire.extend_from_slice(&7f64.to_be_bytes());
+        wire.extend_from_slice(&0f64.to_be_bytes());
+        wire.extend(event_tail("ns", "k", None));
+        let change = parse_event(&wire).unwrap();
+        assert_eq!((change.kind, change.value), (ChangeKind::Delete, None));
+        assert!(parse_event(&wire[..20]).is_none(), "a cut event is ignored");
+    }
+}
