@@ -12,7 +12,6 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::backends::Backend;
 use crate::common::{TestServer, assert_status, http_get, metric_value};
 
 fn put_req(ns: &str, key: &str, value: impl Into<Bytes>) -> pb::PutRequest {
