@@ -220,6 +220,85 @@ fn the_chart_lints_renders_validates_and_configures_gantry() {
     }
 }
 
+/// Redis mode: a Deployment of replicas sharing state through Redis, with
+/// its address and password from values and a Secret, spread over nodes,
+/// disruption-bounded and optionally autoscaled; validated like the default.
+#[test]
+fn redis_mode_renders_replicas_over_a_shared_store() {
+    let Some(t) = tools() else {
+        return;
+    };
+    let redis = [
+        "--set",
+        "mode=redis",
+        "--set",
+        "redis.url=redis://redis-master.redis:6379",
+        "--set",
+        "redis.existingSecret=gantry-redis",
+        "--set",
+        "autoscaling.enabled=true",
+    ];
+    let mut lint = vec!["lint", CHART, "--strict", "--kube-version", "1.31.0"];
+    lint.extend_from_slice(&redis);
+    let (ok, text) = run(&t.helm, &lint);
+    assert!(
+        ok && text.contains("0 chart(s) failed"),
+        "helm lint:\n{text}"
+    );
+    let manifests = render(&t, &redis);
+    let summary = kubeconform(&t, &manifests);
+    assert!(
+        summary.contains("Valid: 7, Invalid: 0, Errors: 0"),
+        "{summary}"
+    );
+    check_config(&manifests);
+    for expected in [
+        "kind: Deployment",
+        "kind: HorizontalPodAutoscaler",
+        "kind: PodDisruptionBudget",
+        "maxUnavailable: 0",
+        "topologySpreadConstraints:",
+        "topologyKey: kubernetes.io/hostname",
+        "app.kubernetes.io/instance: 'gantry'",
+        "name: GANTRY_STORAGE_BACKEND\n              value: redis",
+        "name: GANTRY_STORAGE_REDIS_URL\n              value: \"redis://redis-master.redis:6379\"",
+        "name: GANTRY_STORAGE_REDIS_PASSWORD\n              valueFrom:\n                secretKeyRef:\n                  name: gantry-redis\n                  key: password",
+        "publishNotReadyAddresses: false",
+        "minReplicas: 3",
+    ] {
+        assert!(
+            manifests.contains(expected),
+            "{expected:?} missing from the redis-mode render:\n{manifests}"
+        );
+    }
+    for absent in ["kind: StatefulSet", "volumeClaimTemplates:", "replicas: 3"] {
+        assert!(
+            !manifests.contains(absent),
+            "{absent:?} in the redis-mode render"
+        );
+    }
+    // Without the autoscaler, the replica count is the Deployment's.
+    let fixed = render(&t, &redis[..6]);
+    assert!(fixed.contains("replicas: 3"), "{fixed}");
+    assert!(!fixed.contains("kind: HorizontalPodAutoscaler"));
+
+    // Redis mode without an address fails with a message that says so.
+    let (ok, text) = run(
+        &t.helm,
+        &[
+            "template",
+            "gantry",
+            CHART,
+            "--kube-version",
+            "1.31.0",
+            "--set",
+            "mode=redis",
+        ],
+    );
+    assert!(!ok, "mode=redis without an address was accepted");
+    assert!(text.contains("needs redis.url or redis.cluster"), "{text}");
+}
+
 #[test]
 fn values_the_schema_refuses_fail_before_anything_renders() {
     let Some(t) = tools() else {
@@ -230,6 +309,8 @@ fn values_the_schema_refuses_fail_before_anything_renders() {
         ("config.server.listen=0.0.0.0:1", "/config/server"),
         ("service.grpcPort=70000", "/service/grpcPort"),
         ("replicas=3", "replicas"),
+        ("mode=cluster", "/mode"),
+        ("redis.keyPrefix=a{b}", "/redis/keyPrefix"),
     ] {
         let (ok, text) = run(
             &t.helm,

@@ -76,3 +76,160 @@ into integers, in place, through maps and lists.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The pod template both workloads share (StatefulSet in embedded mode,
+Deployment in redis mode).
+*/}}
+{{- define "gantry.podTemplate" -}}
+template:
+  metadata:
+    labels:
+      {{- include "gantry.labels" . | nindent 6 }}
+      {{- with .Values.podLabels }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    {{- with .Values.podAnnotations }}
+    annotations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+  spec:
+    serviceAccountName: {{ include "gantry.serviceAccountName" . }}
+    automountServiceAccountToken: false
+    {{- with .Values.imagePullSecrets }}
+    imagePullSecrets:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with .Values.priorityClassName }}
+    priorityClassName: {{ . }}
+    {{- end }}
+    securityContext:
+      {{- toYaml .Values.podSecurityContext | nindent 6 }}
+    terminationGracePeriodSeconds: {{ add .Values.shutdownGraceSeconds 10 }}
+    containers:
+      - name: gantry
+        image: {{ include "gantry.image" . | quote }}
+        imagePullPolicy: {{ .Values.image.pullPolicy }}
+        args: ["serve", "--config", "/etc/gantry/gantry.toml"]
+        env:
+          - name: GANTRY_LISTEN
+            value: "0.0.0.0:{{ .Values.service.grpcPort }}"
+          - name: GANTRY_METRICS_LISTEN
+            value: "0.0.0.0:{{ .Values.service.metricsPort }}"
+          - name: GANTRY_DATA_DIR
+            value: /data
+          {{- if eq .Values.mode "redis" }}
+          - name: GANTRY_STORAGE_BACKEND
+            value: redis
+          {{- with .Values.redis.url }}
+          - name: GANTRY_STORAGE_REDIS_URL
+            value: {{ . | quote }}
+          {{- end }}
+          {{- with .Values.redis.cluster }}
+          - name: GANTRY_STORAGE_REDIS_CLUSTER
+            value: {{ join "," . | quote }}
+          {{- end }}
+          {{- if .Values.redis.clusterTls }}
+          - name: GANTRY_STORAGE_REDIS_CLUSTER_TLS
+            value: "true"
+          {{- end }}
+          {{- with .Values.redis.username }}
+          - name: GANTRY_STORAGE_REDIS_USERNAME
+            value: {{ . | quote }}
+          {{- end }}
+          - name: GANTRY_STORAGE_REDIS_KEY_PREFIX
+            value: {{ .Values.redis.keyPrefix | quote }}
+          {{- with .Values.redis.existingSecret }}
+          # The password from a Secret: an environment variable gantry
+          # reads directly, never a configuration key it could log.
+          - name: GANTRY_STORAGE_REDIS_PASSWORD
+            valueFrom:
+              secretKeyRef:
+                name: {{ . }}
+                key: {{ $.Values.redis.passwordKey }}
+          {{- end }}
+          {{- end }}
+          - name: GANTRY_SERVER_SHUTDOWN_GRACE
+            value: "{{ .Values.shutdownGraceSeconds }}s"
+          {{- with .Values.extraEnv }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        ports:
+          - name: grpc
+            containerPort: {{ .Values.service.grpcPort }}
+            protocol: TCP
+          - name: metrics
+            containerPort: {{ .Values.service.metricsPort }}
+            protocol: TCP
+        startupProbe:
+          grpc:
+            port: {{ .Values.service.grpcPort }}
+          periodSeconds: {{ .Values.probes.startup.periodSeconds }}
+          failureThreshold: {{ .Values.probes.startup.failureThreshold }}
+        livenessProbe:
+          grpc:
+            port: {{ .Values.service.grpcPort }}
+          periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
+          failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
+        readinessProbe:
+          grpc:
+            port: {{ .Values.service.grpcPort }}
+          periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
+          failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
+        resources:
+          {{- toYaml .Values.resources | nindent 10 }}
+        securityContext:
+          {{- toYaml .Values.securityContext | nindent 10 }}
+        volumeMounts:
+          - name: data
+            mountPath: /data
+          - name: config
+            mountPath: /etc/gantry
+            readOnly: true
+          - name: tmp
+            mountPath: /tmp
+    volumes:
+      - name: config
+        configMap:
+          name: {{ include "gantry.fullname" . }}
+      - name: tmp
+        emptyDir: {}
+      {{- if or (eq .Values.mode "redis") (not .Values.persistence.enabled) }}
+      # Redis mode: the replicas' shared state is in Redis; this holds only
+      # what each replica keeps for itself (query statistics, spans).
+      - name: data
+        emptyDir: {}
+      {{- end }}
+    {{- with .Values.nodeSelector }}
+    nodeSelector:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with .Values.affinity }}
+    affinity:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- if eq .Values.mode "redis" }}
+    {{- with .Values.topologySpreadConstraints }}
+    topologySpreadConstraints:
+      {{- tpl (toYaml .) $ | nindent 6 }}
+    {{- end }}
+    {{- end }}
+    {{- with .Values.tolerations }}
+    tolerations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+{{- end }}
+
+{{/*
+Refuses values that cannot work, before anything renders.
+*/}}
+{{- define "gantry.checkMode" -}}
+{{- if eq .Values.mode "redis" }}
+{{- if and (not .Values.redis.url) (not .Values.redis.cluster) }}
+{{- fail "mode: redis needs redis.url or redis.cluster (the chart does not install Redis; see docs/cluster.md)" }}
+{{- end }}
+{{- if and .Values.redis.url .Values.redis.cluster }}
+{{- fail "redis.url and redis.cluster cannot both be set: name one server or a cluster's seed nodes" }}
+{{- end }}
+{{- end }}
+{{- end }}
