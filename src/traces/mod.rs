@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod persist;
 pub mod runtime;
 pub mod service;
+pub mod shared;
 pub mod span;
 pub mod table;
 
@@ -89,6 +90,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct Traces {
     shared: Arc<Shared>,
+    /// Spans in Redis too, for GetTrace on any replica (`storage.backend = "redis"`).
+    redis: Option<shared::RedisSpans>,
     queue: mpsc::Sender<Message>,
     forwarder: Option<Forwarder>,
     capacity: usize,
@@ -138,6 +141,7 @@ impl Traces {
             .spawn(move || run_worker(&worker_shared, &jobs))?;
         Ok(Self {
             shared,
+            redis: None,
             queue,
             forwarder,
             capacity: size(config.queue_spans),
@@ -148,6 +152,40 @@ impl Traces {
                 max_attribute_bytes: size(config.max_attribute_bytes),
             },
         })
+    }
+
+    /// Keeps accepted spans in Redis as well, for GetTrace on any replica.
+    pub fn with_redis(mut self, spans: shared::RedisSpans) -> Self {
+        self.redis = Some(spans);
+        self
+    }
+
+    /// Whether spans also go to Redis.
+    pub fn shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// [`Self::get`], merged with the spans every replica put in Redis.
+    pub async fn get_anywhere(&self, trace_id: &[u8]) -> Result<Vec<Span>, TracesError> {
+        let Some(redis) = &self.redis else {
+            return self.get(trace_id);
+        };
+        let id: TraceId = span::parse_trace_id(trace_id)
+            .map_err(|e| FieldError::new("trace_id", e.to_string()))?;
+        let mut spans = match self.get(trace_id) {
+            Ok(spans) => spans,
+            Err(TracesError::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for s in redis.read(&id).await? {
+            if !spans.iter().any(|m| m.span_id == s.span_id) {
+                spans.push(s);
+            }
+        }
+        if spans.is_empty() {
+            return Err(TracesError::NotFound(span::hex(&id)));
+        }
+        Ok(span::order_parents_first(spans))
     }
 
     pub fn limits(&self) -> &SpanLimits {
@@ -205,6 +243,10 @@ impl Traces {
             let item = forward.unwrap_or_else(|| ForwardItem::Spans(spans.clone()));
             forwarder.offer(item, count);
         }
+        // With Redis, the spans go there too before the answer (a failure
+        // is UNAVAILABLE: the exporter retries, and the replica's own table
+        // stores a retried span once).
+        let for_redis = self.redis.as_ref().map(|_| spans.clone());
         let (done, stored) = oneshot::channel();
         if self
             .queue
@@ -214,7 +256,11 @@ impl Traces {
             self.shared.queued.fetch_sub(count, Ordering::AcqRel);
             return Err(TracesError::Stopped);
         }
-        stored.await.map_err(|_| TracesError::Stopped)
+        let new = stored.await.map_err(|_| TracesError::Stopped)?;
+        if let (Some(redis), Some(spans)) = (&self.redis, for_redis) {
+            redis.append(&spans).await?;
+        }
+        Ok(new)
     }
 
     /// A trace, parents before children: the spans in memory together with

@@ -44,8 +44,14 @@ impl Runtime {
             }
             None => None,
         };
-        let traces = Traces::start(config, &ctx.store, metrics, forwarder)
+        let mut traces = Traces::start(config, &ctx.store, metrics, forwarder)
             .map_err(StartError::TracesWorker)?;
+        if let Some(redis) = ctx.redis.clone() {
+            traces = traces.with_redis(super::shared::RedisSpans::new(
+                redis,
+                config.retention.get(),
+            ));
+        }
         ctx.registry
             .register_collector(Box::new(SpanMetricsCollector(traces.endpoint_table())));
 
@@ -85,6 +91,7 @@ impl Runtime {
                 }
             }),
         )
-        .needs_store(config.persist))
+        .needs_store(config.persist)
+        .needs_redis(ctx.redis.is_some()))
     }
 }

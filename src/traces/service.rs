@@ -99,7 +99,9 @@ impl pb::traces_server::Traces for TracesService {
     ) -> Result<Response<pb::Trace>, Status> {
         let trace_id = request.into_inner().trace_id;
         tracing::debug!(trace_id = %super::span::hex(&trace_id), "traces.get_trace");
-        let spans = if self.traces.persists() {
+        let spans = if self.traces.shared() {
+            self.traces.get_anywhere(&trace_id).await
+        } else if self.traces.persists() {
             let traces = self.traces.clone();
             let id = trace_id.clone();
             tokio::task::spawn_blocking(move || traces.get(&id))

@@ -669,3 +669,73 @@ async fn three_replicas_share_one_cache() {
         assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
     }
 }
+
+/// Three gantry processes, one trace: its spans arrive through different
+/// replicas, and GetTrace on any replica returns the whole trace, parents
+/// before children.
+#[tokio::test]
+async fn a_trace_ingested_through_three_replicas_is_whole_on_each() {
+    use pb::traces_client::TracesClient;
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let backend = Backend::Redis {
+        url: redis.url(),
+        prefix: "traces".into(),
+    };
+    let (_dir, mut processes, channels) = replicas(&backend, "", 3, "gantry.v1.Traces").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let span = |id: u8, parent: Option<u8>, name: &str| {
+        let start = now + u64::from(id) * 1_000_000;
+        pb::Span {
+            trace_id: vec![7; 16].into(),
+            span_id: vec![id; 8].into(),
+            parent_span_id: parent.map(|p| vec![p; 8].into()).unwrap_or_default(),
+            service: format!("service-{id}"),
+            name: name.into(),
+            kind: pb::SpanKind::Server as i32,
+            start: Some(prost_types::Timestamp {
+                seconds: (start / 1_000_000_000) as i64,
+                nanos: (start % 1_000_000_000) as i32,
+            }),
+            end: Some(prost_types::Timestamp {
+                seconds: ((start + 5_000_000) / 1_000_000_000) as i64,
+                nanos: ((start + 5_000_000) % 1_000_000_000) as i32,
+            }),
+            ..Default::default()
+        }
+    };
+    // The children arrive first, each through another replica.
+    let arrivals = [
+        (2, vec![span(3, Some(2), "db"), span(4, Some(2), "cache")]),
+        (1, vec![span(2, Some(1), "checkout")]),
+        (0, vec![span(1, None, "GET /cart")]),
+    ];
+    for (replica, spans) in arrivals {
+        TracesClient::new(channels[replica].clone())
+            .ingest(pb::IngestRequest { spans })
+            .await
+            .unwrap();
+    }
+    for channel in &channels {
+        let trace = TracesClient::new(channel.clone())
+            .get_trace(pb::GetTraceRequest {
+                trace_id: vec![7; 16].into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let ids: Vec<u8> = trace.spans.iter().map(|s| s.span_id[0]).collect();
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        assert_eq!(ids[0], 1, "the root first: {ids:?}");
+        assert_eq!(ids[1], 2, "then its child: {ids:?}");
+    }
+    drop(channels);
+    for process in &mut processes {
+        process.signal("TERM");
+        assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
+    }
+}
