@@ -7,6 +7,7 @@ pub mod analyze;
 pub mod config;
 pub mod dialect;
 pub mod fingerprint;
+pub mod fleet;
 pub mod lexer;
 pub mod memo;
 pub mod metrics;
@@ -222,6 +223,60 @@ impl QueryEngine {
 
     pub fn slow(&self, since_ms: u64, limit: usize) -> Vec<SlowQuery> {
         self.inner.state.lock().slow.recent(since_ms, limit)
+    }
+
+    /// This replica's statistics and slow log, encoded, for the fleet view.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let state = self.inner.state.lock();
+        persist::encode(state.table.iter(), state.slow.iter()).0
+    }
+
+    /// `top` and `slow` over this replica's live statistics merged with
+    /// other replicas' snapshots (undecodable ones are skipped).
+    pub fn fleet(
+        &self,
+        others: &[Vec<u8>],
+        order: Option<Order>,
+        limit: usize,
+        service: Option<&str>,
+        since_ms: u64,
+    ) -> (Vec<(Key, Entry)>, Vec<SlowQuery>) {
+        let decoded: Vec<persist::Saved> = others
+            .iter()
+            .filter_map(|bytes| persist::decode(bytes).ok())
+            .collect();
+        let state = self.inner.state.lock();
+        let capacity = state.table.len()
+            + decoded
+                .iter()
+                .map(|(entries, _)| entries.len())
+                .sum::<usize>();
+        let mut table = StatsTable::new(capacity.max(1));
+        let mut slow = SlowLog::new(
+            state.slow.len() + decoded.iter().map(|(_, s)| s.len()).sum::<usize>() + 1,
+        );
+        for (key, entry) in state.table.iter() {
+            table
+                .entry(key.clone(), || entry.sample.clone(), entry.first_seen_ms)
+                .merge(entry);
+        }
+        for q in state.slow.iter() {
+            slow.push(q.clone());
+        }
+        drop(state);
+        for (entries, queries) in decoded {
+            for (key, entry) in entries {
+                let sample = entry.sample.clone();
+                table
+                    .entry(key, || sample, entry.first_seen_ms)
+                    .merge(&entry);
+            }
+            for q in queries {
+                slow.push(q);
+            }
+        }
+        let top = order.map_or_else(Vec::new, |order| table.top(order, limit, service));
+        (top, slow.recent(since_ms, limit))
     }
 
     /// Writes the statistics and the slow log to the store (blocking).

@@ -136,6 +136,17 @@ pub fn save<'a>(
     entries: impl Iterator<Item = (&'a Key, &'a Entry)>,
     slow: impl Iterator<Item = &'a SlowQuery>,
 ) -> Result<usize, StoreError> {
+    let (bytes, count) = encode(entries, slow);
+    tree.set(STATE_KEY, &bytes)?;
+    Ok(count)
+}
+
+/// The statistics and slow log as bytes (what `save` stores, and what a
+/// replica publishes for the fleet view), with the number of statistics.
+pub fn encode<'a>(
+    entries: impl Iterator<Item = (&'a Key, &'a Entry)>,
+    slow: impl Iterator<Item = &'a SlowQuery>,
+) -> (Vec<u8>, usize) {
     let state = SavedState {
         entries: entries.map(|(k, e)| save_entry(k, e)).collect(),
         slow: slow
@@ -151,8 +162,7 @@ pub fn save<'a>(
             .collect(),
     };
     let count = state.entries.len();
-    tree.set(STATE_KEY, &state.encode_to_vec())?;
-    Ok(count)
+    (state.encode_to_vec(), count)
 }
 
 /// The saved statistics and slow log; empty when nothing was saved. A
@@ -164,8 +174,12 @@ pub fn load(tree: &dyn Tree) -> Result<Saved, StoreError> {
     let Some(bytes) = tree.get(STATE_KEY)? else {
         return Ok((Vec::new(), Vec::new()));
     };
-    let state = SavedState::decode(bytes.as_slice())
-        .map_err(|e| StoreError::Io(format!("saved query statistics do not decode: {e}")))?;
+    decode(&bytes).map_err(|e| StoreError::Io(format!("saved query statistics do not decode: {e}")))
+}
+
+/// What [`encode`] wrote.
+pub fn decode(bytes: &[u8]) -> Result<Saved, prost::DecodeError> {
+    let state = SavedState::decode(bytes)?;
     let entries = state.entries.into_iter().map(load_entry).collect();
     let slow = state
         .slow

@@ -6,6 +6,7 @@ use super::QueryEngine;
 use super::metrics::QueryMetrics;
 use std::sync::Arc;
 
+use super::fleet::{FleetStats, PUBLISH_EVERY};
 use super::service::{DirectAnalyze, QueryService};
 use crate::config::QueryConfig;
 use crate::proto::gantry::v1::query_analyzer_server::{self, QueryAnalyzerServer};
@@ -39,9 +40,28 @@ impl Runtime {
             move || save(saver.clone()),
         );
 
+        let mut service = QueryService::new(query.clone(), config);
+        if let Some(redis) = ctx.redis.clone() {
+            // The fleet view: publish this replica's statistics every few
+            // seconds; TopQueries and SlowQueries merge everyone's.
+            let fleet = FleetStats::new(redis);
+            let (publisher, engine) = (fleet.clone(), query.clone());
+            ctx.background
+                .save_every(PUBLISH_EVERY, "query statistics to Redis", move || {
+                    let (publisher, snapshot) = (publisher.clone(), engine.snapshot());
+                    async move {
+                        publisher
+                            .publish(snapshot)
+                            .await
+                            .map(|()| 1)
+                            .map_err(|e| e.to_string())
+                    }
+                });
+            service = service.with_fleet(fleet);
+        }
         let limit = ctx.max_message_bytes();
         let mut served = Served::default().service(grpc_service!(
-            QueryAnalyzerServer::new(QueryService::new(query.clone(), config)),
+            QueryAnalyzerServer::new(service),
             limit,
             "server.max_message_bytes"
         ));

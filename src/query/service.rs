@@ -9,6 +9,7 @@ use prost::Message;
 
 use super::analyze::Analysis;
 use super::dialect::Dialect;
+use super::fleet::FleetStats;
 use super::rules::{Finding, Severity};
 use super::stats::{Entry, Key, Order};
 use super::{Execution, QueryEngine, QueryError};
@@ -25,6 +26,8 @@ const MAX_ERROR_LINES: usize = 100;
 
 pub struct QueryService {
     engine: QueryEngine,
+    /// The other replicas' statistics (`storage.backend = "redis"`).
+    fleet: Option<FleetStats>,
     max_sql_bytes: usize,
     max_batch: usize,
     max_service_bytes: usize,
@@ -35,9 +38,27 @@ impl QueryService {
         let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Self {
             engine,
+            fleet: None,
             max_sql_bytes: size(config.max_sql_bytes),
             max_batch: size(config.max_batch),
             max_service_bytes: size(config.max_service_bytes),
+        }
+    }
+
+    /// TopQueries and SlowQueries answer for the whole fleet.
+    pub fn with_fleet(mut self, fleet: FleetStats) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// The other replicas' snapshots; none without Redis.
+    async fn others(&self) -> Result<Vec<Vec<u8>>, Status> {
+        match &self.fleet {
+            None => Ok(Vec::new()),
+            Some(fleet) => fleet
+                .others()
+                .await
+                .map_err(|e| Status::from(ApiError::from(e))),
         }
     }
 
@@ -318,7 +339,12 @@ impl pb::query_analyzer_server::QueryAnalyzer for QueryService {
             n => (n as usize).min(MAX_TOP),
         };
         let service = (!r.service.is_empty()).then_some(r.service.as_str());
-        let rows = self.engine.top(order, limit, service);
+        let rows = if self.fleet.is_some() {
+            let others = self.others().await?;
+            self.engine.fleet(&others, Some(order), limit, service, 0).0
+        } else {
+            self.engine.top(order, limit, service)
+        };
         Ok(Response::new(pb::TopQueriesResponse {
             queries: rows.into_iter().map(|(k, e)| stats(k, e)).collect(),
         }))
@@ -340,9 +366,13 @@ impl pb::query_analyzer_server::QueryAnalyzer for QueryService {
             0 => 50,
             n => (n as usize).min(MAX_TOP),
         };
-        let queries = self
-            .engine
-            .slow(since_ms, limit)
+        let slow = if self.fleet.is_some() {
+            let others = self.others().await?;
+            self.engine.fleet(&others, None, limit, None, since_ms).1
+        } else {
+            self.engine.slow(since_ms, limit)
+        };
+        let queries = slow
             .into_iter()
             .map(|q| pb::SlowQuery {
                 fingerprint: q.fingerprint,

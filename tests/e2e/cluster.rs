@@ -739,3 +739,88 @@ async fn a_trace_ingested_through_three_replicas_is_whole_on_each() {
         assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
     }
 }
+
+/// Three gantry processes record executions of the same statement; within
+/// the publish interval, TopQueries on any replica counts all of them, with
+/// percentiles of all the executions (a merged histogram: one replica's slow
+/// executions move the fleet's p99, not its p50), and SlowQueries lists every
+/// replica's slow ones.
+#[tokio::test]
+async fn query_statistics_answer_for_the_whole_fleet() {
+    use pb::query_analyzer_client::QueryAnalyzerClient;
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let backend = Backend::Redis {
+        url: redis.url(),
+        prefix: "query".into(),
+    };
+    let (_dir, mut processes, channels) = replicas(
+        &backend,
+        "[query]\nslow_threshold = \"500ms\"\n",
+        3,
+        "gantry.v1.QueryAnalyzer",
+    )
+    .await;
+    let execution = |ms: u64| pb::QueryExecution {
+        sql: "SELECT * FROM orders WHERE id = 42".into(),
+        duration: Some(prost_types::Duration {
+            seconds: (ms / 1000) as i64,
+            nanos: ((ms % 1000) * 1_000_000) as i32,
+        }),
+        rows: 1,
+        service: "shop".into(),
+        ..Default::default()
+    };
+    // Replicas 0 and 1: 50 fast executions each; replica 2: 2 slow ones.
+    for (replica, ms, count) in [(0, 10, 50), (1, 10, 50), (2, 900, 2)] {
+        let accepted = QueryAnalyzerClient::new(channels[replica].clone())
+            .record(pb::RecordRequest {
+                executions: (0..count).map(|_| execution(ms)).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted;
+        assert_eq!(accepted, count as u32);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for channel in &channels {
+        let mut client = QueryAnalyzerClient::new(channel.clone());
+        let top = loop {
+            let top = client
+                .top_queries(pb::TopQueriesRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            if top.queries.first().is_some_and(|q| q.calls == 102) || Instant::now() > deadline {
+                break top;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let q = &top.queries[0];
+        assert_eq!(q.calls, 102, "{top:?}");
+        let ms = |d: &Option<prost_types::Duration>| {
+            let d = d.expect("set");
+            d.seconds as u64 * 1000 + d.nanos as u64 / 1_000_000
+        };
+        assert!(ms(&q.p50).abs_diff(10) <= 1, "p50 of all executions: {q:?}");
+        assert!(
+            ms(&q.p99).abs_diff(900) <= 9,
+            "p99 of all executions: {q:?}"
+        );
+        assert_eq!(ms(&q.max), 900);
+        assert_eq!(q.rows, 102);
+        let slow = client
+            .slow_queries(pb::SlowQueriesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(slow.queries.len(), 2, "{slow:?}");
+    }
+    drop(channels);
+    for process in &mut processes {
+        process.signal("TERM");
+        assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
+    }
+}

@@ -1,0 +1,98 @@
+//! The fleet's query statistics (`storage.backend = "redis"`): every replica
+//! publishes its statistics and slow log to Redis every [`PUBLISH_EVERY`],
+//! and `TopQueries` / `SlowQueries` on any replica merge the others'
+//! snapshots with its own live table — counts and totals add up, means and
+//! variances combine exactly (Welford/Chan), latency histograms are added
+//! bucket by bucket, so percentiles are those of all the executions, never an
+//! average of percentiles. Another replica's numbers are at most
+//! [`PUBLISH_EVERY`] old; a replica that stops publishing drops out after
+//! [`FORGET_AFTER`].
+
+use std::time::Duration;
+
+use crate::store::StoreError;
+use crate::store::redis::RedisStore;
+
+/// How often a replica publishes its statistics.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+/// How long a replica's last snapshot counts after it stopped publishing.
+pub const FORGET_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct FleetStats {
+    store: RedisStore,
+    /// This replica's name among the publishers (random per process).
+    replica: String,
+}
+
+impl FleetStats {
+    pub fn new(store: RedisStore) -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        let replica = format!(
+            "{:016x}",
+            RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
+        );
+        Self { store, replica }
+    }
+
+    fn members(&self) -> String {
+        self.store.key("q-replicas", "")
+    }
+
+    fn snapshot_key(&self, replica: &str) -> String {
+        self.store.key("q", replica)
+    }
+
+    /// Publishes this replica's encoded statistics.
+    pub async fn publish(&self, snapshot: Vec<u8>) -> Result<(), StoreError> {
+        let ttl_ms = FORGET_AFTER.as_millis() as u64;
+        let set = redis::cmd("SET")
+            .arg(self.snapshot_key(&self.replica))
+            .arg(snapshot)
+            .arg("PX")
+            .arg(ttl_ms)
+            .to_owned();
+        let join = redis::cmd("SADD")
+            .arg(self.members())
+            .arg(&self.replica)
+            .to_owned();
+        // Two keys, two hash slots on a cluster: two commands.
+        for cmd in [set, join] {
+            let _: redis::Value = self.store.command(&cmd).await.map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// The other replicas' latest snapshots (encoded); forgets replicas
+    /// whose snapshot expired.
+    pub async fn others(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let members: Vec<String> = self
+            .store
+            .command(redis::cmd("SMEMBERS").arg(self.members()))
+            .await
+            .map_err(io)?;
+        let mut snapshots = Vec::new();
+        for replica in members.into_iter().filter(|r| *r != self.replica) {
+            let snapshot: Option<Vec<u8>> = self
+                .store
+                .command(redis::cmd("GET").arg(self.snapshot_key(&replica)))
+                .await
+                .map_err(io)?;
+            match snapshot {
+                Some(bytes) => snapshots.push(bytes),
+                None => {
+                    let _: redis::Value = self
+                        .store
+                        .command(redis::cmd("SREM").arg(self.members()).arg(&replica))
+                        .await
+                        .map_err(io)?;
+                }
+            }
+        }
+        Ok(snapshots)
+    }
+}
+
+fn io(e: crate::store::redis::RedisStoreError) -> StoreError {
+    StoreError::Io(e.to_string())
+}
