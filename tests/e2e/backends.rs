@@ -291,7 +291,11 @@ fn wait_for_port(port: u16, within: Duration) {
             let _ = stream.write_all(b"PING\r\n");
             let mut reply = String::new();
             let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-            if BufReader::new(stream).read_line(&mut reply).is_ok() && reply.starts_with("+PONG") {
+            // Up: it answers PING, or refuses it for want of a password.
+            let up = ["+PONG", "-NOAUTH", "-NOPERM", "-WRONGPASS"];
+            if BufReader::new(stream).read_line(&mut reply).is_ok()
+                && up.iter().any(|prefix| reply.starts_with(prefix))
+            {
                 return;
             }
         }

@@ -824,3 +824,74 @@ async fn query_statistics_answer_for_the_whole_fleet() {
         assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
     }
 }
+
+/// A Redis that requires a password (here an ACL user's): gantry
+/// authenticates with `username` and `password_file` — a password that is in
+/// no configuration value — and without them stays NOT_SERVING, saying why.
+#[tokio::test]
+async fn a_password_protected_redis_is_reached_with_a_password_file() {
+    let Some(redis) = RedisServer::start(&[
+        "--user",
+        "gantry",
+        "on",
+        ">s3cret-pass",
+        "~*",
+        "&*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+    ]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("redis-password");
+    std::fs::write(&password, "s3cret-pass\n").unwrap();
+    let backend = Backend::Redis {
+        url: redis.url(),
+        prefix: "auth".into(),
+    };
+    let server = TestServer::start_on(&backend, |c| {
+        c.ratelimit.limits = vec![limit("api", 1, Duration::from_secs(3600), 2)];
+        c.storage.redis.username = "gantry".into();
+        c.storage.redis.password_file = password.clone();
+    })
+    .await;
+    let mut rl = RateLimiterClient::new(server.channel.clone());
+    assert!(
+        rl.acquire(acquire("api", "k"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    server.stop().await.unwrap();
+
+    // Without the credentials: never SERVING, and calls say the store is unreachable.
+    let mut config = crate::common::test_config(dir.path());
+    backend.configure(&mut config);
+    config.ratelimit.limits = vec![limit("api", 1, Duration::from_secs(3600), 2)];
+    let gantry = gantry::server::Gantry::build(config, false).await.unwrap();
+    let addr = gantry.grpc_addr();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(gantry.serve(shutdown.clone()));
+    let channel = connect(addr).await;
+    let status = RateLimiterClient::new(channel.clone())
+        .acquire(acquire("api", "k"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "gantry.v1.RateLimiter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+}
