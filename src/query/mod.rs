@@ -7,7 +7,6 @@ pub mod analyze;
 pub mod config;
 pub mod dialect;
 pub mod fingerprint;
-pub mod fleet;
 pub mod lexer;
 pub mod memo;
 pub mod metrics;

@@ -6,12 +6,12 @@ use super::QueryEngine;
 use super::metrics::QueryMetrics;
 use std::sync::Arc;
 
-use super::fleet::{FleetStats, PUBLISH_EVERY};
 use super::service::{DirectAnalyze, QueryService};
 use crate::config::QueryConfig;
 use crate::proto::gantry::v1::query_analyzer_server::{self, QueryAnalyzerServer};
 use crate::routes::{Served, grpc_service};
 use crate::runtime::{Capability, Context, StartError, blocking};
+use crate::store::fleet::{FleetSnapshots, PUBLISH_EVERY};
 
 pub struct Runtime;
 
@@ -44,7 +44,7 @@ impl Runtime {
         if let Some(redis) = ctx.redis.clone() {
             // The fleet view: publish this replica's statistics every few
             // seconds; TopQueries and SlowQueries merge everyone's.
-            let fleet = FleetStats::new(redis);
+            let fleet = FleetSnapshots::new(redis, "q");
             let (publisher, engine) = (fleet.clone(), query.clone());
             ctx.background
                 .save_every(PUBLISH_EVERY, "query statistics to Redis", move || {

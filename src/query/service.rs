@@ -9,7 +9,6 @@ use prost::Message;
 
 use super::analyze::Analysis;
 use super::dialect::Dialect;
-use super::fleet::FleetStats;
 use super::rules::{Finding, Severity};
 use super::stats::{Entry, Key, Order};
 use super::{Execution, QueryEngine, QueryError};
@@ -18,6 +17,7 @@ use crate::error::{ApiError, FieldError};
 use crate::grpc::{duration_from_pb, duration_to_pb};
 use crate::proto::gantry::v1 as pb;
 use crate::routes::{Answer, Begin, DirectUnary, encode_within};
+use crate::store::fleet::FleetSnapshots;
 
 /// TopQueries answers at most this many fingerprints, whatever `limit` says.
 const MAX_TOP: usize = 1_000;
@@ -27,7 +27,7 @@ const MAX_ERROR_LINES: usize = 100;
 pub struct QueryService {
     engine: QueryEngine,
     /// The other replicas' statistics (`storage.backend = "redis"`).
-    fleet: Option<FleetStats>,
+    fleet: Option<FleetSnapshots>,
     max_sql_bytes: usize,
     max_batch: usize,
     max_service_bytes: usize,
@@ -46,7 +46,7 @@ impl QueryService {
     }
 
     /// TopQueries and SlowQueries answer for the whole fleet.
-    pub fn with_fleet(mut self, fleet: FleetStats) -> Self {
+    pub fn with_fleet(mut self, fleet: FleetSnapshots) -> Self {
         self.fleet = Some(fleet);
         self
     }

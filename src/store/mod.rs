@@ -4,6 +4,7 @@
 //! tree per domain.
 
 pub mod config;
+pub mod fleet;
 pub mod flush;
 pub mod health;
 pub mod redis;

@@ -121,6 +121,12 @@ impl Ring {
 
     /// The window's totals at `now`: the current slot and the previous RING-1.
     fn summary(&self, now_nanos: u64) -> Option<Summary> {
+        let (calls, errors, merged) = self.totals(now_nanos)?;
+        Some(summarize(calls, errors, &merged))
+    }
+
+    /// Calls, errors and the latency histogram of the window at `now`.
+    fn totals(&self, now_nanos: u64) -> Option<(u64, u64, Histogram<u32>)> {
         let current = now_nanos / self.window.slot_nanos();
         let oldest = current.saturating_sub(SLOTS_PER_WINDOW);
         let mut merged = new_histogram();
@@ -136,15 +142,82 @@ impl Ring {
                 let _ = merged.add(h);
             }
         }
-        (calls > 0).then(|| Summary {
-            calls,
-            errors,
-            p50: micros(merged.value_at_quantile(0.50)),
-            p95: micros(merged.value_at_quantile(0.95)),
-            p99: micros(merged.value_at_quantile(0.99)),
-            max: micros(merged.max()),
-        })
+        (calls > 0).then_some((calls, errors, merged))
     }
+}
+
+fn summarize(calls: u64, errors: u64, merged: &Histogram<u32>) -> Summary {
+    Summary {
+        calls,
+        errors,
+        p50: micros(merged.value_at_quantile(0.50)),
+        p95: micros(merged.value_at_quantile(0.95)),
+        p99: micros(merged.value_at_quantile(0.99)),
+        max: micros(merged.max()),
+    }
+}
+
+/// One endpoint's totals over one window, as a replica publishes them for
+/// the fleet view: calls, errors and the latency histogram's recorded
+/// values (µs) with their counts.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WindowTotals {
+    #[prost(uint32, tag = "1")]
+    pub window: u32,
+    #[prost(string, tag = "2")]
+    pub service: String,
+    #[prost(string, tag = "3")]
+    pub endpoint: String,
+    #[prost(uint64, tag = "4")]
+    pub calls: u64,
+    #[prost(uint64, tag = "5")]
+    pub errors: u64,
+    #[prost(uint64, repeated, tag = "6")]
+    pub latency_values: Vec<u64>,
+    #[prost(uint64, repeated, tag = "7")]
+    pub latency_counts: Vec<u64>,
+}
+
+/// A replica's published totals.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Published {
+    #[prost(message, repeated, tag = "1")]
+    pub rows: Vec<WindowTotals>,
+}
+
+/// Rows for `window` from several replicas' totals: the same endpoint's
+/// calls and errors add up and its histograms are added, so percentiles are
+/// those of every call.
+pub fn merge_totals(
+    totals: impl IntoIterator<Item = WindowTotals>,
+    window: Window,
+    service: Option<&str>,
+) -> Vec<EndpointRow> {
+    let mut merged: std::collections::BTreeMap<(String, String), (u64, u64, Histogram<u32>)> =
+        Default::default();
+    for t in totals {
+        if t.window != window as u32 || service.is_some_and(|s| s != t.service) {
+            continue;
+        }
+        let entry = merged
+            .entry((t.service, t.endpoint))
+            .or_insert_with(|| (0, 0, new_histogram()));
+        entry.0 += t.calls;
+        entry.1 += t.errors;
+        for (value, count) in t.latency_values.iter().zip(&t.latency_counts) {
+            let count = u32::try_from(*count).unwrap_or(u32::MAX);
+            let _ = entry.2.record_n((*value).clamp(1, HIST_MAX_MICROS), count);
+        }
+    }
+    merged
+        .into_iter()
+        .filter(|(_, (calls, _, _))| *calls > 0)
+        .map(|((service, endpoint), (calls, errors, h))| EndpointRow {
+            service: Arc::from(service),
+            endpoint: endpoint.into(),
+            summary: summarize(calls, errors, &h),
+        })
+        .collect()
 }
 
 fn micros(v: u64) -> Duration {
@@ -368,6 +441,39 @@ impl EndpointTable {
     }
 
     /// Cumulative series for /metrics (status codes that have calls).
+    /// Every endpoint's totals over every window at `now`, to publish.
+    pub fn totals(&self, now_nanos: u64) -> Vec<WindowTotals> {
+        let overflow_key = EndpointKey {
+            service: Arc::from(""),
+            endpoint: OVERFLOW_ENDPOINT.into(),
+        };
+        let all = self
+            .map
+            .iter()
+            .chain(std::iter::once((&overflow_key, &self.overflow)));
+        let mut rows = Vec::new();
+        for (key, e) in all {
+            for window in Window::ALL {
+                if let Some((calls, errors, h)) = e.rings[window.index()].totals(now_nanos) {
+                    let (latency_values, latency_counts) = h
+                        .iter_recorded()
+                        .map(|v| (v.value_iterated_to(), u64::from(v.count_at_value())))
+                        .unzip();
+                    rows.push(WindowTotals {
+                        window: window as u32,
+                        service: key.service.to_string(),
+                        endpoint: key.endpoint.to_string(),
+                        calls,
+                        errors,
+                        latency_values,
+                        latency_counts,
+                    });
+                }
+            }
+        }
+        rows
+    }
+
     pub fn cumulative(&self) -> Vec<CumulativeRow> {
         let overflow_key = EndpointKey {
             service: Arc::from(""),

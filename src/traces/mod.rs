@@ -291,6 +291,32 @@ impl Traces {
         self.shared.persist.is_some()
     }
 
+    /// This replica's endpoint totals over every window, encoded, to publish
+    /// for the fleet view.
+    pub fn endpoint_snapshot(&self) -> Vec<u8> {
+        use prost::Message;
+        let rows = self.shared.endpoints.lock().totals(now_nanos());
+        endpoints::Published { rows }.encode_to_vec()
+    }
+
+    /// `endpoint_stats` over this replica's live totals and other replicas'
+    /// snapshots (undecodable ones are skipped).
+    pub fn fleet_endpoint_stats(
+        &self,
+        others: &[Vec<u8>],
+        window: Window,
+        service: Option<&str>,
+    ) -> Vec<EndpointRow> {
+        use prost::Message;
+        let mut totals = self.shared.endpoints.lock().totals(now_nanos());
+        for bytes in others {
+            if let Ok(published) = endpoints::Published::decode(&bytes[..]) {
+                totals.extend(published.rows);
+            }
+        }
+        endpoints::merge_totals(totals, window, service)
+    }
+
     pub fn endpoint_stats(&self, window: Window, service: Option<&str>) -> Vec<EndpointRow> {
         self.shared
             .endpoints

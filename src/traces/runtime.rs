@@ -19,6 +19,7 @@ use crate::config::TracesConfig;
 use crate::proto::gantry::v1::traces_server::TracesServer;
 use crate::routes::{Served, grpc_service};
 use crate::runtime::{Capability, Context, StartError};
+use crate::store::fleet::{FleetSnapshots, PUBLISH_EVERY};
 
 /// OTLP's trace receiver, served beside gantry's own Traces service.
 pub const OTLP_TRACES: &str = otlp_server::SERVICE_NAME;
@@ -46,11 +47,29 @@ impl Runtime {
         };
         let mut traces = Traces::start(config, &ctx.store, metrics, forwarder)
             .map_err(StartError::TracesWorker)?;
+        let mut service = TracesService::new(traces.clone());
         if let Some(redis) = ctx.redis.clone() {
             traces = traces.with_redis(super::shared::RedisSpans::new(
-                redis,
+                redis.clone(),
                 config.retention.get(),
             ));
+            service = TracesService::new(traces.clone());
+            // EndpointStats for the fleet: publish this replica's totals
+            // every few seconds; any replica merges everyone's.
+            let fleet = FleetSnapshots::new(redis, "ep");
+            let (publisher, source) = (fleet.clone(), traces.clone());
+            ctx.background
+                .save_every(PUBLISH_EVERY, "endpoint statistics to Redis", move || {
+                    let (publisher, snapshot) = (publisher.clone(), source.endpoint_snapshot());
+                    async move {
+                        publisher
+                            .publish(snapshot)
+                            .await
+                            .map(|()| 1)
+                            .map_err(|e| e.to_string())
+                    }
+                });
+            service = service.with_fleet(fleet);
         }
         ctx.registry
             .register_collector(Box::new(SpanMetricsCollector(traces.endpoint_table())));
@@ -71,7 +90,7 @@ impl Runtime {
         let limit = usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX);
         let served = Served::default()
             .service(grpc_service!(
-                TracesServer::new(TracesService::new(traces.clone())),
+                TracesServer::new(service),
                 limit,
                 "traces.max_message_bytes"
             ))

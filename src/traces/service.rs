@@ -16,17 +16,29 @@ use super::{Traces, TracesError};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb};
 use crate::proto::gantry::v1 as pb;
+use crate::store::fleet::FleetSnapshots;
 
 /// At most this many rejection lines go back to the caller.
 const MAX_ERROR_LINES: usize = 100;
 
 pub struct TracesService {
     traces: Traces,
+    /// Other replicas' endpoint totals (`storage.backend = "redis"`).
+    fleet: Option<FleetSnapshots>,
 }
 
 impl TracesService {
     pub fn new(traces: Traces) -> Self {
-        Self { traces }
+        Self {
+            traces,
+            fleet: None,
+        }
+    }
+
+    /// EndpointStats answers for the whole fleet.
+    pub fn with_fleet(mut self, fleet: FleetSnapshots) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 }
 
@@ -124,7 +136,13 @@ impl pb::traces_server::Traces for TracesService {
         let r = request.into_inner();
         let window = Window::round_up(duration_from_pb("window", r.window.as_ref())?);
         let service = (!r.service.is_empty()).then_some(r.service.as_str());
-        let rows = self.traces.endpoint_stats(window, service);
+        let rows = match &self.fleet {
+            Some(fleet) => {
+                let others = fleet.others().await.map_err(ApiError::from)?;
+                self.traces.fleet_endpoint_stats(&others, window, service)
+            }
+            None => self.traces.endpoint_stats(window, service),
+        };
         tracing::debug!(window = ?window.length(), service = %r.service, endpoints = rows.len(), "traces.endpoint_stats");
         Ok(Response::new(pb::EndpointStatsResponse {
             window: Some(duration_to_pb(window.length())),

@@ -895,3 +895,89 @@ async fn a_password_protected_redis_is_reached_with_a_password_file() {
     shutdown.cancel();
     handle.await.unwrap().unwrap();
 }
+
+/// EndpointStats for the fleet: spans of one endpoint arrive through three
+/// replicas (fast ones through two, slow failing ones through the third);
+/// every replica reports all the calls, all the errors and the percentiles
+/// of all of them.
+#[tokio::test]
+async fn endpoint_stats_answer_for_the_whole_fleet() {
+    use pb::traces_client::TracesClient;
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let backend = Backend::Redis {
+        url: redis.url(),
+        prefix: "endpoints".into(),
+    };
+    let (_dir, mut processes, channels) = replicas(&backend, "", 3, "gantry.v1.Traces").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let ts = |nanos: u64| prost_types::Timestamp {
+        seconds: (nanos / 1_000_000_000) as i64,
+        nanos: (nanos % 1_000_000_000) as i32,
+    };
+    let span = |n: u64, ms: u64, failed: bool| pb::Span {
+        trace_id: (n as u128 + 1).to_be_bytes().to_vec().into(),
+        span_id: (n + 1).to_be_bytes().to_vec().into(),
+        service: "shop".into(),
+        name: "GET /cart".into(),
+        kind: pb::SpanKind::Server as i32,
+        start: Some(ts(now - ms * 1_000_000)),
+        end: Some(ts(now)),
+        status: failed.then(|| pb::SpanStatus {
+            code: pb::span_status::Code::Error as i32,
+            message: "boom".into(),
+        }),
+        ..Default::default()
+    };
+    for (replica, first, count, ms, failed) in [
+        (0, 0, 50, 10, false),
+        (1, 50, 50, 10, false),
+        (2, 100, 2, 900, true),
+    ] {
+        TracesClient::new(channels[replica].clone())
+            .ingest(pb::IngestRequest {
+                spans: (first..first + count)
+                    .map(|n| span(n, ms, failed))
+                    .collect(),
+            })
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for channel in &channels {
+        let mut client = TracesClient::new(channel.clone());
+        let stats = loop {
+            let stats = client
+                .endpoint_stats(pb::EndpointStatsRequest {
+                    service: "shop".into(),
+                    window: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if stats.endpoints.first().is_some_and(|e| e.calls == 102) || Instant::now() > deadline
+            {
+                break stats;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(stats.endpoints.len(), 1, "{stats:?}");
+        let e = &stats.endpoints[0];
+        assert_eq!((e.calls, e.errors), (102, 2), "{e:?}");
+        let ms = |d: &Option<prost_types::Duration>| {
+            let d = d.expect("set");
+            d.seconds as u64 * 1000 + d.nanos as u64 / 1_000_000
+        };
+        assert!(ms(&e.p50).abs_diff(10) <= 1, "{e:?}");
+        assert!(ms(&e.p99).abs_diff(900) <= 9, "{e:?}");
+    }
+    drop(channels);
+    for process in &mut processes {
+        process.signal("TERM");
+        assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
+    }
+}

@@ -1,12 +1,11 @@
-//! The fleet's query statistics (`storage.backend = "redis"`): every replica
-//! publishes its statistics and slow log to Redis every [`PUBLISH_EVERY`],
-//! and `TopQueries` / `SlowQueries` on any replica merge the others'
-//! snapshots with its own live table — counts and totals add up, means and
-//! variances combine exactly (Welford/Chan), latency histograms are added
-//! bucket by bucket, so percentiles are those of all the executions, never an
-//! average of percentiles. Another replica's numbers are at most
-//! [`PUBLISH_EVERY`] old; a replica that stops publishing drops out after
-//! [`FORGET_AFTER`].
+//! Per-replica snapshots in Redis, for answers about the whole fleet
+//! (`storage.backend = "redis"`): each replica publishes an encoded snapshot
+//! of its own statistics every [`PUBLISH_EVERY`]; any replica reads the
+//! others' latest and merges them with its live numbers (query statistics,
+//! endpoint RED metrics: counts add up, latency histograms are added bucket by
+//! bucket, so percentiles are those of all the calls, never an average of
+//! percentiles). Another replica's numbers are at most [`PUBLISH_EVERY`] old;
+//! a replica that stops publishing drops out after [`FORGET_AFTER`].
 
 use std::time::Duration;
 
@@ -19,28 +18,34 @@ pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 pub const FORGET_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
-pub struct FleetStats {
+pub struct FleetSnapshots {
     store: RedisStore,
+    /// What the snapshots are of: `q` (query statistics), `ep` (endpoints).
+    kind: &'static str,
     /// This replica's name among the publishers (random per process).
     replica: String,
 }
 
-impl FleetStats {
-    pub fn new(store: RedisStore) -> Self {
+impl FleetSnapshots {
+    pub fn new(store: RedisStore, kind: &'static str) -> Self {
         use std::hash::{BuildHasher, RandomState};
         let replica = format!(
             "{:016x}",
             RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
         );
-        Self { store, replica }
+        Self {
+            store,
+            kind,
+            replica,
+        }
     }
 
     fn members(&self) -> String {
-        self.store.key("q-replicas", "")
+        self.store.key(&format!("{}-replicas", self.kind), "")
     }
 
     fn snapshot_key(&self, replica: &str) -> String {
-        self.store.key("q", replica)
+        self.store.key(self.kind, replica)
     }
 
     /// Publishes this replica's encoded statistics.
