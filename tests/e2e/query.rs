@@ -113,9 +113,9 @@ async fn a_repeated_analysis_answers_exactly_as_the_first() {
     fresh.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn analyze_fingerprints_normalizes_and_finds_anti_patterns() {
-    let server = TestServer::start().await;
+crate::on_every_backend! {
+async fn analyze_fingerprints_normalizes_and_finds_anti_patterns(backend: Backend) {
+    let server = TestServer::start_on(&backend, |_| {}).await;
     let mut client = QueryAnalyzerClient::new(server.channel.clone());
 
     let a = analyze(
@@ -210,11 +210,12 @@ async fn analyze_fingerprints_normalizes_and_finds_anti_patterns() {
     );
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn record_top_and_slow_queries_with_per_execution_rejection() {
+crate::on_every_backend! {
+async fn record_top_and_slow_queries_with_per_execution_rejection(backend: Backend) {
     let server =
-        TestServer::start_with(|c| c.query.slow_threshold = HumanDuration::from_millis(100)).await;
+        TestServer::start_on(&backend, |c| c.query.slow_threshold = HumanDuration::from_millis(100)).await;
     let mut client = QueryAnalyzerClient::new(server.channel.clone());
     let q1 = "SELECT name FROM users WHERE id = 7";
     let q2 = "UPDATE carts SET total = 10 WHERE id = 3";
@@ -353,14 +354,15 @@ async fn record_top_and_slow_queries_with_per_execution_rejection() {
     );
     server.stop().await.unwrap();
 }
+}
 
-/// "Newest first" means each execution's own time: a batch recorded late
-/// (a service flushing its buffer after a reconnect) does not push newer
-/// executions out of `limit`.
-#[tokio::test]
-async fn slow_queries_are_newest_first_by_their_own_time() {
+// "Newest first" means each execution's own time: a batch recorded late
+// (a service flushing its buffer after a reconnect) does not push newer
+// executions out of `limit`.
+crate::on_every_backend! {
+async fn slow_queries_are_newest_first_by_their_own_time(backend: Backend) {
     let server =
-        TestServer::start_with(|c| c.query.slow_threshold = HumanDuration::from_millis(100)).await;
+        TestServer::start_on(&backend, |c| c.query.slow_threshold = HumanDuration::from_millis(100)).await;
     let mut client = QueryAnalyzerClient::new(server.channel.clone());
     let now = SystemTime::now();
     let at = |seconds_ago: u64, service: &str| pb::QueryExecution {
@@ -393,10 +395,11 @@ async fn slow_queries_are_newest_first_by_their_own_time() {
     assert_eq!(services, vec!["b", "d"]);
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn n_plus_one_in_a_trace_becomes_a_batching_hint() {
-    let server = TestServer::start().await;
+crate::on_every_backend! {
+async fn n_plus_one_in_a_trace_becomes_a_batching_hint(backend: Backend) {
+    let server = TestServer::start_on(&backend, |_| {}).await;
     let mut client = QueryAnalyzerClient::new(server.channel.clone());
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let executions = (0..7)
@@ -428,6 +431,7 @@ async fn n_plus_one_in_a_trace_becomes_a_batching_hint() {
         Some(1.0)
     );
     server.stop().await.unwrap();
+}
 }
 
 #[tokio::test]

@@ -132,9 +132,9 @@ fn export(service: &str, spans: Vec<otlp::Span>) -> ExportTraceServiceRequest {
     }
 }
 
-#[tokio::test]
-async fn ingest_keeps_valid_spans_rejects_bad_ones_and_get_trace_orders_them() {
-    let server = TestServer::start().await;
+crate::on_every_backend! {
+async fn ingest_keeps_valid_spans_rejects_bad_ones_and_get_trace_orders_them(backend: Backend) {
+    let server = TestServer::start_on(&backend, |_| {}).await;
     let mut client = TracesClient::new(server.channel.clone());
     let base = now_nanos();
 
@@ -230,10 +230,11 @@ async fn ingest_keeps_valid_spans_rejects_bad_ones_and_get_trace_orders_them() {
     );
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn otlp_export_lands_in_the_same_store_with_partial_success_and_gzip() {
-    let server = TestServer::start().await;
+crate::on_every_backend! {
+async fn otlp_export_lands_in_the_same_store_with_partial_success_and_gzip(backend: Backend) {
+    let server = TestServer::start_on(&backend, |_| {}).await;
     let mut otlp_client =
         TraceServiceClient::new(server.channel.clone()).send_compressed(CompressionEncoding::Gzip);
     let mut client = TracesClient::new(server.channel.clone());
@@ -352,10 +353,11 @@ async fn otlp_export_lands_in_the_same_store_with_partial_success_and_gzip() {
     );
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn endpoint_stats_percentiles_windows_and_filters() {
-    let server = TestServer::start().await;
+crate::on_every_backend! {
+async fn endpoint_stats_percentiles_windows_and_filters(backend: Backend) {
+    let server = TestServer::start_on(&backend, |_| {}).await;
     let mut client = TracesClient::new(server.channel.clone());
     let base = now_nanos();
     // 1..=100 ms on one endpoint (every 10th an error), one client span that does not count.
@@ -457,7 +459,10 @@ async fn endpoint_stats_percentiles_windows_and_filters() {
     assert_status(negative, Code::InvalidArgument, &["window"]);
     server.stop().await.unwrap();
 }
+}
 
+// The in-memory table's bounds: embedded only (with Redis, GetTrace also
+// finds evicted traces there).
 #[tokio::test]
 async fn memory_bounds_evict_whole_traces_oldest_first() {
     let server = TestServer::start_with(|c| c.traces.max_spans = 10).await;
@@ -501,9 +506,9 @@ async fn memory_bounds_evict_whole_traces_oldest_first() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn batch_and_message_limits_are_enforced_with_the_setting_named() {
-    let server = TestServer::start_with(|c| {
+crate::on_every_backend! {
+async fn batch_and_message_limits_are_enforced_with_the_setting_named(backend: Backend) {
+    let server = TestServer::start_on(&backend, |c| {
         c.server.max_message_bytes = 16 * 1024;
         c.traces.max_message_bytes = 256 * 1024;
         c.traces.max_batch = 1_000;
@@ -583,11 +588,12 @@ async fn batch_and_message_limits_are_enforced_with_the_setting_named() {
     );
     server.stop().await.unwrap();
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_ingestion_loses_nothing_it_acknowledged() {
+crate::on_every_backend! {
+async fn concurrent_ingestion_loses_nothing_it_acknowledged(backend: Backend) {
     // A queue just one batch deep: concurrent batches are refused rather than queued.
-    let server = TestServer::start_with(|c| {
+    let server = TestServer::start_on(&backend, |c| {
         c.traces.max_batch = 500;
         c.traces.queue_spans = 500;
     })
@@ -650,6 +656,7 @@ async fn concurrent_ingestion_loses_nothing_it_acknowledged() {
         Some(0.0)
     );
     server.stop().await.unwrap();
+}
 }
 
 /// Polls GetTrace until the trace has `want` spans.
@@ -794,8 +801,8 @@ fn otel_python() -> Option<std::path::PathBuf> {
     has_sdk.then_some(ci)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_opentelemetry_sdk_exports_to_gantry() {
+crate::on_every_backend! {
+async fn the_python_opentelemetry_sdk_exports_to_gantry(backend: Backend) {
     let Some(python) = otel_python() else {
         assert!(
             std::env::var_os("GANTRY_REQUIRE_OTEL_SDK").is_none(),
@@ -804,7 +811,7 @@ async fn the_python_opentelemetry_sdk_exports_to_gantry() {
         eprintln!("SKIPPED: no Python with the OpenTelemetry SDK (run .ci/run)");
         return;
     };
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(&backend, |_| {}).await;
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otel/export_spans.py");
     let endpoint = server.grpc.to_string();
@@ -867,6 +874,7 @@ async fn the_python_opentelemetry_sdk_exports_to_gantry() {
     );
     server.stop().await.unwrap();
 }
+}
 
 #[tokio::test]
 async fn persisted_traces_survive_a_restart_until_their_retention_passes() {
@@ -921,9 +929,9 @@ async fn persisted_traces_survive_a_restart_until_their_retention_passes() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn endpoints_beyond_the_bound_share_one_overflow_series() {
-    let server = TestServer::start_with(|c| c.traces.max_endpoints = 2).await;
+crate::on_every_backend! {
+async fn endpoints_beyond_the_bound_share_one_overflow_series(backend: Backend) {
+    let server = TestServer::start_on(&backend, |c| c.traces.max_endpoints = 2).await;
     let mut client = TracesClient::new(server.channel.clone());
     let base = now_nanos();
     let spans = ["a", "b", "c", "d", "c"]
@@ -966,4 +974,5 @@ async fn endpoints_beyond_the_bound_share_one_overflow_series() {
     // Series per endpoint stay bounded: no series for c or d.
     assert!(!metrics.contains("span_name=\"c\""));
     server.stop().await.unwrap();
+}
 }
