@@ -202,6 +202,16 @@ async fn redis_killed_under_load_fails_closed_then_recovers() {
         .unwrap()
         .into_inner();
     assert_eq!(spent.remaining, 3);
+    // A cache watcher open across the outage is told to resync afterwards.
+    let mut watch = pb::cache_client::CacheClient::new(server.channel.clone())
+        .watch(pb::WatchRequest {
+            namespace: "ns".into(),
+            key_prefix: String::new(),
+            include_values: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     let load = {
         let mut rl = rl.clone();
@@ -240,6 +250,21 @@ async fn redis_killed_under_load_fails_closed_then_recovers() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let back = Instant::now();
     redis.restart();
+    let resync = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = watch
+                .message()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            if event.kind == pb::watch_event::Kind::Resync as i32 {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("a RESYNC once the subscription is back");
+    assert_eq!(resync.namespace, "ns");
     wait_health(
         &server,
         tonic_health::pb::health_check_response::ServingStatus::Serving,
