@@ -234,35 +234,20 @@ impl RedisCache {
     /// when the subscription is lost (and at its start), tells them to
     /// resync, since changes may have been missed.
     async fn listen(self, stop: CancellationToken) {
-        use futures_util::StreamExt;
-        let channel = self.channel();
-        loop {
-            if let Ok(mut pubsub) = self.store.pubsub().await
-                && pubsub.subscribe(&channel).await.is_ok()
-            {
-                self.engine.watch_hub().resync_all(now_ms());
-                let mut messages = pubsub.on_message();
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        message = messages.next() => match message {
-                            Some(message) => {
-                                if let Some(change) = parse_event(message.get_payload_bytes()) {
-                                    let namespace = change.namespace.clone();
-                                    self.engine.watch_hub().publish(&namespace, || change);
-                                }
-                            }
-                            None => break,
-                        },
+        let hub = self.engine.watch_hub();
+        self.store
+            .listen(
+                &self.channel(),
+                stop,
+                |payload| {
+                    if let Some(change) = parse_event(payload) {
+                        let namespace = change.namespace.clone();
+                        hub.publish(&namespace, || change);
                     }
-                }
-                self.engine.watch_hub().resync_all(now_ms());
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+                },
+                || hub.resync_all(now_ms()),
+            )
+            .await;
     }
 }
 

@@ -25,6 +25,33 @@ impl PoolSpec {
         }
     }
 
+    /// Refuses a count this pool could never grant (above its capacity or
+    /// its per-holder maximum).
+    pub fn check_count(&self, count: u32) -> Result<(), crate::leases::LeaseError> {
+        use crate::error::FieldError;
+        if count > self.capacity {
+            return Err(FieldError::new(
+                "count",
+                format!(
+                    "{count} exceeds the capacity of {} of pool {:?}; it could never be granted",
+                    self.capacity, self.name
+                ),
+            )
+            .into());
+        }
+        if count > self.max_per_holder {
+            return Err(FieldError::new(
+                "count",
+                format!(
+                    "{count} exceeds the per-holder maximum of {} of pool {:?}",
+                    self.max_per_holder, self.name
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// The TTL a lease gets: the asked one capped at the maximum, or the
     /// default when none (or zero) is asked.
     pub fn ttl(&self, asked: Option<Duration>) -> Duration {

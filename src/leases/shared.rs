@@ -255,7 +255,7 @@ impl SharedLeases {
             .get(ask.pool)
             .ok_or_else(|| LeaseError::UnknownPool(ask.pool.to_string()))?;
         let count = ask.count.max(1);
-        check_count(spec, count)?;
+        spec.check_count(count)?;
         let started = tokio::time::Instant::now();
         let metrics = &self.inner.metrics;
         let queued = self.has_waiters(ask.pool);
@@ -290,7 +290,7 @@ impl SharedLeases {
                 let Some(spec) = pools.specs.get(ask.pool) else {
                     return Err(LeaseError::PoolRemoved(ask.pool.to_string()));
                 };
-                check_count(spec, count)?;
+                spec.check_count(count)?;
                 let (lease, next_expiry_ms) = self.try_grant(spec, ask, count).await?;
                 if lease.is_some() {
                     return Ok(lease);
@@ -537,37 +537,15 @@ impl SharedLeases {
     /// any replica; after a lost subscription, all of them (a release may
     /// have been missed).
     async fn listen(self, stop: CancellationToken) {
-        use futures_util::StreamExt;
-        let channel = self.freed_channel();
-        loop {
-            match self.inner.store.pubsub().await {
-                Ok(mut pubsub) => {
-                    if pubsub.subscribe(&channel).await.is_ok() {
-                        self.wake_all();
-                        let mut messages = pubsub.on_message();
-                        loop {
-                            tokio::select! {
-                                () = stop.cancelled() => return,
-                                message = messages.next() => match message {
-                                    Some(message) => {
-                                        if let Ok(pool) = message.get_payload::<String>() {
-                                            self.wake(&pool);
-                                        }
-                                    }
-                                    None => break,
-                                },
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot listen for freed lease units yet"),
-            }
-            self.wake_all();
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(POLL) => {}
-            }
-        }
+        self.inner
+            .store
+            .listen(
+                &self.freed_channel(),
+                stop,
+                |payload| self.wake(&String::from_utf8_lossy(payload)),
+                || self.wake_all(),
+            )
+            .await;
     }
 
     fn wake(&self, pool: &str) {
@@ -602,30 +580,6 @@ impl Drop for QueuePlace {
             }
         }
     }
-}
-
-fn check_count(spec: &PoolSpec, count: u32) -> Result<(), LeaseError> {
-    if count > spec.capacity {
-        return Err(FieldError::new(
-            "count",
-            format!(
-                "{count} exceeds the capacity of {} of pool {:?}; it could never be granted",
-                spec.capacity, spec.name
-            ),
-        )
-        .into());
-    }
-    if count > spec.max_per_holder {
-        return Err(FieldError::new(
-            "count",
-            format!(
-                "{count} exceeds the per-holder maximum of {} of pool {:?}",
-                spec.max_per_holder, spec.name
-            ),
-        )
-        .into());
-    }
-    Ok(())
 }
 
 fn unavailable(e: RedisStoreError) -> LeaseError {

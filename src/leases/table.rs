@@ -261,26 +261,7 @@ impl<W> Table<W> {
             .pools
             .get(ask.pool)
             .ok_or_else(|| LeaseError::UnknownPool(ask.pool.to_string()))?;
-        if count > pool.spec.capacity {
-            return Err(FieldError::new(
-                "count",
-                format!(
-                    "{count} exceeds the capacity of {} of pool {:?}; it could never be granted",
-                    pool.spec.capacity, ask.pool
-                ),
-            )
-            .into());
-        }
-        if count > pool.spec.max_per_holder {
-            return Err(FieldError::new(
-                "count",
-                format!(
-                    "{count} exceeds the per-holder maximum of {} of pool {:?}",
-                    pool.spec.max_per_holder, ask.pool
-                ),
-            )
-            .into());
-        }
+        pool.spec.check_count(count)?;
         let ttl = pool.spec.ttl(ask.ttl);
         let line_ahead = pool
             .queue

@@ -11,7 +11,7 @@ use crate::config::QueryConfig;
 use crate::proto::gantry::v1::query_analyzer_server::{self, QueryAnalyzerServer};
 use crate::routes::{Served, grpc_service};
 use crate::runtime::{Capability, Context, StartError, blocking};
-use crate::store::fleet::{FleetSnapshots, PUBLISH_EVERY};
+use crate::store::fleet::FleetSnapshots;
 
 pub struct Runtime;
 
@@ -45,18 +45,10 @@ impl Runtime {
             // The fleet view: publish this replica's statistics every few
             // seconds; TopQueries and SlowQueries merge everyone's.
             let fleet = FleetSnapshots::new(redis, "q");
-            let (publisher, engine) = (fleet.clone(), query.clone());
-            ctx.background
-                .save_every(PUBLISH_EVERY, "query statistics to Redis", move || {
-                    let (publisher, snapshot) = (publisher.clone(), engine.snapshot());
-                    async move {
-                        publisher
-                            .publish(snapshot)
-                            .await
-                            .map(|()| 1)
-                            .map_err(|e| e.to_string())
-                    }
-                });
+            let engine = query.clone();
+            fleet.publish_every(ctx.background, "query statistics to Redis", move || {
+                engine.snapshot()
+            });
             service = service.with_fleet(fleet);
         }
         let limit = ctx.max_message_bytes();

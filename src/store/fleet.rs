@@ -48,6 +48,28 @@ impl FleetSnapshots {
         self.store.key(self.kind, replica)
     }
 
+    /// Publishes what `snapshot` encodes every [`PUBLISH_EVERY`], on the
+    /// capabilities' background tasks.
+    pub fn publish_every(
+        &self,
+        background: &mut crate::runtime::Background,
+        what: &'static str,
+        snapshot: impl Fn() -> Vec<u8> + Send + Sync + 'static,
+    ) {
+        let publisher = self.clone();
+        let snapshot = std::sync::Arc::new(snapshot);
+        background.save_every(PUBLISH_EVERY, what, move || {
+            let (publisher, bytes) = (publisher.clone(), snapshot());
+            async move {
+                publisher
+                    .publish(bytes)
+                    .await
+                    .map(|()| 1)
+                    .map_err(|e| e.to_string())
+            }
+        });
+    }
+
     /// Publishes this replica's encoded statistics.
     pub async fn publish(&self, snapshot: Vec<u8>) -> Result<(), StoreError> {
         let ttl_ms = FORGET_AFTER.as_millis() as u64;

@@ -229,6 +229,50 @@ impl RedisStore {
         )
     }
 
+    /// Hands every message published on `channel` to `on_message` until
+    /// `stop`, subscribing again (every second) after a lost connection.
+    /// `on_gap` runs when a subscription starts and when one is lost:
+    /// messages may have been missed in between.
+    pub async fn listen(
+        &self,
+        channel: &str,
+        stop: CancellationToken,
+        on_message: impl Fn(&[u8]),
+        on_gap: impl Fn(),
+    ) {
+        use futures_util::StreamExt;
+        loop {
+            let subscribed = match self.pubsub().await {
+                Ok(mut pubsub) => match pubsub.subscribe(channel).await {
+                    Ok(()) => Ok(pubsub),
+                    Err(e) => Err(RedisStoreError::from(e)),
+                },
+                Err(e) => Err(e),
+            };
+            match subscribed {
+                Ok(mut pubsub) => {
+                    on_gap();
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            message = messages.next() => match message {
+                                Some(message) => on_message(message.get_payload_bytes()),
+                                None => break,
+                            },
+                        }
+                    }
+                    on_gap();
+                }
+                Err(e) => tracing::debug!(error = %e, channel, "cannot subscribe yet"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
     /// Loads a script on every node (on a cluster, every primary), so that
     /// EVALSHA finds it; done again after NOSCRIPT (a restarted or failed-over node).
     pub async fn load_script(&self, script: &redis::Script) -> Result<(), RedisStoreError> {

@@ -94,11 +94,20 @@ pub fn read_trace(tree: &dyn Tree, trace_id: &TraceId) -> Result<Vec<Span>, Stor
     let mut prefix = Vec::with_capacity(17);
     prefix.push(SPANS);
     prefix.extend_from_slice(trace_id);
-    let mut decoded = Vec::new();
+    let mut records = Vec::new();
     for item in tree.scan_prefix(&prefix) {
-        let (_, value) = item?;
-        if let Ok(record) = pb::Trace::decode(value.as_slice()) {
-            decoded.extend(record.spans);
+        records.push(item?.1);
+    }
+    Ok(decode_records(records))
+}
+
+/// The spans of stored `gantry.v1.Trace` records (sled's or Redis's); a
+/// record that does not decode is skipped.
+pub fn decode_records<R: AsRef<[u8]>>(records: impl IntoIterator<Item = R>) -> Vec<Span> {
+    let mut decoded = Vec::new();
+    for record in records {
+        if let Ok(trace) = pb::Trace::decode(record.as_ref()) {
+            decoded.extend(trace.spans);
         }
     }
     // Stored spans passed the checks once; do not apply today's limits again.
@@ -107,7 +116,7 @@ pub fn read_trace(tree: &dyn Tree, trace_id: &TraceId) -> Result<Vec<Span>, Stor
         max_attributes: usize::MAX,
         max_attribute_bytes: usize::MAX,
     };
-    Ok(from_gantry(decoded, &limits).spans)
+    from_gantry(decoded, &limits).spans
 }
 
 /// Removes up to `max_groups` groups that arrived before `cutoff_secs`;

@@ -19,7 +19,7 @@ use crate::config::TracesConfig;
 use crate::proto::gantry::v1::traces_server::TracesServer;
 use crate::routes::{Served, grpc_service};
 use crate::runtime::{Capability, Context, StartError};
-use crate::store::fleet::{FleetSnapshots, PUBLISH_EVERY};
+use crate::store::fleet::FleetSnapshots;
 
 /// OTLP's trace receiver, served beside gantry's own Traces service.
 pub const OTLP_TRACES: &str = otlp_server::SERVICE_NAME;
@@ -57,18 +57,10 @@ impl Runtime {
             // EndpointStats for the fleet: publish this replica's totals
             // every few seconds; any replica merges everyone's.
             let fleet = FleetSnapshots::new(redis, "ep");
-            let (publisher, source) = (fleet.clone(), traces.clone());
-            ctx.background
-                .save_every(PUBLISH_EVERY, "endpoint statistics to Redis", move || {
-                    let (publisher, snapshot) = (publisher.clone(), source.endpoint_snapshot());
-                    async move {
-                        publisher
-                            .publish(snapshot)
-                            .await
-                            .map(|()| 1)
-                            .map_err(|e| e.to_string())
-                    }
-                });
+            let source = traces.clone();
+            fleet.publish_every(ctx.background, "endpoint statistics to Redis", move || {
+                source.endpoint_snapshot()
+            });
             service = service.with_fleet(fleet);
         }
         ctx.registry

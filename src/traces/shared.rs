@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use prost::Message;
 
-use super::convert::{from_gantry, to_gantry};
-use super::span::{self, Span, SpanLimits, TraceId};
+use super::convert::to_gantry;
+use super::span::{self, Span, TraceId};
 use crate::proto::gantry::v1 as pb;
 use crate::store::StoreError;
 use crate::store::redis::RedisStore;
@@ -92,19 +92,6 @@ impl RedisSpans {
             .command(redis::cmd("LRANGE").arg(self.key(trace_id)).arg(0).arg(-1))
             .await
             .map_err(|e| StoreError::Io(e.to_string()))?;
-        let mut decoded = Vec::new();
-        for record in records {
-            // A record that does not decode is skipped, as on sled.
-            if let Ok(trace) = pb::Trace::decode(&record[..]) {
-                decoded.extend(trace.spans);
-            }
-        }
-        // Stored spans passed the checks once; today's limits do not apply again.
-        let limits = SpanLimits {
-            max_name_bytes: usize::MAX,
-            max_attributes: usize::MAX,
-            max_attribute_bytes: usize::MAX,
-        };
-        Ok(from_gantry(decoded, &limits).spans)
+        Ok(super::persist::decode_records(records))
     }
 }

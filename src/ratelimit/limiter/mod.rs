@@ -360,17 +360,7 @@ impl RateLimiter {
         reqs: &[AcquireRequest<'_>],
         all_or_nothing: bool,
     ) -> Result<Vec<Outcome>, RateLimitError> {
-        let max = self.max_batch();
-        if reqs.len() > max {
-            return Err(FieldError::new(
-                "requests",
-                format!(
-                    "{} requests exceed the batch limit of {max} (ratelimit.max_batch)",
-                    reqs.len()
-                ),
-            )
-            .into());
-        }
+        self.check_batch_size(reqs.len())?;
         let state = self.inner.state.load();
         let prepared = reqs
             .iter()
@@ -394,6 +384,19 @@ impl RateLimiter {
                 .count(p.limit, outcome, p.tokens, r.dry_run || !outcome.allowed);
         }
         Ok(outcomes)
+    }
+
+    /// Refuses a batch over `ratelimit.max_batch` before anything is looked at.
+    fn check_batch_size(&self, len: usize) -> Result<(), RateLimitError> {
+        let max = self.max_batch();
+        if len > max {
+            return Err(FieldError::new(
+                "requests",
+                format!("{len} requests exceed the batch limit of {max} (ratelimit.max_batch)"),
+            )
+            .into());
+        }
+        Ok(())
     }
 
     /// Applies new limits. Buckets of limits that stay keep their level

@@ -99,17 +99,7 @@ impl RateLimiter {
         let Some(shared) = &self.inner.shared else {
             return self.acquire_batch(reqs, all_or_nothing);
         };
-        let max = self.max_batch();
-        if reqs.len() > max {
-            return Err(FieldError::new(
-                "requests",
-                format!(
-                    "{} requests exceed the batch limit of {max} (ratelimit.max_batch)",
-                    reqs.len()
-                ),
-            )
-            .into());
-        }
+        self.check_batch_size(reqs.len())?;
         let state = self.inner.state.load_full();
         let prepared = reqs
             .iter()
