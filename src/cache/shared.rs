@@ -33,8 +33,9 @@ const EVENTS_CHANNEL: &str = "c-events";
 
 /// KEYS[1]: the entry. ARGV: condition (`always`, `absent`, `version`), the
 /// expected version, ttl in ms (0: none), gzipped (0/1), raw length, stored
-/// bytes, the events channel, the event's tail. Returns {stored (1/0), the
-/// version written or the current one (0: none)}.
+/// bytes, the events channel, the event's tail, and whether the event carries
+/// the stored bytes (1/0: they are sent once, not twice). Returns {stored
+/// (1/0), the version written or the current one (0: none)}.
 pub const PUT_LUA: &str = r#"
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -46,7 +47,9 @@ local version = math.max(current + 1, now_us)
 redis.call('HSET', KEYS[1], 'v', string.format('%.0f', version), 'z', ARGV[4], 'n', ARGV[5], 'd', ARGV[6])
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
-redis.call('PUBLISH', ARGV[7], struct.pack('>Bdd', 1, version, math.floor(now_us / 1000)) .. ARGV[8])
+local event = struct.pack('>Bdd', 1, version, math.floor(now_us / 1000)) .. ARGV[8]
+if ARGV[9] == '1' then event = event .. ARGV[6] end
+redis.call('PUBLISH', ARGV[7], event)
 return {1, version}
 "#;
 
@@ -161,10 +164,11 @@ impl RedisCache {
         let ttl_ms = ttl.map_or(0, |t| {
             u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
         });
+        let with_value = value.len() <= MAX_EVENT_VALUE_BYTES;
         let event = event_tail(
             namespace,
             key,
-            (value.len() <= MAX_EVENT_VALUE_BYTES).then_some(&value[..]),
+            with_value.then_some((compressed, value.len() as u64)),
         );
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.put.get_hash())
@@ -177,7 +181,8 @@ impl RedisCache {
             .arg(value.len())
             .arg(data)
             .arg(self.channel())
-            .arg(event);
+            .arg(event)
+            .arg(u8::from(with_value));
         let (stored, version): (i64, u64) = self.run(&self.put, &cmd).await?;
         if stored == 1 {
             return Ok(version);
@@ -252,18 +257,20 @@ impl RedisCache {
 }
 
 /// The part of a change event the writer knows before the script runs:
-/// namespace, key and (for puts) the value, each length-prefixed.
-fn event_tail(namespace: &str, key: &str, value: Option<&[u8]>) -> Vec<u8> {
-    let mut tail =
-        BytesMut::with_capacity(9 + namespace.len() + key.len() + value.map_or(0, <[u8]>::len));
+/// namespace and key, length-prefixed, then whether the value follows and,
+/// if so, whether it is gzipped and its length (the script appends the
+/// stored bytes, which it already has).
+fn event_tail(namespace: &str, key: &str, value: Option<(bool, u64)>) -> Vec<u8> {
+    let mut tail = BytesMut::with_capacity(19 + namespace.len() + key.len());
     for part in [namespace.as_bytes(), key.as_bytes()] {
         tail.put_u32(part.len() as u32);
         tail.put_slice(part);
     }
     match value {
-        Some(value) => {
+        Some((compressed, raw_len)) => {
             tail.put_u8(1);
-            tail.put_slice(value);
+            tail.put_u8(u8::from(compressed));
+            tail.put_u64(raw_len);
         }
         None => tail.put_u8(0),
     }
@@ -271,7 +278,8 @@ fn event_tail(namespace: &str, key: &str, value: Option<&[u8]>) -> Vec<u8> {
 }
 
 /// A change as published by [`PUT_LUA`] / [`DELETE_LUA`]: kind (1 put,
-/// 2 delete), version and time (big-endian doubles), then [`event_tail`].
+/// 2 delete), version and time (big-endian doubles), then [`event_tail`] and,
+/// when it says so, the stored bytes.
 fn parse_event(mut bytes: &[u8]) -> Option<Change> {
     if bytes.len() < 17 {
         return None;
@@ -296,7 +304,12 @@ fn parse_event(mut bytes: &[u8]) -> Option<Change> {
     let namespace = text()?;
     let key = text()?;
     let value = match bytes.first() {
-        Some(1) => Some(Bytes::copy_from_slice(&bytes[1..])),
+        Some(1) if bytes.len() >= 10 => {
+            let compressed = bytes[1] == 1;
+            let raw_len = u64::from_be_bytes(bytes[2..10].try_into().ok()?);
+            let value = compress::unpack(compressed, &bytes[10..], raw_len).ok()?;
+            Some(Bytes::from(value))
+        }
         _ => None,
     };
     Some(Change {
@@ -339,7 +352,8 @@ mod tests {
         let mut wire = vec![1u8];
         wire.extend_from_slice(&1_700_000_000_000_001f64.to_be_bytes());
         wire.extend_from_slice(&1_700_000_000_000f64.to_be_bytes());
-        wire.extend(event_tail("ns", "k:1", Some(b"value")));
+        wire.extend(event_tail("ns", "k:1", Some((false, 5))));
+        wire.extend_from_slice(b"value");
         let change = parse_event(&wire).unwrap();
         assert_eq!(change.kind, ChangeKind::Put);
         assert_eq!(
@@ -355,5 +369,15 @@ mod tests {
         let change = parse_event(&wire).unwrap();
         assert_eq!((change.kind, change.value), (ChangeKind::Delete, None));
         assert!(parse_event(&wire[..20]).is_none(), "a cut event is ignored");
+        // A gzipped value arrives as it was written.
+        let raw = vec![b'a'; 4096];
+        let (compressed, stored) = compress::pack(&raw, 64, 6);
+        assert!(compressed);
+        let mut wire = vec![1u8];
+        wire.extend_from_slice(&9f64.to_be_bytes());
+        wire.extend_from_slice(&0f64.to_be_bytes());
+        wire.extend(event_tail("ns", "k", Some((true, raw.len() as u64))));
+        wire.extend(stored);
+        assert_eq!(parse_event(&wire).unwrap().value.as_deref(), Some(&raw[..]));
     }
 }
