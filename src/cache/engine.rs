@@ -212,6 +212,11 @@ impl CacheEngine {
         compress::pack(value, limits.compress_min_bytes, limits.compression_level)
     }
 
+    /// The hot tier, for the shared store's replica-local copy of entries.
+    pub(crate) fn hot(&self) -> &HotTier {
+        &self.inner.hot
+    }
+
     /// The hub Watch subscribes to; the shared store's listener publishes to it.
     pub(crate) fn watch_hub(&self) -> &WatchHub {
         &self.inner.watch

@@ -13,17 +13,29 @@
 //!
 //! The embedded engine still validates (the same limits and errors), counts
 //! namespaces, gzips and fans events out to this replica's watchers; its
-//! store and hot tier are not used (no per-replica hot tier: every read goes
-//! to Redis, so none can be stale).
+//! store is not used.
+//!
+//! Each replica keeps a hot tier (`cache.hot_entries`, `hot_bytes`) kept
+//! coherent by the same change events: every event, from any replica,
+//! removes the key from it, and while this replica's subscription is down
+//! nothing is kept (it is emptied when the subscription is lost or starts).
+//! A Get fills it only if no event for a key of the same stripe arrived while
+//! it read from Redis, so a value read just before another replica's write
+//! cannot be kept after that write's invalidation. A replica's hot copy may
+//! lag another replica's write by the time the event takes to arrive (about a
+//! millisecond on a LAN).
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 
+use super::hot::HotEntry;
 use super::watch::{Change, ChangeKind, MAX_EVENT_VALUE_BYTES};
-use super::{CacheEngine, CacheError, Condition, Found, compress};
+use super::{CacheEngine, CacheError, Condition, Found, compress, entry};
 use crate::store::StoreError;
 use crate::store::redis::{RedisStore, RedisStoreError};
 use crate::wallclock::now_ms;
@@ -67,6 +79,10 @@ redis.call('PUBLISH', ARGV[2], struct.pack('>Bdd', 2, current, now_ms) .. ARGV[3
 return {1, current}
 "#;
 
+/// Invalidation stripes: a Get fills the hot tier only if its stripe saw
+/// no change event while it read from Redis.
+const STRIPES: usize = 1024;
+
 /// The cache in Redis.
 #[derive(Clone)]
 pub struct RedisCache {
@@ -74,6 +90,23 @@ pub struct RedisCache {
     store: RedisStore,
     put: Arc<redis::Script>,
     delete: Arc<redis::Script>,
+    coherence: Arc<Coherence>,
+}
+
+/// What keeps the hot tier coherent with every replica's writes.
+struct Coherence {
+    /// Whether change events arrive now (the subscription is up).
+    listening: AtomicBool,
+    /// Change events seen per stripe of entry names.
+    changes: Box<[AtomicU64]>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Coherence {
+    fn stripe(&self, name: &[u8]) -> &AtomicU64 {
+        let hash = self.hasher.hash_one(name) as usize;
+        &self.changes[hash % STRIPES]
+    }
 }
 
 impl RedisCache {
@@ -84,6 +117,11 @@ impl RedisCache {
             store,
             put: Arc::new(redis::Script::new(PUT_LUA)),
             delete: Arc::new(redis::Script::new(DELETE_LUA)),
+            coherence: Arc::new(Coherence {
+                listening: AtomicBool::new(false),
+                changes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+                hasher: foldhash::fast::FixedState::default(),
+            }),
         };
         let listener = cache.clone();
         tokio::spawn(async move { listener.listen(stop).await });
@@ -101,6 +139,25 @@ impl RedisCache {
 
     pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Found>, CacheError> {
         self.engine.check(namespace, key)?;
+        let counters = self.engine.namespaces().get(namespace);
+        let name = entry::name(namespace, key);
+        if let Some(hot) = self.engine.hot().get(&name)
+            && (hot.expires_at_ms == 0 || hot.expires_at_ms > now_ms())
+        {
+            if let Some(c) = &counters {
+                c.hot_hit();
+            }
+            return Ok(Some(Found {
+                value: hot.value,
+                version: hot.version,
+                expires_at_ms: hot.expires_at_ms,
+            }));
+        }
+        if let Some(c) = &counters {
+            c.hot_miss();
+        }
+        let stripe = self.coherence.stripe(&name);
+        let changes_before = stripe.load(Ordering::Acquire);
         let entry = self.key(namespace, key);
         let mut pipeline = redis::pipe();
         pipeline
@@ -111,7 +168,6 @@ impl RedisCache {
             .arg(&entry);
         let (fields, ttl_ms): (Vec<Option<Vec<u8>>>, i64) =
             self.store.pipeline(&pipeline).await.map_err(unavailable)?;
-        let counters = self.engine.namespaces().get(namespace);
         let number = |i: usize| {
             fields
                 .get(i)
@@ -136,13 +192,29 @@ impl RedisCache {
         if let Some(c) = &counters {
             c.store_hit();
         }
-        Ok(Some(Found {
+        let found = Found {
             value: Bytes::from(value),
             version,
             expires_at_ms: u64::try_from(ttl_ms)
                 .ok()
                 .map_or(0, |ttl| now_ms().saturating_add(ttl)),
-        }))
+        };
+        // Kept only while events arrive, and only if none for this stripe
+        // arrived meanwhile (it could have been this key's newer write).
+        if self.coherence.listening.load(Ordering::Acquire)
+            && stripe.load(Ordering::Acquire) == changes_before
+        {
+            self.engine.hot().insert(
+                name,
+                HotEntry {
+                    version,
+                    expires_at_ms: found.expires_at_ms,
+                    value: found.value.clone(),
+                    stored_len: data.len(),
+                },
+            );
+        }
+        Ok(Some(found))
     }
 
     pub async fn put(
@@ -185,6 +257,7 @@ impl RedisCache {
             .arg(u8::from(with_value));
         let (stored, version): (i64, u64) = self.run(&self.put, &cmd).await?;
         if stored == 1 {
+            self.forget(namespace, key);
             return Ok(version);
         }
         let live = (version > 0).then_some(version);
@@ -209,7 +282,10 @@ impl RedisCache {
             .arg(event_tail(namespace, key, None));
         let (deleted, version): (i64, u64) = self.run(&self.delete, &cmd).await?;
         match (deleted, if_version) {
-            (1, _) => Ok(true),
+            (1, _) => {
+                self.forget(namespace, key);
+                Ok(true)
+            }
             (-1, Some(want)) => Err(condition_failed(
                 namespace,
                 key,
@@ -218,6 +294,14 @@ impl RedisCache {
             )),
             _ => Ok(false),
         }
+    }
+
+    /// Drops this replica's hot copy of a key it just wrote (its own event
+    /// follows, but a read here must not wait for it).
+    fn forget(&self, namespace: &str, key: &str) {
+        let name = entry::name(namespace, key);
+        self.coherence.stripe(&name).fetch_add(1, Ordering::AcqRel);
+        self.engine.hot().remove(&name);
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -240,17 +324,29 @@ impl RedisCache {
     /// resync, since changes may have been missed.
     async fn listen(self, stop: CancellationToken) {
         let hub = self.engine.watch_hub();
+        let (hot, coherence) = (self.engine.hot(), &self.coherence);
         self.store
             .listen(
                 &self.channel(),
                 stop,
                 |payload| {
                     if let Some(change) = parse_event(payload) {
+                        let name = entry::name(&change.namespace, &change.key);
+                        coherence.stripe(&name).fetch_add(1, Ordering::AcqRel);
+                        hot.remove(&name);
                         let namespace = change.namespace.clone();
                         hub.publish(&namespace, || change);
                     }
                 },
-                || hub.resync_all(now_ms()),
+                |listening| {
+                    // Events may have been missed: nothing kept is trusted.
+                    coherence.listening.store(listening, Ordering::Release);
+                    for stripe in coherence.changes.iter() {
+                        stripe.fetch_add(1, Ordering::AcqRel);
+                    }
+                    hot.clear();
+                    hub.resync_all(now_ms());
+                },
             )
             .await;
     }

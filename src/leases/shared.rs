@@ -543,7 +543,7 @@ impl SharedLeases {
                 &self.freed_channel(),
                 stop,
                 |payload| self.wake(&String::from_utf8_lossy(payload)),
-                || self.wake_all(),
+                |_| self.wake_all(),
             )
             .await;
     }

@@ -231,14 +231,14 @@ impl RedisStore {
 
     /// Hands every message published on `channel` to `on_message` until
     /// `stop`, subscribing again (every second) after a lost connection.
-    /// `on_gap` runs when a subscription starts and when one is lost:
-    /// messages may have been missed in between.
+    /// `on_state(true)` runs when a subscription starts, `on_state(false)`
+    /// when one is lost: messages may have been missed around either.
     pub async fn listen(
         &self,
         channel: &str,
         stop: CancellationToken,
         on_message: impl Fn(&[u8]),
-        on_gap: impl Fn(),
+        on_state: impl Fn(bool),
     ) {
         use futures_util::StreamExt;
         loop {
@@ -251,7 +251,7 @@ impl RedisStore {
             };
             match subscribed {
                 Ok(mut pubsub) => {
-                    on_gap();
+                    on_state(true);
                     let mut messages = pubsub.on_message();
                     loop {
                         tokio::select! {
@@ -262,7 +262,7 @@ impl RedisStore {
                             },
                         }
                     }
-                    on_gap();
+                    on_state(false);
                 }
                 Err(e) => tracing::debug!(error = %e, channel, "cannot subscribe yet"),
             }

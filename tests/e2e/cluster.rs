@@ -686,6 +686,36 @@ async fn three_replicas_share_one_cache() {
         (pb::watch_event::Kind::Delete as i32, winners[0])
     );
     assert!(!caches[0].get(get("k")).await.unwrap().into_inner().found);
+
+    // Replica 1 serves a key from its hot tier once read; a write on replica
+    // 0 reaches it through the change event within moments.
+    caches[0].put(put("hot", b"old", None)).await.unwrap();
+    for _ in 0..3 {
+        let read = caches[1].get(get("hot")).await.unwrap().into_inner();
+        assert_eq!(&read.value[..], b"old");
+    }
+    let stats = caches[1]
+        .stats(pb::CacheStatsRequest {
+            namespace: "shared".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.namespaces[0].hot_hits >= 1, "{stats:?}");
+    let written = Instant::now();
+    caches[0].put(put("hot", b"new", None)).await.unwrap();
+    loop {
+        let read = caches[1].get(get("hot")).await.unwrap().into_inner();
+        if &read.value[..] == b"new" {
+            break;
+        }
+        assert!(
+            written.elapsed() < Duration::from_millis(500),
+            "replica 1 still serves the old value {:?} after the write",
+            written.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     drop(events);
     drop(caches);
     drop(channels);
