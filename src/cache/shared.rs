@@ -309,14 +309,7 @@ impl RedisCache {
         script: &redis::Script,
         cmd: &redis::Cmd,
     ) -> Result<T, CacheError> {
-        match self.store.command(cmd).await {
-            Err(RedisStoreError::NoScript) => {
-                self.store.load_script(script).await.map_err(unavailable)?;
-                self.store.command(cmd).await
-            }
-            other => other,
-        }
-        .map_err(unavailable)
+        self.store.eval(script, cmd).await.map_err(unavailable)
     }
 
     /// Hands the changes every replica publishes to this replica's watchers;

@@ -453,18 +453,12 @@ impl SharedLeases {
             .arg(args)
             .arg(pool)
             .arg(self.freed_channel());
-        let values: Vec<redis::Value> = match self.inner.store.command(&cmd).await {
-            Err(RedisStoreError::NoScript) => {
-                self.inner
-                    .store
-                    .load_script(&self.inner.script)
-                    .await
-                    .map_err(unavailable)?;
-                self.inner.store.command(&cmd).await
-            }
-            other => other,
-        }
-        .map_err(unavailable)?;
+        let values: Vec<redis::Value> = self
+            .inner
+            .store
+            .eval(&self.inner.script, &cmd)
+            .await
+            .map_err(unavailable)?;
         let metrics = &self.inner.metrics;
         for _ in 0..int(&values, 0) {
             metrics.ended(pool, EndReason::Expired);

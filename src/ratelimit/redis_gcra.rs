@@ -313,13 +313,7 @@ impl RedisBuckets {
     }
 
     async fn run(&self, pipeline: &redis::Pipeline) -> Result<Vec<Vec<i64>>, RedisStoreError> {
-        match self.store.pipeline(pipeline).await {
-            Err(RedisStoreError::NoScript) => {
-                self.store.load_script(&self.script).await?;
-                self.store.pipeline(pipeline).await
-            }
-            other => other,
-        }
+        self.store.eval_pipeline(&self.script, pipeline).await
     }
 
     async fn run_lane(self, rx: Arc<Mutex<mpsc::Receiver<Queued>>>) {

@@ -196,6 +196,37 @@ impl RedisStore {
         result.map_err(|e| self.failed(e))
     }
 
+    /// A pipeline of EVALSHA calls of `script`, loading the script first
+    /// where Redis does not know it (first use, a restarted or failed-over node).
+    pub async fn eval_pipeline<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, RedisStoreError> {
+        match self.pipeline(pipeline).await {
+            Err(RedisStoreError::NoScript) => {
+                self.load_script(script).await?;
+                self.pipeline(pipeline).await
+            }
+            other => other,
+        }
+    }
+
+    /// One EVALSHA call of `script`, loaded first where Redis does not know it.
+    pub async fn eval<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisStoreError> {
+        match self.command(cmd).await {
+            Err(RedisStoreError::NoScript) => {
+                self.load_script(script).await?;
+                self.command(cmd).await
+            }
+            other => other,
+        }
+    }
+
     /// A connection of its own for classic pub/sub: to the server, or to the
     /// first seed node of a cluster (classic messages reach every node).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisStoreError> {

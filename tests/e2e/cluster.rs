@@ -58,6 +58,30 @@ async fn replicas(
     (dir, processes, channels)
 }
 
+/// SIGTERM to each process; each exits 0 (callers drop their channels first).
+fn stop_all(processes: &mut [GantryProcess]) {
+    for process in processes {
+        process.signal("TERM");
+        assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
+    }
+}
+
+/// A protobuf timestamp `nanos` after the Unix epoch.
+fn timestamp(nanos: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (nanos / 1_000_000_000) as i64,
+        nanos: (nanos % 1_000_000_000) as i32,
+    }
+}
+
+/// Nanoseconds since the Unix epoch, now.
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
 fn acquire(limit: &str, key: &str) -> pb::AcquireRequest {
     pb::AcquireRequest {
         limit: limit.into(),
@@ -77,34 +101,17 @@ async fn three_replicas_admit_no_more_than_one_bucket_allows() {
     let Some(redis) = RedisServer::start(&[]) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("gantry.toml"),
-        "[[ratelimit.limits]]\nname = \"api\"\nrate = 200\nperiod = \"1s\"\nburst = 50\n",
-    )
-    .unwrap();
     let backend = Backend::Redis {
         url: redis.url(),
         prefix: "fleet".into(),
     };
-    let mut env = backend.env();
-    env.push(("GANTRY_SERVER_SHUTDOWN_GRACE", "2s".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut replicas: Vec<GantryProcess> = (0..3)
-        .map(|i| {
-            let data = dir.path().join(format!("replica-{i}"));
-            std::fs::create_dir_all(&data).unwrap();
-            std::fs::copy(dir.path().join("gantry.toml"), data.join("gantry.toml")).unwrap();
-            GantryProcess::serve_config(&data, &env)
-        })
-        .collect();
-    let mut channels = Vec::new();
-    for replica in &mut replicas {
-        let (grpc, _) = replica.wait_until_listening();
-        let channel = connect(grpc).await;
-        wait_serving(&channel, "gantry.v1.RateLimiter").await;
-        channels.push(channel);
-    }
+    let (_dir, mut replicas, channels) = replicas(
+        &backend,
+        "[[ratelimit.limits]]\nname = \"api\"\nrate = 200\nperiod = \"1s\"\nburst = 50\n",
+        3,
+        "gantry.v1.RateLimiter",
+    )
+    .await;
 
     let admitted = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -160,10 +167,7 @@ async fn three_replicas_admit_no_more_than_one_bucket_allows() {
         "admitted only {admitted} tokens in {elapsed:.2} s"
     );
     drop(channels);
-    for replica in &mut replicas {
-        replica.signal("TERM");
-        assert_eq!(replica.wait_exit(Duration::from_secs(15)), 0);
-    }
+    stop_all(&mut replicas);
 }
 
 /// redis-server killed (SIGKILL) under load and started again: meanwhile
@@ -403,33 +407,18 @@ async fn three_replicas_share_a_lease_pool_and_a_killed_one_gives_its_units_back
     let Some(redis) = RedisServer::start(&[]) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let backend = Backend::Redis {
         url: redis.url(),
         prefix: "leases".into(),
     };
-    let mut env = backend.env();
-    env.push(("GANTRY_SERVER_SHUTDOWN_GRACE", "2s".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut replicas: Vec<GantryProcess> = (0..3)
-        .map(|i| {
-            let data = dir.path().join(format!("replica-{i}"));
-            std::fs::create_dir_all(&data).unwrap();
-            std::fs::write(
-                data.join("gantry.toml"),
-                "[[leases.pools]]\nname = \"db\"\ncapacity = 6\ndefault_ttl = \"2s\"\nmax_ttl = \"1m\"\n",
-            )
-            .unwrap();
-            GantryProcess::serve_config(&data, &env)
-        })
-        .collect();
-    let mut clients = Vec::new();
-    for replica in &mut replicas {
-        let (grpc, _) = replica.wait_until_listening();
-        let channel = connect(grpc).await;
-        wait_serving(&channel, "gantry.v1.Leases").await;
-        clients.push(LeasesClient::new(channel));
-    }
+    let (_dir, mut replicas, channels) = replicas(
+        &backend,
+        "[[leases.pools]]\nname = \"db\"\ncapacity = 6\ndefault_ttl = \"2s\"\nmax_ttl = \"1m\"\n",
+        3,
+        "gantry.v1.Leases",
+    )
+    .await;
+    let mut clients: Vec<LeasesClient<_>> = channels.into_iter().map(LeasesClient::new).collect();
     let ask = |holder: &str, count: u32, max_wait: Duration| pb::AcquireLeaseRequest {
         pool: "db".into(),
         holder: holder.into(),
@@ -555,10 +544,7 @@ async fn three_replicas_share_a_lease_pool_and_a_killed_one_gives_its_units_back
         "granted {waited:?} after the kill (TTL 2 s)"
     );
     drop(clients);
-    for replica in replicas.iter_mut().take(2) {
-        replica.signal("TERM");
-        assert_eq!(replica.wait_exit(Duration::from_secs(15)), 0);
-    }
+    stop_all(&mut replicas[..2]);
 }
 
 /// Three gantry processes share one cache: a Put on one is read on the
@@ -719,10 +705,7 @@ async fn three_replicas_share_one_cache() {
     drop(events);
     drop(caches);
     drop(channels);
-    for process in &mut processes {
-        process.signal("TERM");
-        assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
-    }
+    stop_all(&mut processes);
 }
 
 /// Three gantry processes, one trace: its spans arrive through different
@@ -739,10 +722,7 @@ async fn a_trace_ingested_through_three_replicas_is_whole_on_each() {
         prefix: "traces".into(),
     };
     let (_dir, mut processes, channels) = replicas(&backend, "", 3, "gantry.v1.Traces").await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let now = now_nanos();
     let span = |id: u8, parent: Option<u8>, name: &str| {
         let start = now + u64::from(id) * 1_000_000;
         pb::Span {
@@ -752,14 +732,8 @@ async fn a_trace_ingested_through_three_replicas_is_whole_on_each() {
             service: format!("service-{id}"),
             name: name.into(),
             kind: pb::SpanKind::Server as i32,
-            start: Some(prost_types::Timestamp {
-                seconds: (start / 1_000_000_000) as i64,
-                nanos: (start % 1_000_000_000) as i32,
-            }),
-            end: Some(prost_types::Timestamp {
-                seconds: ((start + 5_000_000) / 1_000_000_000) as i64,
-                nanos: ((start + 5_000_000) % 1_000_000_000) as i32,
-            }),
+            start: Some(timestamp(start)),
+            end: Some(timestamp(start + 5_000_000)),
             ..Default::default()
         }
     };
@@ -789,10 +763,7 @@ async fn a_trace_ingested_through_three_replicas_is_whole_on_each() {
         assert_eq!(ids[1], 2, "then its child: {ids:?}");
     }
     drop(channels);
-    for process in &mut processes {
-        process.signal("TERM");
-        assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
-    }
+    stop_all(&mut processes);
 }
 
 /// Three gantry processes record executions of the same statement; within
@@ -874,10 +845,7 @@ async fn query_statistics_answer_for_the_whole_fleet() {
         assert_eq!(slow.queries.len(), 2, "{slow:?}");
     }
     drop(channels);
-    for process in &mut processes {
-        process.signal("TERM");
-        assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
-    }
+    stop_all(&mut processes);
 }
 
 /// A Redis that requires a password (here an ACL user's): gantry
@@ -966,22 +934,15 @@ async fn endpoint_stats_answer_for_the_whole_fleet() {
         prefix: "endpoints".into(),
     };
     let (_dir, mut processes, channels) = replicas(&backend, "", 3, "gantry.v1.Traces").await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let ts = |nanos: u64| prost_types::Timestamp {
-        seconds: (nanos / 1_000_000_000) as i64,
-        nanos: (nanos % 1_000_000_000) as i32,
-    };
+    let now = now_nanos();
     let span = |n: u64, ms: u64, failed: bool| pb::Span {
         trace_id: (n as u128 + 1).to_be_bytes().to_vec().into(),
         span_id: (n + 1).to_be_bytes().to_vec().into(),
         service: "shop".into(),
         name: "GET /cart".into(),
         kind: pb::SpanKind::Server as i32,
-        start: Some(ts(now - ms * 1_000_000)),
-        end: Some(ts(now)),
+        start: Some(timestamp(now - ms * 1_000_000)),
+        end: Some(timestamp(now)),
         status: failed.then(|| pb::SpanStatus {
             code: pb::span_status::Code::Error as i32,
             message: "boom".into(),
@@ -1031,8 +992,5 @@ async fn endpoint_stats_answer_for_the_whole_fleet() {
         assert!(ms(&e.p99).abs_diff(900) <= 9, "{e:?}");
     }
     drop(channels);
-    for process in &mut processes {
-        process.signal("TERM");
-        assert_eq!(process.wait_exit(Duration::from_secs(15)), 0);
-    }
+    stop_all(&mut processes);
 }
