@@ -181,10 +181,27 @@ impl Background {
         });
     }
 
-    /// Cancels every task and waits for them to end.
-    pub async fn stop(&mut self) {
+    /// Cancels every task and waits for them to end, until `deadline`: a
+    /// task still inside a blocking call then (a flush on a stalled disk)
+    /// is aborted, so shutdown never waits on the disk.
+    pub async fn stop_by(&mut self, deadline: tokio::time::Instant) {
         self.stop.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        loop {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(_) => {
+                    tracing::error!(
+                        still_running = self.tasks.len(),
+                        "background work did not stop within storage.flush_timeout; abandoning it"
+                    );
+                    // Aborted tasks end at their next await point.
+                    self.tasks.abort_all();
+                    while self.tasks.join_next().await.is_some() {}
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -236,5 +253,51 @@ impl Capability {
     pub fn needs_redis(mut self, needs: bool) -> Self {
         self.needs_redis = needs;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn stopping_abandons_a_task_stuck_in_a_blocking_call_at_the_deadline() {
+        let mut background = Background::default();
+        let polite_ended = Arc::new(AtomicBool::new(false));
+        let ended = polite_ended.clone();
+        let stop = background.token();
+        background.spawn(async move {
+            stop.cancelled().await;
+            ended.store(true, Ordering::SeqCst);
+        });
+        // A flush on a stalled disk: ignores the stop, blocks a thread.
+        let (release, stalled) = std::sync::mpsc::channel::<()>();
+        background.spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || stalled.recv()).await;
+        });
+
+        let started = std::time::Instant::now();
+        background
+            .stop_by(tokio::time::Instant::now() + Duration::from_millis(200))
+            .await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(polite_ended.load(Ordering::SeqCst));
+        assert!(background.tasks.is_empty());
+        let _ = release.send(());
+    }
+
+    #[tokio::test]
+    async fn stopping_returns_as_soon_as_every_task_ended() {
+        let mut background = Background::default();
+        let stop = background.token();
+        background.spawn(async move { stop.cancelled().await });
+        let started = std::time::Instant::now();
+        background
+            .stop_by(tokio::time::Instant::now() + Duration::from_secs(30))
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

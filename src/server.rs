@@ -343,34 +343,62 @@ impl Gantry {
 
         metrics_stop.cancel();
         let _ = metrics_task.await;
-        background.stop().await;
-        // Whatever the disk does, each stop and the last flush take at most
-        // `storage.flush_timeout`.
+        // Whatever the disk does, what is left after the drain — background
+        // work, the capabilities' stops, the last flush — shares one
+        // `storage.flush_timeout`: a stalled disk must not hold the process
+        // past what the orchestrator was told (grace + flush timeout).
         let flush_timeout = config.storage.flush_timeout.get();
-        for (name, stop) in stops {
-            tracing::debug!(capability = name, "stopping");
-            if tokio::time::timeout(flush_timeout, stop).await.is_err() {
-                tracing::error!(
-                    capability = name,
-                    timeout = ?flush_timeout,
-                    "stopping did not finish within storage.flush_timeout; going on"
-                );
-            }
-        }
+        let deadline = tokio::time::Instant::now() + flush_timeout;
+        background.stop_by(deadline).await;
+        stop_capabilities(stops, deadline).await;
 
         let flush_store = store.clone();
         let flushing = tokio::task::spawn_blocking(move || flush_store.flush());
-        let flushed = store
-            .health()
-            .bounded("the flush at shutdown", async {
-                flushing
-                    .await
-                    .map_err(|e| StoreError::Io(format!("the flush at shutdown panicked: {e}")))?
-            })
-            .await;
+        let flushed = match tokio::time::timeout_at(deadline, flushing).await {
+            Ok(Ok(result)) => store.health().observe(result),
+            Ok(Err(e)) => Err(StoreError::Io(format!(
+                "the flush at shutdown panicked: {e}"
+            ))),
+            Err(_) => Err(StoreError::Unwritable {
+                cause: format!(
+                    "the flush at shutdown did not finish within {flush_timeout:?} (storage.flush_timeout)"
+                ),
+            }),
+        };
         flushed.map_err(|e| ServeError::Flush(e.to_string()))?;
         tracing::info!("store flushed; gantry stopped");
         served.map_err(ServeError::from)
+    }
+}
+
+/// Runs the capabilities' stops side by side until `deadline`; those still
+/// running then are abandoned (their state is what the store last took).
+async fn stop_capabilities(
+    stops: Vec<(&'static str, crate::runtime::StopFuture)>,
+    deadline: tokio::time::Instant,
+) {
+    let mut running = tokio::task::JoinSet::new();
+    for (name, stop) in stops {
+        tracing::debug!(capability = name, "stopping");
+        running.spawn(async move {
+            stop.await;
+            name
+        });
+    }
+    loop {
+        match tokio::time::timeout_at(deadline, running.join_next()).await {
+            Ok(None) => return,
+            Ok(Some(Ok(name))) => tracing::debug!(capability = name, "stopped"),
+            Ok(Some(Err(e))) => tracing::error!(error = %e, "a capability's stop panicked"),
+            Err(_) => {
+                tracing::error!(
+                    still_running = running.len(),
+                    "stopping the capabilities did not finish within storage.flush_timeout; going on"
+                );
+                running.abort_all();
+                return;
+            }
+        }
     }
 }
 
