@@ -13,10 +13,13 @@
 //! | lost condition (CAS) | `FAILED_PRECONDITION`|
 //! | shed load / too big  | `RESOURCE_EXHAUSTED` |
 //! | store down           | `UNAVAILABLE`        |
+//! | no/unknown credentials | `UNAUTHENTICATED`  |
+//! | outside its grant    | `PERMISSION_DENIED`  |
 //! | a bug                | `INTERNAL`           |
 
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
 use crate::cache::CacheError;
 use crate::leases::LeaseError;
 use crate::query::QueryError;
@@ -96,6 +99,12 @@ pub enum ApiError {
     /// A bug or an unexpected internal state.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No credentials, or ones that identify nobody.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known caller asked for something its grant does not cover.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl ApiError {
@@ -113,6 +122,8 @@ impl ApiError {
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
         }
     }
 }
@@ -134,6 +145,23 @@ impl From<StoreError> for ApiError {
         // Every storage failure seen by a call means "the store is down or
         // misbehaving": UNAVAILABLE lets clients (and Envoy's failure_mode_deny) react.
         ApiError::Unavailable(format!("store unavailable: {err}"))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Missing | AuthError::Malformed | AuthError::UnknownToken => {
+                ApiError::Unauthenticated(err.to_string())
+            }
+            AuthError::Denied { .. } => ApiError::PermissionDenied(err.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Self {
+        ApiError::from(err).into()
     }
 }
 

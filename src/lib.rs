@@ -3,6 +3,7 @@
 //! global connection budgets.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod traces;
 pub mod transport;
 pub mod waitqueue;

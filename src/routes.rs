@@ -61,7 +61,7 @@ pub fn method_path(service: &str, method: &str) -> String {
 
 /// Starts the call's record (and sheds it when the server is full): called
 /// by a [`DirectUnary`] once it knows it will answer, before any side effect.
-pub type Begin<'a> = &'a mut dyn FnMut() -> Result<(), tonic::Status>;
+pub type Begin<'a> = &'a mut dyn FnMut() -> Result<crate::auth::Caller, tonic::Status>;
 
 /// An answer that is not ready at once: it waits for the shared store
 /// (Redis) without using the CPU, so it stays on the direct path.

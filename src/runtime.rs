@@ -39,6 +39,10 @@ pub enum StartError {
     Forward(String),
     #[error(transparent)]
     Redis(crate::store::redis::RedisStoreError),
+    #[error(transparent)]
+    Tls(crate::tls::TlsError),
+    #[error("{0}")]
+    Auth(String),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         addr: SocketAddr,

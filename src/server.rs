@@ -16,10 +16,10 @@ use prometheus_client::registry::Registry;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::Auth;
 use crate::config::{Config, StorageBackend, Transport};
 use crate::proto::gantry::v1 as pb;
 use crate::reload::{ConfigSource, ReloadMetrics, Reloader};
@@ -29,6 +29,7 @@ use crate::store::redis::RedisStore;
 use crate::store::{self, Store, StoreError};
 use crate::telemetry::metrics::{self, ProcessCollector, RpcMetrics};
 use crate::telemetry::rpc::RpcLayer;
+use crate::tls::{ReloadingTls, TlsMetrics};
 use crate::transport;
 use crate::{cache, leases, query, ratelimit, traces};
 
@@ -78,6 +79,10 @@ pub struct Gantry {
     health: HealthReporter,
     capabilities: Vec<Capability>,
     redis: Option<RedisStore>,
+    /// `[server.tls]`, `[telemetry.metrics_tls]`, `[auth]` when on.
+    grpc_tls: Option<Arc<ReloadingTls>>,
+    metrics_tls: Option<Arc<ReloadingTls>>,
+    auth: Option<Arc<Auth>>,
     background: Background,
     source: Option<ConfigSource>,
     reload_trigger: Arc<tokio::sync::Notify>,
@@ -106,6 +111,22 @@ impl Gantry {
         let reload_metrics = ReloadMetrics::register(&mut registry);
         registry.register_collector(Box::new(ProcessCollector));
         store.health().register(&mut registry);
+        let tls_metrics = TlsMetrics::register(&mut registry);
+        let tls = |port, section, files: &crate::tls::TlsFiles, alpn: &[&[u8]]| {
+            files
+                .enabled()
+                .then(|| ReloadingTls::load(port, section, files, alpn, tls_metrics.clone()))
+                .transpose()
+                .map_err(StartError::Tls)
+        };
+        let grpc_tls = tls("grpc", "server.tls", &config.server.tls, &[b"h2"])?;
+        let metrics_tls = tls(
+            "metrics",
+            "telemetry.metrics_tls",
+            &config.telemetry.metrics_tls,
+            &[b"http/1.1"],
+        )?;
+        let auth = Auth::load(&config.auth, &mut registry).map_err(StartError::Auth)?;
 
         let mut background = Background::default();
         let redis = match config.storage.backend {
@@ -149,6 +170,9 @@ impl Gantry {
             capabilities,
             background,
             redis,
+            grpc_tls,
+            metrics_tls,
+            auth,
             source: None,
             reload_trigger: Arc::new(tokio::sync::Notify::new()),
         })
@@ -209,6 +233,9 @@ impl Gantry {
             capabilities,
             mut background,
             redis,
+            grpc_tls,
+            metrics_tls,
+            auth,
             source,
             reload_trigger,
         } = self;
@@ -248,12 +275,21 @@ impl Gantry {
             ));
         }
 
+        for tls in [&grpc_tls, &metrics_tls].into_iter().flatten() {
+            background.spawn(tls.clone().watch(background.token()));
+        }
+        if let Some(auth) = &auth {
+            background.spawn(auth.clone().watch(background.token()));
+        }
+        warn_if_exposed(&config, grpc_addr);
+
         let connection_metrics = rpc_metrics.connections.clone();
         let layer = RpcLayer::new(
             rpc_metrics,
             server_cfg.max_inflight,
             method_size_settings(&served),
             propagate_context,
+            auth.clone(),
         );
 
         if let Some(source) = source {
@@ -268,9 +304,15 @@ impl Gantry {
 
         // Metrics stay up while the gRPC side drains, so the drain can be watched.
         let metrics_stop = CancellationToken::new();
+        let metrics_access = metrics::MetricsAccess {
+            tls: metrics_tls,
+            token_file: crate::tls::is_set(&config.telemetry.metrics_token_file)
+                .then(|| config.telemetry.metrics_token_file.clone()),
+        };
         let metrics_task = tokio::spawn(metrics::serve(
             metrics_listener,
             Arc::new(registry),
+            metrics_access,
             metrics_stop.clone(),
         ));
 
@@ -282,9 +324,8 @@ impl Gantry {
             "gantry listening"
         );
 
-        let incoming = TcpIncoming::from(grpc_listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(server_cfg.tcp_keepalive.get()));
+        let incoming =
+            crate::tls::incoming(grpc_listener, server_cfg.tcp_keepalive.get(), grpc_tls);
         let reporter = health.clone();
         let stop_signal = shutdown.clone();
         let signal = async move {
@@ -371,6 +412,28 @@ impl Gantry {
     }
 }
 
+/// Says once, at start, when the gRPC port is reachable from other hosts
+/// without TLS or without authorization: anyone there may use everything.
+fn warn_if_exposed(config: &Config, grpc_addr: SocketAddr) {
+    if grpc_addr.ip().is_loopback() {
+        return;
+    }
+    let missing: Vec<&str> = [
+        (!config.server.tls.enabled()).then_some("TLS ([server.tls])"),
+        (!config.auth.enabled()).then_some("authorization ([auth] policy_file)"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            grpc = %grpc_addr,
+            "listening beyond loopback without {}: any client that reaches the port may use every limit, namespace and pool (docs/security.md)",
+            missing.join(" or ")
+        );
+    }
+}
+
 /// Runs the capabilities' stops side by side until `deadline`; those still
 /// running then are abandoned (their state is what the store last took).
 async fn stop_capabilities(
@@ -440,7 +503,19 @@ fn tonic_routes(services: &[GrpcService]) -> tonic::service::Routes {
             grpc.service
                 .clone()
                 .map_request(|req: http::Request<axum::body::Body>| {
-                    req.map(tonic::body::Body::new)
+                    let mut req = req.map(tonic::body::Body::new);
+                    // tonic's server carries our `Peer`; `Request::remote_addr()`
+                    // reads its own type, as on the h2 transport.
+                    let tcp = req.extensions().get::<crate::tls::Peer>().map(|peer| {
+                        tonic::transport::server::TcpConnectInfo {
+                            local_addr: peer.local,
+                            remote_addr: peer.remote,
+                        }
+                    });
+                    if let Some(tcp) = tcp {
+                        req.extensions_mut().insert(tcp);
+                    }
+                    req
                 }),
         )
     });

@@ -1,5 +1,6 @@
 //! `gantry.v1.Cache` over gRPC: converts and validates, then asks the engine.
 
+use crate::auth::{Area, AuthError, Caller};
 use std::pin::Pin;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -174,12 +175,22 @@ fn stats_pb(namespace: String, s: &Snapshot) -> pb::NamespaceStats {
     }
 }
 
+/// A batch is refused whole when one item names a namespace outside the
+/// caller's grant.
+fn may_use_all<'a>(
+    caller: &Caller,
+    mut namespaces: impl Iterator<Item = &'a str>,
+) -> Result<(), AuthError> {
+    namespaces.try_for_each(|n| caller.may(Area::Cache, n))
+}
+
 #[tonic::async_trait]
 impl pb::cache_server::Cache for CacheService {
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        Caller::of(&request)?.may(Area::Cache, &request.get_ref().namespace)?;
         let r = request.into_inner();
         let found = self
             .read(r.namespace, r.key)
@@ -193,6 +204,7 @@ impl pb::cache_server::Cache for CacheService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        Caller::of(&request)?.may(Area::Cache, &request.get_ref().namespace)?;
         let r = request.into_inner();
         let namespace = r.namespace.clone();
         let response = self.write(r).await.map_err(ApiError::from)?;
@@ -206,6 +218,7 @@ impl pb::cache_server::Cache for CacheService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let r = request.get_ref();
+        Caller::of(&request)?.may(Area::Cache, &r.namespace)?;
         let deleted = self
             .remove(&r.namespace, &r.key, r.if_version)
             .await
@@ -223,6 +236,10 @@ impl pb::cache_server::Cache for CacheService {
     ) -> Result<Response<pb::GetManyResponse>, Status> {
         let items = &request.get_ref().items;
         self.check_batch(items.len())?;
+        may_use_all(
+            Caller::of(&request)?,
+            items.iter().map(|i| i.namespace.as_str()),
+        )?;
         let found: Vec<Result<Option<Found>, CacheError>> = match &self.shared {
             // Concurrently: they leave together over the multiplexed connection.
             Some(shared) => {
@@ -267,6 +284,10 @@ impl pb::cache_server::Cache for CacheService {
         &self,
         request: Request<pb::PutManyRequest>,
     ) -> Result<Response<pb::PutManyResponse>, Status> {
+        may_use_all(
+            Caller::of(&request)?,
+            request.get_ref().items.iter().map(|i| i.namespace.as_str()),
+        )?;
         let items = request.into_inner().items;
         self.check_batch(items.len())?;
         let count = items.len();
@@ -308,6 +329,7 @@ impl pb::cache_server::Cache for CacheService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        Caller::of(&request)?.may(Area::Cache, &request.get_ref().namespace)?;
         let r = request.into_inner();
         self.engine
             .check_key_prefix(&r.key_prefix)
@@ -368,13 +390,17 @@ impl pb::cache_server::Cache for CacheService {
         &self,
         request: Request<pb::CacheStatsRequest>,
     ) -> Result<Response<pb::CacheStats>, Status> {
+        let caller = Caller::of(&request)?.clone();
         let wanted = request.into_inner().namespace;
         if !wanted.is_empty() {
+            caller.may(Area::Cache, &wanted)?;
             self.engine
                 .check_namespace(&wanted)
                 .map_err(ApiError::from)?;
         }
         let mut all = self.engine.namespaces().snapshot();
+        // All namespaces means all the caller may see; the total is theirs.
+        all.retain(|(n, _)| caller.sees(Area::Cache, n));
         if !wanted.is_empty() {
             all.retain(|(n, _)| *n == wanted);
             if all.is_empty() {

@@ -55,6 +55,7 @@ pub struct Config {
     pub query: QueryConfig,
     pub traces: TracesConfig,
     pub leases: LeasesConfig,
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Where a configuration value came from, for error messages.
@@ -218,6 +219,7 @@ impl Config {
         self.query.validate()?;
         self.traces.validate()?;
         self.leases.validate()?;
+        self.auth.validate(self.server.tls.mutual())?;
         self.check_value_fits_a_response()
     }
 
@@ -380,7 +382,7 @@ fn set_override(
 
 /// Keys whose value is a list of strings, set from the environment as a
 /// comma-separated list.
-const LIST_KEYS: &[&str] = &["storage.redis.cluster"];
+const LIST_KEYS: &[&str] = &["storage.redis.cluster", "auth.open_services"];
 
 /// Dotted paths of every scalar (non-table, non-array-of-tables) value, at
 /// any depth (`storage.redis.url`), plus the string lists of [`LIST_KEYS`].

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// `AcquireBatch` and Envoy's `ShouldRateLimit` from their request bytes,
     /// without tonic's per-call machinery.
     pub direct_calls: bool,
+    /// TLS on the gRPC port (`[server.tls]`); plaintext without `cert_file`.
+    pub tls: crate::tls::TlsFiles,
 }
 
 /// The HTTP/2 server under the gRPC services (docs/benchmarks.md, "gantry's transport").
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             config_poll_interval: HumanDuration::from_secs(2),
             transport: Transport::H2,
             direct_calls: true,
+            tls: crate::tls::TlsFiles::default(),
         }
     }
 }
@@ -81,6 +84,7 @@ impl ServerConfig {
             ],
         )?;
         positive("server", [("request_timeout", self.request_timeout)])?;
+        self.tls.validate("server.tls")?;
         if self.listen == self.metrics_listen && self.listen.port() != 0 {
             return Err(FieldError::new(
                 "server.metrics_listen",

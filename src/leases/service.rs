@@ -1,5 +1,6 @@
 //! `gantry.v1.Leases` over gRPC: converts and validates, then asks the manager.
 
+use crate::auth::{Area, Caller};
 use std::time::{Duration, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
@@ -50,6 +51,7 @@ impl pb::leases_server::Leases for LeasesService {
     ) -> Result<Response<pb::Lease>, Status> {
         let deadline = grpc_timeout(request.metadata());
         let r = request.get_ref();
+        Caller::of(&request)?.may(Area::Leases, &r.pool)?;
         let max_wait = duration_from_pb("max_wait", r.max_wait.as_ref())?;
         // A wait must end in an answer before the caller's deadline does.
         let max_wait = wait_within_deadline(max_wait, deadline);
@@ -90,6 +92,9 @@ impl pb::leases_server::Leases for LeasesService {
         Ok(Response::new(lease))
     }
 
+    // Renew and Release name a lease by its id: 128 random bits that only
+    // the caller it was granted to has seen, so holding the id is the grant
+    // (docs/security.md).
     async fn renew(
         &self,
         request: Request<pb::RenewLeaseRequest>,
@@ -128,6 +133,7 @@ impl pb::leases_server::Leases for LeasesService {
         if r.pool.is_empty() {
             return Err(ApiError::invalid("pool", "must not be empty").into());
         }
+        Caller::of(&request)?.may(Area::Leases, &r.pool)?;
         let status = self.manager.status(&r.pool).await.map_err(ApiError::from)?;
         let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         Ok(Response::new(pb::PoolStatusResponse {

@@ -2,6 +2,7 @@
 //! descriptors are mapped to gantry limits by `[[ratelimit.envoy]]` rules
 //! (see `descriptors.rs`) and decided by the same buckets as gantry's own API.
 
+use crate::auth::{Area, Caller};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
@@ -263,6 +264,8 @@ impl RateLimitService for EnvoyRateLimitService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        // The policy grants Envoy's domains as rate-limit names.
+        Caller::of(&request)?.may(Area::RateLimit, &request.get_ref().domain)?;
         self.answer(request.get_ref()).await.map(Response::new)
     }
 }
@@ -286,8 +289,12 @@ impl DirectShouldRateLimit {
 impl DirectUnary for DirectShouldRateLimit {
     fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Answer> {
         let r = RateLimitRequest::decode(message).ok()?;
-        if let Err(shed) = begin() {
-            return Some(Answer::Now(Err(shed)));
+        let caller = match begin() {
+            Ok(caller) => caller,
+            Err(shed) => return Some(Answer::Now(Err(shed))),
+        };
+        if let Err(denied) = caller.may(Area::RateLimit, &r.domain) {
+            return Some(Answer::Now(Err(denied.into())));
         }
         let max = self.max_message_bytes;
         if self.service.limiter.is_shared() {

@@ -1,5 +1,6 @@
 //! `gantry.v1.RateLimiter` over gRPC: converts and validates, then asks the limiter.
 
+use crate::auth::{Area, AuthError, Caller};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -32,6 +33,14 @@ fn decide_batch(
         .acquire_batch(&reqs, r.all_or_nothing)
         .map_err(ApiError::from)?;
     Ok(batch_response(&reqs, r.all_or_nothing, outcomes))
+}
+
+/// Every limit a batch names must be granted (checked before any is
+/// looked up, so a refusal says nothing about which limits exist).
+fn may_use_all(caller: &Caller, r: &pb::AcquireBatchRequest) -> Result<(), AuthError> {
+    r.requests
+        .iter()
+        .try_for_each(|item| caller.may(Area::RateLimit, &item.limit))
 }
 
 /// [`decide_batch`] on whichever backend holds the buckets.
@@ -92,8 +101,12 @@ impl DirectUnary for DirectAcquire {
         if r.max_wait.is_some_and(|d| d.seconds != 0 || d.nanos != 0) {
             return None;
         }
-        if let Err(shed) = begin() {
-            return Some(Answer::Now(Err(shed)));
+        let caller = match begin() {
+            Ok(caller) => caller,
+            Err(shed) => return Some(Answer::Now(Err(shed))),
+        };
+        if let Err(denied) = caller.may(Area::RateLimit, &r.limit) {
+            return Some(Answer::Now(Err(denied.into())));
         }
         // An AcquireResponse is a few dozen bytes; the message limit is at least 1 KiB.
         if !self.limiter.is_shared() {
@@ -133,8 +146,12 @@ impl DirectAcquireBatch {
 impl DirectUnary for DirectAcquireBatch {
     fn answer(&self, message: &[u8], begin: Begin<'_>) -> Option<Answer> {
         let r = pb::AcquireBatchRequest::decode(message).ok()?;
-        if let Err(shed) = begin() {
-            return Some(Answer::Now(Err(shed)));
+        let caller = match begin() {
+            Ok(caller) => caller,
+            Err(shed) => return Some(Answer::Now(Err(shed))),
+        };
+        if let Err(denied) = may_use_all(&caller, &r) {
+            return Some(Answer::Now(Err(denied.into())));
         }
         let max = self.max_message_bytes;
         if !self.limiter.is_shared() {
@@ -203,6 +220,7 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let deadline = grpc_timeout(request.metadata());
         let r = request.get_ref();
+        Caller::of(&request)?.may(Area::RateLimit, &r.limit)?;
         let mut req = to_domain(r, None)?;
         // A wait must end in an answer before the caller's deadline does.
         req.max_wait = wait_within_deadline(req.max_wait, deadline);
@@ -241,6 +259,7 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
         &self,
         request: Request<pb::AcquireBatchRequest>,
     ) -> Result<Response<pb::AcquireBatchResponse>, Status> {
+        may_use_all(Caller::of(&request)?, request.get_ref())?;
         let r = request.into_inner();
         let response = match &self.coalescer {
             Some(coalescer) => coalescer
@@ -254,12 +273,15 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
 
     async fn list_limits(
         &self,
-        _request: Request<pb::ListLimitsRequest>,
+        request: Request<pb::ListLimitsRequest>,
     ) -> Result<Response<pb::ListLimitsResponse>, Status> {
+        // Only the limits the caller may use are listed.
+        let caller = Caller::of(&request)?;
         let set = self.limiter.limits();
         let limits = set
             .sorted()
             .into_iter()
+            .filter(|limit| caller.sees(Area::RateLimit, &limit.name))
             .map(|limit| {
                 let mut overrides: Vec<pb::LimitOverride> = limit
                     .overrides

@@ -25,6 +25,12 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// Share of gantry's own traces exported (0.0 to 1.0), respecting a sampled parent.
     pub trace_sample_ratio: f64,
+    /// TLS on the metrics port (`[telemetry.metrics_tls]`); may name the
+    /// same files as `[server.tls]`.
+    pub metrics_tls: crate::tls::TlsFiles,
+    /// A file holding the bearer token Prometheus must send to `/metrics`
+    /// (its `authorization.credentials_file`); unset: no token needed.
+    pub metrics_token_file: std::path::PathBuf,
 }
 
 impl Default for TelemetryConfig {
@@ -35,6 +41,8 @@ impl Default for TelemetryConfig {
             otlp_endpoint: String::new(),
             service_name: "gantry".to_string(),
             trace_sample_ratio: 1.0,
+            metrics_tls: crate::tls::TlsFiles::default(),
+            metrics_token_file: std::path::PathBuf::new(),
         }
     }
 }
@@ -68,6 +76,7 @@ impl TelemetryConfig {
                 ),
             ));
         }
+        self.metrics_tls.validate("telemetry.metrics_tls")?;
         if self.service_name.trim().is_empty() {
             return Err(FieldError::empty("telemetry.service_name"));
         }

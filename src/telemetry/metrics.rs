@@ -261,12 +261,67 @@ pub fn render(
     }
 }
 
-fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Who may read `/metrics` (`[telemetry] metrics_token_file`,
+/// `[telemetry.metrics_tls]`).
+#[derive(Default, Clone)]
+pub struct MetricsAccess {
+    /// The port's TLS, when on.
+    pub tls: Option<Arc<crate::tls::ReloadingTls>>,
+    /// A file holding the bearer token a scrape must send; read at each
+    /// scrape, so a rotated Secret counts at once.
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl MetricsAccess {
+    /// Whether the request carries the token (always, without a token file).
+    fn admits(&self, req: &Request<Incoming>) -> Result<(), StatusCode> {
+        let Some(path) = &self.token_file else {
+            return Ok(());
+        };
+        let expected = std::fs::read_to_string(path).map_err(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read telemetry.metrics_token_file; refusing the scrape");
+            StatusCode::SERVICE_UNAVAILABLE
+        })?;
+        let sent = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().split_at_checked(7))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
+            .map(|(_, token)| token)
+            .ok_or(StatusCode::UNAUTHORIZED)?;
+        // Hashes of equal length compared: no early exit on the token's bytes.
+        let same = crate::auth::sha256(sent) == crate::auth::sha256(expected.trim().as_bytes());
+        if same {
+            Ok(())
+        } else {
+            Err(StatusCode::UNAUTHORIZED)
+        }
+    }
+}
+
+fn respond(
+    registry: &Registry,
+    access: &MetricsAccess,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let plain = |status: StatusCode, text: &str| {
         let mut resp = Response::new(Full::new(Bytes::from(text.to_string())));
         *resp.status_mut() = status;
         resp
     };
+    if let Err(status) = access.admits(req) {
+        let mut resp = plain(
+            status,
+            "send `Authorization: Bearer <token>` (telemetry.metrics_token_file)\n",
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        return resp;
+    }
     if req.uri().path() != "/metrics" {
         return plain(
             StatusCode::NOT_FOUND,
@@ -293,9 +348,16 @@ fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>
     }
 }
 
-/// Serves `/metrics` over HTTP/1.1 until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: CancellationToken) {
+/// Serves `/metrics` over HTTP/1.1 (in TLS when configured) until
+/// `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    access: MetricsAccess,
+    shutdown: CancellationToken,
+) {
     let local: Option<SocketAddr> = listener.local_addr().ok();
+    let access = Arc::new(access);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -311,12 +373,29 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: Can
         };
         let registry = registry.clone();
         let shutdown = shutdown.clone();
+        let access = access.clone();
         tokio::spawn(async move {
+            let tls = access.tls.clone();
+            let io = match tls {
+                None => crate::tls::ServerIo::Plain(stream),
+                Some(tls) => match tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    tls.acceptor().accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => crate::tls::ServerIo::Tls(Box::new(stream), Arc::from("")),
+                    _ => {
+                        tls.handshake_failed();
+                        return;
+                    }
+                },
+            };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let resp = respond(&registry, &req);
+                let resp = respond(&registry, &access, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let io = hyper_util::rt::TokioIo::new(stream);
+            let io = hyper_util::rt::TokioIo::new(io);
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {

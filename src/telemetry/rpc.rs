@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::auth::{Auth, Caller};
+use crate::tls::Peer;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Bytes;
@@ -77,6 +79,24 @@ struct Shared {
     unknown: Arc<MethodHandles>,
     /// Extract `traceparent` (and open spans at INFO) only when our own spans are exported.
     propagate_context: bool,
+    /// `[auth]`, when on: who may call what.
+    auth: Option<Arc<Auth>>,
+}
+
+/// Authenticates a call and checks its method (`[auth]`); with auth off,
+/// every caller may do everything.
+fn authorize(
+    shared: &Shared,
+    path: &str,
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+) -> Result<Caller, tonic::Status> {
+    match &shared.auth {
+        None => Ok(Caller::anyone()),
+        Some(auth) => auth
+            .check(path, headers, extensions.get::<Peer>())
+            .map_err(tonic::Status::from),
+    }
 }
 
 #[derive(Clone)]
@@ -92,6 +112,7 @@ impl RpcLayer {
         max_inflight: u32,
         methods: HashMap<String, &'static str>,
         propagate_context: bool,
+        auth: Option<Arc<Auth>>,
     ) -> Self {
         let unknown = Arc::new(MethodHandles::new(
             &metrics,
@@ -116,6 +137,7 @@ impl RpcLayer {
                 methods,
                 unknown,
                 propagate_context,
+                auth,
             }),
         }
     }
@@ -250,7 +272,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<tonic::body::Body>) -> Self::Future {
         // The clone-and-swap keeps the instance that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -258,9 +280,20 @@ where
 
         let mut call = CallRecord::start(&shared, req.uri().path(), req.headers());
         let span = call.span.clone();
+        let caller = authorize(&shared, req.uri().path(), req.headers(), req.extensions());
 
         Box::pin(
             async move {
+                match caller {
+                    Ok(caller) => {
+                        req.extensions_mut().insert(caller);
+                    }
+                    Err(status) => {
+                        call.finish(status.code());
+                        let (parts, ()) = status.into_http::<()>().into_parts();
+                        return Ok(Response::from_parts(parts, RpcBody::empty()));
+                    }
+                }
                 let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
                     let status = shed(&shared);
                     call.finish(status.code());
@@ -310,9 +343,17 @@ impl RpcLayer {
         &self,
         path: &str,
         headers: &HeaderMap,
+        extensions: &http::Extensions,
     ) -> Result<DirectCall, tonic::Status> {
         let shared = &self.shared;
         let mut call = CallRecord::start(shared, path, headers);
+        let caller = match authorize(shared, path, headers, extensions) {
+            Ok(caller) => caller,
+            Err(status) => {
+                call.finish(status.code());
+                return Err(status);
+            }
+        };
         let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
             let status = shed(shared);
             call.finish(status.code());
@@ -321,6 +362,7 @@ impl RpcLayer {
         shared.metrics.inflight.inc();
         Ok(DirectCall {
             call,
+            caller,
             _permit: permit,
         })
     }
@@ -330,10 +372,15 @@ impl RpcLayer {
 /// [`DirectCall::finish`], or as CANCELLED when it is dropped unfinished.
 pub struct DirectCall {
     call: CallRecord,
+    caller: Caller,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl DirectCall {
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
     pub fn span(&self) -> &tracing::Span {
         &self.call.span
     }
@@ -534,7 +581,7 @@ mod tests {
                 "traces.max_message_bytes",
             ),
         ]);
-        let layer = RpcLayer::new(metrics, 10, known, false);
+        let layer = RpcLayer::new(metrics, 10, known, false, None);
         let handles = |path: &str| {
             let shared = &layer.shared;
             shared.methods.get(path).unwrap_or(&shared.unknown).clone()

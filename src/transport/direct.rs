@@ -136,7 +136,11 @@ where
     // A call that ends before its message arrived is counted as the service
     // path counts it: started, and ended by the deadline or the client.
     let ended = |code: tonic::Code| {
-        if let Ok(call) = calls.layer.start_direct(parts.uri.path(), &parts.headers) {
+        if let Ok(call) =
+            calls
+                .layer
+                .start_direct(parts.uri.path(), &parts.headers, &parts.extensions)
+        {
             call.finish(code);
         }
     };
@@ -244,10 +248,14 @@ fn answer(
     let mut call: Option<DirectCall> = None;
     let mut entered: Option<tracing::span::EnteredSpan> = None;
     let mut begin = || {
-        let started = calls.layer.start_direct(parts.uri.path(), &parts.headers)?;
+        let started =
+            calls
+                .layer
+                .start_direct(parts.uri.path(), &parts.headers, &parts.extensions)?;
         entered = Some(started.span().clone().entered());
+        let caller = started.caller().clone();
         call = Some(started);
-        Ok(())
+        Ok(caller)
     };
     let Some(answer) = handler.answer(message, &mut begin) else {
         return Answered::Declined;

@@ -36,7 +36,6 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{Request, Response};
 use http_body::Body;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpConnectInfo;
@@ -45,6 +44,7 @@ use tower::{BoxError, Service, ServiceExt};
 use crate::grpc::parse_grpc_timeout;
 use crate::routes::MethodTable;
 use crate::telemetry::metrics::ConnectionMetrics;
+use crate::tls::{Peer, ServerIo};
 
 /// HTTP/2 settings, as hyper's server sets them by default unless named here.
 pub struct Settings {
@@ -109,7 +109,7 @@ pub async fn serve<I, S>(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) where
-    I: futures_util::Stream<Item = std::io::Result<TcpStream>> + Unpin,
+    I: futures_util::Stream<Item = std::io::Result<ServerIo>> + Unpin,
     S: GrpcService,
 {
     let settings = Arc::new(settings);
@@ -130,12 +130,20 @@ pub async fn serve<I, S>(
                 None => break,
             },
         };
+        let peer = socket.peer();
         let span = tracing::debug_span!(
             "grpc.connection",
-            peer = %socket.peer_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            peer = %peer.remote.map_or_else(|| "?".to_string(), |a| a.to_string()),
+            identity = peer.identity.as_deref().unwrap_or_default(),
         );
         connections.spawn(tracing::Instrument::instrument(
-            connection(socket, service.clone(), settings.clone(), closing.clone()),
+            connection(
+                socket,
+                peer,
+                service.clone(),
+                settings.clone(),
+                closing.clone(),
+            ),
             span,
         ));
     }
@@ -150,7 +158,8 @@ pub async fn serve<I, S>(
 /// run the short ones until nothing more is ready, and only then poll the
 /// connection again (which is when `h2` writes what the calls queued).
 async fn connection<S: GrpcService>(
-    socket: TcpStream,
+    socket: ServerIo,
+    peer: Peer,
     service: S,
     settings: Arc<Settings>,
     closing: CancellationToken,
@@ -158,9 +167,12 @@ async fn connection<S: GrpcService>(
     // What tonic's server puts in every request, so `Request::remote_addr()`
     // answers the same on both transports.
     let connect_info = TcpConnectInfo {
-        local_addr: socket.local_addr().ok(),
-        remote_addr: socket.peer_addr().ok(),
+        local_addr: peer.local,
+        remote_addr: peer.remote,
     };
+    // Carried by every request only when it says who the client is (mutual
+    // TLS): an extension costs an allocation per call on the direct path.
+    let identified = peer.identity.is_some().then_some(peer);
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_window_size(STREAM_WINDOW)
@@ -217,7 +229,14 @@ async fn connection<S: GrpcService>(
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((request, respond)))) => {
                         progressed = true;
-                        let call = call(request, respond, &service, &settings, &connect_info);
+                        let call = call(
+                            request,
+                            respond,
+                            &service,
+                            &settings,
+                            &connect_info,
+                            identified.as_ref(),
+                        );
                         if call.inline {
                             calls.push(call.future);
                         } else {
@@ -280,7 +299,12 @@ fn call<S: GrpcService>(
     service: &S,
     settings: &Settings,
     connect_info: &TcpConnectInfo,
+    identified: Option<&Peer>,
 ) -> Call {
+    let mut request = request;
+    if let Some(peer) = identified {
+        request.extensions_mut().insert(peer.clone());
+    }
     let client_deadline = request
         .headers()
         .get("grpc-timeout")
@@ -295,6 +319,8 @@ fn call<S: GrpcService>(
         && let Some(handler) = settings.direct.handler(method, &request)
     {
         let (connect_info, spawn) = (connect_info.clone(), method.spawn_fallback);
+        // The fallback request is rebuilt from the same parts, so it keeps
+        // the peer extension.
         let fallback = move |mut request: Request<tonic::body::Body>, respond, deadline| {
             request.extensions_mut().insert(connect_info);
             let call = through_service(service, request, respond, deadline);
@@ -377,7 +403,7 @@ mod tests {
     async fn requests_carry_the_peer_address_as_on_tonics_server() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let incoming = crate::tls::incoming(listener, Duration::from_secs(60), None);
         // Answers every call with the peer it saw, in the status message.
         let service = tower::service_fn(|request: Request<tonic::body::Body>| async move {
             let peer = request
@@ -396,7 +422,7 @@ mod tests {
             keepalive_timeout: Duration::from_secs(1),
             methods: Arc::default(),
             direct: DirectCalls {
-                layer: RpcLayer::new(metrics.clone(), 16, Default::default(), false),
+                layer: RpcLayer::new(metrics.clone(), 16, Default::default(), false, None),
                 max_message_bytes: 1 << 20,
             },
             metrics: metrics.connections,

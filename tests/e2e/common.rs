@@ -87,13 +87,21 @@ impl TestServer {
     }
 
     async fn launch(config: Config, dir: tempfile::TempDir) -> Self {
+        let tls = config.server.tls.enabled();
         let gantry = Gantry::build(config, false).await.unwrap();
         let grpc = gantry.grpc_addr();
         let metrics = gantry.metrics_addr();
         let health = gantry.health();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(gantry.serve(shutdown.clone()));
-        let channel = connect(grpc).await;
+        // With TLS on, the test makes its own channels; this one stays unused.
+        let channel = if tls {
+            tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+                .unwrap()
+                .connect_lazy()
+        } else {
+            connect(grpc).await
+        };
         Self {
             grpc,
             metrics,

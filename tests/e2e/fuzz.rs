@@ -191,12 +191,12 @@ fn direct_acquire_answers_as_the_service_path() {
     let service = RateLimiterService::new(service_limiter, None);
     fuzz("direct Acquire", acquire_request(), |request| {
         let bytes = request.encode_to_vec();
-        let Some(direct) =
-            direct_outcome::<pb::AcquireResponse>(direct.answer(&bytes, &mut || Ok(())))
-        else {
+        let Some(direct) = direct_outcome::<pb::AcquireResponse>(
+            direct.answer(&bytes, &mut || Ok(gantry::auth::Caller::anyone())),
+        ) else {
             return Ok(()); // served the long way: nothing to compare
         };
-        let served = status_of(runtime.block_on(service.acquire(tonic::Request::new(request))));
+        let served = status_of(runtime.block_on(service.acquire(as_any_caller(request))));
         match (&direct, &served) {
             (Ok(a), Ok(b)) => prop_assert!(same_acquire(a, b), "{a:?} vs {b:?}"),
             _ => prop_assert_eq!(direct.err(), served.err()),
@@ -221,13 +221,12 @@ fn direct_acquire_batch_answers_as_the_service_path() {
         });
     fuzz("direct AcquireBatch", batch, |request| {
         let bytes = request.encode_to_vec();
-        let Some(direct) =
-            direct_outcome::<pb::AcquireBatchResponse>(direct.answer(&bytes, &mut || Ok(())))
-        else {
+        let Some(direct) = direct_outcome::<pb::AcquireBatchResponse>(
+            direct.answer(&bytes, &mut || Ok(gantry::auth::Caller::anyone())),
+        ) else {
             return Ok(());
         };
-        let served =
-            status_of(runtime.block_on(service.acquire_batch(tonic::Request::new(request))));
+        let served = status_of(runtime.block_on(service.acquire_batch(as_any_caller(request))));
         match (&direct, &served) {
             (Ok(a), Ok(b)) => {
                 prop_assert_eq!(a.responses.len(), b.responses.len());
@@ -271,13 +270,14 @@ fn direct_should_rate_limit_answers_as_the_service_path() {
         });
     fuzz("direct ShouldRateLimit", request, |request| {
         let bytes = request.encode_to_vec();
-        let Some(direct) = direct_outcome::<
-            envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse,
-        >(direct.answer(&bytes, &mut || Ok(()))) else {
+        let Some(direct) =
+            direct_outcome::<envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse>(
+                direct.answer(&bytes, &mut || Ok(gantry::auth::Caller::anyone())),
+            )
+        else {
             return Ok(());
         };
-        let served =
-            status_of(runtime.block_on(service.should_rate_limit(tonic::Request::new(request))));
+        let served = status_of(runtime.block_on(service.should_rate_limit(as_any_caller(request))));
         match (&direct, &served) {
             (Ok(a), Ok(b)) => {
                 prop_assert_eq!(a.overall_code, b.overall_code);
@@ -309,7 +309,10 @@ fn direct_decoders_survive_random_bytes() {
         prop::collection::vec(any::<u8>(), 0..256),
         |bytes| {
             for handler in &handlers {
-                if let Some(Ok(framed)) = handler.answer(&bytes, &mut || Ok(())).map(ready) {
+                if let Some(Ok(framed)) = handler
+                    .answer(&bytes, &mut || Ok(gantry::auth::Caller::anyone()))
+                    .map(ready)
+                {
                     prop_assert!(framed.len() >= 5);
                 }
             }
@@ -468,7 +471,9 @@ fn direct_analyze_answers_as_the_service_path() {
     fuzz("direct Analyze", request, |request| {
         let bytes = request.encode_to_vec();
         let served = status_of(runtime.block_on(service.analyze(tonic::Request::new(request))));
-        match direct_outcome::<pb::AnalyzeResponse>(direct.answer(&bytes, &mut || Ok(()))) {
+        match direct_outcome::<pb::AnalyzeResponse>(
+            direct.answer(&bytes, &mut || Ok(gantry::auth::Caller::anyone())),
+        ) {
             // Remembered now: the same answer, to the byte.
             Some(Ok(answer)) => prop_assert_eq!(Ok(answer), served),
             Some(Err(status)) => prop_assert!(false, "a direct refusal: {status:?}"),
@@ -572,4 +577,13 @@ fn the_config_loader_never_panics() {
         );
         Ok(())
     });
+}
+
+/// A service-path request as the per-call layer passes it with `[auth]` off.
+fn as_any_caller<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .extensions_mut()
+        .insert(gantry::auth::Caller::anyone());
+    request
 }
