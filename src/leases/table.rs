@@ -206,7 +206,8 @@ pub struct Table<W> {
     /// (expires_at_ms, lease id), soonest first.
     expiry: BTreeSet<(u64, String)>,
     limits: Limits,
-    /// Random per process, so ids never repeat across restarts.
+    /// Secret and random per process: ids never repeat across restarts and
+    /// cannot be guessed from one another.
     id_prefix: u64,
     next_id: u64,
 }
@@ -234,8 +235,18 @@ impl<W> Table<W> {
         }
     }
 
+    /// 128 bits that cannot be guessed from other ids: holding an id is
+    /// what lets a caller renew or release the lease (docs/security.md), so
+    /// a sequence number would let one caller release another's lease.
+    /// SipHash of the secret per-process key and a counter, twice.
     fn new_id(&mut self) -> String {
-        let id = format!("{:016x}{:016x}", self.id_prefix, self.next_id);
+        use std::hash::{Hash, Hasher};
+        let half = |part: u8| {
+            let mut h = std::hash::DefaultHasher::new();
+            (self.id_prefix, self.next_id, part).hash(&mut h);
+            h.finish()
+        };
+        let id = format!("{:016x}{:016x}", half(0), half(1));
         self.next_id += 1;
         id
     }

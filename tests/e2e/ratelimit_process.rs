@@ -273,7 +273,46 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn envoy_yaml(front: u16, back: u16, gantry: u16) -> String {
+/// How Envoy reaches gantry over mutual TLS: its client certificate, the
+/// CA it trusts, and the token it sends as gRPC metadata.
+struct EnvoyTls {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: std::path::PathBuf,
+    token: String,
+}
+
+fn envoy_yaml(front: u16, back: u16, gantry: u16, tls: Option<&EnvoyTls>) -> String {
+    let (metadata, transport_socket) = match tls {
+        None => (String::new(), String::new()),
+        Some(tls) => (
+            format!(
+                "\n                  initial_metadata: [{{ key: authorization, value: \"Bearer {}\" }}]",
+                tls.token
+            ),
+            format!(
+                r#"
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: localhost
+        common_tls_context:
+          alpn_protocols: ["h2"]
+          tls_certificates:
+          - certificate_chain: {{ filename: "{}" }}
+            private_key: {{ filename: "{}" }}
+          validation_context:
+            trusted_ca: {{ filename: "{}" }}
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: {{ exact: localhost }}"#,
+                tls.cert.display(),
+                tls.key.display(),
+                tls.ca.display()
+            ),
+        ),
+    };
     format!(
         r#"
 static_resources:
@@ -306,7 +345,8 @@ static_resources:
               timeout: 2s
               rate_limit_service:
                 transport_api_version: V3
-                grpc_service: {{ envoy_grpc: {{ cluster_name: gantry }} }}
+                grpc_service:
+                  envoy_grpc: {{ cluster_name: gantry }}{metadata}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -343,13 +383,23 @@ static_resources:
         explicit_http_config: {{ http2_protocol_options: {{}} }}
     load_assignment:
       cluster_name: gantry
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {gantry} }} }} }} }}] }}]
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {gantry} }} }} }} }}] }}]{transport_socket}
 "#
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_envoy_answers_429_when_the_limit_is_spent_and_200_after_refill() {
+    envoy_answers_as_gantry_decides(false).await;
+}
+
+/// The same over mutual TLS, with Envoy's gRPC client sending a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_envoy_reaches_gantry_over_mutual_tls_with_a_token() {
+    envoy_answers_as_gantry_decides(true).await;
+}
+
+async fn envoy_answers_as_gantry_decides(tls: bool) {
     let Some(envoy) = find_envoy() else {
         assert!(
             std::env::var_os("GANTRY_REQUIRE_ENVOY").is_none(),
@@ -360,19 +410,59 @@ async fn a_real_envoy_answers_429_when_the_limit_is_spent_and_200_after_refill()
     };
     let cwd = tempfile::tempdir().unwrap();
     let config = cwd.path().join("gantry.toml");
-    std::fs::write(
-        &config,
+    let mut toml =
         "[[ratelimit.limits]]\nname = \"per-key\"\nrate = 1\nperiod = \"1s\"\nburst = 2\n\n\
          [[ratelimit.envoy]]\ndomain = \"edge\"\n\n[[ratelimit.envoy.descriptors]]\n\
-         entries = [{ key = \"generic_key\" }]\nlimit = \"per-key\"\n",
-    )
-    .unwrap();
+         entries = [{ key = \"generic_key\" }]\nlimit = \"per-key\"\n"
+            .to_string();
+    let envoy_tls = tls.then(|| {
+        let dir = cwd.path();
+        let ca = crate::certs::Ca::new("mesh CA");
+        let server = ca.server(dir, "gantry");
+        let client = ca.client(dir, "envoy", "spiffe://mesh/envoy");
+        let ca_file = ca.write(dir, "ca.crt");
+        let token = "envoy-token-1f2e";
+        let hash: String = gantry::auth::sha256(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(
+            dir.join("tokens.toml"),
+            format!("[[token]]\nidentity = \"edge-proxy\"\nsha256 = \"{hash}\"\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("policy.toml"),
+            "[[grant]]\nidentities = [\"edge-proxy\"]\nratelimit = [\"edge\"]\n",
+        )
+        .unwrap();
+        toml = format!(
+            "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n\n\
+             [auth]\ntokens_file = \"{}\"\npolicy_file = \"{}\"\n\n{toml}",
+            server.cert_file.display(),
+            server.key_file.display(),
+            ca_file.display(),
+            dir.join("tokens.toml").display(),
+            dir.join("policy.toml").display(),
+        );
+        EnvoyTls {
+            cert: client.cert_file,
+            key: client.key_file,
+            ca: ca_file,
+            token: token.to_string(),
+        }
+    });
+    std::fs::write(&config, toml).unwrap();
     let mut gantry = spawn_with_config(cwd.path(), &config, "2s");
-    let (grpc, _) = gantry.wait_until_listening();
+    let (grpc, metrics) = gantry.wait_until_listening();
 
     let (front, back) = (free_port(), free_port());
     let yaml = cwd.path().join("envoy.yaml");
-    std::fs::write(&yaml, envoy_yaml(front, back, grpc.port())).unwrap();
+    std::fs::write(
+        &yaml,
+        envoy_yaml(front, back, grpc.port(), envoy_tls.as_ref()),
+    )
+    .unwrap();
     let mut envoy_process = std::process::Command::new(&envoy)
         .args([
             "-c",
@@ -423,6 +513,15 @@ async fn a_real_envoy_answers_429_when_the_limit_is_spent_and_200_after_refill()
         "allowed again after refill"
     );
     assert_eq!(http_get(front_addr, "/").await.0, 429);
+    if tls {
+        // Every decision came over TLS, authenticated by the token.
+        let (_, text) = http_get(metrics, "/metrics").await;
+        let handled = metric_value(
+            &text,
+            "grpc_server_handled_total{grpc_service=\"envoy.service.ratelimit.v3.RateLimitService\",grpc_method=\"ShouldRateLimit\",grpc_code=\"OK\"}",
+        );
+        assert_eq!(handled, Some(5.0), "{text}");
+    }
 
     gantry.signal("TERM");
     assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);

@@ -24,7 +24,7 @@ use crate::common::{GantryProcess, TestServer, assert_status, http_get, metric_v
 const CHECKOUT_TOKEN: &str = "checkout-token-6b1f";
 const ORDERS_TOKEN: &str = "orders-token-93ac";
 
-fn sha256_hex(token: &str) -> String {
+pub fn sha256_hex(token: &str) -> String {
     gantry::auth::sha256(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -108,7 +108,7 @@ fn secure(
 }
 
 /// A TLS channel trusting `ca`, presenting `client` when given.
-async fn tls_channel(
+pub async fn tls_channel(
     addr: std::net::SocketAddr,
     ca: &str,
     client: Option<&Pair>,
@@ -128,7 +128,7 @@ async fn tls_channel(
         .await
 }
 
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()

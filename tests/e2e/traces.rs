@@ -801,6 +801,109 @@ fn otel_python() -> Option<std::path::PathBuf> {
     has_sdk.then_some(ci)
 }
 
+/// The SDK configured the usual way — OTEL_EXPORTER_OTLP_CERTIFICATE for the
+/// CA, OTEL_EXPORTER_OTLP_HEADERS for the token — exports over TLS.
+#[tokio::test]
+async fn the_python_opentelemetry_sdk_exports_over_tls_with_a_token() {
+    let Some(python) = otel_python() else {
+        assert!(
+            std::env::var_os("GANTRY_REQUIRE_OTEL_SDK").is_none(),
+            "GANTRY_REQUIRE_OTEL_SDK is set but no Python with opentelemetry-sdk was found"
+        );
+        eprintln!("SKIPPED: no Python with the OpenTelemetry SDK (run .ci/run)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::certs::Ca::new("collector CA");
+    let pair = ca.server(dir.path(), "gantry");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let token = "sdk-token-77aa";
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nidentity = \"py-shop\"\nsha256 = \"{}\"\n",
+            crate::security::sha256_hex(token)
+        ),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[grant]]\nidentities = [\"py-shop\"]\ntraces = [\"ingest\", \"read\"]\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(|c| {
+        c.server.tls.cert_file = pair.cert_file.clone();
+        c.server.tls.key_file = pair.key_file.clone();
+        c.auth.tokens_file = tokens.clone();
+        c.auth.policy_file = policy.clone();
+    })
+    .await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otel/export_spans.py");
+    let endpoint = format!("localhost:{}", server.grpc.port());
+    let ca_path = ca_file.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(endpoint)
+            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_path)
+            .env(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                format!("authorization=Bearer%20{token}"),
+            )
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the SDK script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let hex = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let trace_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap())
+        .collect();
+
+    let channel = crate::security::tls_channel(server.grpc, &ca.pem(), None)
+        .await
+        .unwrap();
+    let mut client = TracesClient::new(channel);
+    // The SDK's export went through the token; spans are there to read back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let trace = loop {
+        match client
+            .get_trace(crate::security::with_token(
+                pb::GetTraceRequest {
+                    trace_id: trace_id.clone().into(),
+                },
+                token,
+            ))
+            .await
+        {
+            Ok(trace) => break trace.into_inner(),
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the SDK's spans never arrived: {e:?}"),
+        }
+    };
+    let names: Vec<&str> = trace.spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["GET /orders/{id}", "SELECT orders"]);
+    let unauthenticated = client
+        .get_trace(pb::GetTraceRequest {
+            trace_id: trace_id.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
+    server.stop().await.unwrap();
+}
+
 crate::on_every_backend! {
 async fn the_python_opentelemetry_sdk_exports_to_gantry(backend: Backend) {
     let Some(python) = otel_python() else {

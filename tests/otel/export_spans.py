@@ -1,9 +1,12 @@
 """Exports spans to gantry with the real OpenTelemetry Python SDK over OTLP/gRPC.
 
 Usage: export_spans.py HOST:PORT
-Prints the trace id (32 hex digits) of the trace it sent.
+Prints the trace id (32 hex digits) of the trace it sent. With
+OTEL_EXPORTER_OTLP_CERTIFICATE set, exports over TLS as the SDK configures it
+from the environment (CA, OTEL_EXPORTER_OTLP_HEADERS for a bearer token).
 """
 
+import os
 import sys
 
 from opentelemetry import trace
@@ -18,7 +21,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 def main() -> None:
     endpoint = sys.argv[1]
     provider = TracerProvider(resource=Resource.create({"service.name": "py-shop"}))
-    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, compression=Compression.Gzip)
+    insecure = "OTEL_EXPORTER_OTLP_CERTIFICATE" not in os.environ
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure, compression=Compression.Gzip)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     tracer = provider.get_tracer("gantry-e2e")
 
