@@ -78,6 +78,50 @@ pub struct HealthArgs {
     /// How long to wait for the answer.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Connect over TLS, trusting these CA certificates (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// With mutual TLS: the client certificate (PEM) to present…
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// …and its key.
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of --addr].
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// A file holding a bearer token to send (when health is not in auth.open_services).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The TLS settings of `gantry health`, read from the files it names.
+fn health_tls(
+    args: &HealthArgs,
+    target: &str,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let Some(ca_file) = &args.ca_file else {
+        return Ok(None);
+    };
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read --{flag} {}: {e}", path.display()))
+    };
+    let host = target
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map_or(target, |(host, _)| host)
+        .trim_matches(['[', ']']);
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca-file", ca_file)?))
+        .domain_name(args.server_name.clone().unwrap_or_else(|| host.to_string()));
+    if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+        tls = tls.identity(Identity::from_pem(
+            read("cert-file", cert)?,
+            read("key-file", key)?,
+        ));
+    }
+    Ok(Some(tls))
 }
 
 /// Loads the configuration for `serve` from the file named by the flag or
@@ -146,13 +190,41 @@ pub async fn health(args: &HealthArgs, env: &BTreeMap<String, String>) -> i32 {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-    let target = health_target(args.addr.as_deref(), env);
+    let mut target = health_target(args.addr.as_deref(), env);
+    let tls = match health_tls(args, &target.replacen("http://", "https://", 1)) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            return exit::CONFIG;
+        }
+    };
+    if tls.is_some() {
+        target = target.replacen("http://", "https://", 1);
+    }
     let endpoint = match tonic::transport::Endpoint::from_shared(target.clone()) {
         Ok(endpoint) => endpoint.connect_timeout(args.timeout).timeout(args.timeout),
         Err(e) => {
             eprintln!("gantry: invalid --addr {target:?}: {e}");
             return exit::CONFIG;
         }
+    };
+    let endpoint = match tls.map(|tls| endpoint.clone().tls_config(tls)) {
+        None => endpoint,
+        Some(Ok(endpoint)) => endpoint,
+        Some(Err(e)) => {
+            eprintln!("gantry: unusable TLS settings: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let token = match &args.token_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(token) => Some(format!("Bearer {}", token.trim())),
+            Err(e) => {
+                eprintln!("gantry: cannot read --token-file {}: {e}", path.display());
+                return exit::CONFIG;
+            }
+        },
     };
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,
@@ -161,9 +233,20 @@ pub async fn health(args: &HealthArgs, env: &BTreeMap<String, String>) -> i32 {
             return exit::CONFIG;
         }
     };
-    let request = HealthCheckRequest {
+    let mut request = tonic::Request::new(HealthCheckRequest {
         service: args.service.clone(),
-    };
+    });
+    if let Some(token) = token {
+        match token.parse() {
+            Ok(value) => {
+                request.metadata_mut().insert("authorization", value);
+            }
+            Err(_) => {
+                eprintln!("gantry: the --token-file token is not valid metadata");
+                return exit::CONFIG;
+            }
+        }
+    }
     match HealthClient::new(channel).check(request).await {
         Ok(resp) => {
             let status = resp.into_inner().status();

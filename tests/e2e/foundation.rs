@@ -357,6 +357,11 @@ async fn gantry_health_exits_zero_when_serving_and_four_when_not() {
         addr: Some(server.grpc.to_string()),
         service: service.to_string(),
         timeout: Duration::from_secs(3),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        server_name: None,
+        token_file: None,
     };
     assert_eq!(health(&args(""), &env).await, exit::OK);
     assert_eq!(health(&args("gantry.v1.Cache"), &env).await, exit::OK);

@@ -695,3 +695,55 @@ fn listening_beyond_loopback_without_tls_or_auth_is_warned_about() {
     gantry.signal("TERM");
     assert_eq!(gantry.wait_exit(Duration::from_secs(20)), 0);
 }
+
+/// The exec probe of a TLS deployment: `gantry health` with the CA, and
+/// under mutual TLS a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gantry_health_checks_a_mutual_tls_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("probe CA");
+    let server_pair = ca.server(dir.path(), "server");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let client = ca.client(dir.path(), "probe", "spiffe://fleet/probe");
+    let server = TestServer::start_with(|c| {
+        secure(c, Transport::H2, &server_pair, Some(&ca_file), dir.path())
+    })
+    .await;
+    let addr = server.grpc.to_string();
+    let cwd = dir.path().to_path_buf();
+    let run = move |extra: Vec<String>| {
+        let (addr, cwd, ca) = (addr.clone(), cwd.clone(), ca_file.display().to_string());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut args = vec![
+                    "health".to_string(),
+                    "--addr".into(),
+                    addr,
+                    "--ca-file".into(),
+                    ca,
+                    "--server-name".into(),
+                    "localhost".into(),
+                ];
+                args.extend(extra);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                crate::common::run_gantry(&args, &[], &cwd)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let (code, out, err) = run(vec![
+        "--cert-file".into(),
+        client.cert_file.display().to_string(),
+        "--key-file".into(),
+        client.key_file.display().to_string(),
+    ])
+    .await;
+    assert_eq!((code, out.trim()), (0, "SERVING"), "{err}");
+    let (code, _, err) = run(vec![]).await;
+    assert_ne!(
+        code, 0,
+        "without a client certificate the probe must fail: {err}"
+    );
+    server.stop().await.unwrap();
+}
