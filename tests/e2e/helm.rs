@@ -128,9 +128,10 @@ fn kubeconform(t: &Tools, manifests: &str) -> String {
             &version,
             "-schema-location",
             &location,
-            // The Prometheus Operator's CRD has no schema among Kubernetes' own.
+            // The Prometheus Operator's and cert-manager's CRDs have no
+            // schema among Kubernetes' own.
             "-skip",
-            "ServiceMonitor",
+            "ServiceMonitor,Certificate",
             file.to_str().unwrap(),
         ],
     );
@@ -198,7 +199,7 @@ fn the_chart_lints_renders_validates_and_configures_gantry() {
     let all = render(&t, &["-f", ALL_OPTIONS]);
     let summary = kubeconform(&t, &all);
     assert!(
-        summary.contains("Valid: 6, Invalid: 0, Errors: 0, Skipped: 1"),
+        summary.contains("Valid: 6, Invalid: 0, Errors: 0, Skipped: 2"),
         "{summary}"
     );
     check_config(&all);
@@ -217,6 +218,67 @@ fn the_chart_lints_renders_validates_and_configures_gantry() {
             all.contains(expected),
             "{expected:?} missing from the all-options render"
         );
+    }
+}
+
+/// TLS, mutual TLS, tokens and the metrics token: Secrets mounted as
+/// directories (so renewals reach the pod), exec probes that speak TLS, a
+/// cert-manager Certificate, and a ServiceMonitor that scrapes over TLS with
+/// the token (rendered from the all-options values, validated above).
+#[test]
+fn tls_and_auth_mount_secrets_probe_over_tls_and_ask_cert_manager() {
+    let Some(t) = tools() else {
+        return;
+    };
+    let all = render(&t, &["-f", ALL_OPTIONS]);
+    for expected in [
+        "name: GANTRY_SERVER_TLS_CERT_FILE\n              value: /etc/gantry-tls/tls.crt",
+        "name: GANTRY_SERVER_TLS_CLIENT_CA_FILE\n              value: /etc/gantry-tls/ca.crt",
+        "name: GANTRY_TELEMETRY_METRICS_TLS_CERT_FILE",
+        "name: GANTRY_AUTH_POLICY_FILE\n              value: /etc/gantry-auth/policy.toml",
+        "name: GANTRY_TELEMETRY_METRICS_TOKEN_FILE\n              value: /etc/gantry-metrics-auth/token",
+        "secretName: gantry-prod-tls",
+        "secretName: gantry-prod-auth",
+        "- --ca-file\n                - /etc/gantry-tls/ca.crt\n                - --server-name\n                - gantry.platform.example\n                - --cert-file",
+        "kind: Certificate",
+        "- gantry-prod.platform.svc",
+        "- client auth",
+        "kind: ClusterIssuer",
+        "scheme: https",
+        "type: Bearer",
+        "name: gantry-prod-metrics-token",
+    ] {
+        assert!(
+            all.contains(expected),
+            "{expected:?} missing from the TLS render:\n{all}"
+        );
+    }
+    assert!(
+        !all.contains("grpc:\n              port:"),
+        "a gRPC probe on a TLS port"
+    );
+
+    for (set, words) in [
+        ("tls.enabled=true", "tls.enabled needs tls.secretName"),
+        (
+            "auth.enabled=true",
+            "auth.enabled needs auth.existingSecret",
+        ),
+    ] {
+        let (ok, text) = run(
+            &t.helm,
+            &[
+                "template",
+                "gantry",
+                CHART,
+                "--kube-version",
+                "1.31.0",
+                "--set",
+                set,
+            ],
+        );
+        assert!(!ok, "--set {set} was accepted");
+        assert!(text.contains(words), "{set}: {text}");
     }
 }
 

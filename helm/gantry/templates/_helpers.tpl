@@ -151,6 +151,32 @@ template:
           {{- end }}
           - name: GANTRY_SERVER_SHUTDOWN_GRACE
             value: "{{ .Values.shutdownGraceSeconds }}s"
+          {{- if .Values.tls.enabled }}
+          - name: GANTRY_SERVER_TLS_CERT_FILE
+            value: /etc/gantry-tls/tls.crt
+          - name: GANTRY_SERVER_TLS_KEY_FILE
+            value: /etc/gantry-tls/tls.key
+          {{- if .Values.tls.mutual }}
+          - name: GANTRY_SERVER_TLS_CLIENT_CA_FILE
+            value: /etc/gantry-tls/ca.crt
+          {{- end }}
+          {{- if .Values.tls.metrics }}
+          - name: GANTRY_TELEMETRY_METRICS_TLS_CERT_FILE
+            value: /etc/gantry-tls/tls.crt
+          - name: GANTRY_TELEMETRY_METRICS_TLS_KEY_FILE
+            value: /etc/gantry-tls/tls.key
+          {{- end }}
+          {{- end }}
+          {{- if .Values.auth.enabled }}
+          - name: GANTRY_AUTH_TOKENS_FILE
+            value: /etc/gantry-auth/tokens.toml
+          - name: GANTRY_AUTH_POLICY_FILE
+            value: /etc/gantry-auth/policy.toml
+          {{- end }}
+          {{- if .Values.metricsAuth.existingSecret }}
+          - name: GANTRY_TELEMETRY_METRICS_TOKEN_FILE
+            value: /etc/gantry-metrics-auth/{{ .Values.metricsAuth.key }}
+          {{- end }}
           {{- with .Values.extraEnv }}
           {{- toYaml . | nindent 10 }}
           {{- end }}
@@ -161,19 +187,17 @@ template:
           - name: metrics
             containerPort: {{ .Values.service.metricsPort }}
             protocol: TCP
+        {{- $probe := include "gantry.probe" . }}
         startupProbe:
-          grpc:
-            port: {{ .Values.service.grpcPort }}
+          {{- $probe | nindent 10 }}
           periodSeconds: {{ .Values.probes.startup.periodSeconds }}
           failureThreshold: {{ .Values.probes.startup.failureThreshold }}
         livenessProbe:
-          grpc:
-            port: {{ .Values.service.grpcPort }}
+          {{- $probe | nindent 10 }}
           periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
           failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
         readinessProbe:
-          grpc:
-            port: {{ .Values.service.grpcPort }}
+          {{- $probe | nindent 10 }}
           periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
           failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
         resources:
@@ -188,12 +212,44 @@ template:
             readOnly: true
           - name: tmp
             mountPath: /tmp
+          {{- if .Values.tls.enabled }}
+          - name: tls
+            mountPath: /etc/gantry-tls
+            readOnly: true
+          {{- end }}
+          {{- if .Values.auth.enabled }}
+          - name: auth
+            mountPath: /etc/gantry-auth
+            readOnly: true
+          {{- end }}
+          {{- with .Values.metricsAuth.existingSecret }}
+          - name: metrics-auth
+            mountPath: /etc/gantry-metrics-auth
+            readOnly: true
+          {{- end }}
     volumes:
       - name: config
         configMap:
           name: {{ include "gantry.fullname" . }}
       - name: tmp
         emptyDir: {}
+      {{- if .Values.tls.enabled }}
+      # Mounted as a directory (no subPath), so a renewed Secret reaches the
+      # pod and gantry reloads it.
+      - name: tls
+        secret:
+          secretName: {{ .Values.tls.secretName }}
+      {{- end }}
+      {{- if .Values.auth.enabled }}
+      - name: auth
+        secret:
+          secretName: {{ .Values.auth.existingSecret }}
+      {{- end }}
+      {{- with .Values.metricsAuth.existingSecret }}
+      - name: metrics-auth
+        secret:
+          secretName: {{ . }}
+      {{- end }}
       {{- if or (eq .Values.mode "redis") (not .Values.persistence.enabled) }}
       # Redis mode: the replicas' shared state is in Redis; this holds only
       # what each replica keeps for itself (query statistics, spans).
@@ -221,9 +277,44 @@ template:
 {{- end }}
 
 {{/*
+How the probes ask grpc.health.v1.Health: the kubelet's own gRPC probe on a
+plaintext port; `gantry health` with the Secret's CA (and, under mutual TLS,
+the server's certificate as the client's) on a TLS port.
+*/}}
+{{- define "gantry.probe" -}}
+{{- if .Values.tls.enabled -}}
+exec:
+  command:
+    - /usr/local/bin/gantry
+    - health
+    - --addr
+    - 127.0.0.1:{{ .Values.service.grpcPort }}
+    - --ca-file
+    - /etc/gantry-tls/ca.crt
+    - --server-name
+    - {{ default (include "gantry.fullname" .) .Values.tls.serverName }}
+    {{- if .Values.tls.mutual }}
+    - --cert-file
+    - /etc/gantry-tls/tls.crt
+    - --key-file
+    - /etc/gantry-tls/tls.key
+    {{- end }}
+{{- else -}}
+grpc:
+  port: {{ .Values.service.grpcPort }}
+{{- end -}}
+{{- end }}
+
+{{/*
 Refuses values that cannot work, before anything renders.
 */}}
 {{- define "gantry.checkMode" -}}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "tls.enabled needs tls.secretName (a kubernetes.io/tls Secret, or the one tls.certManager writes)" }}
+{{- end }}
+{{- if and .Values.auth.enabled (not .Values.auth.existingSecret) }}
+{{- fail "auth.enabled needs auth.existingSecret (a Secret with tokens.toml and policy.toml; see docs/security.md)" }}
+{{- end }}
 {{- if eq .Values.mode "redis" }}
 {{- if and (not .Values.redis.url) (not .Values.redis.cluster) }}
 {{- fail "mode: redis needs redis.url or redis.cluster (the chart does not install Redis; see docs/cluster.md)" }}
