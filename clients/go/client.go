@@ -10,13 +10,18 @@ package gantry
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"os"
 	"time"
 
 	gantryv1 "github.com/gantry/gantry/clients/go/gen/gantry/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
@@ -41,7 +46,12 @@ type options struct {
 	backoff    time.Duration
 	maxBackoff time.Duration
 	dial       []grpc.DialOption
+	tls        *tlsFiles
+	serverName string
+	token      string
 }
+
+type tlsFiles struct{ ca, cert, key string }
 
 // Option configures New.
 type Option func(*options)
@@ -59,6 +69,59 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dial = append(o.dial, opts...) }
 }
 
+// WithTLS connects over TLS (gantry's [server.tls]), trusting the CA
+// certificates in caFile (PEM; empty: the system's roots). certFile and
+// keyFile, when both are set, are the client certificate for mutual TLS.
+func WithTLS(caFile, certFile, keyFile string) Option {
+	return func(o *options) { o.tls = &tlsFiles{ca: caFile, cert: certFile, key: keyFile} }
+}
+
+// WithServerName sets the name the server's certificate must carry
+// (default: the host of the target).
+func WithServerName(name string) Option { return func(o *options) { o.serverName = name } }
+
+// WithToken sends "authorization: Bearer <token>" with every call (gantry's
+// [auth]). It needs WithTLS: a token is never sent in plaintext.
+func WithToken(token string) Option { return func(o *options) { o.token = token } }
+
+// bearer is a token sent with every call, over TLS only.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
+
+// transport is the connection's credentials: plaintext, or TLS from the files.
+func transport(o options) (grpc.DialOption, error) {
+	if o.tls == nil {
+		if o.token != "" {
+			return nil, errors.New("gantry: WithToken needs WithTLS (a token is never sent in plaintext)")
+		}
+		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.serverName}
+	if o.tls.ca != "" {
+		pem, err := os.ReadFile(o.tls.ca)
+		if err != nil {
+			return nil, fmt.Errorf("gantry: CA file: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("gantry: no PEM certificate in %s", o.tls.ca)
+		}
+	}
+	if o.tls.cert != "" || o.tls.key != "" {
+		pair, err := tls.LoadX509KeyPair(o.tls.cert, o.tls.key)
+		if err != nil {
+			return nil, fmt.Errorf("gantry: client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(cfg)), nil
+}
+
 // New connects to gantry at target (host:port). The connection is made
 // lazily and re-established by gRPC as needed.
 func New(target string, opts ...Option) (*Client, error) {
@@ -66,10 +129,15 @@ func New(target string, opts ...Option) (*Client, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	dial := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithChainUnaryInterceptor(deadline(o.timeout), retry(o)),
-	}, o.dial...)
+	creds, err := transport(o)
+	if err != nil {
+		return nil, err
+	}
+	dial := []grpc.DialOption{creds, grpc.WithChainUnaryInterceptor(deadline(o.timeout), retry(o))}
+	if o.token != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(bearer(o.token)))
+	}
+	dial = append(dial, o.dial...)
 	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {
 		return nil, err

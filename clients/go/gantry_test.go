@@ -35,6 +35,11 @@ func gantryBin(t *testing.T) string {
 
 // startGantry runs a real gantry on 127.0.0.1 and returns its gRPC address.
 func startGantry(t *testing.T, listen string) string {
+	return startGantryWith(t, listen, nil)
+}
+
+// startGantryWith is startGantry with extra environment (GANTRY_* keys).
+func startGantryWith(t *testing.T, listen string, env []string) string {
 	t.Helper()
 	dir := t.TempDir()
 	config, err := filepath.Abs(testConfig)
@@ -43,6 +48,7 @@ func startGantry(t *testing.T, listen string) string {
 	}
 	cmd := exec.Command(gantryBin(t), "serve", "--config", config, "--listen", listen,
 		"--metrics-listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"))
+	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -25,12 +25,17 @@ def gantry_bin() -> str:
 
 @pytest.fixture
 def gantry_addr():
+    yield from start_gantry({})
+
+
+def start_gantry(env):
+    """A gantry on 127.0.0.1 with extra environment (GANTRY_* keys); yields its address."""
     with tempfile.TemporaryDirectory() as tmp:
         config = CONFIG
         proc = subprocess.Popen(
             [gantry_bin(), "serve", "--config", str(config), "--listen", "127.0.0.1:0",
              "--metrics-listen", "127.0.0.1:0", "--data-dir", str(pathlib.Path(tmp) / "data")],
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
         )
         found = {}
         ready = threading.Event()

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::connect::{ConnectError, connect};
+use crate::connect::{ConnectError, Tls, connect_with};
 use crate::proto::gantry::v1 as pb;
 
 type RateLimiterClient = pb::rate_limiter_client::RateLimiterClient<Channel>;
@@ -45,6 +45,8 @@ pub struct Gantry {
     pub traces: TracesClient,
     timeout: Duration,
     retries: u32,
+    /// `authorization: Bearer …`, sent with every call the helpers make.
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 fn pb_duration(d: Duration) -> prost_types::Duration {
@@ -68,8 +70,37 @@ fn system_time(t: Option<&prost_types::Timestamp>) -> SystemTime {
 impl Gantry {
     /// Connects to `addr` (`host:port`), waiting up to `patience` for it to listen.
     pub async fn connect(addr: &str, patience: Duration) -> Result<Self, Error> {
-        let channel = connect(addr, patience).await?;
+        let channel = connect_with(addr, patience, None).await?;
         Ok(Self::from_channel(channel))
+    }
+
+    /// [`Self::connect`] over TLS (mutual when `tls` has a client
+    /// certificate); add a token with [`Self::with_token`].
+    pub async fn connect_tls(addr: &str, patience: Duration, tls: &Tls) -> Result<Self, Error> {
+        let channel = connect_with(addr, patience, Some(tls)).await?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call the helpers
+    /// make (gantry's `[auth]`); for the generated clients' own calls, build
+    /// requests with [`Self::authorized`]. Use it over TLS only.
+    pub fn with_token(mut self, token: &str) -> Result<Self, Error> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ConnectError::Tls("the token is not valid metadata".into()))?;
+        self.token = Some(value);
+        Ok(self)
+    }
+
+    /// A request carrying the token, for calls on the generated clients.
+    pub fn authorized<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        request
     }
 
     pub fn from_channel(channel: Channel) -> Self {
@@ -81,6 +112,7 @@ impl Gantry {
             traces: TracesClient::new(channel),
             timeout: Duration::from_secs(5),
             retries: 3,
+            token: None,
         }
     }
 
@@ -97,7 +129,7 @@ impl Gantry {
     }
 
     fn request<T>(&self, message: T, wait: Duration) -> Request<T> {
-        let mut request = Request::new(message);
+        let mut request = self.authorized(message);
         request.set_timeout(wait + self.timeout);
         request
     }
@@ -295,7 +327,7 @@ async fn renew(gantry: Gantry, id: String, ttl: Duration, state: Arc<Mutex<Lease
     loop {
         tokio::time::sleep(every).await;
         let mut leases = gantry.leases.clone();
-        let mut request = Request::new(pb::RenewLeaseRequest {
+        let mut request = gantry.authorized(pb::RenewLeaseRequest {
             lease_id: id.clone(),
             ttl: Some(pb_duration(ttl)),
         });

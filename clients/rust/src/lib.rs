@@ -23,4 +23,4 @@ pub mod proto {
 }
 
 pub use client::{Decision, Error, Gantry, Lease, Limiter, Namespace, NearCache, Recorder};
-pub use connect::{ConnectError, connect};
+pub use connect::{ConnectError, Tls, connect, connect_with};

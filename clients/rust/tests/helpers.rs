@@ -47,9 +47,15 @@ fn binary() -> Option<PathBuf> {
 }
 
 fn start() -> Option<Server> {
+    start_with(&[])
+}
+
+/// A gantry with extra environment (GANTRY_* keys).
+fn start_with(env: &[(&str, String)]) -> Option<Server> {
     let bin = binary()?;
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(["serve", "--config", CONFIG, "--listen", "127.0.0.1:0"])
         .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
@@ -228,4 +234,131 @@ async fn recorder_batches_in_the_background() {
         top.queries[0].batching.as_ref().map(|b| b.max_per_trace),
         Some(6)
     );
+}
+
+/// The helpers over mutual TLS with a token, against a gantry requiring
+/// both; certificates made here (rcgen), none committed.
+#[tokio::test]
+async fn mutual_tls_with_a_token() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let sign = |params: CertificateParams| {
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let server = sign(
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap(),
+    );
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .subject_alt_names
+        .push(SanType::URI("spiffe://test/rust-suite".try_into().unwrap()));
+    let client = sign(client_params);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let token = "rust-suite-token-a9b3";
+    let digest: String = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let env = [
+        (
+            "GANTRY_SERVER_TLS_CERT_FILE",
+            write("server.crt", &server.0),
+        ),
+        ("GANTRY_SERVER_TLS_KEY_FILE", write("server.key", &server.1)),
+        (
+            "GANTRY_SERVER_TLS_CLIENT_CA_FILE",
+            write("ca.crt", &ca.pem()),
+        ),
+        (
+            "GANTRY_AUTH_TOKENS_FILE",
+            write(
+                "tokens.toml",
+                &format!("[[token]]\nidentity = \"rust-suite\"\nsha256 = \"{digest}\"\n"),
+            ),
+        ),
+        (
+            "GANTRY_AUTH_POLICY_FILE",
+            write(
+                "policy.toml",
+                "[[grant]]\nidentities = [\"rust-suite\"]\nratelimit = [\"tight\"]\ncache = [\"rs\"]\n",
+            ),
+        ),
+    ];
+    let Some(server) = start_with(&env) else {
+        return;
+    };
+    let tls = gantry_client::Tls {
+        ca_pem: Some(ca.pem().into_bytes()),
+        client_pem: Some((client.0.clone().into_bytes(), client.1.clone().into_bytes())),
+        server_name: Some("localhost".into()),
+    };
+    let gantry = Gantry::connect_tls(&server.addr, Duration::from_secs(10), &tls)
+        .await
+        .unwrap()
+        .with_token(token)
+        .unwrap()
+        .with_retries(0);
+    assert!(
+        gantry
+            .limiter("tight", "k")
+            .acquire(1, Duration::ZERO)
+            .await
+            .unwrap()
+            .allowed
+    );
+    gantry
+        .namespace("rs")
+        .put("k", b"v".to_vec(), Duration::ZERO)
+        .await
+        .unwrap();
+    let denied = gantry.namespace("other").get("k").await.unwrap_err();
+    assert!(
+        matches!(&denied, Error::Status(s) if s.code() == tonic::Code::PermissionDenied && s.message().contains("\"other\"")),
+        "{denied}"
+    );
+    // The generated clients carry the token through `authorized`.
+    let mut raw = gantry.cache.clone();
+    let got = raw
+        .get(gantry.authorized(pb::GetRequest {
+            namespace: "rs".into(),
+            key: "k".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.value, b"v");
+    let unauthenticated = raw
+        .get(pb::GetRequest {
+            namespace: "rs".into(),
+            key: "k".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unauthenticated.code(),
+        tonic::Code::PermissionDenied,
+        "the certificate alone has no grant"
+    );
+
+    // Without a client certificate, no call gets through.
+    let no_cert = gantry_client::Tls {
+        client_pem: None,
+        ..tls.clone()
+    };
+    let refused =
+        match Gantry::connect_tls(&server.addr, Duration::from_millis(500), &no_cert).await {
+            Err(_) => true,
+            Ok(g) => g.with_retries(0).namespace("rs").get("k").await.is_err(),
+        };
+    assert!(refused, "a client without a certificate got in");
 }

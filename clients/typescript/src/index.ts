@@ -5,6 +5,8 @@
  * that renews itself, a near cache kept coherent through Watch, a background
  * query recorder — with deadlines and retries on UNAVAILABLE.
  */
+import { readFileSync } from "node:fs";
+
 import { CallOptions, ChannelCredentials, Metadata, ServiceError, credentials, status } from "@grpc/grpc-js";
 
 import { CacheClient, WatchEvent, WatchEvent_Kind } from "./gen/gantry/v1/cache";
@@ -38,8 +40,37 @@ export interface GantryOptions {
   timeoutMs?: number;
   /** Tries again on UNAVAILABLE this many times, with backoff (default 3). */
   retries?: number;
+  /** Channel credentials as grpc-js makes them; `tls` and `token` build them for you. */
   credentials?: ChannelCredentials;
+  /** TLS to gantry's [server.tls]: the CA to trust (PEM file; default: the system's roots), a client certificate and key for mutual TLS, the name the server's certificate must carry. */
+  tls?: { caFile?: string; certFile?: string; keyFile?: string; serverName?: string };
+  /** Sent as `authorization: Bearer <token>` on every call (gantry's [auth]); needs `tls`. */
+  token?: string;
 }
+
+/** The channel's credentials and options from `tls` and `token`. */
+const security = (options: GantryOptions): { creds: ChannelCredentials; channelOptions: Record<string, string> } => {
+  if (options.credentials) return { creds: options.credentials, channelOptions: {} };
+  if (!options.tls) {
+    if (options.token) throw new Error("a token needs tls: it is never sent in plaintext");
+    return { creds: credentials.createInsecure(), channelOptions: {} };
+  }
+  const read = (file?: string) => (file ? readFileSync(file) : null);
+  let creds = credentials.createSsl(read(options.tls.caFile), read(options.tls.keyFile), read(options.tls.certFile));
+  if (options.token) {
+    const bearer = `Bearer ${options.token}`;
+    creds = credentials.combineChannelCredentials(
+      creds,
+      credentials.createFromMetadataGenerator((_params, callback) => {
+        const metadata = new Metadata();
+        metadata.set("authorization", bearer);
+        callback(null, metadata);
+      }),
+    );
+  }
+  const name = options.tls.serverName;
+  return { creds, channelOptions: name ? { "grpc.ssl_target_name_override": name, "grpc.default_authority": name } : {} };
+};
 
 const duration = (ms?: number): Duration | undefined =>
   ms && ms > 0 ? { seconds: Math.floor(ms / 1000), nanos: Math.round((ms % 1000) * 1e6) } : undefined;
@@ -59,8 +90,8 @@ export class Gantry {
   private readonly retries: number;
 
   constructor(target: string, options: GantryOptions = {}) {
-    const creds = options.credentials ?? credentials.createInsecure();
-    this.rateLimiter = new RateLimiterClient(target, creds);
+    const { creds, channelOptions } = security(options);
+    this.rateLimiter = new RateLimiterClient(target, creds, channelOptions);
     // Every client shares the first one's channel: one HTTP/2 connection.
     const channel = { channelOverride: this.rateLimiter.getChannel() };
     this.cache = new CacheClient(target, creds, channel);

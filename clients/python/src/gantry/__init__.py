@@ -6,10 +6,11 @@ analysis, span ingestion and leases on global connection budgets, over gRPC.
         with client.limiter("api", key=customer_id, wait=2.0):
             ...
 
+Over TLS with a token: Client("gantry:7070", tls=Tls(ca_file="ca.crt"), token=...).
 The generated stubs are in gantry.v1; gantry.aio has the asyncio client.
 """
 
-from ._common import Decision, NotGranted
+from ._common import Decision, NotGranted, Tls
 from .client import Cache, Client, Lease, NearCache, QueryRecorder, RateLimiter
 
-__all__ = ["Cache", "Client", "Decision", "Lease", "NearCache", "NotGranted", "QueryRecorder", "RateLimiter"]
+__all__ = ["Cache", "Client", "Decision", "Lease", "NearCache", "NotGranted", "QueryRecorder", "RateLimiter", "Tls"]

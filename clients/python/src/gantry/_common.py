@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Dict, Optional, Tuple
 
+import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from gantry.v1 import cache_pb2, query_pb2
@@ -35,6 +36,44 @@ CHANNEL_OPTIONS = [
     ("grpc.service_config", RETRY_SERVICE_CONFIG),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS to gantry's [server.tls]: the CA certificates to trust (PEM file;
+    None: the system's roots), and for mutual TLS a client certificate and key.
+    `server_name` overrides the name the server's certificate must carry."""
+
+    ca_file: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    server_name: Optional[str] = None
+
+
+def _read(path: Optional[str]) -> Optional[bytes]:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def channel_security(tls: Optional[Tls], token: Optional[str]):
+    """The channel's credentials and extra options: None for plaintext.
+    A token is sent as `authorization: Bearer <token>` on every call, and
+    only over TLS (gRPC refuses call credentials on an insecure channel)."""
+    if tls is None:
+        if token is not None:
+            raise ValueError("a token needs tls=Tls(...): it is never sent in plaintext")
+        return None, []
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca_file),
+        private_key=_read(tls.key_file),
+        certificate_chain=_read(tls.cert_file),
+    )
+    if token is not None:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return creds, options
 
 
 class NotGranted(Exception):

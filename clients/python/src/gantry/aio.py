@@ -27,6 +27,8 @@ from ._common import (
     Decision,
     NearItems,
     NotGranted,
+    Tls,
+    channel_security,
     decision,
     duration,
     execution,
@@ -40,8 +42,13 @@ class AsyncClient:
     """One grpc.aio channel to gantry and the stubs; UNAVAILABLE is retried
     by gRPC with backoff; calls without a timeout get `timeout` seconds."""
 
-    def __init__(self, target: str, *, timeout: float = 5.0):
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(self, target: str, *, timeout: float = 5.0, tls: Optional[Tls] = None,
+                 token: Optional[str] = None):
+        creds, options = channel_security(tls, token)
+        if creds is None:
+            self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS + options)
         self.timeout = timeout
         self.rate_limiter = ratelimit_pb2_grpc.RateLimiterStub(self.channel)
         self.cache = cache_pb2_grpc.CacheStub(self.channel)

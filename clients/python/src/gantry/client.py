@@ -27,6 +27,8 @@ from ._common import (
     Decision,
     NearItems,
     NotGranted,
+    Tls,
+    channel_security,
     decision,
     duration,
     execution,
@@ -43,8 +45,15 @@ class Client:
     gRPC with backoff.
     """
 
-    def __init__(self, target: str, *, timeout: float = 5.0, channel: Optional[grpc.Channel] = None):
-        self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(self, target: str, *, timeout: float = 5.0, channel: Optional[grpc.Channel] = None,
+                 tls: Optional[Tls] = None, token: Optional[str] = None):
+        creds, options = channel_security(tls, token)
+        if channel is not None:
+            self.channel = channel
+        elif creds is None:
+            self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS + options)
         self.timeout = timeout
         self.rate_limiter = ratelimit_pb2_grpc.RateLimiterStub(self.channel)
         self.cache = cache_pb2_grpc.CacheStub(self.channel)
