@@ -16,7 +16,7 @@ mod policy;
 pub use config::AuthConfig;
 pub use policy::{Access, Area, Grant, Policy, Tokens, sha256};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -139,7 +139,10 @@ fn requirement(service: &str, method: &str) -> Option<(Area, Option<Access>)> {
 }
 
 struct Loaded {
-    tokens: Tokens,
+    /// Each token's caller, made once per load: a call with a token costs
+    /// one SHA-256 and this one lookup (`None`: the policy grants its
+    /// identity nothing).
+    by_token: HashMap<[u8; 32], (Arc<str>, Option<Caller>)>,
     policy: Policy,
     /// The files' bytes these were parsed from.
     bytes: (Vec<u8>, Vec<u8>),
@@ -172,7 +175,7 @@ impl Auth {
         if !config.enabled() {
             return Ok(None);
         }
-        let loaded = load_files(config)?;
+        let bytes = read_files(config)?;
         let refused = Family::<RefusedLabel, Counter>::default();
         let denied = refused
             .get_or_create(&RefusedLabel { reason: "denied" })
@@ -180,11 +183,16 @@ impl Auth {
         let auth = Arc::new(Self {
             config: config.clone(),
             open: config.open_services.iter().cloned().collect(),
-            loaded: ArcSwap::from_pointee(loaded),
+            loaded: ArcSwap::from_pointee(Loaded {
+                by_token: HashMap::new(),
+                policy: Policy::default(),
+                bytes: Default::default(),
+            }),
             reloads: Family::default(),
             refused,
             denied,
         });
+        auth.loaded.store(Arc::new(auth.build(bytes)?));
         registry.register(
             "gantry_auth_reloads",
             "Reloads of auth.tokens_file and auth.policy_file after they changed, by result (failed: the previous ones stay)",
@@ -236,26 +244,33 @@ impl Auth {
             return Ok(Caller::anyone());
         }
         let loaded = self.loaded.load();
-        let name: Arc<str> = match headers.get(http::header::AUTHORIZATION) {
+        let (name, caller) = match headers.get(http::header::AUTHORIZATION) {
             Some(value) => {
                 let token = bearer(value.as_bytes()).ok_or(AuthError::Malformed)?;
-                loaded
-                    .tokens
-                    .identify(token)
-                    .ok_or(AuthError::UnknownToken)?
+                let (name, caller) = loaded
+                    .by_token
+                    .get(&sha256(token))
+                    .ok_or(AuthError::UnknownToken)?;
+                (name.clone(), caller.clone())
             }
-            None => peer
-                .and_then(|p| p.identity.clone())
-                .ok_or(AuthError::Missing)?,
+            None => {
+                let name = peer
+                    .and_then(|p| p.identity.clone())
+                    .ok_or(AuthError::Missing)?;
+                let caller = self.caller(&loaded.policy, &name);
+                (name, caller)
+            }
         };
         let denied = |what: String| AuthError::Denied {
             identity: name.to_string(),
             what,
         };
-        let grant = loaded
-            .policy
-            .grant(&name)
+        let caller = caller
             .ok_or_else(|| denied("call gantry: auth.policy_file grants it nothing".to_string()))?;
+        let Some(identity) = &caller.0 else {
+            return Ok(caller);
+        };
+        let grant = &identity.grant;
         match requirement(service, method) {
             Some((area, None)) if !grant.uses(area) => {
                 return Err(denied(format!("call {service}: no {} grant", area.key())));
@@ -269,11 +284,31 @@ impl Auth {
             }
             _ => {}
         }
-        Ok(Caller(Some(Arc::new(Identity {
-            name,
+        Ok(caller)
+    }
+
+    /// The caller `name` is under `policy`; `None` when it grants nothing.
+    fn caller(&self, policy: &Policy, name: &Arc<str>) -> Option<Caller> {
+        let grant = policy.grant(name)?;
+        Some(Caller(Some(Arc::new(Identity {
+            name: name.clone(),
             grant,
             denied: self.denied.clone(),
         }))))
+    }
+
+    /// Reads and parses both files into what calls are decided with.
+    fn build(&self, bytes: (Vec<u8>, Vec<u8>)) -> Result<Loaded, String> {
+        let (tokens, policy) = parse(&self.config, &bytes)?;
+        let by_token = tokens
+            .entries()
+            .map(|(hash, name)| (*hash, (name.clone(), self.caller(&policy, name))))
+            .collect();
+        Ok(Loaded {
+            by_token,
+            policy,
+            bytes,
+        })
     }
 
     /// Reloads both files when either changed; `Ok(false)` when neither did.
@@ -282,7 +317,7 @@ impl Auth {
         if self.loaded.load().bytes == bytes {
             return Ok(false);
         }
-        let loaded = parse(&self.config, bytes)?;
+        let loaded = self.build(bytes)?;
         self.loaded.store(Arc::new(loaded));
         Ok(true)
     }
@@ -344,7 +379,7 @@ fn read_files(config: &AuthConfig) -> Result<(Vec<u8>, Vec<u8>), String> {
     ))
 }
 
-fn parse(config: &AuthConfig, bytes: (Vec<u8>, Vec<u8>)) -> Result<Loaded, String> {
+fn parse(config: &AuthConfig, bytes: &(Vec<u8>, Vec<u8>)) -> Result<(Tokens, Policy), String> {
     let text = |key: &str, bytes: &[u8]| {
         std::str::from_utf8(bytes)
             .map(str::to_string)
@@ -355,15 +390,7 @@ fn parse(config: &AuthConfig, bytes: (Vec<u8>, Vec<u8>)) -> Result<Loaded, Strin
         .map_err(|e| format!("{}: {e}", where_("tokens_file", &config.tokens_file)))?;
     let policy = Policy::parse(&text("policy_file", &bytes.1)?)
         .map_err(|e| format!("{}: {e}", where_("policy_file", &config.policy_file)))?;
-    Ok(Loaded {
-        tokens,
-        policy,
-        bytes,
-    })
-}
-
-fn load_files(config: &AuthConfig) -> Result<Loaded, String> {
-    parse(config, read_files(config)?)
+    Ok((tokens, policy))
 }
 
 #[cfg(test)]

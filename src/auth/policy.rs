@@ -315,6 +315,11 @@ impl Tokens {
     pub fn identify(&self, token: &[u8]) -> Option<Arc<str>> {
         self.by_hash.get(&sha256(token)).cloned()
     }
+
+    /// Every token's hash and identity.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8; 32], &Arc<str>)> {
+        self.by_hash.iter()
+    }
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
