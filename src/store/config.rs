@@ -63,6 +63,12 @@ pub struct RedisConfig {
     /// Prefix of every key gantry writes, so several gantry clusters (or
     /// other applications) can share one Redis.
     pub key_prefix: String,
+    /// With `rediss://` or `cluster_tls`: CA certificates (PEM) to verify
+    /// Redis with instead of the webpki roots (a private CA).
+    pub ca_file: PathBuf,
+    /// Client certificate (PEM) for Redis's `tls-auth-clients`; with `key_file`.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
     /// Longest wait to open a connection.
     pub connect_timeout: HumanDuration,
     /// Longest wait for a reply; a call that waited longer is UNAVAILABLE.
@@ -78,6 +84,9 @@ impl Default for RedisConfig {
             username: String::new(),
             password_file: PathBuf::new(),
             key_prefix: "gantry".into(),
+            ca_file: PathBuf::new(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
             connect_timeout: HumanDuration::from_secs(2),
             response_timeout: HumanDuration::from_secs(1),
         }
@@ -105,6 +114,30 @@ impl RedisConfig {
                     check_node(&format!("storage.redis.cluster[{i}]"), node)?;
                 }
             }
+        }
+        let set = crate::tls::is_set;
+        if set(&self.cert_file) != set(&self.key_file) {
+            return Err(FieldError::new(
+                if set(&self.cert_file) {
+                    "storage.redis.key_file"
+                } else {
+                    "storage.redis.cert_file"
+                },
+                "cert_file and key_file go together (the client certificate and its key)",
+            ));
+        }
+        let tls = self.url.starts_with("rediss://")
+            || self.url.starts_with("valkeys://")
+            || (!self.cluster.is_empty() && self.cluster_tls);
+        if !tls && (set(&self.ca_file) || set(&self.cert_file)) {
+            return Err(FieldError::new(
+                if set(&self.ca_file) {
+                    "storage.redis.ca_file"
+                } else {
+                    "storage.redis.cert_file"
+                },
+                "needs TLS to Redis: a rediss:// url, or cluster_tls = true",
+            ));
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
             return Err(FieldError::new(

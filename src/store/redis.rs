@@ -68,7 +68,7 @@ struct Inner {
     connection: ArcSwapOption<Connection>,
     /// For connections of their own (pub/sub).
     config: RedisConfig,
-    password: Option<String>,
+    credentials: Credentials,
     /// Whether it has answered once (the first answer is "connected", later ones "again").
     answered: std::sync::atomic::AtomicBool,
     prefix: String,
@@ -99,7 +99,10 @@ impl RedisStore {
         registry: &mut Registry,
         stop: CancellationToken,
     ) -> Result<Self, RedisStoreError> {
-        let password = read_password(config)?;
+        let credentials = Credentials {
+            password: read_password(config)?,
+            tls: read_tls(config)?,
+        };
         let metrics = RedisMetrics::default();
         registry.register(
             "gantry_store_redis_up",
@@ -120,7 +123,7 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 connection: ArcSwapOption::empty(),
                 config: config.clone(),
-                password: password.clone(),
+                credentials: credentials.clone(),
                 answered: Default::default(),
                 prefix: config.key_prefix.clone(),
                 cluster: !config.cluster.is_empty(),
@@ -132,7 +135,7 @@ impl RedisStore {
         let config = config.clone();
         tokio::spawn(async move {
             watcher
-                .connect_and_probe(config, password, probe_every, stop)
+                .connect_and_probe(config, credentials, probe_every, stop)
                 .await
         });
         Ok(store)
@@ -242,15 +245,7 @@ impl RedisStore {
                 format!("{scheme}://{node}")
             }
         };
-        let info = url.as_str().into_connection_info()?;
-        let mut settings = info.redis_settings().clone();
-        if !config.username.is_empty() {
-            settings = settings.set_username(&config.username);
-        }
-        if let Some(password) = &self.inner.password {
-            settings = settings.set_password(password);
-        }
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let client = single_client(config, &url, &self.inner.credentials)?;
         Ok(
             tokio::time::timeout(config.connect_timeout.get(), client.get_async_pubsub())
                 .await
@@ -352,13 +347,13 @@ impl RedisStore {
     async fn connect_and_probe(
         self,
         config: RedisConfig,
-        password: Option<String>,
+        credentials: Credentials,
         every: Duration,
         stop: CancellationToken,
     ) {
         let mut logged = false;
         loop {
-            match connect(&config, password.as_deref()).await {
+            match connect(&config, &credentials).await {
                 Ok(connection) => {
                     self.inner.connection.store(Some(Arc::new(connection)));
                     break;
@@ -389,6 +384,68 @@ impl RedisStore {
     }
 }
 
+/// What proves gantry to Redis, and Redis to gantry: read once at start.
+#[derive(Clone, Default)]
+struct Credentials {
+    password: Option<String>,
+    /// `ca_file` and the client certificate, when any is set (else TLS,
+    /// with `rediss://`, verifies against the webpki roots).
+    tls: Option<redis::TlsCertificates>,
+}
+
+/// The certificates of `ca_file`, `cert_file` and `key_file`, when set.
+fn read_tls(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>, RedisStoreError> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            RedisStoreError::Refused(format!(
+                "cannot read storage.redis.{key} {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let set = crate::tls::is_set;
+    let root_cert = if set(&config.ca_file) {
+        Some(read("ca_file", &config.ca_file)?)
+    } else {
+        None
+    };
+    let client_tls = if set(&config.cert_file) {
+        Some(redis::ClientTlsConfig {
+            client_cert: read("cert_file", &config.cert_file)?,
+            client_key: read("key_file", &config.key_file)?,
+        })
+    } else {
+        None
+    };
+    Ok(
+        (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
+}
+
+/// A client for one server at `url`, with the user, password and certificates.
+fn single_client(
+    config: &RedisConfig,
+    url: &str,
+    credentials: &Credentials,
+) -> Result<redis::Client, RedisError> {
+    let info = url.into_connection_info()?;
+    let mut settings = info.redis_settings().clone();
+    if !config.username.is_empty() {
+        settings = settings.set_username(&config.username);
+    }
+    if let Some(password) = &credentials.password {
+        settings = settings.set_password(password);
+    }
+    let info = info.set_redis_settings(settings);
+    match &credentials.tls {
+        Some(certificates) => redis::Client::build_with_tls(info, certificates.clone()),
+        None => redis::Client::open(info),
+    }
+}
+
 /// The password from `password_file`, else the environment, else none.
 fn read_password(config: &RedisConfig) -> Result<Option<String>, RedisStoreError> {
     if !config.password_file.as_os_str().is_empty() {
@@ -405,17 +462,12 @@ fn read_password(config: &RedisConfig) -> Result<Option<String>, RedisStoreError
         .filter(|p| !p.is_empty()))
 }
 
-async fn connect(config: &RedisConfig, password: Option<&str>) -> Result<Connection, RedisError> {
+async fn connect(
+    config: &RedisConfig,
+    credentials: &Credentials,
+) -> Result<Connection, RedisError> {
     if config.cluster.is_empty() {
-        let info = config.url.as_str().into_connection_info()?;
-        let mut settings = info.redis_settings().clone();
-        if !config.username.is_empty() {
-            settings = settings.set_username(&config.username);
-        }
-        if let Some(password) = password {
-            settings = settings.set_password(password);
-        }
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let client = single_client(config, &config.url, credentials)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout.get()))
             .set_response_timeout(Some(config.response_timeout.get()))
@@ -445,8 +497,11 @@ async fn connect(config: &RedisConfig, password: Option<&str>) -> Result<Connect
         if !config.username.is_empty() {
             builder = builder.username(&config.username);
         }
-        if let Some(password) = password {
-            builder = builder.password(password);
+        if let Some(password) = &credentials.password {
+            builder = builder.password(password.clone());
+        }
+        if let Some(certificates) = &credentials.tls {
+            builder = builder.certs(certificates.clone());
         }
         let client = builder.build()?;
         let connection = tokio::time::timeout(

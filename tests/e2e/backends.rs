@@ -220,6 +220,40 @@ impl RedisServer {
         Some(server)
     }
 
+    /// A server that speaks only TLS, on a free port: `tls` are its
+    /// `--tls-*` arguments (certificate, key, CA, client auth).
+    pub fn start_tls(tls: &[&str]) -> Option<Self> {
+        let binary = redis_server_binary()?;
+        let dir = tempfile::tempdir().ok()?;
+        let port = free_port();
+        let mut extra: Vec<String> = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+        ];
+        extra.extend(tls.iter().map(|s| s.to_string()));
+        let (shell, stdin, pid) = spawn_server(&binary, port, &dir, &extra);
+        let server = Self {
+            port,
+            pid,
+            shell,
+            stdin: Some(stdin),
+            dir,
+            extra,
+        };
+        // It speaks only TLS: listening is all a plaintext probe can see.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) on {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }

@@ -994,3 +994,76 @@ async fn endpoint_stats_answer_for_the_whole_fleet() {
     drop(channels);
     stop_all(&mut processes);
 }
+
+/// `rediss://` to a Redis that requires client certificates, verified with a
+/// private CA (`storage.redis.ca_file`, `cert_file`, `key_file`); without
+/// the client certificate gantry never reaches it.
+#[tokio::test]
+async fn a_redis_behind_mutual_tls_is_reached_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::certs::Ca::new("redis CA");
+    let redis_pair = ca.server(dir.path(), "redis");
+    let client = ca.client(dir.path(), "gantry", "spiffe://fleet/gantry");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let (cert, key, ca_arg) = (
+        redis_pair.cert_file.display().to_string(),
+        redis_pair.key_file.display().to_string(),
+        ca_file.display().to_string(),
+    );
+    let Some(redis) = RedisServer::start_tls(&[
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca_arg,
+        "--tls-auth-clients",
+        "yes",
+    ]) else {
+        return;
+    };
+    let backend = Backend::Redis {
+        url: format!("rediss://127.0.0.1:{}", redis.port),
+        prefix: "tls".into(),
+    };
+    let server = TestServer::start_on(&backend, |c| {
+        c.ratelimit.limits = vec![limit("api", 1, Duration::from_secs(3600), 2)];
+        c.storage.redis.ca_file = ca_file.clone();
+        c.storage.redis.cert_file = client.cert_file.clone();
+        c.storage.redis.key_file = client.key_file.clone();
+    })
+    .await;
+    let mut rl = RateLimiterClient::new(server.channel.clone());
+    let granted: Vec<bool> = {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.push(
+                rl.acquire(acquire("api", "k"))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .allowed,
+            );
+        }
+        out
+    };
+    assert_eq!(granted, [true, true, false], "one bucket in Redis over TLS");
+    server.stop().await.unwrap();
+
+    // The CA alone (no client certificate): Redis refuses the handshake.
+    let mut config = crate::common::test_config(dir.path());
+    backend.configure(&mut config);
+    config.ratelimit.limits = vec![limit("api", 1, Duration::from_secs(3600), 2)];
+    config.storage.redis.ca_file = ca_file.clone();
+    let gantry = gantry::server::Gantry::build(config, false).await.unwrap();
+    let addr = gantry.grpc_addr();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(gantry.serve(shutdown.clone()));
+    let status = RateLimiterClient::new(connect(addr).await)
+        .acquire(acquire("api", "k"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+}
