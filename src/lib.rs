@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod filewatch;
 pub mod grpc;
 pub mod lanes;
 pub mod leases;

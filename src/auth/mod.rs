@@ -28,6 +28,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::filewatch::Polled;
 use crate::tls::Peer;
 
 /// Why a call was refused.
@@ -324,39 +325,24 @@ impl Auth {
 
     /// Checks the files every `auth.reload_interval` until `stop`.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.config.reload_interval.get());
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        let mut told = String::new();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            let this = self.clone();
-            let result = tokio::task::spawn_blocking(move || this.reload_if_changed())
-                .await
-                .unwrap_or_else(|e| Err(format!("reloading panicked: {e}")));
-            match result {
-                Ok(false) => {}
-                Ok(true) => {
-                    told.clear();
-                    self.reloads
-                        .get_or_create(&ResultLabel { result: "ok" })
-                        .inc();
+        let this = self.clone();
+        let check = move || this.reload_if_changed();
+        crate::filewatch::poll(self.config.reload_interval.get(), stop, check, |polled| {
+            let result = match polled {
+                Polled::Reloaded => {
                     tracing::info!("auth tokens and policy reloaded");
+                    "ok"
                 }
-                Err(e) => {
-                    self.reloads
-                        .get_or_create(&ResultLabel { result: "failed" })
-                        .inc();
-                    if e != told {
-                        tracing::warn!(error = %e, "auth files changed but do not load; the previous tokens and policy stay");
-                        told = e;
+                Polled::Refused { reason, new_reason } => {
+                    if new_reason {
+                        tracing::warn!(error = %reason, "auth files changed but do not load; the previous tokens and policy stay");
                     }
+                    "failed"
                 }
-            }
-        }
+            };
+            self.reloads.get_or_create(&ResultLabel { result }).inc();
+        })
+        .await;
     }
 }
 

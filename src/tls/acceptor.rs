@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::TlsFiles;
 use super::identity;
+use crate::filewatch::Polled;
 
 /// Why a port's TLS could not be built, naming the key and file.
 #[derive(Debug, thiserror::Error)]
@@ -157,49 +158,29 @@ impl ReloadingTls {
 
     /// Checks the files every `reload_interval` until `stop`.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.files.reload_interval.get());
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        // Each new reason a reload fails is said at warn; repeats at debug.
-        let mut told = String::new();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            let this = self.clone();
-            let result = match tokio::task::spawn_blocking(move || this.reload_if_changed()).await {
-                Ok(result) => result,
-                Err(e) => Err(TlsError::Invalid {
-                    section: self.section.to_string(),
-                    reason: format!("reloading panicked: {e}"),
-                }),
+        let this = self.clone();
+        let check = move || this.reload_if_changed().map_err(|e| e.to_string());
+        let every = self.files.reload_interval.get();
+        crate::filewatch::poll(every, stop, check, |polled| {
+            let result = match polled {
+                Polled::Reloaded => {
+                    tracing::info!(port = self.port, "TLS certificate reloaded from {}", self.section);
+                    "ok"
+                }
+                Polled::Refused { reason, new_reason } => {
+                    if new_reason {
+                        tracing::warn!(port = self.port, error = %reason, "TLS files changed but do not load; serving the previous certificate");
+                    }
+                    "failed"
+                }
             };
-            let label = |result| ReloadLabel {
+            let label = ReloadLabel {
                 port: self.port,
                 result,
             };
-            match result {
-                Ok(false) => {}
-                Ok(true) => {
-                    told.clear();
-                    self.metrics.reloads.get_or_create(&label("ok")).inc();
-                    tracing::info!(
-                        port = self.port,
-                        "TLS certificate reloaded from {}",
-                        self.section
-                    );
-                }
-                Err(e) => {
-                    self.metrics.reloads.get_or_create(&label("failed")).inc();
-                    let reason = e.to_string();
-                    if reason != told {
-                        tracing::warn!(port = self.port, error = %reason, "TLS files changed but do not load; serving the previous certificate");
-                        told = reason;
-                    }
-                }
-            }
-        }
+            self.metrics.reloads.get_or_create(&label).inc();
+        })
+        .await;
     }
 }
 

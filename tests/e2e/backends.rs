@@ -203,36 +203,26 @@ impl RedisServer {
     /// A server on a free port, without persistence, plus `extra` arguments.
     /// None without redis-server.
     pub fn start(extra: &[&str]) -> Option<Self> {
-        let binary = redis_server_binary()?;
-        let dir = tempfile::tempdir().ok()?;
         let port = free_port();
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (shell, stdin, pid) = spawn_server(&binary, port, &dir, &extra);
-        let server = Self {
-            port,
-            pid,
-            shell,
-            stdin: Some(stdin),
-            dir,
-            extra,
-        };
-        wait_for_port(port, Duration::from_secs(10));
-        Some(server)
+        Self::launch(port, extra.iter().map(|s| s.to_string()).collect(), false)
     }
 
     /// A server that speaks only TLS, on a free port: `tls` are its
     /// `--tls-*` arguments (certificate, key, CA, client auth).
     pub fn start_tls(tls: &[&str]) -> Option<Self> {
+        let port = free_port();
+        let mut extra: Vec<String> = ["--port", "0", "--tls-port"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        extra.push(port.to_string());
+        extra.extend(tls.iter().map(|s| s.to_string()));
+        Self::launch(port, extra, true)
+    }
+
+    fn launch(port: u16, extra: Vec<String>, tls: bool) -> Option<Self> {
         let binary = redis_server_binary()?;
         let dir = tempfile::tempdir().ok()?;
-        let port = free_port();
-        let mut extra: Vec<String> = vec![
-            "--port".into(),
-            "0".into(),
-            "--tls-port".into(),
-            port.to_string(),
-        ];
-        extra.extend(tls.iter().map(|s| s.to_string()));
         let (shell, stdin, pid) = spawn_server(&binary, port, &dir, &extra);
         let server = Self {
             port,
@@ -242,14 +232,18 @@ impl RedisServer {
             dir,
             extra,
         };
-        // It speaks only TLS: listening is all a plaintext probe can see.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server (TLS) on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        if tls {
+            // It speaks only TLS: listening is all a plaintext probe can see.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server (TLS) on {port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            wait_for_port(port, Duration::from_secs(10));
         }
         Some(server)
     }

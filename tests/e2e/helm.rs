@@ -101,6 +101,24 @@ fn rendered_config(manifests: &str) -> String {
         .join("\n")
 }
 
+/// `helm template` with `--set set`, which must fail: what helm said.
+fn refused(t: &Tools, set: &str) -> String {
+    let (ok, text) = run(
+        &t.helm,
+        &[
+            "template",
+            "gantry",
+            CHART,
+            "--kube-version",
+            "1.31.0",
+            "--set",
+            set,
+        ],
+    );
+    assert!(!ok, "--set {set} was accepted");
+    text
+}
+
 fn kubeconform(t: &Tools, manifests: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("manifests.yaml");
@@ -265,19 +283,7 @@ fn tls_and_auth_mount_secrets_probe_over_tls_and_ask_cert_manager() {
             "auth.enabled needs auth.existingSecret",
         ),
     ] {
-        let (ok, text) = run(
-            &t.helm,
-            &[
-                "template",
-                "gantry",
-                CHART,
-                "--kube-version",
-                "1.31.0",
-                "--set",
-                set,
-            ],
-        );
-        assert!(!ok, "--set {set} was accepted");
+        let text = refused(&t, set);
         assert!(text.contains(words), "{set}: {text}");
     }
 }
@@ -345,19 +351,7 @@ fn redis_mode_renders_replicas_over_a_shared_store() {
     assert!(!fixed.contains("kind: HorizontalPodAutoscaler"));
 
     // Redis mode without an address fails with a message that says so.
-    let (ok, text) = run(
-        &t.helm,
-        &[
-            "template",
-            "gantry",
-            CHART,
-            "--kube-version",
-            "1.31.0",
-            "--set",
-            "mode=redis",
-        ],
-    );
-    assert!(!ok, "mode=redis without an address was accepted");
+    let text = refused(&t, "mode=redis");
     assert!(text.contains("needs redis.url or redis.cluster"), "{text}");
 }
 
@@ -374,19 +368,7 @@ fn values_the_schema_refuses_fail_before_anything_renders() {
         ("mode=cluster", "/mode"),
         ("redis.keyPrefix=a{b}", "/redis/keyPrefix"),
     ] {
-        let (ok, text) = run(
-            &t.helm,
-            &[
-                "template",
-                "gantry",
-                CHART,
-                "--kube-version",
-                "1.31.0",
-                "--set",
-                set,
-            ],
-        );
-        assert!(!ok, "--set {set} was accepted");
+        let text = refused(&t, set);
         assert!(
             text.contains("values don't meet the specifications of the schema"),
             "{set}: {text}"

@@ -801,6 +801,37 @@ fn otel_python() -> Option<std::path::PathBuf> {
     has_sdk.then_some(ci)
 }
 
+/// Runs tests/otel/export_spans.py against `endpoint` with `env`; the id of
+/// the trace it exported.
+async fn export_with_the_sdk(
+    python: std::path::PathBuf,
+    endpoint: String,
+    env: Vec<(&'static str, String)>,
+) -> Vec<u8> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otel/export_spans.py");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(endpoint)
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the SDK script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let hex = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert_eq!(hex.len(), 32, "{hex:?}");
+    (0..16)
+        .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap())
+        .collect()
+}
+
 /// The SDK configured the usual way — OTEL_EXPORTER_OTLP_CERTIFICATE for the
 /// CA, OTEL_EXPORTER_OTLP_HEADERS for the token — exports over TLS.
 #[tokio::test]
@@ -840,33 +871,21 @@ async fn the_python_opentelemetry_sdk_exports_over_tls_with_a_token() {
         c.auth.policy_file = policy.clone();
     })
     .await;
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otel/export_spans.py");
-    let endpoint = format!("localhost:{}", server.grpc.port());
-    let ca_path = ca_file.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(endpoint)
-            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_path)
-            .env(
+    let trace_id = export_with_the_sdk(
+        python,
+        format!("localhost:{}", server.grpc.port()),
+        vec![
+            (
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                ca_file.display().to_string(),
+            ),
+            (
                 "OTEL_EXPORTER_OTLP_HEADERS",
                 format!("authorization=Bearer%20{token}"),
-            )
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "the SDK script failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let hex = String::from_utf8(output.stdout).unwrap().trim().to_string();
-    let trace_id: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap())
-        .collect();
+            ),
+        ],
+    )
+    .await;
 
     let channel = crate::security::tls_channel(server.grpc, &ca.pem(), None)
         .await
@@ -915,28 +934,7 @@ async fn the_python_opentelemetry_sdk_exports_to_gantry(backend: Backend) {
         return;
     };
     let server = TestServer::start_on(&backend, |_| {}).await;
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otel/export_spans.py");
-    let endpoint = server.grpc.to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(endpoint)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "the SDK script failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let hex = String::from_utf8(output.stdout).unwrap().trim().to_string();
-    assert_eq!(hex.len(), 32, "{hex:?}");
-    let trace_id: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap())
-        .collect();
+    let trace_id = export_with_the_sdk(python, server.grpc.to_string(), vec![]).await;
 
     let mut client = TracesClient::new(server.channel.clone());
     let trace = client

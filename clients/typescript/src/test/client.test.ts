@@ -1,41 +1,22 @@
 // Every helper against a real gantry (GANTRY_BIN, or the binary cargo built).
-import { ChildProcess, spawn } from "node:child_process";
+import { ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, readdirSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
 import { Gantry, NotGranted } from "../index";
-
-const ROOT = join(__dirname, "..", "..", "..", "..");
-// The configuration every client's tests share.
-const CONFIG = join(ROOT, "clients", "testdata", "gantry.toml");
+import { ROOT, skip, startGantry } from "./server";
 
 let server: ChildProcess | undefined;
 let addr = "";
-const bin = process.env.GANTRY_BIN ?? join(ROOT, "target", "debug", "gantry");
-const skip = !existsSync(bin);
-if (skip && process.env.GANTRY_REQUIRE_CLIENT_TESTS) throw new Error(`no gantry binary at ${bin}`);
 
 before(async () => {
   if (skip) return;
   const dir = mkdtempSync(join(tmpdir(), "gantry-ts-"));
-  server = spawn(bin, ["serve", "--config", CONFIG, "--listen", "127.0.0.1:0",
-    "--metrics-listen", "127.0.0.1:0", "--data-dir", join(dir, "data")], { stdio: ["ignore", "ignore", "pipe"] });
-  addr = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("gantry did not start")), 20_000);
-    let buffered = "";
-    server!.stderr!.on("data", (chunk: Buffer) => {
-      buffered += chunk.toString();
-      const match = /gantry listening grpc=(\S+)/.exec(buffered);
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1]);
-      }
-    });
-  });
+  ({ server, addr } = await startGantry(join(dir, "data")));
 });
 
 after(() => {

@@ -1,21 +1,17 @@
 // The client over mutual TLS with a token, against a gantry that requires
 // both. Certificates are made here with the openssl CLI; none are committed.
-import { ChildProcess, execFileSync, spawn } from "node:child_process";
+import { ChildProcess, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
 import { Gantry } from "../index";
+import { skip, startGantry } from "./server";
 
-const ROOT = join(__dirname, "..", "..", "..", "..");
-const CONFIG = join(ROOT, "clients", "testdata", "gantry.toml");
 const TOKEN = "ts-suite-token-8e21";
-const bin = process.env.GANTRY_BIN ?? join(ROOT, "target", "debug", "gantry");
-const skip = !existsSync(bin);
-if (skip && process.env.GANTRY_REQUIRE_CLIENT_TESTS) throw new Error(`no gantry binary at ${bin}`);
 
 const dir = mkdtempSync(join(tmpdir(), "gantry-ts-tls-"));
 const path = (name: string) => join(dir, name);
@@ -43,30 +39,13 @@ before(async () => {
   const digest = createHash("sha256").update(TOKEN).digest("hex");
   writeFileSync(path("tokens.toml"), `[[token]]\nidentity = "ts-suite"\nsha256 = "${digest}"\n`);
   writeFileSync(path("policy.toml"), `[[grant]]\nidentities = ["ts-suite"]\nratelimit = ["tight"]\ncache = ["ts"]\n`);
-  server = spawn(bin, ["serve", "--config", CONFIG, "--listen", "127.0.0.1:0",
-    "--metrics-listen", "127.0.0.1:0", "--data-dir", path("data")], {
-    stdio: ["ignore", "ignore", "pipe"],
-    env: {
-      ...process.env,
-      GANTRY_SERVER_TLS_CERT_FILE: path("server.crt"),
-      GANTRY_SERVER_TLS_KEY_FILE: path("server.key"),
-      GANTRY_SERVER_TLS_CLIENT_CA_FILE: path("ca.crt"),
-      GANTRY_AUTH_TOKENS_FILE: path("tokens.toml"),
-      GANTRY_AUTH_POLICY_FILE: path("policy.toml"),
-    },
-  });
-  addr = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("gantry did not start")), 20_000);
-    let buffered = "";
-    server!.stderr!.on("data", (chunk: Buffer) => {
-      buffered += chunk.toString();
-      const match = /gantry listening grpc=(\S+)/.exec(buffered);
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1]);
-      }
-    });
-  });
+  ({ server, addr } = await startGantry(path("data"), {
+    GANTRY_SERVER_TLS_CERT_FILE: path("server.crt"),
+    GANTRY_SERVER_TLS_KEY_FILE: path("server.key"),
+    GANTRY_SERVER_TLS_CLIENT_CA_FILE: path("ca.crt"),
+    GANTRY_AUTH_TOKENS_FILE: path("tokens.toml"),
+    GANTRY_AUTH_POLICY_FILE: path("policy.toml"),
+  }));
 });
 
 after(() => {
