@@ -312,18 +312,41 @@ impl RedisCache {
         self.store.eval(script, cmd).await.map_err(unavailable)
     }
 
-    /// Hands the changes every replica publishes to this replica's watchers;
-    /// when the subscription is lost (and at its start), tells them to
-    /// resync, since changes may have been missed.
+    /// Hands the changes every replica publishes to this replica's watchers,
+    /// and the expiries Redis announces (one server: keyspace notifications,
+    /// switched on before each subscription); when the subscription is lost
+    /// (and at its start), tells them to resync, since changes may have been
+    /// missed.
     async fn listen(self, stop: CancellationToken) {
         let hub = self.engine.watch_hub();
         let (hot, coherence) = (self.engine.hot(), &self.coherence);
+        let events = self.channel();
+        let expired = self.store.expired_channel();
+        let channels: Vec<String> = std::iter::once(events.clone())
+            .chain(expired.clone())
+            .collect();
+        let entries = self.store.key("c", "");
+        let store = self.store.clone();
+        let prepare = || {
+            let (store, expired) = (store.clone(), expired.is_some());
+            async move {
+                if expired {
+                    store.enable_expiry_events().await;
+                }
+            }
+        };
         self.store
-            .listen(
-                &self.channel(),
+            .listen_all(
+                &channels,
                 stop,
-                |payload| {
-                    if let Some(change) = parse_event(payload) {
+                prepare,
+                |channel, payload| {
+                    let change = if channel == events {
+                        parse_event(payload)
+                    } else {
+                        parse_expired(&entries, payload)
+                    };
+                    if let Some(change) = change {
                         let name = entry::name(&change.namespace, &change.key);
                         coherence.stripe(&name).fetch_add(1, Ordering::AcqRel);
                         hot.remove(&name);
@@ -343,6 +366,26 @@ impl RedisCache {
             )
             .await;
     }
+}
+
+/// An expiry Redis announced: the name of an entry's key
+/// (`<entries><namespace length>:<namespace>:<key>`, see
+/// [`RedisCache::key`]), as an `EXPIRE` change; `None` for other keys.
+fn parse_expired(entries: &str, name: &[u8]) -> Option<Change> {
+    let rest = name.strip_prefix(entries.as_bytes())?;
+    let colon = rest.iter().position(|&b| b == b':')?;
+    let length: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+    let rest = &rest[colon + 1..];
+    let namespace = std::str::from_utf8(rest.get(..length)?).ok()?;
+    let key = rest.get(length..)?.strip_prefix(b":")?;
+    Some(Change {
+        kind: ChangeKind::Expire,
+        namespace: namespace.to_string(),
+        key: String::from_utf8(key.to_vec()).ok()?,
+        version: 0,
+        value: None,
+        at_ms: now_ms(),
+    })
 }
 
 /// The part of a change event the writer knows before the script runs:
@@ -468,5 +511,16 @@ mod tests {
         wire.extend(event_tail("ns", "k", Some((true, raw.len() as u64))));
         wire.extend(stored);
         assert_eq!(parse_event(&wire).unwrap().value.as_deref(), Some(&raw[..]));
+    }
+
+    #[test]
+    fn an_announced_expiry_names_namespace_and_key_even_with_colons() {
+        let change = parse_expired("gantry:c:", b"gantry:c:3:a:b:key:with:colons").unwrap();
+        assert_eq!(
+            (change.kind, change.namespace.as_str(), change.key.as_str()),
+            (ChangeKind::Expire, "a:b", "key:with:colons")
+        );
+        assert!(parse_expired("gantry:c:", b"gantry:rl:3:a:b:k").is_none());
+        assert!(parse_expired("gantry:c:", b"gantry:c:9:short").is_none());
     }
 }

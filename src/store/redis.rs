@@ -266,10 +266,37 @@ impl RedisStore {
         on_message: impl Fn(&[u8]),
         on_state: impl Fn(bool),
     ) {
+        let channels = [channel.to_string()];
+        self.listen_all(
+            &channels,
+            stop,
+            || async {},
+            |_, payload| on_message(payload),
+            on_state,
+        )
+        .await;
+    }
+
+    /// [`Self::listen`] to several channels on one connection, with the
+    /// channel each message came on; `prepare` runs before each
+    /// subscription (e.g. to switch Redis's keyspace notifications on again
+    /// after Redis restarted).
+    pub async fn listen_all<P, Fut>(
+        &self,
+        channels: &[String],
+        stop: CancellationToken,
+        prepare: P,
+        on_message: impl Fn(&str, &[u8]),
+        on_state: impl Fn(bool),
+    ) where
+        P: Fn() -> Fut,
+        Fut: Future<Output = ()>,
+    {
         use futures_util::StreamExt;
         loop {
+            prepare().await;
             let subscribed = match self.pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(channel).await {
+                Ok(mut pubsub) => match pubsub.subscribe(channels).await {
                     Ok(()) => Ok(pubsub),
                     Err(e) => Err(RedisStoreError::from(e)),
                 },
@@ -283,18 +310,81 @@ impl RedisStore {
                         tokio::select! {
                             () = stop.cancelled() => return,
                             message = messages.next() => match message {
-                                Some(message) => on_message(message.get_payload_bytes()),
+                                Some(message) => on_message(message.get_channel_name(), message.get_payload_bytes()),
                                 None => break,
                             },
                         }
                     }
                     on_state(false);
                 }
-                Err(e) => tracing::debug!(error = %e, channel, "cannot subscribe yet"),
+                Err(e) => tracing::debug!(error = %e, ?channels, "cannot subscribe yet"),
             }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// The channel Redis announces expired keys on (keyspace notifications),
+    /// when this is one server: a cluster announces them on each node for
+    /// its own keys only, which one subscription does not see.
+    pub fn expired_channel(&self) -> Option<String> {
+        if self.inner.cluster {
+            return None;
+        }
+        let db = self
+            .inner
+            .config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map(|info| info.redis_settings().db())
+            .unwrap_or(0);
+        Some(format!("__keyevent@{db}__:expired"))
+    }
+
+    /// Makes sure Redis announces expired keys (`notify-keyspace-events`
+    /// with `E` and `x`, added to what is set); false when Redis refuses
+    /// (a managed Redis without CONFIG): expiries are then not announced.
+    pub async fn enable_expiry_events(&self) -> bool {
+        let current: Result<Vec<String>, _> = self
+            .command(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("notify-keyspace-events"),
+            )
+            .await;
+        let flags = match current {
+            Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read notify-keyspace-events");
+                return false;
+            }
+        };
+        let has = |c: char| flags.contains(c);
+        if has('E') && (has('x') || has('A')) {
+            return true;
+        }
+        let mut wanted = flags.clone();
+        for c in ['E', 'x'] {
+            if !wanted.contains(c) {
+                wanted.push(c);
+            }
+        }
+        let set: Result<(), _> = self
+            .command(
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("notify-keyspace-events")
+                    .arg(&wanted),
+            )
+            .await;
+        match set {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis refused CONFIG SET notify-keyspace-events Ex: cache watchers get no EXPIRE events (docs/cluster.md)");
+                false
             }
         }
     }
