@@ -541,6 +541,17 @@ async fn https_get(
     ca: &str,
     token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    https_get_as(addr, path, ca, token, None).await
+}
+
+/// [`https_get`] presenting `client`'s certificate (mutual TLS).
+async fn https_get_as(
+    addr: std::net::SocketAddr,
+    path: &str,
+    ca: &str,
+    token: Option<&str>,
+    client: Option<&Pair>,
+) -> std::io::Result<(u16, String)> {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = rustls::RootCertStore::empty();
@@ -552,8 +563,18 @@ async fn https_get(
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some(pair) => config
+            .with_client_auth_cert(
+                rustls_pki_types::CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
@@ -619,6 +640,42 @@ async fn the_metrics_port_can_require_tls_and_a_bearer_token() {
         .await
         .unwrap();
     assert_eq!(status, 200);
+    server.stop().await.unwrap();
+}
+
+/// Prometheus with a client certificate: `[telemetry.metrics_tls]
+/// client_ca_file` admits a scraper whose certificate chains to it, and no other.
+#[tokio::test]
+async fn the_metrics_port_can_require_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("scrapers CA");
+    let pair = ca.server(dir.path(), "metrics");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let prometheus = ca.client(dir.path(), "prometheus", "spiffe://fleet/prometheus");
+    let stranger = Ca::new("other").client(dir.path(), "stranger", "spiffe://x/y");
+    let server = TestServer::start_with(|c| {
+        c.telemetry.metrics_tls.cert_file = pair.cert_file.clone();
+        c.telemetry.metrics_tls.key_file = pair.key_file.clone();
+        c.telemetry.metrics_tls.client_ca_file = ca_file.clone();
+    })
+    .await;
+    let (status, body) = https_get_as(
+        server.metrics,
+        "/metrics",
+        &ca.pem(),
+        None,
+        Some(&prometheus),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    for client in [None, Some(&stranger)] {
+        let got = https_get_as(server.metrics, "/metrics", &ca.pem(), None, client).await;
+        assert!(
+            !matches!(got, Ok((200, _))),
+            "a scraper without a trusted certificate got the metrics"
+        );
+    }
     server.stop().await.unwrap();
 }
 
