@@ -92,9 +92,9 @@ impl pb::leases_server::Leases for LeasesService {
         Ok(Response::new(lease))
     }
 
-    // Renew and Release name a lease by its id: 128 random bits that only
-    // the caller it was granted to has seen, so holding the id is the grant
-    // (docs/security.md).
+    // Renew and Release name a lease by its id: at least 96 bits no one can
+    // guess, which only the caller it was granted to has seen, so holding the
+    // id is the grant (docs/security.md).
     async fn renew(
         &self,
         request: Request<pb::RenewLeaseRequest>,
