@@ -37,8 +37,14 @@ pub struct TracesConfig {
     /// How long persisted spans are kept (by their end time).
     pub retention: HumanDuration,
     /// OTLP/gRPC endpoint accepted spans are forwarded to, e.g.
-    /// `http://collector:4317`; empty: no forwarding.
+    /// `http://collector:4317`, or `https://…` for TLS; empty: no forwarding.
     pub forward_endpoint: String,
+    /// With an `https://` endpoint: CA certificates (PEM) to verify it with;
+    /// empty: the webpki roots (a public backend).
+    pub forward_ca_file: std::path::PathBuf,
+    /// A file of `name: value` lines sent as metadata with every export
+    /// (an API key, `authorization: Bearer …`); a mounted Secret.
+    pub forward_headers_file: std::path::PathBuf,
     /// Spans waiting to be forwarded; beyond it new spans are dropped (and
     /// counted) rather than slowing ingestion.
     pub forward_queue_spans: u64,
@@ -68,6 +74,8 @@ impl Default for TracesConfig {
             persist: false,
             retention: HumanDuration::from_secs(24 * 3600),
             forward_endpoint: String::new(),
+            forward_ca_file: std::path::PathBuf::new(),
+            forward_headers_file: std::path::PathBuf::new(),
             forward_queue_spans: 65_536,
             forward_batch_spans: 512,
             forward_interval: HumanDuration::from_millis(200),
@@ -113,12 +121,17 @@ impl TracesConfig {
             ],
         )?;
         let endpoint = &self.forward_endpoint;
-        if !endpoint.is_empty() && !endpoint.starts_with("http://") {
+        let tls = endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !endpoint.starts_with("http://") && !tls {
             return Err(FieldError::new(
                 "traces.forward_endpoint",
-                format!(
-                    "{endpoint:?} must start with http:// (plaintext gRPC; put a TLS sidecar in front for https)"
-                ),
+                format!("{endpoint:?} must start with http:// (plaintext gRPC) or https:// (TLS)"),
+            ));
+        }
+        if crate::tls::is_set(&self.forward_ca_file) && !tls {
+            return Err(FieldError::new(
+                "traces.forward_ca_file",
+                "needs an https:// traces.forward_endpoint",
             ));
         }
         Ok(())

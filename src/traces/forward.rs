@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::convert::to_otlp;
 use super::metrics::TracesMetrics;
@@ -43,6 +43,10 @@ impl ForwardItem {
 #[derive(Debug, Clone)]
 pub struct ForwardSettings {
     pub endpoint: String,
+    /// `traces.forward_ca_file` (empty: webpki roots, with https).
+    pub ca_file: std::path::PathBuf,
+    /// `traces.forward_headers_file` (empty: none).
+    pub headers_file: std::path::PathBuf,
     pub queue_spans: usize,
     pub batch_spans: usize,
     pub interval: Duration,
@@ -57,6 +61,8 @@ impl ForwardSettings {
         let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         (!c.forward_endpoint.is_empty()).then(|| Self {
             endpoint: c.forward_endpoint.clone(),
+            ca_file: c.forward_ca_file.clone(),
+            headers_file: c.forward_headers_file.clone(),
             queue_spans: size(c.forward_queue_spans),
             batch_spans: size(c.forward_batch_spans),
             interval: c.forward_interval.get(),
@@ -84,11 +90,28 @@ impl Forwarder {
         metrics: TracesMetrics,
         stop: CancellationToken,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), String> {
-        let channel = Endpoint::from_shared(settings.endpoint.clone())
+        let mut endpoint = Endpoint::from_shared(settings.endpoint.clone())
             .map_err(|e| format!("traces.forward_endpoint {:?}: {e}", settings.endpoint))?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if settings.endpoint.starts_with("https://") {
+            let tls = if crate::tls::is_set(&settings.ca_file) {
+                let ca = std::fs::read(&settings.ca_file).map_err(|e| {
+                    format!(
+                        "cannot read traces.forward_ca_file {}: {e}",
+                        settings.ca_file.display()
+                    )
+                })?;
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca))
+            } else {
+                ClientTlsConfig::new().with_webpki_roots()
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("traces.forward_endpoint TLS: {e}"))?;
+        }
+        let headers = read_headers(&settings.headers_file)?;
+        let channel = endpoint.connect_lazy();
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let forwarder = Self {
@@ -98,6 +121,7 @@ impl Forwarder {
             metrics: metrics.clone(),
         };
         let sender = Sender {
+            headers,
             client: TraceServiceClient::new(channel)
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip)
@@ -129,11 +153,55 @@ impl Forwarder {
 }
 
 struct Sender {
+    /// `traces.forward_headers_file`, sent with every export.
+    headers: tonic::metadata::MetadataMap,
     client: TraceServiceClient<Channel>,
     settings: ForwardSettings,
     queued: Arc<AtomicUsize>,
     metrics: TracesMetrics,
     stop: CancellationToken,
+}
+
+/// The `name: value` lines of `traces.forward_headers_file` as gRPC
+/// metadata; an error names the file and line (never the value: it is a
+/// secret).
+fn read_headers(path: &std::path::Path) -> Result<tonic::metadata::MetadataMap, String> {
+    let mut headers = tonic::metadata::MetadataMap::new();
+    if !crate::tls::is_set(path) {
+        return Ok(headers);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read traces.forward_headers_file {}: {e}",
+            path.display()
+        )
+    })?;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |what: &str| {
+            format!(
+                "traces.forward_headers_file {} line {}: {what}",
+                path.display(),
+                i + 1
+            )
+        };
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| bad("expected `name: value`"))?;
+        let name = tonic::metadata::AsciiMetadataKey::from_bytes(
+            name.trim().to_ascii_lowercase().as_bytes(),
+        )
+        .map_err(|_| bad("not a valid header name"))?;
+        let value = value
+            .trim()
+            .parse::<tonic::metadata::AsciiMetadataValue>()
+            .map_err(|_| bad("not a valid header value"))?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
 }
 
 /// The codes after which OTLP exporters send the same data again.
@@ -198,6 +266,11 @@ impl Sender {
         let mut backoff = Duration::from_millis(100);
         let outcome = loop {
             let mut call = tonic::Request::new(request.clone());
+            for entry in self.headers.iter() {
+                if let tonic::metadata::KeyAndValueRef::Ascii(name, value) = entry {
+                    call.metadata_mut().insert(name.clone(), value.clone());
+                }
+            }
             call.set_timeout(self.settings.timeout);
             match self.client.export(call).await {
                 Ok(response) => break Ok(response.into_inner()),
@@ -235,5 +308,35 @@ impl Sender {
         }
         let left = self.queued.fetch_sub(count, Ordering::AcqRel) - count;
         self.metrics.forward_queue_spans.set(left as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_come_from_name_value_lines_and_a_bad_line_is_named_without_its_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("headers");
+        std::fs::write(
+            &file,
+            "# comment\n\nX-Api-Key:  k-123 \nauthorization: Bearer t\n",
+        )
+        .unwrap();
+        let headers = read_headers(&file).unwrap();
+        assert_eq!(headers.get("x-api-key").unwrap(), "k-123");
+        assert_eq!(headers.get("authorization").unwrap(), "Bearer t");
+        assert!(read_headers(std::path::Path::new("")).unwrap().is_empty());
+
+        std::fs::write(&file, "x-api-key: ok\nsecret-without-colon\n").unwrap();
+        let error = read_headers(&file).unwrap_err();
+        assert!(error.ends_with("line 2: expected `name: value`"), "{error}");
+        std::fs::write(&file, "x-key: bad\u{7f}value-s3cret\n").unwrap();
+        let error = read_headers(&file).unwrap_err();
+        assert!(
+            error.contains("line 1") && !error.contains("s3cret"),
+            "{error}"
+        );
     }
 }

@@ -801,6 +801,99 @@ fn otel_python() -> Option<std::path::PathBuf> {
     has_sdk.then_some(ci)
 }
 
+/// Forwarding to a TLS receiver that wants a token, as to a SaaS backend:
+/// the CA from `traces.forward_ca_file`, the token from
+/// `traces.forward_headers_file`.
+#[tokio::test]
+async fn forwarding_reaches_a_tls_receiver_with_the_headers_it_requires() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::certs::Ca::new("backend CA");
+    let pair = ca.server(dir.path(), "receiver");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let token = "forwarder-token-3c5d";
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nidentity = \"forwarder\"\nsha256 = \"{}\"\n",
+            crate::security::sha256_hex(token)
+        ),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[grant]]\nidentities = [\"forwarder\"]\ntraces = [\"ingest\", \"read\"]\n",
+    )
+    .unwrap();
+    let receiver = TestServer::start_with(|c| {
+        c.server.tls.cert_file = pair.cert_file.clone();
+        c.server.tls.key_file = pair.key_file.clone();
+        c.auth.tokens_file = tokens.clone();
+        c.auth.policy_file = policy.clone();
+    })
+    .await;
+    let headers = dir.path().join("headers");
+    std::fs::write(
+        &headers,
+        format!("# the backend's key\nAuthorization: Bearer {token}\n"),
+    )
+    .unwrap();
+    let sender = TestServer::start_with(|c| {
+        c.traces.forward_endpoint = format!("https://localhost:{}", receiver.grpc.port());
+        c.traces.forward_ca_file = ca_file.clone();
+        c.traces.forward_headers_file = headers.clone();
+        c.traces.forward_interval = gantry::config::HumanDuration::from_millis(50);
+    })
+    .await;
+    let base = now_nanos();
+    TracesClient::new(sender.channel.clone())
+        .ingest(pb::IngestRequest {
+            spans: (1..=2)
+                .map(|id| span(7, id, (id > 1).then_some(1), "op", base, 0, 1))
+                .collect(),
+        })
+        .await
+        .unwrap();
+
+    let channel = crate::security::tls_channel(receiver.grpc, &ca.pem(), None)
+        .await
+        .unwrap();
+    let mut at_receiver = TracesClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = at_receiver
+            .get_trace(crate::security::with_token(
+                pb::GetTraceRequest {
+                    trace_id: vec![7; 16].into(),
+                },
+                token,
+            ))
+            .await;
+        match found {
+            Ok(trace) => {
+                assert_eq!(trace.into_inner().spans.len(), 2);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::NotFound, "{e:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the forwarded spans never arrived"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let (_, metrics) = http_get(sender.metrics, "/metrics").await;
+    assert_eq!(
+        metric_value(&metrics, "gantry_traces_forwarded_spans_total"),
+        Some(2.0)
+    );
+    sender.stop().await.unwrap();
+    receiver.stop().await.unwrap();
+}
+
 /// Runs tests/otel/export_spans.py against `endpoint` with `env`; the id of
 /// the trace it exported.
 async fn export_with_the_sdk(
