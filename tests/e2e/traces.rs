@@ -801,38 +801,49 @@ fn otel_python() -> Option<std::path::PathBuf> {
     has_sdk.then_some(ci)
 }
 
-/// Forwarding to a TLS receiver that wants a token, as to a SaaS backend:
-/// the CA from `traces.forward_ca_file`, the token from
-/// `traces.forward_headers_file`.
-#[tokio::test]
-async fn forwarding_reaches_a_tls_receiver_with_the_headers_it_requires() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = crate::certs::Ca::new("backend CA");
-    let pair = ca.server(dir.path(), "receiver");
-    let ca_file = ca.write(dir.path(), "ca.crt");
-    let token = "forwarder-token-3c5d";
-    let tokens = dir.path().join("tokens.toml");
+/// A gantry behind TLS with `[auth]` on, where `token` names `identity`,
+/// which may ingest and read spans; its CA and the CA's file in `dir`.
+async fn tls_server_for(
+    dir: &std::path::Path,
+    identity: &str,
+    token: &str,
+) -> (TestServer, crate::certs::Ca, std::path::PathBuf) {
+    let ca = crate::certs::Ca::new("traces CA");
+    let pair = ca.server(dir, "gantry");
+    let ca_file = ca.write(dir, "ca.crt");
+    let tokens = dir.join("tokens.toml");
     std::fs::write(
         &tokens,
         format!(
-            "[[token]]\nidentity = \"forwarder\"\nsha256 = \"{}\"\n",
+            "[[token]]\nidentity = \"{identity}\"\nsha256 = \"{}\"\n",
             crate::security::sha256_hex(token)
         ),
     )
     .unwrap();
-    let policy = dir.path().join("policy.toml");
+    let policy = dir.join("policy.toml");
     std::fs::write(
         &policy,
-        "[[grant]]\nidentities = [\"forwarder\"]\ntraces = [\"ingest\", \"read\"]\n",
+        format!("[[grant]]\nidentities = [\"{identity}\"]\ntraces = [\"ingest\", \"read\"]\n"),
     )
     .unwrap();
-    let receiver = TestServer::start_with(|c| {
+    let server = TestServer::start_with(|c| {
         c.server.tls.cert_file = pair.cert_file.clone();
         c.server.tls.key_file = pair.key_file.clone();
         c.auth.tokens_file = tokens.clone();
         c.auth.policy_file = policy.clone();
     })
     .await;
+    (server, ca, ca_file)
+}
+
+/// Forwarding to a TLS receiver that wants a token, as to a SaaS backend:
+/// the CA from `traces.forward_ca_file`, the token from
+/// `traces.forward_headers_file`.
+#[tokio::test]
+async fn forwarding_reaches_a_tls_receiver_with_the_headers_it_requires() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "forwarder-token-3c5d";
+    let (receiver, ca, ca_file) = tls_server_for(dir.path(), "forwarder", token).await;
     let headers = dir.path().join("headers");
     std::fs::write(
         &headers,
@@ -938,32 +949,8 @@ async fn the_python_opentelemetry_sdk_exports_over_tls_with_a_token() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let ca = crate::certs::Ca::new("collector CA");
-    let pair = ca.server(dir.path(), "gantry");
-    let ca_file = ca.write(dir.path(), "ca.crt");
     let token = "sdk-token-77aa";
-    let tokens = dir.path().join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        format!(
-            "[[token]]\nidentity = \"py-shop\"\nsha256 = \"{}\"\n",
-            crate::security::sha256_hex(token)
-        ),
-    )
-    .unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[[grant]]\nidentities = [\"py-shop\"]\ntraces = [\"ingest\", \"read\"]\n",
-    )
-    .unwrap();
-    let server = TestServer::start_with(|c| {
-        c.server.tls.cert_file = pair.cert_file.clone();
-        c.server.tls.key_file = pair.key_file.clone();
-        c.auth.tokens_file = tokens.clone();
-        c.auth.policy_file = policy.clone();
-    })
-    .await;
+    let (server, ca, ca_file) = tls_server_for(dir.path(), "py-shop", token).await;
     let trace_id = export_with_the_sdk(
         python,
         format!("localhost:{}", server.grpc.port()),
