@@ -2,6 +2,7 @@ package gantry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -45,6 +46,11 @@ func (c *Client) AcquireLease(ctx context.Context, pool, holder string, count ui
 		req.MaxWait = durationpb.New(time.Until(dl))
 	}
 	resp, err := c.Leases.Acquire(ctx, req)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		// The server's "not granted" and the caller's deadline end together;
+		// whichever arrives first, the units did not come in time.
+		return nil, fmt.Errorf("%w: %d units of %s before the deadline: %w", ErrNotGranted, count, pool, context.DeadlineExceeded)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package gantry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -66,7 +67,8 @@ const waitSlice = 30 * time.Second
 
 // Wait blocks until one token is granted, as x/time/rate's Wait does: without
 // a deadline it waits as long as it takes (or until ctx is cancelled); with one
-// it returns ErrNotGranted when the deadline nears first.
+// it returns ErrNotGranted when the deadline nears first (an error that is
+// also context.DeadlineExceeded when the deadline itself ended the wait).
 func (l *Limiter) Wait(ctx context.Context) error {
 	for {
 		attempt, cancel := ctx, context.CancelFunc(func() {})
@@ -76,12 +78,17 @@ func (l *Limiter) Wait(ctx context.Context) error {
 		d, err := l.Acquire(attempt, 1)
 		cancel()
 		switch {
+		case err == nil && d.Allowed:
+			return nil
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			// The server answers "not granted" just as the caller's deadline
+			// ends, so which of the two the client sees first is a race: both
+			// mean the token did not come in time.
+			return fmt.Errorf("%w before the deadline: %w", ErrNotGranted, context.DeadlineExceeded)
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case err != nil:
 			return err
-		case d.Allowed:
-			return nil
 		}
 		if _, ok := ctx.Deadline(); ok {
 			return fmt.Errorf("%w before the deadline (retry after %v)", ErrNotGranted, d.RetryAfter)
