@@ -44,6 +44,11 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The encoded descriptors of gantry's own protos, written by build.rs.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gantry_descriptor");
 
+/// Envoy's `rls.proto` and its imports, for reflection (empty when build.rs
+/// could not find them).
+pub const ENVOY_RLS_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("envoy_rls_descriptor");
+
 /// Every gantry service name, as health and reflection report them.
 pub const GANTRY_SERVICES: [&str; 5] = [
     pb::rate_limiter_server::SERVICE_NAME,
@@ -532,6 +537,7 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .register_file_descriptor_set(otlp_trace_descriptors())
+        .register_encoded_file_descriptor_set(ENVOY_RLS_DESCRIPTOR_SET)
 }
 
 /// OTLP's descriptors, less the collector services gantry does not serve

@@ -24,9 +24,9 @@ pub use crate::cache::config::CacheConfig;
 pub use crate::leases::config::{LeasesConfig, MAX_LEASE_TTL, MAX_POOL_NAME_BYTES, PoolConfig};
 pub use crate::query::config::QueryConfig;
 pub use crate::ratelimit::config::{
-    EnvoyDescriptorConfig, EnvoyDomainConfig, EnvoyEntryConfig, LimitConfig, LimitOverrideConfig,
-    LimitScopeConfig, MAX_BURST, MAX_PERIOD, MAX_RATE, RateLimitConfig, StoreFailure,
-    UncleanRestart,
+    EnvoyDescriptorConfig, EnvoyDomainConfig, EnvoyEntryConfig, EnvoyResponseHeaders, LimitConfig,
+    LimitOverrideConfig, LimitScopeConfig, MAX_BURST, MAX_PERIOD, MAX_RATE, RateLimitConfig,
+    StoreFailure, UncleanRestart,
 };
 pub use crate::store::config::{OnCorruption, RedisConfig, StorageBackend, StorageConfig};
 pub use crate::telemetry::config::{LogFormat, TelemetryConfig};
@@ -738,6 +738,84 @@ mod tests {
             assert!(err.starts_with(key), "{text}: {err}");
             assert!(err.contains(value), "{text}: {err}");
             assert!(err.contains("gantry.toml"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn envoy_rules_and_header_formats_are_read_and_checked() {
+        let limits = "[[ratelimit.limits]]\nname = \"api\"\nrate = 1\n\n[[ratelimit.envoy]]\ndomain = \"edge\"\n";
+        let rule = |body: &str| format!("{limits}[[ratelimit.envoy.descriptors]]\n{body}\n");
+        let ok = load_text(&format!(
+            "{}[[ratelimit.envoy.descriptors]]\nentries = [{{ key = \"ip\" }}]\nlimit = \"api\"\nreplaces = [\"path_/health\"]\nshadow_mode = true\n",
+            rule("entries = [{ key = \"path\", value = \"/health\" }]\nunlimited = true")
+        ))
+        .unwrap();
+        let rules = &ok.ratelimit.envoy[0].descriptors;
+        assert!(rules[0].unlimited && rules[1].shadow_mode);
+        assert_eq!(rules[0].label(), "path_/health");
+        let cases = [
+            (
+                rule("entries = [{ key = \"ip\" }]"),
+                "ratelimit.envoy[0].descriptors[0].limit",
+                "unlimited = true",
+            ),
+            (
+                rule("entries = [{ key = \"ip\" }]\nlimit = \"api\"\nunlimited = true"),
+                "ratelimit.envoy[0].descriptors[0].unlimited",
+                "names no limit",
+            ),
+            (
+                rule("entries = [{ key = \"p\", value = \"/a*b\" }]\nlimit = \"api\""),
+                "ratelimit.envoy[0].descriptors[0].entries[0].value",
+                "only at the end",
+            ),
+            (
+                rule("entries = [{ key = \"ip\" }]\nlimit = \"api\"\nreplaces = [\"nope\"]"),
+                "ratelimit.envoy[0].descriptors[0].replaces[0]",
+                "\"nope\" is not another rule",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    rule("entries = [{ key = \"ip\" }]\nlimit = \"api\""),
+                    "[[ratelimit.envoy.descriptors]]\nentries = [{ key = \"ip\" }]\nlimit = \"api\"\n"
+                ),
+                "ratelimit.envoy[0].descriptors[1].name",
+                "give one a `name`",
+            ),
+            (
+                "[ratelimit]\nenvoy_response_headers = \"draft99\"\n".to_string(),
+                "ratelimit.envoy_response_headers",
+                "\"draft99\" is not a header format",
+            ),
+        ];
+        for (text, key, reason) in cases {
+            let err = load_text(&text).expect_err(&text).to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+            assert!(err.contains(reason), "{text}: {err}");
+        }
+        // The format by name, the old boolean, and its environment twin.
+        for (text, want) in [
+            ("true", EnvoyResponseHeaders::Draft03),
+            ("false", EnvoyResponseHeaders::Off),
+            ("\"ietf\"", EnvoyResponseHeaders::Ietf),
+            ("\"draft03\"", EnvoyResponseHeaders::Draft03),
+        ] {
+            let c = load_text(&format!("[ratelimit]\nenvoy_response_headers = {text}\n")).unwrap();
+            assert_eq!(c.ratelimit.envoy_response_headers, want, "{text}");
+        }
+        for (value, want) in [
+            ("true", EnvoyResponseHeaders::Draft03),
+            ("ietf", EnvoyResponseHeaders::Ietf),
+        ] {
+            let c = Config::load(
+                None,
+                &env(&[("GANTRY_RATELIMIT_ENVOY_RESPONSE_HEADERS", value)]),
+                &FlagOverrides::default(),
+            )
+            .unwrap()
+            .config;
+            assert_eq!(c.ratelimit.envoy_response_headers, want, "{value}");
         }
     }
 

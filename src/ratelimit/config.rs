@@ -32,8 +32,10 @@ pub struct RateLimitConfig {
     /// as emptied at the previous run's last heartbeat, so a crash loop hands
     /// out no fresh bursts; `saved` restores the last periodic snapshot.
     pub unclean_restart: UncleanRestart,
-    /// Add draft-03 `X-RateLimit-*` headers to Envoy ShouldRateLimit answers.
-    pub envoy_response_headers: bool,
+    /// Rate-limit headers Envoy adds to its responses: `off`, `draft03`
+    /// (`X-RateLimit-Limit/Remaining/Reset`) or `ietf` (the current IETF
+    /// draft's `RateLimit-Policy` and `RateLimit`). `true` means `draft03`.
+    pub envoy_response_headers: EnvoyResponseHeaders,
     /// Decide immediate Acquire and AcquireBatch calls on a few decision tasks that answer in
     /// groups (fewer write system calls per call); false: decide in each call.
     pub coalesce: bool,
@@ -59,11 +61,51 @@ impl Default for RateLimitConfig {
             sweep_interval: HumanDuration::from_secs(10),
             persist_interval: HumanDuration::from_secs(60),
             unclean_restart: UncleanRestart::Spent,
-            envoy_response_headers: false,
+            envoy_response_headers: EnvoyResponseHeaders::Off,
             coalesce: true,
             store_failure: StoreFailure::Closed,
             limits: Vec::new(),
             envoy: Vec::new(),
+        }
+    }
+}
+
+/// Which rate-limit headers gantry asks Envoy to add to its responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvoyResponseHeaders {
+    #[default]
+    Off,
+    /// draft-ietf-httpapi-ratelimit-headers-03: `X-RateLimit-Limit: 5, 5;w=10`,
+    /// `X-RateLimit-Remaining`, `X-RateLimit-Reset` (what Envoy's own
+    /// `enable_x_ratelimit_headers` sends).
+    Draft03,
+    /// The current IETF draft (draft-ietf-httpapi-ratelimit-headers-10):
+    /// `RateLimit-Policy: "name";q=5;w=10` and `RateLimit: "name";r=0;t=2`.
+    Ietf,
+}
+
+impl<'de> Deserialize<'de> for EnvoyResponseHeaders {
+    /// Also `true`/`false`, as this key was a boolean before (and an
+    /// environment variable's "true" arrives as a string).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(true) => Ok(Self::Draft03),
+            Raw::Flag(false) => Ok(Self::Off),
+            Raw::Name(name) => match name.as_str() {
+                "off" | "false" => Ok(Self::Off),
+                "draft03" | "true" => Ok(Self::Draft03),
+                "ietf" => Ok(Self::Ietf),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?} is not a header format; use \"off\", \"draft03\" or \"ietf\""
+                ))),
+            },
         }
     }
 }
@@ -147,14 +189,31 @@ pub struct EnvoyDomainConfig {
     pub descriptors: Vec<EnvoyDescriptorConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvoyDescriptorConfig {
+    /// The rule's name: its label on the per-rule counters and what
+    /// `replaces` refers to. Default: its entries, as `path_/login.remote_address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The descriptor's entries, in order. An entry without `value` matches any value,
-    /// and that value becomes part of the bucket key (one bucket per value).
+    /// and that value becomes part of the bucket key (one bucket per value);
+    /// a value ending in `*` matches every value that starts with the rest.
     pub entries: Vec<EnvoyEntryConfig>,
-    /// The gantry limit that applies.
-    pub limit: String,
+    /// The gantry limit that applies; every rule names one unless it is `unlimited`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// Matching descriptors are never limited (and no later rule is tried).
+    #[serde(default)]
+    pub unlimited: bool,
+    /// Decide and count, never deny: the answer is OK even when the bucket
+    /// is spent (counted in `gantry_ratelimit_envoy_shadow_mode_total`).
+    #[serde(default)]
+    pub shadow_mode: bool,
+    /// Names of rules (in this domain) that do not apply to a request in
+    /// which this rule matches a descriptor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +222,24 @@ pub struct EnvoyEntryConfig {
     pub key: String,
     #[serde(default)]
     pub value: Option<String>,
+}
+
+impl EnvoyDescriptorConfig {
+    /// The label of the rule's counters and the name `replaces` uses.
+    pub fn label(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let parts: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| match &e.value {
+                Some(v) => format!("{}_{v}", e.key),
+                None => e.key.clone(),
+            })
+            .collect();
+        parts.join(".")
+    }
 }
 
 /// Longest limit name, configured or asked for.
@@ -240,6 +317,8 @@ impl RateLimitConfig {
                     format!("{:?} is defined twice", domain.domain),
                 ));
             }
+            let labels: BTreeSet<String> = domain.descriptors.iter().map(|r| r.label()).collect();
+            let mut seen = BTreeSet::new();
             for (j, rule) in domain.descriptors.iter().enumerate() {
                 let at = format!("{at}.descriptors[{j}]");
                 if rule.entries.is_empty() {
@@ -248,7 +327,49 @@ impl RateLimitConfig {
                         "must list at least one entry",
                     ));
                 }
-                configured(format!("{at}.limit"), &rule.limit)?;
+                for (k, entry) in rule.entries.iter().enumerate() {
+                    if let Some(value) = &entry.value
+                        && value.trim_end_matches('*').contains('*')
+                    {
+                        return Err(FieldError::new(
+                            format!("{at}.entries[{k}].value"),
+                            format!("{value:?}: `*` is allowed only at the end (a prefix match)"),
+                        ));
+                    }
+                }
+                if !seen.insert(rule.label()) {
+                    return Err(FieldError::new(
+                        format!("{at}.name"),
+                        format!(
+                            "{:?} names two rules of this domain; give one a `name`",
+                            rule.label()
+                        ),
+                    ));
+                }
+                match (&rule.limit, rule.unlimited) {
+                    (Some(limit), false) => configured(format!("{at}.limit"), limit)?,
+                    (None, true) => {}
+                    (Some(_), true) => {
+                        return Err(FieldError::new(
+                            format!("{at}.unlimited"),
+                            "an unlimited rule names no limit",
+                        ));
+                    }
+                    (None, false) => {
+                        return Err(FieldError::new(
+                            format!("{at}.limit"),
+                            "name a configured limit, or set unlimited = true",
+                        ));
+                    }
+                }
+                for (k, name) in rule.replaces.iter().enumerate() {
+                    if !labels.contains(name) || *name == rule.label() {
+                        return Err(FieldError::new(
+                            format!("{at}.replaces[{k}]"),
+                            format!("{name:?} is not another rule of domain {:?}", domain.domain),
+                        ));
+                    }
+                }
             }
         }
         Ok(())

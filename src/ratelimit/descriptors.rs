@@ -5,25 +5,124 @@
 //! [[ratelimit.envoy]]
 //! domain = "edge"
 //! [[ratelimit.envoy.descriptors]]
-//! entries = [{ key = "remote_address" }]          # any value: one bucket per address
-//! limit = "per-ip"
+//! entries = [{ key = "path", value = "/health" }]
+//! unlimited = true                                  # never limited
 //! [[ratelimit.envoy.descriptors]]
-//! entries = [{ key = "path", value = "/login" }, { key = "remote_address" }]
-//! limit = "login"
+//! entries = [{ key = "path", value = "/api/*" }, { key = "remote_address" }]
+//! limit = "api"                                     # `*`: a prefix match
+//! shadow_mode = true                                # decide and count, never deny
+//! [[ratelimit.envoy.descriptors]]
+//! entries = [{ key = "remote_address" }]            # any value: one bucket per address
+//! limit = "per-ip"
 //! ```
 //!
 //! A rule matches a descriptor whose entries have the same keys in the same
-//! order, with equal values where the rule names one. The first matching rule
+//! order, with matching values where the rule names one. The first matching rule
 //! decides; a descriptor no rule matches is not limited (as in envoyproxy/ratelimit).
+//! `replaces` drops other rules' descriptors from the same request.
 
 use std::collections::HashMap;
 
-use crate::config::RateLimitConfig;
+use super::metrics::{RateLimitMetrics, RuleCounters, RuleLabels};
+use crate::config::{EnvoyDescriptorConfig, RateLimitConfig};
 
 #[derive(Debug, Clone)]
-struct Rule {
-    entries: Vec<(String, Option<String>)>,
-    limit: String,
+enum ValueMatch {
+    Any,
+    Exact(String),
+    Prefix(String),
+}
+
+impl ValueMatch {
+    fn new(value: Option<&str>) -> Self {
+        match value {
+            None => Self::Any,
+            Some(v) => match v.strip_suffix('*') {
+                Some(prefix) => Self::Prefix(prefix.to_string()),
+                None => Self::Exact(v.to_string()),
+            },
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(want) => want == value,
+            Self::Prefix(prefix) => value.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// What a matching rule does with a descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Decided by this gantry limit.
+    Limit(String),
+    /// Never limited.
+    Unlimited,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    entries: Vec<(String, ValueMatch)>,
+    pub action: Action,
+    pub shadow_mode: bool,
+    /// The rule's name (`name`, or one made of its entries).
+    pub label: String,
+    pub replaces: Vec<String>,
+    pub counters: RuleCounters,
+}
+
+impl Rule {
+    fn new(domain: &str, config: &EnvoyDescriptorConfig, metrics: &RateLimitMetrics) -> Self {
+        let label = config.label();
+        Self {
+            entries: config
+                .entries
+                .iter()
+                .map(|e| (e.key.clone(), ValueMatch::new(e.value.as_deref())))
+                .collect(),
+            action: match (&config.limit, config.unlimited) {
+                (Some(limit), false) => Action::Limit(limit.clone()),
+                // Validation allows nothing else; unlimited is the harmless reading.
+                _ => Action::Unlimited,
+            },
+            shadow_mode: config.shadow_mode,
+            counters: metrics.rule_counters(&RuleLabels {
+                domain: domain.to_string(),
+                rule: label.clone(),
+            }),
+            label,
+            replaces: config.replaces.clone(),
+        }
+    }
+
+    fn matches(&self, entries: &[(&str, &str)]) -> bool {
+        self.entries.len() == entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(entries)
+                .all(|((key, value), (k, v))| key == k && value.matches(v))
+    }
+
+    /// Counts the hits of one decision: `allowed` as the bucket decided,
+    /// before shadow mode lets an over-limit descriptor through.
+    pub fn count(&self, hits: u64, allowed: bool, remaining: u64, burst: u64) {
+        let c = &self.counters;
+        c.total_hits.inc_by(hits);
+        if !allowed {
+            c.over_limit.inc_by(hits);
+            if self.shadow_mode {
+                c.shadow_mode.inc_by(hits);
+            }
+        } else if remaining.saturating_mul(5) < burst {
+            // envoyproxy/ratelimit's near_limit_ratio of 0.8.
+            c.near_limit.inc_by(hits);
+        } else {
+            c.within_limit.inc_by(hits);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -35,7 +134,7 @@ pub struct EnvoyRules {
 const SEP: char = '\u{1f}';
 
 impl EnvoyRules {
-    pub fn from_config(config: &RateLimitConfig) -> Self {
+    pub fn from_config(config: &RateLimitConfig, metrics: &RateLimitMetrics) -> Self {
         let domains = config
             .envoy
             .iter()
@@ -43,14 +142,7 @@ impl EnvoyRules {
                 let rules = d
                     .descriptors
                     .iter()
-                    .map(|r| Rule {
-                        entries: r
-                            .entries
-                            .iter()
-                            .map(|e| (e.key.clone(), e.value.clone()))
-                            .collect(),
-                        limit: r.limit.clone(),
-                    })
+                    .map(|r| Rule::new(&d.domain, r, metrics))
                     .collect();
                 (d.domain.clone(), rules)
             })
@@ -62,18 +154,26 @@ impl EnvoyRules {
         self.domains.contains_key(domain)
     }
 
-    /// The limit and bucket key for one descriptor, or None when unlimited.
-    pub fn resolve(&self, domain: &str, entries: &[(&str, &str)]) -> Option<(&str, String)> {
-        let rule = self.domains.get(domain)?.iter().find(|rule| {
-            rule.entries.len() == entries.len()
-                && rule
-                    .entries
-                    .iter()
-                    .zip(entries)
-                    .all(|((key, value), (k, v))| {
-                        key == k && value.as_deref().is_none_or(|want| want == *v)
-                    })
-        })?;
+    /// The labels of every rule's counters.
+    pub fn labels(&self) -> impl Iterator<Item = RuleLabels> + '_ {
+        self.domains.iter().flat_map(|(domain, rules)| {
+            rules.iter().map(move |r| RuleLabels {
+                domain: domain.clone(),
+                rule: r.label.clone(),
+            })
+        })
+    }
+
+    /// The rule that decides one descriptor, or None when no rule matches.
+    pub fn rule(&self, domain: &str, entries: &[(&str, &str)]) -> Option<&Rule> {
+        self.domains
+            .get(domain)?
+            .iter()
+            .find(|r| r.matches(entries))
+    }
+
+    /// The bucket key of a descriptor: one bucket per domain and values.
+    pub fn bucket_key(domain: &str, entries: &[(&str, &str)]) -> String {
         let mut key = String::from(domain);
         for (k, v) in entries {
             key.push(SEP);
@@ -81,7 +181,15 @@ impl EnvoyRules {
             key.push('=');
             key.push_str(v);
         }
-        Some((rule.limit.as_str(), key))
+        key
+    }
+
+    /// The limit and bucket key for one descriptor, or None when unlimited.
+    pub fn resolve(&self, domain: &str, entries: &[(&str, &str)]) -> Option<(&str, String)> {
+        match &self.rule(domain, entries)?.action {
+            Action::Limit(limit) => Some((limit.as_str(), Self::bucket_key(domain, entries))),
+            Action::Unlimited => None,
+        }
     }
 }
 
@@ -97,23 +205,40 @@ mod tests {
         }
     }
 
-    fn rules() -> EnvoyRules {
-        EnvoyRules::from_config(&RateLimitConfig {
-            envoy: vec![EnvoyDomainConfig {
-                domain: "edge".into(),
-                descriptors: vec![
-                    EnvoyDescriptorConfig {
-                        entries: vec![entry("path", Some("/login")), entry("remote_address", None)],
-                        limit: "login".into(),
-                    },
-                    EnvoyDescriptorConfig {
-                        entries: vec![entry("remote_address", None)],
-                        limit: "per-ip".into(),
-                    },
-                ],
-            }],
+    fn rule(entries: Vec<EnvoyEntryConfig>, limit: &str) -> EnvoyDescriptorConfig {
+        EnvoyDescriptorConfig {
+            entries,
+            limit: Some(limit.into()),
             ..Default::default()
-        })
+        }
+    }
+
+    fn rules() -> EnvoyRules {
+        EnvoyRules::from_config(
+            &RateLimitConfig {
+                envoy: vec![EnvoyDomainConfig {
+                    domain: "edge".into(),
+                    descriptors: vec![
+                        EnvoyDescriptorConfig {
+                            entries: vec![entry("path", Some("/health"))],
+                            unlimited: true,
+                            ..Default::default()
+                        },
+                        rule(
+                            vec![entry("path", Some("/login")), entry("remote_address", None)],
+                            "login",
+                        ),
+                        rule(
+                            vec![entry("path", Some("/api/*")), entry("remote_address", None)],
+                            "api",
+                        ),
+                        rule(vec![entry("remote_address", None)], "per-ip"),
+                    ],
+                }],
+                ..Default::default()
+            },
+            &RateLimitMetrics::default(),
+        )
     }
 
     #[test]
@@ -150,5 +275,49 @@ mod tests {
         assert!(rules.resolve("other", &[("remote_address", "1")]).is_none());
         assert!(rules.has_domain("edge"));
         assert!(!rules.has_domain("other"));
+    }
+
+    #[test]
+    fn a_trailing_star_matches_by_prefix_and_each_value_has_its_bucket() {
+        let rules = rules();
+        let (limit, key) = rules
+            .resolve("edge", &[("path", "/api/orders"), ("remote_address", "1")])
+            .unwrap();
+        assert_eq!(limit, "api");
+        assert!(key.contains("path=/api/orders"), "{key}");
+        let (_, other) = rules
+            .resolve("edge", &[("path", "/api/users"), ("remote_address", "1")])
+            .unwrap();
+        assert_ne!(key, other);
+        assert!(
+            rules
+                .resolve("edge", &[("path", "/apix"), ("remote_address", "1")])
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_unlimited_rule_matches_and_stops_the_search() {
+        let rules = rules();
+        let rule = rules.rule("edge", &[("path", "/health")]).unwrap();
+        assert_eq!(rule.action, Action::Unlimited);
+        assert_eq!(rule.label, "path_/health");
+        assert!(rules.resolve("edge", &[("path", "/health")]).is_none());
+    }
+
+    #[test]
+    fn hits_are_counted_in_envoys_categories() {
+        let rules = rules();
+        let rule = rules.rule("edge", &[("remote_address", "1")]).unwrap();
+        rule.count(2, true, 50, 100); // within
+        rule.count(1, true, 19, 100); // near: less than 20% left
+        rule.count(3, false, 0, 100); // over
+        let c = &rule.counters;
+        assert_eq!(c.total_hits.get(), 6);
+        assert_eq!(
+            (c.within_limit.get(), c.near_limit.get(), c.over_limit.get()),
+            (2, 1, 3)
+        );
+        assert_eq!(c.shadow_mode.get(), 0, "not a shadow rule");
     }
 }

@@ -16,7 +16,9 @@ use futures_util::FutureExt;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::descriptors::{Action, EnvoyRules, Rule};
 use super::gcra::Params;
+use super::headers::{Announced, headers, next_request_in};
 use super::limits::key_with_params;
 use super::{AcquireRequest, Outcome, RateLimiter};
 use crate::error::ApiError;
@@ -134,23 +136,52 @@ impl EnvoyRateLimitService {
         let set = self.limiter.limits();
         let request_hits = u64::from(r.hits_addend.max(1));
 
+        let entries: Vec<Vec<(&str, &str)>> = r
+            .descriptors
+            .iter()
+            .map(|d| {
+                d.entries
+                    .iter()
+                    .map(|e| (e.key.as_str(), e.value.as_str()))
+                    .collect()
+            })
+            .collect();
+        let matched: Vec<Option<&Rule>> =
+            entries.iter().map(|e| rules.rule(&r.domain, e)).collect();
+        // A rule's `replaces` drops the named rules from this request.
+        let replaced: Vec<&str> = matched
+            .iter()
+            .flatten()
+            .flat_map(|rule| rule.replaces.iter().map(String::as_str))
+            .collect();
+
         let mut statuses = Vec::with_capacity(r.descriptors.len());
-        // The tightest limit seen, for the X-RateLimit-* headers.
-        let mut tightest: Option<(Outcome, RateLimit)> = None;
+        // The limit the headers describe: a refusing one, else the one with least left.
+        let mut tightest: Option<Announced<'_>> = None;
         let mut over = false;
         for (i, descriptor) in r.descriptors.iter().enumerate() {
-            let entries: Vec<(&str, &str)> = descriptor
-                .entries
-                .iter()
-                .map(|e| (e.key.as_str(), e.value.as_str()))
-                .collect();
-            let Some((limit_name, base_key)) = rules.resolve(&r.domain, &entries) else {
-                statuses.push(DescriptorStatus {
-                    code: Code::Ok as i32,
-                    ..Default::default()
-                });
+            let not_limited = DescriptorStatus {
+                code: Code::Ok as i32,
+                ..Default::default()
+            };
+            let hits = descriptor
+                .hits_addend
+                .as_ref()
+                .map_or(request_hits, |h| h.value.max(1));
+            let rule = match matched[i] {
+                Some(rule) if !replaced.contains(&rule.label.as_str()) => rule,
+                _ => {
+                    statuses.push(not_limited);
+                    continue;
+                }
+            };
+            let Action::Limit(limit_name) = &rule.action else {
+                rule.count(hits, true, u64::MAX, 0);
+                statuses.push(not_limited);
                 continue;
             };
+            let limit_name = limit_name.as_str();
+            let base_key = EnvoyRules::bucket_key(&r.domain, &entries[i]);
             let explicit = match &descriptor.limit {
                 Some(o) => Some(unit_params(o.requests_per_unit, o.unit)?),
                 None => None,
@@ -159,10 +190,6 @@ impl EnvoyRateLimitService {
                 Some(p) => key_with_params(&base_key, p),
                 None => base_key,
             };
-            let hits = descriptor
-                .hits_addend
-                .as_ref()
-                .map_or(request_hits, |h| h.value.max(1));
             let req = AcquireRequest {
                 limit: limit_name,
                 key: &key,
@@ -203,51 +230,48 @@ impl EnvoyRateLimitService {
                 let api = ApiError::from(e);
                 Status::new(api.code(), format!("descriptors[{i}]: {api}"))
             })?;
-            let current = as_envoy_limit(limit_name, params);
-            over |= !outcome.allowed;
+            if !descriptor.is_negative_hits {
+                rule.count(hits, outcome.allowed, outcome.remaining, params.burst);
+            }
+            // Shadow mode: decided and counted above, never denied.
+            let denied = !outcome.allowed && !rule.shadow_mode;
+            over |= denied;
+            let next_in = next_request_in(
+                params,
+                hits,
+                outcome.allowed,
+                outcome.retry_after,
+                outcome.reset_after,
+            );
             statuses.push(DescriptorStatus {
-                code: if outcome.allowed {
-                    Code::Ok
-                } else {
-                    Code::OverLimit
-                } as i32,
-                current_limit: Some(current.clone()),
+                code: if denied { Code::OverLimit } else { Code::Ok } as i32,
+                current_limit: Some(as_envoy_limit(limit_name, params)),
                 limit_remaining: u32::try_from(outcome.remaining).unwrap_or(u32::MAX),
-                duration_until_reset: Some(envoy_duration(outcome.reset_after)),
+                duration_until_reset: Some(envoy_duration(next_in)),
                 ..Default::default()
             });
-            if tightest
-                .as_ref()
-                .is_none_or(|(t, _)| outcome.remaining < t.remaining)
-            {
-                tightest = Some((outcome, current));
+            let candidate = Announced {
+                limit: limit_name,
+                params,
+                remaining: outcome.remaining,
+                next_in,
+                over: denied,
+            };
+            let tighter = |t: &Announced<'_>| {
+                (denied, std::cmp::Reverse(outcome.remaining))
+                    > (t.over, std::cmp::Reverse(t.remaining))
+            };
+            if !rule.shadow_mode && tightest.as_ref().is_none_or(tighter) {
+                tightest = Some(candidate);
             }
         }
 
-        let mut response_headers_to_add = Vec::new();
-        if self.limiter.envoy_response_headers()
-            && let Some((outcome, limit)) = tightest
-        {
-            let window = UNITS
-                .iter()
-                .find(|(u, _)| *u as i32 == limit.unit)
-                .map_or(1, |(_, s)| *s);
-            response_headers_to_add.push(header(
-                "X-RateLimit-Limit",
-                format!(
-                    "{}, {};w={window}",
-                    limit.requests_per_unit, limit.requests_per_unit
-                ),
-            ));
-            response_headers_to_add.push(header(
-                "X-RateLimit-Remaining",
-                outcome.remaining.to_string(),
-            ));
-            response_headers_to_add.push(header(
-                "X-RateLimit-Reset",
-                outcome.reset_after.as_secs_f64().ceil().to_string(),
-            ));
-        }
+        let response_headers_to_add = tightest
+            .map(|t| headers(self.limiter.envoy_response_headers(), &t))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| header(key, value))
+            .collect();
         tracing::debug!(domain = %r.domain, descriptors = r.descriptors.len(), over, "envoy.should_rate_limit");
         Ok(RateLimitResponse {
             overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,

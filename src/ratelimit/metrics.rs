@@ -33,8 +33,39 @@ pub struct LimitCounters {
     pub table_full: Counter,
 }
 
+/// One Envoy descriptor rule (`[[ratelimit.envoy.descriptors]]`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub domain: String,
+    pub rule: String,
+}
+
+/// Hits (descriptor tokens) a rule decided, in envoyproxy/ratelimit's
+/// categories: every hit counts in `total_hits` and in exactly one of
+/// `over_limit`, `near_limit` (allowed, over 80% of the bucket used) and
+/// `within_limit`; a shadow-mode rule's over-limit hits count in
+/// `over_limit` and `shadow_mode` (and were allowed).
+#[derive(Debug, Clone, Default)]
+pub struct RuleCounters {
+    pub total_hits: Counter,
+    pub over_limit: Counter,
+    pub near_limit: Counter,
+    pub within_limit: Counter,
+    pub shadow_mode: Counter,
+}
+
+#[derive(Clone, Debug, Default)]
+struct RuleFamilies {
+    total_hits: Family<RuleLabels, Counter>,
+    over_limit: Family<RuleLabels, Counter>,
+    near_limit: Family<RuleLabels, Counter>,
+    within_limit: Family<RuleLabels, Counter>,
+    shadow_mode: Family<RuleLabels, Counter>,
+}
+
 #[derive(Clone, Debug)]
 pub struct RateLimitMetrics {
+    rules: RuleFamilies,
     decisions: Family<DecisionLabels, Counter>,
     tokens: Family<LimitLabel, Counter>,
     wait: Family<LimitLabel, Histogram>,
@@ -62,6 +93,7 @@ impl Default for RateLimitMetrics {
             table_full: Family::default(),
             buckets_total: Gauge::default(),
             store_failures: Family::default(),
+            rules: RuleFamilies::default(),
         }
     }
 }
@@ -109,7 +141,69 @@ impl RateLimitMetrics {
             "Decisions the shared store (storage.backend = \"redis\") could not make, by the answer given (ratelimit.store_failure)",
             m.store_failures.clone(),
         );
+        let rules = [
+            ("total_hits", "every hit", &m.rules.total_hits),
+            (
+                "over_limit",
+                "hits over the limit (denied, or allowed in shadow mode)",
+                &m.rules.over_limit,
+            ),
+            (
+                "near_limit",
+                "allowed hits that left less than 20% of the bucket",
+                &m.rules.near_limit,
+            ),
+            (
+                "within_limit",
+                "allowed hits that left at least 20% of the bucket",
+                &m.rules.within_limit,
+            ),
+            (
+                "shadow_mode",
+                "hits over the limit that a shadow_mode rule allowed",
+                &m.rules.shadow_mode,
+            ),
+        ];
+        for (name, what, family) in rules {
+            registry.register(
+                format!("gantry_ratelimit_envoy_{name}"),
+                format!("Envoy descriptor hits per rule: {what}"),
+                family.clone(),
+            );
+        }
         m
+    }
+
+    /// The counters of one Envoy descriptor rule.
+    pub fn rule_counters(&self, labels: &RuleLabels) -> RuleCounters {
+        let f = &self.rules;
+        // One statement per handle (see counters_for).
+        let total_hits = f.total_hits.get_or_create(labels).clone();
+        let over_limit = f.over_limit.get_or_create(labels).clone();
+        let near_limit = f.near_limit.get_or_create(labels).clone();
+        let within_limit = f.within_limit.get_or_create(labels).clone();
+        let shadow_mode = f.shadow_mode.get_or_create(labels).clone();
+        RuleCounters {
+            total_hits,
+            over_limit,
+            near_limit,
+            within_limit,
+            shadow_mode,
+        }
+    }
+
+    /// Drops the series of a rule that is no longer configured.
+    pub fn forget_rule(&self, labels: &RuleLabels) {
+        let f = &self.rules;
+        for family in [
+            &f.total_hits,
+            &f.over_limit,
+            &f.near_limit,
+            &f.within_limit,
+            &f.shadow_mode,
+        ] {
+            family.remove(labels);
+        }
     }
 
     /// Counts a decision the shared store could not make.

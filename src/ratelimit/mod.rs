@@ -7,6 +7,7 @@ pub mod config;
 pub mod descriptors;
 pub mod envoy;
 pub mod gcra;
+pub mod headers;
 pub mod limiter;
 pub mod limits;
 pub mod metrics;

@@ -181,6 +181,12 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 
 /// GET over HTTP/1.1 without a client library: returns (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = http_get_with_headers(addr, path).await;
+    (status, body)
+}
+
+/// Status, header block (lowercase names) and body of an HTTP/1.1 GET.
+pub async fn http_get_with_headers(addr: SocketAddr, path: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -198,11 +204,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
 }
 
 /// The value of one exact series line in Prometheus text, e.g. `name{labels}`.

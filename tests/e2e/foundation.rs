@@ -85,6 +85,7 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
     expected.push("grpc.reflection.v1.ServerReflection".to_string());
     expected.push("grpc.reflection.v1alpha.ServerReflection".to_string());
     expected.push(OTLP_TRACES.to_string());
+    expected.push("envoy.service.ratelimit.v3.RateLimitService".to_string());
     for listed in [
         reflection_services!(v1, server.channel.clone()),
         reflection_services!(v1alpha, server.channel.clone()),
@@ -93,11 +94,77 @@ async fn reflection_v1_and_v1alpha_list_every_service() {
             assert!(listed.contains(name), "{name} missing from {listed:?}");
         }
         // Only what answers is listed: not OTLP's logs or metrics receivers.
+        assert_eq!(listed.len(), expected.len(), "{listed:?}");
         assert!(
             !listed
                 .iter()
                 .any(|s| s.contains("LogsService") || s.contains("MetricsService")),
             "{listed:?}"
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+/// Envoy's service is described whole, so grpcurl and friends can call it.
+#[tokio::test]
+async fn reflection_describes_envoys_rate_limit_service() {
+    use prost::Message;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = TestServer::start().await;
+    let client = ServerReflectionClient::new(server.channel.clone());
+    let files = |request: MessageRequest| {
+        let mut client = client.clone();
+        async move {
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            };
+            let reply = client
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .unwrap()
+                .into_inner()
+                .next()
+                .await
+                .unwrap()
+                .unwrap();
+            let Some(MessageResponse::FileDescriptorResponse(files)) = reply.message_response
+            else {
+                panic!("unexpected reflection reply {reply:?}");
+            };
+            files
+                .file_descriptor_proto
+                .iter()
+                .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let served = files(MessageRequest::FileContainingSymbol(
+        "envoy.service.ratelimit.v3.RateLimitService".into(),
+    ))
+    .await;
+    let rls = served
+        .iter()
+        .find(|f| f.name() == "envoy/service/ratelimit/v3/rls.proto")
+        .expect("rls.proto is served");
+    let method = &rls.service[0].method[0];
+    assert_eq!(
+        (method.name(), method.input_type()),
+        (
+            "ShouldRateLimit",
+            ".envoy.service.ratelimit.v3.RateLimitRequest"
+        )
+    );
+    // Its imports are served too, so a client can resolve every type.
+    for import in &rls.dependency {
+        let found = files(MessageRequest::FileByFilename(import.clone())).await;
+        assert!(
+            found.iter().any(|f| f.name() == import),
+            "{import} not served"
         );
     }
     server.stop().await.unwrap();

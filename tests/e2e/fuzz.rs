@@ -124,7 +124,8 @@ fn limiter() -> RateLimiter {
                     key: "generic_key".into(),
                     value: None,
                 }],
-                limit: "api".into(),
+                limit: Some("api".into()),
+                ..Default::default()
             }],
         }],
         ..RateLimitConfig::default()

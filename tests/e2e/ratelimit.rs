@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use gantry::config::{
-    Config, EnvoyDescriptorConfig, EnvoyDomainConfig, EnvoyEntryConfig, HumanDuration, LimitConfig,
-    LimitOverrideConfig, LimitScopeConfig,
+    Config, EnvoyDescriptorConfig, EnvoyDomainConfig, EnvoyEntryConfig, EnvoyResponseHeaders,
+    HumanDuration, LimitConfig, LimitOverrideConfig, LimitScopeConfig,
 };
 use gantry::proto::gantry::v1 as pb;
 use pb::rate_limiter_client::RateLimiterClient;
@@ -666,15 +666,18 @@ mod envoy {
             descriptors: vec![
                 EnvoyDescriptorConfig {
                     entries: vec![entry("path", Some("/login")), entry("remote_address", None)],
-                    limit: "login".into(),
+                    limit: Some("login".into()),
+                    ..Default::default()
                 },
                 EnvoyDescriptorConfig {
                     entries: vec![entry("remote_address", None)],
-                    limit: "per-ip".into(),
+                    limit: Some("per-ip".into()),
+                    ..Default::default()
                 },
                 EnvoyDescriptorConfig {
                     entries: vec![entry("generic_key", None)],
-                    limit: "per-ip".into(),
+                    limit: Some("per-ip".into()),
+                    ..Default::default()
                 },
             ],
         }];
@@ -705,7 +708,7 @@ mod envoy {
     cluster async fn should_rate_limit_maps_descriptors_to_buckets(backend: Backend) {
         let server = TestServer::start_on(&backend, |c| {
             envoy_config(c, 2, Duration::from_secs(60));
-            c.ratelimit.envoy_response_headers = true;
+            c.ratelimit.envoy_response_headers = EnvoyResponseHeaders::Draft03;
         })
         .await;
         let mut rls = RateLimitServiceClient::new(server.channel.clone());
@@ -822,6 +825,135 @@ mod envoy {
     }
     }
 
+    /// The rule features operators roll limits out with: unlimited rules,
+    /// prefix values, shadow mode, `replaces`, per-rule counters, and the
+    /// IETF draft's headers announcing the configured quota and the time
+    /// until the next request can succeed.
+    fn rule_features_config(c: &mut Config) {
+        c.ratelimit.limits = vec![
+            limit("api", 2, Duration::from_secs(60), 2),
+            limit("login", 1, hour(), 1),
+            limit("per-ip", 1, hour(), 1),
+        ];
+        c.ratelimit.envoy_response_headers = EnvoyResponseHeaders::Ietf;
+        let entry = |key: &str, value: Option<&str>| EnvoyEntryConfig {
+            key: key.into(),
+            value: value.map(String::from),
+        };
+        c.ratelimit.envoy = vec![EnvoyDomainConfig {
+            domain: "edge".into(),
+            descriptors: vec![
+                EnvoyDescriptorConfig {
+                    entries: vec![entry("path", Some("/health"))],
+                    unlimited: true,
+                    ..Default::default()
+                },
+                EnvoyDescriptorConfig {
+                    name: Some("api-rollout".into()),
+                    entries: vec![entry("path", Some("/api/*")), entry("remote_address", None)],
+                    limit: Some("api".into()),
+                    shadow_mode: true,
+                    ..Default::default()
+                },
+                EnvoyDescriptorConfig {
+                    entries: vec![entry("path", Some("/login")), entry("remote_address", None)],
+                    limit: Some("login".into()),
+                    replaces: vec!["per-ip".into()],
+                    ..Default::default()
+                },
+                EnvoyDescriptorConfig {
+                    name: Some("per-ip".into()),
+                    entries: vec![entry("remote_address", None)],
+                    limit: Some("per-ip".into()),
+                    ..Default::default()
+                },
+            ],
+        }];
+    }
+
+    crate::on_every_backend! {
+    async fn descriptor_rules_shadow_unlimited_prefix_and_replaces(backend: Backend) {
+        let server = TestServer::start_on(&backend, rule_features_config).await;
+        let rls = RateLimitServiceClient::new(server.channel.clone());
+        let ask = |descriptors: Vec<RateLimitDescriptor>| {
+            let mut rls = rls.clone();
+            async move { rls.should_rate_limit(request(descriptors)).await.unwrap().into_inner() }
+        };
+        // Unlimited: always OK, no limit reported.
+        for _ in 0..3 {
+            let r = ask(vec![descriptor(&[("path", "/health")])]).await;
+            assert_eq!(r.overall_code, RlsCode::Ok as i32);
+            assert!(r.statuses[0].current_limit.is_none());
+        }
+        // Shadow mode over a prefix rule: the third call is over the limit of 2
+        // and still OK; a value outside the prefix is not limited at all.
+        let api = descriptor(&[("path", "/api/orders"), ("remote_address", "10.0.0.1")]);
+        let mut remaining = Vec::new();
+        for _ in 0..3 {
+            let r = ask(vec![api.clone()]).await;
+            assert_eq!(r.overall_code, RlsCode::Ok as i32, "shadow mode never denies");
+            assert_eq!(r.statuses[0].code, RlsCode::Ok as i32);
+            assert_eq!(
+                r.statuses[0].current_limit.as_ref().map(|l| l.name.as_str()),
+                Some("api")
+            );
+            assert!(r.response_headers_to_add.is_empty(), "a shadow rule announces nothing");
+            remaining.push(r.statuses[0].limit_remaining);
+        }
+        assert_eq!(remaining, vec![1, 0, 0]);
+        let outside = ask(vec![descriptor(&[("path", "/apix"), ("remote_address", "10.0.0.1")])]).await;
+        assert!(outside.statuses[0].current_limit.is_none());
+
+        // `replaces`: with the login rule matched, the per-ip descriptor is not
+        // applied and takes nothing from its bucket.
+        let login = descriptor(&[("path", "/login"), ("remote_address", "10.0.0.9")]);
+        let ip = descriptor(&[("remote_address", "10.0.0.9")]);
+        let first = ask(vec![login.clone(), ip.clone()]).await;
+        assert_eq!(first.overall_code, RlsCode::Ok as i32);
+        assert!(first.statuses[1].current_limit.is_none(), "per-ip was replaced");
+        let second = ask(vec![login.clone(), ip.clone()]).await;
+        assert_eq!(second.overall_code, RlsCode::OverLimit as i32);
+        assert_eq!(second.statuses[0].code, RlsCode::OverLimit as i32);
+        assert_eq!(second.statuses[1].code, RlsCode::Ok as i32);
+        // The 429 announces the configured 1 per hour, and a token back in an hour.
+        let headers: Vec<(&str, &str)> = second
+            .response_headers_to_add
+            .iter()
+            .map(|h| (h.key.as_str(), h.value.as_str()))
+            .collect();
+        assert_eq!(
+            headers,
+            vec![
+                ("RateLimit-Policy", "\"login\";q=1;w=3600"),
+                ("RateLimit", "\"login\";r=0;t=3600"),
+                ("Retry-After", "3600"),
+            ]
+        );
+        let alone = ask(vec![ip.clone()]).await;
+        assert_eq!(alone.overall_code, RlsCode::Ok as i32, "per-ip's bucket is still full");
+
+        // Per-rule counters on the metrics port, in envoyproxy/ratelimit's categories.
+        let (_, text) = crate::common::http_get(server.metrics, "/metrics").await;
+        let value = |name: &str, rule: &str| {
+            crate::common::metric_value(
+                &text,
+                &format!("gantry_ratelimit_envoy_{name}_total{{domain=\"edge\",rule=\"{rule}\"}}"),
+            )
+            .unwrap_or_else(|| panic!("no {name} series for {rule}:\n{text}"))
+        };
+        assert_eq!(value("total_hits", "path_/health"), 3.0);
+        assert_eq!(value("within_limit", "path_/health"), 3.0);
+        assert_eq!(value("total_hits", "api-rollout"), 3.0);
+        assert_eq!(value("over_limit", "api-rollout"), 1.0);
+        assert_eq!(value("shadow_mode", "api-rollout"), 1.0);
+        assert_eq!(value("near_limit", "api-rollout"), 1.0, "the second hit left 0 of 2");
+        assert_eq!(value("within_limit", "api-rollout"), 1.0);
+        assert_eq!(value("over_limit", "path_/login.remote_address"), 1.0);
+        assert_eq!(value("total_hits", "per-ip"), 1.0, "replaced hits are not counted");
+        server.stop().await.unwrap();
+    }
+    }
+
     /// ShouldRateLimit answered directly by the transport (the default) and
     /// through tonic (`server.direct_calls = false`) give the same answers.
     #[tokio::test]
@@ -829,7 +961,7 @@ mod envoy {
         let start = |direct: bool| {
             TestServer::start_with(move |c| {
                 envoy_config(c, 2, Duration::from_secs(60));
-                c.ratelimit.envoy_response_headers = true;
+                c.ratelimit.envoy_response_headers = EnvoyResponseHeaders::Draft03;
                 c.server.direct_calls = direct;
             })
         };
@@ -895,7 +1027,7 @@ mod envoy {
         let start = |backend: Backend| async move {
             TestServer::start_on(&backend, |c| {
                 envoy_config(c, 2, Duration::from_secs(60));
-                c.ratelimit.envoy_response_headers = true;
+                c.ratelimit.envoy_response_headers = EnvoyResponseHeaders::Draft03;
             })
             .await
         };

@@ -415,6 +415,9 @@ async fn envoy_answers_as_gantry_decides(tls: bool) {
          [[ratelimit.envoy]]\ndomain = \"edge\"\n\n[[ratelimit.envoy.descriptors]]\n\
          entries = [{ key = \"generic_key\" }]\nlimit = \"per-key\"\n"
             .to_string();
+    // The headers Envoy's users see: gantry's draft-03 set (Envoy's own
+    // enable_x_ratelimit_headers stays off, so there is one set).
+    toml = format!("[ratelimit]\nenvoy_response_headers = \"draft03\"\n\n{toml}");
     let envoy_tls = tls.then(|| {
         let dir = cwd.path();
         let ca = crate::certs::Ca::new("mesh CA");
@@ -497,14 +500,37 @@ async fn envoy_answers_as_gantry_decides(tls: bool) {
     // The bucket is full (2): two requests pass, the third is limited.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let mut codes = Vec::new();
+    let mut heads = Vec::new();
     for _ in 0..3 {
-        codes.push(http_get(front_addr, "/").await.0);
+        let (code, head, _) = crate::common::http_get_with_headers(front_addr, "/").await;
+        codes.push(code);
+        heads.push(head);
     }
     assert_eq!(
         codes,
         vec![200, 200, 429],
         "envoy answers as gantry decides"
     );
+    // Burst 2, 1 per second: the 429 says a token is back within a second,
+    // not when the bucket is full (2 s).
+    for header in [
+        "x-ratelimit-limit: 2, 1;w=1",
+        "x-ratelimit-remaining: 0",
+        "x-ratelimit-reset: 1",
+        "retry-after: 1",
+    ] {
+        assert!(
+            heads[2].contains(header),
+            "{header} missing from the 429:\n{}",
+            heads[2]
+        );
+    }
+    assert!(
+        heads[0].contains("x-ratelimit-remaining: 1"),
+        "{}",
+        heads[0]
+    );
+    assert!(!heads[0].contains("retry-after"), "{}", heads[0]);
     // One token per second: a second later one token is back.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(

@@ -21,7 +21,7 @@ use super::descriptors::EnvoyRules;
 use super::gcra::{BucketState, Decision, Params};
 use super::limits::{Limit, LimitSet};
 use super::metrics::RateLimitMetrics;
-use crate::config::RateLimitConfig;
+use crate::config::{EnvoyResponseHeaders, RateLimitConfig};
 use crate::error::FieldError;
 use crate::ratelimit::config::MAX_LIMIT_NAME_BYTES;
 
@@ -43,7 +43,7 @@ const RESWEEP_NS: u64 = 10_000_000;
 /// Settings that a reload may change without touching the buckets.
 #[derive(Debug, Clone)]
 struct Settings {
-    envoy_response_headers: bool,
+    envoy_response_headers: EnvoyResponseHeaders,
     max_waiters: usize,
     max_key_bytes: usize,
     max_batch: usize,
@@ -69,11 +69,11 @@ struct State {
 }
 
 impl State {
-    fn new(limits: LimitSet, config: &RateLimitConfig) -> Self {
+    fn new(limits: LimitSet, config: &RateLimitConfig, metrics: &RateLimitMetrics) -> Self {
         Self {
             limits: Arc::new(limits),
             settings: Settings::from(config),
-            envoy: Arc::new(EnvoyRules::from_config(config)),
+            envoy: Arc::new(EnvoyRules::from_config(config, metrics)),
         }
     }
 }
@@ -202,7 +202,7 @@ impl RateLimiter {
             .collect();
         Self {
             inner: Arc::new(Inner {
-                state: ArcSwap::from_pointee(State::new(limits, config)),
+                state: ArcSwap::from_pointee(State::new(limits, config, &metrics)),
                 shards,
                 hasher,
                 buckets: AtomicUsize::new(0),
@@ -227,8 +227,8 @@ impl RateLimiter {
         self.inner.state.load().envoy.clone()
     }
 
-    /// Whether Envoy answers carry draft-03 `X-RateLimit-*` headers.
-    pub fn envoy_response_headers(&self) -> bool {
+    /// Which rate-limit headers Envoy answers carry.
+    pub fn envoy_response_headers(&self) -> EnvoyResponseHeaders {
         self.inner.state.load().settings.envoy_response_headers
     }
 
@@ -404,12 +404,19 @@ impl RateLimiter {
     /// their waiters answered `allowed = false`.
     pub fn reload(&self, config: &RateLimitConfig) {
         let inner = &self.inner;
-        let old = inner.state.load().limits.clone();
+        let old_state = inner.state.load_full();
+        let old = old_state.limits.clone();
         let new = {
             let mut next_id = inner.next_limit_id.lock();
             LimitSet::build(config, Some(&old), &mut next_id, &inner.metrics)
         };
-        let state = Arc::new(State::new(new, config));
+        let state = Arc::new(State::new(new, config, &inner.metrics));
+        let kept: std::collections::HashSet<_> = state.envoy.labels().collect();
+        for labels in old_state.envoy.labels() {
+            if !kept.contains(&labels) {
+                inner.metrics.forget_rule(&labels);
+            }
+        }
         let new = state.limits.clone();
         inner.state.store(state);
         let now = inner.clock.now_ns();
