@@ -169,7 +169,12 @@ func TestLeaseRenewsItselfAndReleases(t *testing.T) {
 		t.Fatal("lease reported lost")
 	default:
 	}
-	// The pool is full: another holder waits until its deadline, then gives up.
+	// The pool is full: a call without a deadline is told so at once...
+	if _, err := c.AcquireLease(ctx, "db", "pod-b", 1, 0); !errors.Is(err, ErrNotGranted) ||
+		!strings.Contains(err.Error(), "(the pool is full)") {
+		t.Fatalf("want ErrNotGranted saying the pool is full, got %v", err)
+	}
+	// ...and another holder waits until its deadline, then gives up.
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	if _, err := c.AcquireLease(short, "db", "pod-b", 1, 0); !errors.Is(err, ErrNotGranted) ||

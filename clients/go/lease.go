@@ -59,7 +59,7 @@ func (c *Client) AcquireLease(ctx context.Context, pool, holder string, count ui
 		if _, ok := ctx.Deadline(); ok {
 			when = "before the deadline"
 		}
-		return nil, fmt.Errorf("%w: %d units of %s %s", ErrNotGranted, count, pool, when)
+		return nil, fmt.Errorf("%w: %d units of %s %s%s", ErrNotGranted, count, pool, when, denialText(resp.GetDenialReason(), holder))
 	}
 	expires := resp.GetExpiresAt().AsTime()
 	if ttl <= 0 {
@@ -129,4 +129,18 @@ func (l *Lease) Release() error {
 		_, err = l.client.Leases.Release(ctx, &gantryv1.ReleaseLeaseRequest{LeaseId: l.ID})
 	})
 	return err
+}
+
+// denialText says why the server refused, as its answer tells.
+func denialText(reason gantryv1.DenialReason, holder string) string {
+	switch reason {
+	case gantryv1.DenialReason_DENIAL_REASON_POOL_FULL:
+		return " (the pool is full)"
+	case gantryv1.DenialReason_DENIAL_REASON_HOLDER_LIMIT:
+		return fmt.Sprintf(" (holder %s is at the pool's max_per_holder)", holder)
+	case gantryv1.DenialReason_DENIAL_REASON_QUEUE_AHEAD:
+		return " (callers that came first are waiting)"
+	default:
+		return ""
+	}
 }

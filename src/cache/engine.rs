@@ -348,7 +348,9 @@ impl CacheEngine {
         let _guard = self.lock(&name);
         let current = self.current(&name)?;
         check_condition(namespace, key, condition, live_version(&current, now))?;
-        let version = self.inner.store.next_id()?;
+        // sled's ids start at 0, but version 0 is "no version" on the wire
+        // (an unset if_version): versions start at 1, as on Redis.
+        let version = self.inner.store.next_id()?.saturating_add(1);
         let stored = Stored {
             version,
             expires_at_ms,

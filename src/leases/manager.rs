@@ -20,7 +20,9 @@ use super::journal::{Journal, Ticket};
 use super::metrics::{AcquireResult, LeaseMetrics};
 use super::persist;
 use super::pool::PoolSpec;
-use super::table::{Admission, Ask, Effects, Lease, Limits, PoolStatus, Restored, Table, WaitEnd};
+use super::table::{
+    Admission, Ask, Denial, Effects, Lease, Limits, PoolStatus, Restored, Table, WaitEnd,
+};
 use crate::config::LeasesConfig;
 use crate::store::{BatchOp, Domain, Store, StoreError};
 use crate::wallclock::now_ms;
@@ -40,6 +42,8 @@ pub struct AcquireOutcome {
     /// None: not granted.
     pub lease: Option<Lease>,
     pub waited: Duration,
+    /// Why not, when not granted.
+    pub denial: Option<Denial>,
 }
 
 /// Grants waiting to be written, and waiters to answer, after the lock is gone.
@@ -165,13 +169,15 @@ impl LeaseManager {
                 Ok(AcquireOutcome {
                     lease: Some(lease),
                     waited: started.elapsed(),
+                    denial: None,
                 })
             }
-            Admission::Denied => {
+            Admission::Denied(denial) => {
                 metrics.acquired(ask.pool, AcquireResult::Denied);
                 Ok(AcquireOutcome {
                     lease: None,
                     waited: Duration::ZERO,
+                    denial: Some(denial),
                 })
             }
             Admission::Queued { waiter } => {
@@ -198,7 +204,17 @@ impl LeaseManager {
                         AcquireResult::TimedOut
                     },
                 );
-                Ok(AcquireOutcome { lease, waited })
+                let denial = lease.is_none().then(|| {
+                    self.inner
+                        .table
+                        .lock()
+                        .denial(ask.pool, ask.holder, ask.count)
+                });
+                Ok(AcquireOutcome {
+                    lease,
+                    waited,
+                    denial,
+                })
             }
         }
     }

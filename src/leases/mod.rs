@@ -22,7 +22,7 @@ pub mod table;
 
 pub use manager::{AcquireOutcome, LeaseManager};
 pub use shared::SharedLeases;
-pub use table::{Lease, PoolStatus};
+pub use table::{Denial, Lease, PoolStatus};
 
 use crate::error::FieldError;
 

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
-use super::table::Ask;
+use super::table::{Ask, Denial};
 use super::{Lease, Leases};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb, grpc_timeout, wait_within_deadline};
@@ -34,6 +34,7 @@ fn granted(lease: Lease, waited: Duration) -> pb::Lease {
         expires_at: Some(timestamp(lease.expires_at_ms)),
         granted: true,
         waited: Some(duration_to_pb(waited)),
+        denial_reason: pb::DenialReason::Unspecified as i32,
     }
 }
 
@@ -86,6 +87,12 @@ impl pb::leases_server::Leases for LeasesService {
                 count: r.count.max(1),
                 granted: false,
                 waited: Some(duration_to_pb(outcome.waited)),
+                denial_reason: match outcome.denial {
+                    Some(Denial::PoolFull) => pb::DenialReason::PoolFull,
+                    Some(Denial::HolderLimit) => pb::DenialReason::HolderLimit,
+                    Some(Denial::QueueAhead) => pb::DenialReason::QueueAhead,
+                    None => pb::DenialReason::Unspecified,
+                } as i32,
                 ..Default::default()
             },
         };

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::LeaseError;
 use super::metrics::{AcquireResult, LeaseMetrics};
 use super::pool::PoolSpec;
-use super::table::{Ask, EndReason, Lease, PoolGauges, PoolStatus};
+use super::table::{Ask, Denial, EndReason, Lease, PoolGauges, PoolStatus};
 use crate::config::{LeasesConfig, MAX_POOL_NAME_BYTES};
 use crate::error::FieldError;
 use crate::store::redis::{RedisStore, RedisStoreError};
@@ -95,7 +95,9 @@ if op == 'acquire' then
     tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
   local in_use = tonumber(redis.call('GET', used) or '0')
   local mine = tonumber(redis.call('HGET', holders, holder) or '0')
-  if in_use + count > cap or mine + count > per_holder then return done({0, 0}) end
+  -- Not granted: why, in the second field (2: the holder's maximum, 1: the pool is full).
+  if mine + count > per_holder then return done({0, 2}) end
+  if in_use + count > cap then return done({0, 1}) end
   local at = now + ttl
   redis.call('ZADD', exp, at, id)
   redis.call('HSET', info, id, count .. ':' .. holder)
@@ -261,10 +263,14 @@ impl SharedLeases {
         let queued = self.has_waiters(ask.pool);
         if max_wait.is_zero() {
             // Waiters on this replica come first.
-            let lease = if queued {
-                None
+            let (lease, denial) = if queued {
+                (None, Some(Denial::QueueAhead))
             } else {
-                self.try_grant(spec, ask, count).await?.0
+                let (granted, _) = self.try_grant(spec, ask, count).await?;
+                match granted {
+                    Ok(lease) => (Some(lease), None),
+                    Err(denial) => (None, Some(denial)),
+                }
             };
             let result = if lease.is_some() {
                 AcquireResult::Granted
@@ -275,10 +281,13 @@ impl SharedLeases {
             return Ok(super::AcquireOutcome {
                 lease,
                 waited: Duration::ZERO,
+                denial,
             });
         }
         let place = self.join(ask.pool, pools.max_waiters)?;
         let deadline = started + max_wait;
+        // Why the wait has not been granted yet: others ahead, until it asks Redis.
+        let mut denial = Denial::QueueAhead;
         let granted = async {
             let Ok(_head) = tokio::time::timeout_at(deadline, place.turn.lock()).await else {
                 return Ok(None);
@@ -292,8 +301,9 @@ impl SharedLeases {
                 };
                 spec.check_count(count)?;
                 let (lease, next_expiry_ms) = self.try_grant(spec, ask, count).await?;
-                if lease.is_some() {
-                    return Ok(lease);
+                match lease {
+                    Ok(lease) => return Ok(Some(lease)),
+                    Err(why) => denial = why,
                 }
                 let now = tokio::time::Instant::now();
                 if now >= deadline {
@@ -320,7 +330,12 @@ impl SharedLeases {
                 AcquireResult::TimedOut
             },
         );
-        Ok(super::AcquireOutcome { lease, waited })
+        let denial = lease.is_none().then_some(denial);
+        Ok(super::AcquireOutcome {
+            lease,
+            waited,
+            denial,
+        })
     }
 
     pub async fn renew(&self, id: &str, ttl: Option<Duration>) -> Result<Lease, LeaseError> {
@@ -396,7 +411,7 @@ impl SharedLeases {
         spec: &PoolSpec,
         ask: Ask<'_>,
         count: u32,
-    ) -> Result<(Option<Lease>, u64), LeaseError> {
+    ) -> Result<(Result<Lease, Denial>, u64), LeaseError> {
         let seq = self
             .inner
             .next_id
@@ -428,13 +443,17 @@ impl SharedLeases {
                 ],
             )
             .await?;
-        let lease = (int(&reply.rest, 0) == 1).then(|| Lease {
-            id,
-            pool: ask.pool.to_string(),
-            holder: ask.holder.to_string(),
-            count,
-            expires_at_ms: int(&reply.rest, 1),
-        });
+        let lease = match (int(&reply.rest, 0), int(&reply.rest, 1)) {
+            (1, expires_at_ms) => Ok(Lease {
+                id,
+                pool: ask.pool.to_string(),
+                holder: ask.holder.to_string(),
+                count,
+                expires_at_ms,
+            }),
+            (_, 2) => Err(Denial::HolderLimit),
+            _ => Err(Denial::PoolFull),
+        };
         Ok((lease, reply.next_expiry_ms))
     }
 

@@ -57,9 +57,20 @@ pub enum Admission {
     /// Granted now.
     Granted(Lease),
     /// Not available now, and the caller does not wait.
-    Denied,
+    Denied(Denial),
     /// In the pool's queue; the grant (or end) arrives through the payload.
     Queued { waiter: u64 },
+}
+
+/// Why a lease was not granted, as the caller is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// The pool's units are all leased.
+    PoolFull,
+    /// The holder already has the pool's `max_per_holder` units (with this ask, more).
+    HolderLimit,
+    /// There would be room, but callers who came first are waiting for it.
+    QueueAhead,
 }
 
 /// Why a waiter was answered without a lease.
@@ -149,6 +160,18 @@ impl<W> PoolState<W> {
 
     fn fits(&self, count: u32) -> bool {
         self.in_use + u64::from(count) <= u64::from(self.spec.capacity)
+    }
+
+    /// Why `count` units are not the holder's now: its own maximum first
+    /// (freed units would not help), then the pool, then the queue.
+    fn denial(&self, holder: &str, count: u32) -> Denial {
+        if !self.holder_may_take(holder, count) {
+            Denial::HolderLimit
+        } else if !self.fits(count) {
+            Denial::PoolFull
+        } else {
+            Denial::QueueAhead
+        }
     }
 
     fn take(&mut self, holder: &str, count: u32) {
@@ -285,7 +308,7 @@ impl<W> Table<W> {
             return Ok(Admission::Granted(lease));
         }
         let Some(payload) = waiter else {
-            return Ok(Admission::Denied);
+            return Ok(Admission::Denied(pool.denial(ask.holder, count)));
         };
         let max_waiters = self.limits.max_waiters;
         let id = self.next_id;
@@ -314,6 +337,13 @@ impl<W> Table<W> {
         // A head passed over for its holder's maximum may leave room for us.
         self.dispatch(ask.pool, now_ms, fx);
         Ok(Admission::Queued { waiter: id })
+    }
+
+    /// Why `count` units of `pool` are not `holder`'s now (for a wait that ran out).
+    pub fn denial(&self, pool: &str, holder: &str, count: u32) -> Denial {
+        self.pools
+            .get(pool)
+            .map_or(Denial::PoolFull, |p| p.denial(holder, count.max(1)))
     }
 
     /// Records a lease; the caller has checked that it fits.

@@ -42,7 +42,7 @@ fn take(t: &mut Table<&'static str>, holder: &str, count: u32, now: u64) -> Opti
     let mut fx = Effects::default();
     match t.acquire(ask(holder, count), now, None, &mut fx).unwrap() {
         Admission::Granted(lease) => Some(lease),
-        Admission::Denied => None,
+        Admission::Denied(_) => None,
         Admission::Queued { .. } => panic!("queued without a waiter"),
     }
 }
@@ -441,7 +441,7 @@ fn random_operations_never_exceed_the_capacity() {
                 match t.acquire(a, now, waiter, &mut fx) {
                     Ok(Admission::Granted(l)) => held.push(l.id),
                     Ok(Admission::Queued { waiter }) => queued.push(waiter),
-                    Ok(Admission::Denied) | Err(LeaseError::QueueFull { .. }) => {}
+                    Ok(Admission::Denied(_)) | Err(LeaseError::QueueFull { .. }) => {}
                     Err(e) => panic!("step {step}: {e}"),
                 }
             }

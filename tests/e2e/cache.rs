@@ -87,6 +87,8 @@ cluster async fn put_get_delete_with_versions_and_ttl(backend: Backend) {
 
     assert!(!get(&mut c, "orders", "o-1").await.found);
     let v1 = put(&mut c, put_req("orders", "o-1", &b"pending"[..])).await;
+    // The first write of a fresh server: a version a client can show and compare.
+    assert!(v1 >= 1, "versions start at 1, got {v1}");
     let r = get(&mut c, "orders", "o-1").await;
     assert!(r.found);
     assert_eq!((&r.value[..], r.version), (&b"pending"[..], v1));

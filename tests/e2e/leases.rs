@@ -273,6 +273,19 @@ async fn bad_calls_get_clear_errors(backend: Backend) {
     assert!(!denied.granted);
     assert!(denied.lease_id.is_empty());
     assert_eq!((denied.pool.as_str(), denied.count), ("db", 2));
+    assert_eq!(denied.denial_reason(), pb::DenialReason::PoolFull);
+    // One unit is free, but "a" holds its maximum of 2: the answer says so.
+    let over_own = acquire(&mut client, ask("db", "a", 1)).await;
+    assert!(!over_own.granted);
+    assert_eq!(over_own.denial_reason(), pb::DenialReason::HolderLimit);
+    // A wait that runs out says why too.
+    let timed_out = acquire(
+        &mut client,
+        waiting(ask("db", "c", 2), Duration::from_millis(200)),
+    )
+    .await;
+    assert!(!timed_out.granted);
+    assert_eq!(timed_out.denial_reason(), pb::DenialReason::PoolFull);
     let mut waiter = client.clone();
     let queued = tokio::spawn(async move {
         waiter
@@ -280,6 +293,10 @@ async fn bad_calls_get_clear_errors(backend: Backend) {
             .await
     });
     wait_for_status(&mut client, "db", "one waiter", |s| s.waiting == 1).await;
+    // The free unit fits "d", but "c" came first.
+    let behind = acquire(&mut client, ask("db", "d", 1)).await;
+    assert!(!behind.granted);
+    assert_eq!(behind.denial_reason(), pb::DenialReason::QueueAhead);
     expect(
         client
             .acquire(waiting(ask("db", "d", 1), Duration::from_secs(2)))

@@ -58,7 +58,7 @@ def test_lease_renews_in_the_background_and_releases_on_exit(gantry_addr):
             status = client.leases.PoolStatus(leases_pb2.PoolStatusRequest(pool="db"))
             assert status.in_use == 2, "the lease outlived its TTL by renewing"
             assert lease.expires_at > first and not lease.lost.is_set()
-            with pytest.raises(NotGranted):
+            with pytest.raises(NotGranted, match=r"\(the pool is full\)"):
                 with client.lease("db", holder="pod-b", count=1, wait=0.3):
                     pass
         status = client.leases.PoolStatus(leases_pb2.PoolStatusRequest(pool="db"))

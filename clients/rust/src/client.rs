@@ -31,8 +31,12 @@ pub enum Error {
     Status(#[from] Status),
     /// A wait for tokens or lease units ran out; `retry_after` when gantry
     /// said when to try again (rate limits do, leases cannot know).
-    #[error("not granted within the wait{}", .retry_after.map(|d| format!(" (retry after {d:?})")).unwrap_or_default())]
-    NotGranted { retry_after: Option<Duration> },
+    #[error("not granted within the wait{}{}", .retry_after.map(|d| format!(" (retry after {d:?})")).unwrap_or_default(), .reason.map(|r| format!(" ({r})")).unwrap_or_default())]
+    NotGranted {
+        retry_after: Option<Duration>,
+        /// Why a lease was refused, as the server said.
+        reason: Option<&'static str>,
+    },
 }
 
 /// One connection to gantry and the generated clients (cheap to clone).
@@ -196,7 +200,16 @@ impl Gantry {
             })
             .await?;
         if !lease.granted {
-            return Err(Error::NotGranted { retry_after: None });
+            let reason = match lease.denial_reason() {
+                pb::DenialReason::PoolFull => Some("the pool is full"),
+                pb::DenialReason::HolderLimit => Some("the holder is at the pool's max_per_holder"),
+                pb::DenialReason::QueueAhead => Some("callers that came first are waiting"),
+                pb::DenialReason::Unspecified => None,
+            };
+            return Err(Error::NotGranted {
+                retry_after: None,
+                reason,
+            });
         }
         let expires = system_time(lease.expires_at.as_ref());
         let ttl = if ttl.is_zero() {
@@ -290,6 +303,7 @@ impl Limiter {
         if !d.allowed {
             return Err(Error::NotGranted {
                 retry_after: Some(d.retry_after),
+                reason: None,
             });
         }
         Ok(d)

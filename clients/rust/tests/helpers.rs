@@ -100,7 +100,8 @@ async fn limiter_takes_waits_and_refuses() {
     assert!(matches!(
         not_granted,
         Error::NotGranted {
-            retry_after: Some(d)
+            retry_after: Some(d),
+            reason: None,
         } if d > Duration::ZERO
     ));
     assert!(
@@ -152,8 +153,17 @@ async fn lease_renews_itself_and_releases() {
         .lease("db", "pod-b", 1, Duration::ZERO, Duration::from_millis(300))
         .await;
     let busy = busy.unwrap_err();
-    assert!(matches!(busy, Error::NotGranted { retry_after: None }));
-    assert_eq!(busy.to_string(), "not granted within the wait");
+    assert!(matches!(
+        busy,
+        Error::NotGranted {
+            retry_after: None,
+            reason: Some(_)
+        }
+    ));
+    assert_eq!(
+        busy.to_string(),
+        "not granted within the wait (the pool is full)"
+    );
     assert!(lease.release().await.unwrap());
     let again = gantry
         .lease("db", "pod-b", 2, Duration::ZERO, Duration::ZERO)

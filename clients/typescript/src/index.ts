@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import { CallOptions, ChannelCredentials, Metadata, ServiceError, credentials, status } from "@grpc/grpc-js";
 
 import { CacheClient, WatchEvent, WatchEvent_Kind } from "./gen/gantry/v1/cache";
-import { LeasesClient } from "./gen/gantry/v1/leases";
+import { DenialReason, LeasesClient } from "./gen/gantry/v1/leases";
 import { QueryAnalyzerClient, QueryExecution } from "./gen/gantry/v1/query";
 import { RateLimiterClient } from "./gen/gantry/v1/ratelimit";
 import { TracesClient } from "./gen/gantry/v1/traces";
@@ -20,6 +20,16 @@ export * as pb from "./gen/gantry/v1/ratelimit";
 export { CacheClient, LeasesClient, QueryAnalyzerClient, RateLimiterClient, TracesClient };
 
 /** A wait for tokens or lease units ran out before they were granted. */
+/** Why the server refused a lease, as its answer says. */
+function denialText(reason: DenialReason, holder: string): string {
+  switch (reason) {
+    case DenialReason.DENIAL_REASON_POOL_FULL: return " (the pool is full)";
+    case DenialReason.DENIAL_REASON_HOLDER_LIMIT: return ` (holder ${holder} is at the pool's max_per_holder)`;
+    case DenialReason.DENIAL_REASON_QUEUE_AHEAD: return " (callers that came first are waiting)";
+    default: return "";
+  }
+}
+
 export class NotGranted extends Error {
   constructor(message: string, readonly retryAfterMs = 0) {
     super(message);
@@ -138,7 +148,7 @@ export class Gantry {
     const res = await this.call(this.leases, this.leases.acquire, {
       pool, holder, count, ttl: duration(options.ttlMs), maxWait: duration(waitMs),
     }, waitMs);
-    if (!res.granted) throw new NotGranted(`${count} units of ${pool} not granted within ${waitMs} ms`);
+    if (!res.granted) throw new NotGranted(`${count} units of ${pool} not granted within ${waitMs} ms${denialText(res.denialReason, holder)}`);
     const expires = res.expiresAt ?? new Date();
     const ttlMs = options.ttlMs ?? Math.max(expires.getTime() - Date.now(), 1000);
     return new Lease(this, res.leaseId, res.count, ttlMs, expires);

@@ -76,6 +76,15 @@ def channel_security(tls: Optional[Tls], token: Optional[str]):
     return creds, options
 
 
+def denial_text(reason: int, holder: str) -> str:
+    """Why the server refused a lease, as its answer says (DenialReason)."""
+    return {
+        1: " (the pool is full)",
+        2: f" (holder {holder} is at the pool's max_per_holder)",
+        3: " (callers that came first are waiting)",
+    }.get(reason, "")
+
+
 class NotGranted(Exception):
     """A wait for tokens or lease units ran out before they were granted."""
 

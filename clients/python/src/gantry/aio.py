@@ -27,6 +27,7 @@ from ._common import (
     Decision,
     NearItems,
     NotGranted,
+    denial_text,
     Tls,
     channel_security,
     decision,
@@ -211,7 +212,8 @@ class AsyncLease:
             timeout=self.wait + self._gantry.timeout,
         )
         if not resp.granted:
-            raise NotGranted(f"{self.count} units of {self.pool} not granted within {self.wait}s")
+            raise NotGranted(f"{self.count} units of {self.pool} not granted within {self.wait}s"
+                             + denial_text(resp.denial_reason, self.holder))
         self.lease_id = resp.lease_id
         self.expires_at = unix_seconds(resp.expires_at)
         if self.ttl <= 0:

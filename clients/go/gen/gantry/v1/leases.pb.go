@@ -23,6 +23,64 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Why a lease was not granted.
+type DenialReason int32
+
+const (
+	// Granted (or an older server).
+	DenialReason_DENIAL_REASON_UNSPECIFIED DenialReason = 0
+	// Every unit of the pool is leased.
+	DenialReason_DENIAL_REASON_POOL_FULL DenialReason = 1
+	// The holder already holds the pool's max_per_holder units (this count on top would exceed it);
+	// units that others return will not help.
+	DenialReason_DENIAL_REASON_HOLDER_LIMIT DenialReason = 2
+	// There is room, but callers that came first wait for it (fair queue).
+	DenialReason_DENIAL_REASON_QUEUE_AHEAD DenialReason = 3
+)
+
+// Enum value maps for DenialReason.
+var (
+	DenialReason_name = map[int32]string{
+		0: "DENIAL_REASON_UNSPECIFIED",
+		1: "DENIAL_REASON_POOL_FULL",
+		2: "DENIAL_REASON_HOLDER_LIMIT",
+		3: "DENIAL_REASON_QUEUE_AHEAD",
+	}
+	DenialReason_value = map[string]int32{
+		"DENIAL_REASON_UNSPECIFIED":  0,
+		"DENIAL_REASON_POOL_FULL":    1,
+		"DENIAL_REASON_HOLDER_LIMIT": 2,
+		"DENIAL_REASON_QUEUE_AHEAD":  3,
+	}
+)
+
+func (x DenialReason) Enum() *DenialReason {
+	p := new(DenialReason)
+	*p = x
+	return p
+}
+
+func (x DenialReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DenialReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_gantry_v1_leases_proto_enumTypes[0].Descriptor()
+}
+
+func (DenialReason) Type() protoreflect.EnumType {
+	return &file_gantry_v1_leases_proto_enumTypes[0]
+}
+
+func (x DenialReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DenialReason.Descriptor instead.
+func (DenialReason) EnumDescriptor() ([]byte, []int) {
+	return file_gantry_v1_leases_proto_rawDescGZIP(), []int{0}
+}
+
 type AcquireLeaseRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The configured pool, e.g. "orders-db".
@@ -117,7 +175,9 @@ type Lease struct {
 	// Whether the lease was granted.
 	Granted bool `protobuf:"varint,6,opt,name=granted,proto3" json:"granted,omitempty"`
 	// How long the call waited before the decision.
-	Waited        *durationpb.Duration `protobuf:"bytes,7,opt,name=waited,proto3" json:"waited,omitempty"`
+	Waited *durationpb.Duration `protobuf:"bytes,7,opt,name=waited,proto3" json:"waited,omitempty"`
+	// Why not, when `granted` is false.
+	DenialReason  DenialReason `protobuf:"varint,8,opt,name=denial_reason,json=denialReason,proto3,enum=gantry.v1.DenialReason" json:"denial_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -199,6 +259,13 @@ func (x *Lease) GetWaited() *durationpb.Duration {
 		return x.Waited
 	}
 	return nil
+}
+
+func (x *Lease) GetDenialReason() DenialReason {
+	if x != nil {
+		return x.DenialReason
+	}
+	return DenialReason_DENIAL_REASON_UNSPECIFIED
 }
 
 type RenewLeaseRequest struct {
@@ -538,7 +605,7 @@ const file_gantry_v1_leases_proto_rawDesc = "" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
 	"\x05count\x18\x03 \x01(\rR\x05count\x12+\n" +
 	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x124\n" +
-	"\bmax_wait\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\amaxWait\"\xec\x01\n" +
+	"\bmax_wait\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\amaxWait\"\xaa\x02\n" +
 	"\x05Lease\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x16\n" +
@@ -547,7 +614,8 @@ const file_gantry_v1_leases_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x18\n" +
 	"\agranted\x18\x06 \x01(\bR\agranted\x121\n" +
-	"\x06waited\x18\a \x01(\v2\x19.google.protobuf.DurationR\x06waited\"[\n" +
+	"\x06waited\x18\a \x01(\v2\x19.google.protobuf.DurationR\x06waited\x12<\n" +
+	"\rdenial_reason\x18\b \x01(\x0e2\x17.gantry.v1.DenialReasonR\fdenialReason\"[\n" +
 	"\x11RenewLeaseRequest\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"0\n" +
@@ -566,7 +634,12 @@ const file_gantry_v1_leases_proto_rawDesc = "" +
 	"\bcapacity\x18\x02 \x01(\rR\bcapacity\x12\x15\n" +
 	"\x06in_use\x18\x03 \x01(\rR\x05inUse\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\rR\awaiting\x12+\n" +
-	"\aholders\x18\x05 \x03(\v2\x11.gantry.v1.HolderR\aholders2\x95\x02\n" +
+	"\aholders\x18\x05 \x03(\v2\x11.gantry.v1.HolderR\aholders*\x89\x01\n" +
+	"\fDenialReason\x12\x1d\n" +
+	"\x19DENIAL_REASON_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17DENIAL_REASON_POOL_FULL\x10\x01\x12\x1e\n" +
+	"\x1aDENIAL_REASON_HOLDER_LIMIT\x10\x02\x12\x1d\n" +
+	"\x19DENIAL_REASON_QUEUE_AHEAD\x10\x032\x95\x02\n" +
 	"\x06Leases\x12;\n" +
 	"\aAcquire\x12\x1e.gantry.v1.AcquireLeaseRequest\x1a\x10.gantry.v1.Lease\x127\n" +
 	"\x05Renew\x12\x1c.gantry.v1.RenewLeaseRequest\x1a\x10.gantry.v1.Lease\x12J\n" +
@@ -586,39 +659,42 @@ func file_gantry_v1_leases_proto_rawDescGZIP() []byte {
 	return file_gantry_v1_leases_proto_rawDescData
 }
 
+var file_gantry_v1_leases_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_gantry_v1_leases_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_gantry_v1_leases_proto_goTypes = []any{
-	(*AcquireLeaseRequest)(nil),   // 0: gantry.v1.AcquireLeaseRequest
-	(*Lease)(nil),                 // 1: gantry.v1.Lease
-	(*RenewLeaseRequest)(nil),     // 2: gantry.v1.RenewLeaseRequest
-	(*ReleaseLeaseRequest)(nil),   // 3: gantry.v1.ReleaseLeaseRequest
-	(*ReleaseLeaseResponse)(nil),  // 4: gantry.v1.ReleaseLeaseResponse
-	(*PoolStatusRequest)(nil),     // 5: gantry.v1.PoolStatusRequest
-	(*Holder)(nil),                // 6: gantry.v1.Holder
-	(*PoolStatusResponse)(nil),    // 7: gantry.v1.PoolStatusResponse
-	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(DenialReason)(0),             // 0: gantry.v1.DenialReason
+	(*AcquireLeaseRequest)(nil),   // 1: gantry.v1.AcquireLeaseRequest
+	(*Lease)(nil),                 // 2: gantry.v1.Lease
+	(*RenewLeaseRequest)(nil),     // 3: gantry.v1.RenewLeaseRequest
+	(*ReleaseLeaseRequest)(nil),   // 4: gantry.v1.ReleaseLeaseRequest
+	(*ReleaseLeaseResponse)(nil),  // 5: gantry.v1.ReleaseLeaseResponse
+	(*PoolStatusRequest)(nil),     // 6: gantry.v1.PoolStatusRequest
+	(*Holder)(nil),                // 7: gantry.v1.Holder
+	(*PoolStatusResponse)(nil),    // 8: gantry.v1.PoolStatusResponse
+	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_gantry_v1_leases_proto_depIdxs = []int32{
-	8,  // 0: gantry.v1.AcquireLeaseRequest.ttl:type_name -> google.protobuf.Duration
-	8,  // 1: gantry.v1.AcquireLeaseRequest.max_wait:type_name -> google.protobuf.Duration
-	9,  // 2: gantry.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
-	8,  // 3: gantry.v1.Lease.waited:type_name -> google.protobuf.Duration
-	8,  // 4: gantry.v1.RenewLeaseRequest.ttl:type_name -> google.protobuf.Duration
-	6,  // 5: gantry.v1.PoolStatusResponse.holders:type_name -> gantry.v1.Holder
-	0,  // 6: gantry.v1.Leases.Acquire:input_type -> gantry.v1.AcquireLeaseRequest
-	2,  // 7: gantry.v1.Leases.Renew:input_type -> gantry.v1.RenewLeaseRequest
-	3,  // 8: gantry.v1.Leases.Release:input_type -> gantry.v1.ReleaseLeaseRequest
-	5,  // 9: gantry.v1.Leases.PoolStatus:input_type -> gantry.v1.PoolStatusRequest
-	1,  // 10: gantry.v1.Leases.Acquire:output_type -> gantry.v1.Lease
-	1,  // 11: gantry.v1.Leases.Renew:output_type -> gantry.v1.Lease
-	4,  // 12: gantry.v1.Leases.Release:output_type -> gantry.v1.ReleaseLeaseResponse
-	7,  // 13: gantry.v1.Leases.PoolStatus:output_type -> gantry.v1.PoolStatusResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	9,  // 0: gantry.v1.AcquireLeaseRequest.ttl:type_name -> google.protobuf.Duration
+	9,  // 1: gantry.v1.AcquireLeaseRequest.max_wait:type_name -> google.protobuf.Duration
+	10, // 2: gantry.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	9,  // 3: gantry.v1.Lease.waited:type_name -> google.protobuf.Duration
+	0,  // 4: gantry.v1.Lease.denial_reason:type_name -> gantry.v1.DenialReason
+	9,  // 5: gantry.v1.RenewLeaseRequest.ttl:type_name -> google.protobuf.Duration
+	7,  // 6: gantry.v1.PoolStatusResponse.holders:type_name -> gantry.v1.Holder
+	1,  // 7: gantry.v1.Leases.Acquire:input_type -> gantry.v1.AcquireLeaseRequest
+	3,  // 8: gantry.v1.Leases.Renew:input_type -> gantry.v1.RenewLeaseRequest
+	4,  // 9: gantry.v1.Leases.Release:input_type -> gantry.v1.ReleaseLeaseRequest
+	6,  // 10: gantry.v1.Leases.PoolStatus:input_type -> gantry.v1.PoolStatusRequest
+	2,  // 11: gantry.v1.Leases.Acquire:output_type -> gantry.v1.Lease
+	2,  // 12: gantry.v1.Leases.Renew:output_type -> gantry.v1.Lease
+	5,  // 13: gantry.v1.Leases.Release:output_type -> gantry.v1.ReleaseLeaseResponse
+	8,  // 14: gantry.v1.Leases.PoolStatus:output_type -> gantry.v1.PoolStatusResponse
+	11, // [11:15] is the sub-list for method output_type
+	7,  // [7:11] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_gantry_v1_leases_proto_init() }
@@ -631,13 +707,14 @@ func file_gantry_v1_leases_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_v1_leases_proto_rawDesc), len(file_gantry_v1_leases_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_gantry_v1_leases_proto_goTypes,
 		DependencyIndexes: file_gantry_v1_leases_proto_depIdxs,
+		EnumInfos:         file_gantry_v1_leases_proto_enumTypes,
 		MessageInfos:      file_gantry_v1_leases_proto_msgTypes,
 	}.Build()
 	File_gantry_v1_leases_proto = out.File

@@ -26,29 +26,31 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gantry/v1/leases.proto\x12\tgantry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n\x13\x41\x63quireLeaseRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0e\n\x06holder\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08max_wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb2\x01\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x0e\n\x06holder\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07granted\x18\x06 \x01(\x08\x12)\n\x06waited\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x11RenewLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x13ReleaseLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"(\n\x14ReleaseLeaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"!\n\x11PoolStatusRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"7\n\x06Holder\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0e\n\x06leases\x18\x03 \x01(\r\"y\n\x12PoolStatusResponse\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12\x0e\n\x06in_use\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\"\n\x07holders\x18\x05 \x03(\x0b\x32\x11.gantry.v1.Holder2\x95\x02\n\x06Leases\x12;\n\x07\x41\x63quire\x12\x1e.gantry.v1.AcquireLeaseRequest\x1a\x10.gantry.v1.Lease\x12\x37\n\x05Renew\x12\x1c.gantry.v1.RenewLeaseRequest\x1a\x10.gantry.v1.Lease\x12J\n\x07Release\x12\x1e.gantry.v1.ReleaseLeaseRequest\x1a\x1f.gantry.v1.ReleaseLeaseResponse\x12I\n\nPoolStatus\x12\x1c.gantry.v1.PoolStatusRequest\x1a\x1d.gantry.v1.PoolStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gantry/v1/leases.proto\x12\tgantry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n\x13\x41\x63quireLeaseRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0e\n\x06holder\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08max_wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe2\x01\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x0e\n\x06holder\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07granted\x18\x06 \x01(\x08\x12)\n\x06waited\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\rdenial_reason\x18\x08 \x01(\x0e\x32\x17.gantry.v1.DenialReason\"M\n\x11RenewLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x13ReleaseLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"(\n\x14ReleaseLeaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"!\n\x11PoolStatusRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"7\n\x06Holder\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0e\n\x06leases\x18\x03 \x01(\r\"y\n\x12PoolStatusResponse\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12\x0e\n\x06in_use\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\"\n\x07holders\x18\x05 \x03(\x0b\x32\x11.gantry.v1.Holder*\x89\x01\n\x0c\x44\x65nialReason\x12\x1d\n\x19\x44\x45NIAL_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45NIAL_REASON_POOL_FULL\x10\x01\x12\x1e\n\x1a\x44\x45NIAL_REASON_HOLDER_LIMIT\x10\x02\x12\x1d\n\x19\x44\x45NIAL_REASON_QUEUE_AHEAD\x10\x03\x32\x95\x02\n\x06Leases\x12;\n\x07\x41\x63quire\x12\x1e.gantry.v1.AcquireLeaseRequest\x1a\x10.gantry.v1.Lease\x12\x37\n\x05Renew\x12\x1c.gantry.v1.RenewLeaseRequest\x1a\x10.gantry.v1.Lease\x12J\n\x07Release\x12\x1e.gantry.v1.ReleaseLeaseRequest\x1a\x1f.gantry.v1.ReleaseLeaseResponse\x12I\n\nPoolStatus\x12\x1c.gantry.v1.PoolStatusRequest\x1a\x1d.gantry.v1.PoolStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gantry.v1.leases_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DENIALREASON']._serialized_start=863
+  _globals['_DENIALREASON']._serialized_end=1000
   _globals['_ACQUIRELEASEREQUEST']._serialized_start=103
   _globals['_ACQUIRELEASEREQUEST']._serialized_end=254
   _globals['_LEASE']._serialized_start=257
-  _globals['_LEASE']._serialized_end=435
-  _globals['_RENEWLEASEREQUEST']._serialized_start=437
-  _globals['_RENEWLEASEREQUEST']._serialized_end=514
-  _globals['_RELEASELEASEREQUEST']._serialized_start=516
-  _globals['_RELEASELEASEREQUEST']._serialized_end=555
-  _globals['_RELEASELEASERESPONSE']._serialized_start=557
-  _globals['_RELEASELEASERESPONSE']._serialized_end=597
-  _globals['_POOLSTATUSREQUEST']._serialized_start=599
-  _globals['_POOLSTATUSREQUEST']._serialized_end=632
-  _globals['_HOLDER']._serialized_start=634
-  _globals['_HOLDER']._serialized_end=689
-  _globals['_POOLSTATUSRESPONSE']._serialized_start=691
-  _globals['_POOLSTATUSRESPONSE']._serialized_end=812
-  _globals['_LEASES']._serialized_start=815
-  _globals['_LEASES']._serialized_end=1092
+  _globals['_LEASE']._serialized_end=483
+  _globals['_RENEWLEASEREQUEST']._serialized_start=485
+  _globals['_RENEWLEASEREQUEST']._serialized_end=562
+  _globals['_RELEASELEASEREQUEST']._serialized_start=564
+  _globals['_RELEASELEASEREQUEST']._serialized_end=603
+  _globals['_RELEASELEASERESPONSE']._serialized_start=605
+  _globals['_RELEASELEASERESPONSE']._serialized_end=645
+  _globals['_POOLSTATUSREQUEST']._serialized_start=647
+  _globals['_POOLSTATUSREQUEST']._serialized_end=680
+  _globals['_HOLDER']._serialized_start=682
+  _globals['_HOLDER']._serialized_end=737
+  _globals['_POOLSTATUSRESPONSE']._serialized_start=739
+  _globals['_POOLSTATUSRESPONSE']._serialized_end=860
+  _globals['_LEASES']._serialized_start=1003
+  _globals['_LEASES']._serialized_end=1280
 # @@protoc_insertion_point(module_scope)

@@ -3,12 +3,24 @@ import datetime
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class DenialReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DENIAL_REASON_UNSPECIFIED: _ClassVar[DenialReason]
+    DENIAL_REASON_POOL_FULL: _ClassVar[DenialReason]
+    DENIAL_REASON_HOLDER_LIMIT: _ClassVar[DenialReason]
+    DENIAL_REASON_QUEUE_AHEAD: _ClassVar[DenialReason]
+DENIAL_REASON_UNSPECIFIED: DenialReason
+DENIAL_REASON_POOL_FULL: DenialReason
+DENIAL_REASON_HOLDER_LIMIT: DenialReason
+DENIAL_REASON_QUEUE_AHEAD: DenialReason
 
 class AcquireLeaseRequest(_message.Message):
     __slots__ = ("pool", "holder", "count", "ttl", "max_wait")
@@ -25,7 +37,7 @@ class AcquireLeaseRequest(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., holder: _Optional[str] = ..., count: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("lease_id", "pool", "holder", "count", "expires_at", "granted", "waited")
+    __slots__ = ("lease_id", "pool", "holder", "count", "expires_at", "granted", "waited", "denial_reason")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +45,7 @@ class Lease(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     WAITED_FIELD_NUMBER: _ClassVar[int]
+    DENIAL_REASON_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     pool: str
     holder: str
@@ -40,7 +53,8 @@ class Lease(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     granted: bool
     waited: _duration_pb2.Duration
-    def __init__(self, lease_id: _Optional[str] = ..., pool: _Optional[str] = ..., holder: _Optional[str] = ..., count: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granted: _Optional[bool] = ..., waited: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    denial_reason: DenialReason
+    def __init__(self, lease_id: _Optional[str] = ..., pool: _Optional[str] = ..., holder: _Optional[str] = ..., count: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granted: _Optional[bool] = ..., waited: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., denial_reason: _Optional[_Union[DenialReason, str]] = ...) -> None: ...
 
 class RenewLeaseRequest(_message.Message):
     __slots__ = ("lease_id", "ttl")

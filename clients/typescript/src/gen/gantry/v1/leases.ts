@@ -25,6 +25,59 @@ export const protobufPackage = "gantry.v1";
 
 export const protobufFileName = "gantry/v1/leases.proto";
 
+/** Why a lease was not granted. */
+export enum DenialReason {
+  /** DENIAL_REASON_UNSPECIFIED - Granted (or an older server). */
+  DENIAL_REASON_UNSPECIFIED = 0,
+  /** DENIAL_REASON_POOL_FULL - Every unit of the pool is leased. */
+  DENIAL_REASON_POOL_FULL = 1,
+  /**
+   * DENIAL_REASON_HOLDER_LIMIT - The holder already holds the pool's max_per_holder units (this count on top would exceed it);
+   * units that others return will not help.
+   */
+  DENIAL_REASON_HOLDER_LIMIT = 2,
+  /** DENIAL_REASON_QUEUE_AHEAD - There is room, but callers that came first wait for it (fair queue). */
+  DENIAL_REASON_QUEUE_AHEAD = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function denialReasonFromJSON(object: any): DenialReason {
+  switch (object) {
+    case 0:
+    case "DENIAL_REASON_UNSPECIFIED":
+      return DenialReason.DENIAL_REASON_UNSPECIFIED;
+    case 1:
+    case "DENIAL_REASON_POOL_FULL":
+      return DenialReason.DENIAL_REASON_POOL_FULL;
+    case 2:
+    case "DENIAL_REASON_HOLDER_LIMIT":
+      return DenialReason.DENIAL_REASON_HOLDER_LIMIT;
+    case 3:
+    case "DENIAL_REASON_QUEUE_AHEAD":
+      return DenialReason.DENIAL_REASON_QUEUE_AHEAD;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return DenialReason.UNRECOGNIZED;
+  }
+}
+
+export function denialReasonToJSON(object: DenialReason): string {
+  switch (object) {
+    case DenialReason.DENIAL_REASON_UNSPECIFIED:
+      return "DENIAL_REASON_UNSPECIFIED";
+    case DenialReason.DENIAL_REASON_POOL_FULL:
+      return "DENIAL_REASON_POOL_FULL";
+    case DenialReason.DENIAL_REASON_HOLDER_LIMIT:
+      return "DENIAL_REASON_HOLDER_LIMIT";
+    case DenialReason.DENIAL_REASON_QUEUE_AHEAD:
+      return "DENIAL_REASON_QUEUE_AHEAD";
+    case DenialReason.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface AcquireLeaseRequest {
   /** The configured pool, e.g. "orders-db". */
   pool: string;
@@ -54,7 +107,11 @@ export interface Lease {
   /** Whether the lease was granted. */
   granted: boolean;
   /** How long the call waited before the decision. */
-  waited?: Duration | undefined;
+  waited?:
+    | Duration
+    | undefined;
+  /** Why not, when `granted` is false. */
+  denialReason: DenialReason;
 }
 
 export interface RenewLeaseRequest {
@@ -235,7 +292,16 @@ export const AcquireLeaseRequest: MessageFns<AcquireLeaseRequest> = {
 };
 
 function createBaseLease(): Lease {
-  return { leaseId: "", pool: "", holder: "", count: 0, expiresAt: undefined, granted: false, waited: undefined };
+  return {
+    leaseId: "",
+    pool: "",
+    holder: "",
+    count: 0,
+    expiresAt: undefined,
+    granted: false,
+    waited: undefined,
+    denialReason: 0,
+  };
 }
 
 export const Lease: MessageFns<Lease> = {
@@ -260,6 +326,9 @@ export const Lease: MessageFns<Lease> = {
     }
     if (message.waited !== undefined) {
       Duration.encode(message.waited, writer.uint32(58).fork()).join();
+    }
+    if (message.denialReason !== 0) {
+      writer.uint32(64).int32(message.denialReason);
     }
     return writer;
   },
@@ -333,6 +402,14 @@ export const Lease: MessageFns<Lease> = {
             message.waited = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.denialReason = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -362,6 +439,11 @@ export const Lease: MessageFns<Lease> = {
         : undefined,
       granted: isSet(object.granted) ? globalThis.Boolean(object.granted) : false,
       waited: isSet(object.waited) ? Duration.fromJSON(object.waited) : undefined,
+      denialReason: isSet(object.denialReason)
+        ? denialReasonFromJSON(object.denialReason)
+        : isSet(object.denial_reason)
+        ? denialReasonFromJSON(object.denial_reason)
+        : 0,
     };
   },
 
@@ -388,6 +470,9 @@ export const Lease: MessageFns<Lease> = {
     if (message.waited !== undefined) {
       obj.waited = Duration.toJSON(message.waited);
     }
+    if (message.denialReason !== 0) {
+      obj.denialReason = denialReasonToJSON(message.denialReason);
+    }
     return obj;
   },
 
@@ -405,6 +490,7 @@ export const Lease: MessageFns<Lease> = {
     message.waited = (object.waited !== undefined && object.waited !== null)
       ? Duration.fromPartial(object.waited)
       : undefined;
+    message.denialReason = object.denialReason ?? 0;
     return message;
   },
 };
