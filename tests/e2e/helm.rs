@@ -225,6 +225,14 @@ fn the_chart_lints_renders_validates_and_configures_gantry() {
     // Integers stay integers through Helm's float-only YAML.
     assert!(config.contains("max_buckets = 2000000"), "{config}");
     assert!(config.contains("[[ratelimit.limits]]"), "{config}");
+    // [server] and [storage] keys the chart does not own are passed through.
+    for expected in [
+        "max_inflight = 4096",
+        "request_timeout = \"20s\"",
+        "on_corruption = \"quarantine\"",
+    ] {
+        assert!(config.contains(expected), "{expected} missing:\n{config}");
+    }
     for expected in [
         "kind: ServiceMonitor",
         "minAvailable: 1",
@@ -362,7 +370,7 @@ fn values_the_schema_refuses_fail_before_anything_renders() {
     };
     for (set, words) in [
         ("persistence.size=lots", "/persistence/size"),
-        ("config.server.listen=0.0.0.0:1", "/config/server"),
+        ("config.server=oops", "/config/server"),
         ("service.grpcPort=70000", "/service/grpcPort"),
         ("replicas=3", "replicas"),
         ("mode=cluster", "/mode"),
@@ -373,6 +381,28 @@ fn values_the_schema_refuses_fail_before_anything_renders() {
             text.contains("values don't meet the specifications of the schema"),
             "{set}: {text}"
         );
+        assert!(text.contains(words), "{set}: {words:?} not in {text}");
+    }
+    // What the chart sets itself is refused by name, with what to use instead.
+    for (set, words) in [
+        (
+            "config.server.listen=0.0.0.0:1",
+            "config.server.listen is set by the chart; use service.grpcPort instead",
+        ),
+        (
+            "config.storage.data_dir=/tmp/x",
+            "config.storage.data_dir is set by the chart; use persistence.*",
+        ),
+        (
+            "config.storage.redis.url=redis://r:6379",
+            "config.storage.redis is set by the chart; use redis.* instead",
+        ),
+        (
+            "config.server.tls.cert_file=/x",
+            "config.server.tls is set by the chart; use tls.* instead",
+        ),
+    ] {
+        let text = refused(&t, set);
         assert!(text.contains(words), "{set}: {words:?} not in {text}");
     }
 }

@@ -324,3 +324,31 @@ Refuses values that cannot work, before anything renders.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Keys of `config` that the chart sets itself (as GANTRY_* variables, which
+would silently win over the file): refused with the value to use instead.
+Everything else under config.server and config.storage is rendered.
+*/}}
+{{- define "gantry.refuseChartOwnedConfig" -}}
+{{- $owned := dict
+  "server" (dict
+    "listen" "service.grpcPort"
+    "metrics_listen" "service.metricsPort"
+    "shutdown_grace" "shutdownGraceSeconds"
+    "tls" "tls.*")
+  "storage" (dict
+    "data_dir" "persistence.* (the volume is mounted at /data)"
+    "backend" "mode (embedded or redis)"
+    "redis" "redis.*") -}}
+{{- range $section, $keys := $owned -}}
+{{- $given := get $ $section -}}
+{{- if $given -}}
+{{- range $key, $instead := $keys -}}
+{{- if hasKey $given $key -}}
+{{- fail (printf "config.%s.%s is set by the chart; use %s instead (see docs/deploy.md)" $section $key $instead) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
