@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(
             converted.error_lines(1),
             vec![
-                "span 1: end (10 ns) is before start (1000 ns)".to_string(),
+                "span 1: end (1970-01-01T00:00:00.000000010Z) is before start (1970-01-01T00:00:00.000001000Z)".to_string(),
                 "… and 1 more".to_string()
             ]
         );

@@ -109,7 +109,8 @@ impl pb::traces_server::Traces for TracesService {
         &self,
         request: Request<pb::GetTraceRequest>,
     ) -> Result<Response<pb::Trace>, Status> {
-        let trace_id = request.into_inner().trace_id;
+        let sent = request.into_inner().trace_id;
+        let trace_id = bytes::Bytes::from(super::span::trace_id_as_sent(&sent).into_owned());
         tracing::debug!(trace_id = %super::span::hex(&trace_id), "traces.get_trace");
         let spans = if self.traces.shared() {
             self.traces.get_anywhere(&trace_id).await
@@ -134,7 +135,22 @@ impl pb::traces_server::Traces for TracesService {
         request: Request<pb::EndpointStatsRequest>,
     ) -> Result<Response<pb::EndpointStatsResponse>, Status> {
         let r = request.into_inner();
-        let window = Window::round_up(duration_from_pb("window", r.window.as_ref())?);
+        let asked = duration_from_pb("window", r.window.as_ref())?;
+        let longest = Window::OneHour.length();
+        if asked > longest {
+            // Answering for the last hour instead would look like an answer
+            // for the window asked.
+            return Err(ApiError::invalid(
+                "window",
+                format!(
+                    "{} is longer than the longest window kept ({}); windows are 1m, 5m and 1h, shorter ones round up",
+                    humantime::format_duration(asked),
+                    humantime::format_duration(longest)
+                ),
+            )
+            .into());
+        }
+        let window = Window::round_up(asked);
         let service = (!r.service.is_empty()).then_some(r.service.as_str());
         let rows = match &self.fleet {
             Some(fleet) => {

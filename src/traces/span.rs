@@ -137,6 +137,12 @@ impl Default for SpanLimits {
     }
 }
 
+/// Nanoseconds since the Unix epoch as a time a person reads (RFC 3339, UTC).
+pub fn unix_time(nanos: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+    humantime::format_rfc3339_nanos(at).to_string()
+}
+
 /// Why one span was rejected. The message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpanError {
@@ -156,7 +162,7 @@ pub enum SpanError {
     MissingStart,
     #[error("end time is required")]
     MissingEnd,
-    #[error("end ({end} ns) is before start ({start} ns)")]
+    #[error("end ({}) is before start ({})", unix_time(*end), unix_time(*start))]
     EndBeforeStart { start: u64, end: u64 },
     #[error("{field} is {len} bytes, more than the {max} allowed")]
     TooLong {
@@ -209,6 +215,25 @@ pub fn parse_ids(
         n => return Err(SpanError::ParentLength(n)),
     };
     Ok((trace_id, span_id, parent))
+}
+
+/// A trace id as a caller may send it to GetTrace: 16 bytes; or the 32 hex
+/// digits logs and `traceparent` show, sent as text; or those digits in a
+/// JSON request (grpcurl), where the proto3 JSON mapping reads a bytes field
+/// as base64, so 32 hex digits arrive as 24 bytes whose base64 is those digits.
+pub fn trace_id_as_sent(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use base64::Engine;
+    let from_hex = |text: &[u8]| hex::decode(text).ok().filter(|id| id.len() == 16);
+    let decoded = match bytes.len() {
+        32 => from_hex(bytes),
+        24 => from_hex(
+            base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .as_bytes(),
+        ),
+        _ => None,
+    };
+    decoded.map_or(std::borrow::Cow::Borrowed(bytes), std::borrow::Cow::Owned)
 }
 
 pub fn parse_trace_id(bytes: &[u8]) -> Result<TraceId, SpanError> {
@@ -477,5 +502,47 @@ mod tests {
     #[test]
     fn hex_is_lower_case() {
         assert_eq!(hex(&[0x0a, 0xff, 0x10]), "0aff10");
+    }
+
+    #[test]
+    fn trace_ids_are_taken_as_people_write_them() {
+        let id = hex::decode("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        assert_eq!(&*trace_id_as_sent(&id), &id[..], "16 bytes as they are");
+        assert_eq!(
+            &*trace_id_as_sent(b"4bf92f3577b34da6a3ce929d0e0e4736"),
+            &id[..],
+            "32 hex digits as text"
+        );
+        // {"trace_id": "4bf92f35..."} in JSON: base64-decoded to 24 bytes.
+        use base64::Engine;
+        let json = base64::engine::general_purpose::STANDARD
+            .decode("4bf92f3577b34da6a3ce929d0e0e4736")
+            .unwrap();
+        assert_eq!(json.len(), 24);
+        assert_eq!(
+            &*trace_id_as_sent(&json),
+            &id[..],
+            "hex through JSON's base64"
+        );
+        // Anything else is left for parse_trace_id to refuse.
+        assert_eq!(&*trace_id_as_sent(b"short"), b"short");
+        assert_eq!(
+            parse_trace_id(&trace_id_as_sent(&[1; 24]))
+                .unwrap_err()
+                .to_string(),
+            "trace_id must be 16 bytes, got 24"
+        );
+    }
+
+    #[test]
+    fn times_in_messages_read_as_times() {
+        let e = SpanError::EndBeforeStart {
+            start: 1_700_000_001_000_000_000,
+            end: 1_700_000_000_500_000_000,
+        };
+        assert_eq!(
+            e.to_string(),
+            "end (2023-11-14T22:13:20.500000000Z) is before start (2023-11-14T22:13:21.000000000Z)"
+        );
     }
 }

@@ -168,7 +168,7 @@ async fn ingest_keeps_valid_spans_rejects_bad_ones_and_get_trace_orders_them(bac
     for (line, words) in reply.errors.iter().zip([
         ["span 1", "name"],
         ["span 3", "trace_id must be 16 bytes"],
-        ["span 5", "before start"],
+        ["span 5", "Z) is before start ("],
         ["span 6", "span_id must not be all zero"],
     ]) {
         for w in words {
@@ -208,6 +208,26 @@ async fn ingest_keeps_valid_spans_rejects_bad_ones_and_get_trace_orders_them(bac
         .await
         .unwrap_err();
     assert_status(bad, Code::InvalidArgument, &["trace_id", "16 bytes"]);
+    // The id as logs and traceparent show it: 32 hex digits, as text or
+    // through JSON (where they arrive base64-decoded, as 24 bytes).
+    let hex_id = "01".repeat(16);
+    let as_json = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(&hex_id)
+            .unwrap()
+    };
+    for sent in [hex_id.clone().into_bytes(), as_json] {
+        let trace = client
+            .get_trace(pb::GetTraceRequest {
+                trace_id: sent.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ids(&trace), vec![1, 4, 2, 3]);
+        assert_eq!(&trace.trace_id[..], &[1; 16][..]);
+    }
 
     let (_, metrics) = http_get(server.metrics, "/metrics").await;
     assert_eq!(
@@ -435,7 +455,7 @@ async fn endpoint_stats_percentiles_windows_and_filters(backend: Backend) {
     );
     assert_eq!(five.endpoints.len(), 1);
     assert_eq!(five.endpoints[0].endpoint, "GET /");
-    let hour = stats("checkout", 7200).await;
+    let hour = stats("checkout", 3000).await;
     assert_eq!(
         hour.window,
         Some(prost_types::Duration {
@@ -457,6 +477,23 @@ async fn endpoint_stats_percentiles_windows_and_filters(backend: Backend) {
         .await
         .unwrap_err();
     assert_status(negative, Code::InvalidArgument, &["window"]);
+    // Longer than the longest window kept: said, not answered for an hour.
+    let day = client
+        .clone()
+        .endpoint_stats(pb::EndpointStatsRequest {
+            service: String::new(),
+            window: Some(prost_types::Duration {
+                seconds: 86_400,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_status(
+        day,
+        Code::InvalidArgument,
+        &["window", "1day is longer than the longest window kept (1h)"],
+    );
     server.stop().await.unwrap();
 }
 }

@@ -418,7 +418,8 @@ func (x *IngestResponse) GetErrors() []string {
 
 type GetTraceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// 16 bytes.
+	// 16 bytes; the 32 hex digits that logs and traceparent show are taken too
+	// (as text, or in JSON, where they arrive base64-decoded as 24 bytes).
 	TraceId       []byte `protobuf:"bytes,1,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -518,8 +519,8 @@ type EndpointStatsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only this service; empty means every service.
 	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	// The sliding window: 1m, 5m or 1h (unset means 1m); other values are
-	// rounded up to the next of these.
+	// The sliding window: 1m, 5m or 1h (unset means 1m); shorter values are
+	// rounded up to the next of these; longer than 1h is INVALID_ARGUMENT.
 	Window        *durationpb.Duration `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -173,7 +173,10 @@ export interface IngestResponse {
 }
 
 export interface GetTraceRequest {
-  /** 16 bytes. */
+  /**
+   * 16 bytes; the 32 hex digits that logs and traceparent show are taken too
+   * (as text, or in JSON, where they arrive base64-decoded as 24 bytes).
+   */
   traceId: Buffer;
 }
 
@@ -187,8 +190,8 @@ export interface EndpointStatsRequest {
   /** Only this service; empty means every service. */
   service: string;
   /**
-   * The sliding window: 1m, 5m or 1h (unset means 1m); other values are
-   * rounded up to the next of these.
+   * The sliding window: 1m, 5m or 1h (unset means 1m); shorter values are
+   * rounded up to the next of these; longer than 1h is INVALID_ARGUMENT.
    */
   window?: Duration | undefined;
 }
