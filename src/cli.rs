@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// sled data directory [env: GANTRY_DATA_DIR; key: storage.data_dir].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
+    /// OTLP/HTTP address (POST /v1/traces), e.g. 0.0.0.0:4318; "" turns it off
+    /// [env: GANTRY_OTLP_HTTP_LISTEN; key: traces.otlp_http_listen].
+    #[arg(long, value_name = "ADDR")]
+    pub otlp_http_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +146,7 @@ pub fn load_config(
         listen: args.listen.clone(),
         metrics_listen: args.metrics_listen.clone(),
         data_dir: args.data_dir.clone(),
+        otlp_http_listen: args.otlp_http_listen.clone(),
     };
     let file = path.as_deref().zip(text.as_deref());
     Config::load(file, env, &flags)
@@ -283,6 +288,7 @@ pub fn config_source(
             listen: args.listen.clone(),
             metrics_listen: args.metrics_listen.clone(),
             data_dir: args.data_dir.clone(),
+            otlp_http_listen: args.otlp_http_listen.clone(),
         },
     }
 }
@@ -410,6 +416,7 @@ mod tests {
             listen: None,
             metrics_listen: None,
             data_dir: None,
+            otlp_http_listen: None,
         };
         let env: BTreeMap<String, String> = [(
             config::CONFIG_FILE_ENV.to_string(),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod filewatch;
 pub mod grpc;
+pub mod http1;
 pub mod lanes;
 pub mod leases;
 pub mod query;

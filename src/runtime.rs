@@ -230,6 +230,8 @@ pub struct Capability {
     pub needs_redis: bool,
     /// Runs once the gRPC side has drained and the background work stopped.
     pub stop: StopFuture,
+    /// The traces capability's OTLP export, for the OTLP/HTTP port.
+    pub otlp_export: Option<crate::traces::service::OtlpTraceService>,
 }
 
 impl Capability {
@@ -241,6 +243,7 @@ impl Capability {
             needs_store: false,
             needs_redis: false,
             stop,
+            otlp_export: None,
         }
     }
 

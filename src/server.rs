@@ -77,6 +77,8 @@ pub struct Gantry {
     store: Arc<dyn Store>,
     grpc_listener: TcpListener,
     metrics_listener: TcpListener,
+    /// `traces.otlp_http_listen`, when on.
+    otlp_http_listener: Option<TcpListener>,
     registry: Registry,
     rpc_metrics: RpcMetrics,
     reload_metrics: ReloadMetrics,
@@ -87,6 +89,8 @@ pub struct Gantry {
     /// `[server.tls]`, `[telemetry.metrics_tls]`, `[auth]` when on.
     grpc_tls: Option<Arc<ReloadingTls>>,
     metrics_tls: Option<Arc<ReloadingTls>>,
+    /// `[server.tls]` again, offering HTTP/1.1 instead of h2, for OTLP/HTTP.
+    otlp_http_tls: Option<Arc<ReloadingTls>>,
     auth: Option<Arc<Auth>>,
     background: Background,
     source: Option<ConfigSource>,
@@ -110,6 +114,11 @@ impl Gantry {
             .map_err(|e| StoreError::Io(format!("store opener panicked: {e}")))??;
         let grpc_listener = bind(config.server.listen, "server.listen").await?;
         let metrics_listener = bind(config.server.metrics_listen, "server.metrics_listen").await?;
+        let otlp_http_listener = match config.traces.otlp_http_addr() {
+            Ok(Some(addr)) => Some(bind(addr, "traces.otlp_http_listen").await?),
+            // Validation refused an unparsable address before this.
+            Ok(None) | Err(_) => None,
+        };
 
         let mut registry = Registry::default();
         let rpc_metrics = RpcMetrics::register(&mut registry);
@@ -131,6 +140,10 @@ impl Gantry {
             &config.telemetry.metrics_tls,
             &[b"http/1.1"],
         )?;
+        let otlp_http_tls = match &otlp_http_listener {
+            Some(_) => tls("otlp_http", "server.tls", &config.server.tls, &[b"http/1.1"])?,
+            None => None,
+        };
         let auth = Auth::load(&config.auth, &mut registry).map_err(StartError::Auth)?;
 
         let mut background = Background::default();
@@ -167,6 +180,7 @@ impl Gantry {
             store,
             grpc_listener,
             metrics_listener,
+            otlp_http_listener,
             registry,
             rpc_metrics,
             reload_metrics,
@@ -177,6 +191,7 @@ impl Gantry {
             redis,
             grpc_tls,
             metrics_tls,
+            otlp_http_tls,
             auth,
             source: None,
             reload_trigger: Arc::new(tokio::sync::Notify::new()),
@@ -214,6 +229,13 @@ impl Gantry {
             .unwrap_or(self.config.server.metrics_listen)
     }
 
+    /// Where OTLP/HTTP is served; None when `traces.otlp_http_listen` is empty.
+    pub fn otlp_http_addr(&self) -> Option<SocketAddr> {
+        self.otlp_http_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
@@ -225,11 +247,13 @@ impl Gantry {
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let grpc_addr = self.grpc_addr();
         let metrics_addr = self.metrics_addr();
+        let otlp_http_addr = self.otlp_http_addr();
         let Gantry {
             config,
             store,
             grpc_listener,
             metrics_listener,
+            otlp_http_listener,
             registry,
             rpc_metrics,
             reload_metrics,
@@ -240,6 +264,7 @@ impl Gantry {
             redis,
             grpc_tls,
             metrics_tls,
+            otlp_http_tls,
             auth,
             source,
             reload_trigger,
@@ -251,7 +276,9 @@ impl Gantry {
         let mut stops = Vec::new();
         let mut writers = Vec::new();
         let mut on_redis = Vec::new();
+        let mut otlp_export = None;
         for capability in capabilities {
+            otlp_export = otlp_export.or(capability.otlp_export);
             if capability.needs_store {
                 writers.extend(capability.served.services.iter().map(|s| s.name));
             }
@@ -280,7 +307,10 @@ impl Gantry {
             ));
         }
 
-        for tls in [&grpc_tls, &metrics_tls].into_iter().flatten() {
+        for tls in [&grpc_tls, &metrics_tls, &otlp_http_tls]
+            .into_iter()
+            .flatten()
+        {
             background.spawn(tls.clone().watch(background.token()));
         }
         if let Some(auth) = &auth {
@@ -321,9 +351,30 @@ impl Gantry {
             metrics_stop.clone(),
         ));
 
+        // OTLP/HTTP: the gRPC port's TLS and tokens; it stops taking
+        // requests with the gRPC side and finishes those it has.
+        let otlp_http_task = otlp_http_listener
+            .zip(otlp_export)
+            .map(|(listener, export)| {
+                let max = usize::try_from(config.traces.max_message_bytes).unwrap_or(usize::MAX);
+                let handler = Arc::new(crate::traces::otlp_http::OtlpHttp::new(
+                    export,
+                    auth.clone(),
+                    max,
+                ));
+                tokio::spawn(crate::http1::serve(
+                    listener,
+                    otlp_http_tls,
+                    handler,
+                    shutdown.clone(),
+                    "otlp_http",
+                ))
+            });
+
         tracing::info!(
             grpc = %grpc_addr,
             metrics = %metrics_addr,
+            otlp_http = %otlp_http_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
             data_dir = %config.storage.data_dir.display(),
             backend = if config.storage.backend == StorageBackend::Redis { "redis" } else { store.backend() },
             "gantry listening"
@@ -387,6 +438,11 @@ impl Gantry {
             }
         };
 
+        if let Some(task) = otlp_http_task {
+            // Its accept loop ended with the shutdown signal; its open
+            // connections finish their request (hyper's graceful shutdown).
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
         metrics_stop.cancel();
         let _ = metrics_task.await;
         // Whatever the disk does, what is left after the drain — background

@@ -47,7 +47,7 @@ func startGantryWith(t *testing.T, listen string, env []string) string {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(gantryBin(t), "serve", "--config", config, "--listen", listen,
-		"--metrics-listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"))
+		"--metrics-listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"))
 	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

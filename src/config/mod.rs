@@ -39,6 +39,7 @@ const FLAG_TWINS: &[(&str, &str)] = &[
     ("GANTRY_LISTEN", "server.listen"),
     ("GANTRY_METRICS_LISTEN", "server.metrics_listen"),
     ("GANTRY_DATA_DIR", "storage.data_dir"),
+    ("GANTRY_OTLP_HTTP_LISTEN", "traces.otlp_http_listen"),
 ];
 
 /// The environment variable naming the configuration file (twin of `--config`).
@@ -104,6 +105,7 @@ pub struct FlagOverrides {
     pub listen: Option<String>,
     pub metrics_listen: Option<String>,
     pub data_dir: Option<String>,
+    pub otlp_http_listen: Option<String>,
 }
 
 impl FlagOverrides {
@@ -117,6 +119,9 @@ impl FlagOverrides {
         }
         if let Some(v) = &self.data_dir {
             out.push(("data-dir", "storage.data_dir", v.as_str()));
+        }
+        if let Some(v) = &self.otlp_http_listen {
+            out.push(("otlp-http-listen", "traces.otlp_http_listen", v.as_str()));
         }
         out
     }

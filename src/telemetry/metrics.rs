@@ -2,8 +2,6 @@
 //! several servers in one process and assert exact counts), the per-RPC
 //! families, process metrics, and the HTTP endpoint that serves them.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -18,6 +16,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::http1::plain;
 
 /// Latency buckets from 50 µs to 60 s: gantry's calls are mostly sub-millisecond,
 /// but rate-limit and lease waits can last seconds.
@@ -304,11 +304,6 @@ fn respond(
     access: &MetricsAccess,
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let plain = |status: StatusCode, text: &str| {
-        let mut resp = Response::new(Full::new(Bytes::from(text.to_string())));
-        *resp.status_mut() = status;
-        resp
-    };
     if let Err(status) = access.admits(req) {
         let mut resp = plain(
             status,
@@ -348,6 +343,22 @@ fn respond(
     }
 }
 
+/// `/metrics` as an HTTP/1.1 handler.
+struct MetricsPort {
+    registry: Arc<Registry>,
+    access: MetricsAccess,
+}
+
+impl crate::http1::Handler for MetricsPort {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        _peer: crate::tls::Peer,
+    ) -> Response<Full<Bytes>> {
+        respond(&self.registry, &self.access, &req)
+    }
+}
+
 /// Serves `/metrics` over HTTP/1.1 (in TLS when configured) until
 /// `shutdown` is cancelled.
 pub async fn serve(
@@ -356,59 +367,9 @@ pub async fn serve(
     access: MetricsAccess,
     shutdown: CancellationToken,
 ) {
-    let local: Option<SocketAddr> = listener.local_addr().ok();
-    let access = Arc::new(access);
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let registry = registry.clone();
-        let shutdown = shutdown.clone();
-        let access = access.clone();
-        tokio::spawn(async move {
-            let tls = access.tls.clone();
-            let io = match tls {
-                None => crate::tls::ServerIo::Plain(stream),
-                Some(tls) => match tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    tls.acceptor().accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => crate::tls::ServerIo::Tls(Box::new(stream), Arc::from("")),
-                    _ => {
-                        tls.handshake_failed();
-                        return;
-                    }
-                },
-            };
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let resp = respond(&registry, &access, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let io = hyper_util::rt::TokioIo::new(io);
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "metrics connection ended with an error");
-                    }
-                }
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
-        });
-    }
-    tracing::debug!(addr = ?local, "metrics listener stopped");
+    let tls = access.tls.clone();
+    let port = Arc::new(MetricsPort { registry, access });
+    crate::http1::serve(listener, tls, port, shutdown, "metrics").await;
 }
 
 #[cfg(test)]

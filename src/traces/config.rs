@@ -10,6 +10,10 @@ use crate::error::FieldError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracesConfig {
+    /// Where OTLP over HTTP is served (`POST /v1/traces`, protobuf or JSON,
+    /// gzip), the Collector's port; empty: not served. Same TLS
+    /// (`[server.tls]`) and tokens (`[auth]`) as the gRPC port.
+    pub otlp_http_listen: String,
     /// Largest Ingest or OTLP Export message, in bytes (OTLP batches can be
     /// larger than `server.max_message_bytes`).
     pub max_message_bytes: u64,
@@ -62,6 +66,7 @@ pub struct TracesConfig {
 impl Default for TracesConfig {
     fn default() -> Self {
         Self {
+            otlp_http_listen: "127.0.0.1:4318".to_string(),
             max_message_bytes: 32 * 1024 * 1024,
             max_batch: 16_384,
             queue_spans: 131_072,
@@ -86,6 +91,20 @@ impl Default for TracesConfig {
 }
 
 impl TracesConfig {
+    /// The OTLP/HTTP address, or None when it is off.
+    pub fn otlp_http_addr(&self) -> Result<Option<std::net::SocketAddr>, FieldError> {
+        let text = self.otlp_http_listen.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            FieldError::new(
+                "traces.otlp_http_listen",
+                format!("{text:?} is not an address like 127.0.0.1:4318 (empty turns it off)"),
+            )
+        })
+    }
+
     pub(crate) fn validate(&self) -> Checked {
         at_least_one(
             "traces",
@@ -102,6 +121,7 @@ impl TracesConfig {
             ],
         )?;
         message_size("traces.max_message_bytes", self.max_message_bytes)?;
+        self.otlp_http_addr()?;
         if self.queue_spans < self.max_batch {
             return Err(FieldError::new(
                 "traces.queue_spans",

@@ -38,6 +38,8 @@ pub struct ReasonLabel {
 pub enum Protocol {
     Gantry,
     Otlp,
+    /// OTLP over HTTP (`traces.otlp_http_listen`).
+    OtlpHttp,
 }
 
 impl Protocol {
@@ -45,6 +47,7 @@ impl Protocol {
         match self {
             Protocol::Gantry => "gantry",
             Protocol::Otlp => "otlp",
+            Protocol::OtlpHttp => "otlp_http",
         }
     }
 }

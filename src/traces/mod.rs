@@ -13,6 +13,7 @@ pub mod convert;
 pub mod endpoints;
 pub mod forward;
 pub mod metrics;
+pub mod otlp_http;
 pub mod persist;
 pub mod runtime;
 pub mod service;

@@ -80,6 +80,7 @@ impl Runtime {
 
         // OTLP batches are large: span ingestion has its own message limit.
         let limit = usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX);
+        let otlp = OtlpTraceService::new(traces.clone());
         let served = Served::default()
             .service(grpc_service!(
                 TracesServer::new(service),
@@ -87,11 +88,11 @@ impl Runtime {
                 "traces.max_message_bytes"
             ))
             .service(grpc_service!(
-                TraceServiceServer::new(OtlpTraceService::new(traces.clone())),
+                TraceServiceServer::new(otlp.clone()),
                 limit,
                 "traces.max_message_bytes"
             ));
-        Ok(Capability::new(
+        let mut capability = Capability::new(
             "traces",
             served,
             Box::pin(async move {
@@ -103,6 +104,8 @@ impl Runtime {
             }),
         )
         .needs_store(config.persist)
-        .needs_redis(ctx.redis.is_some()))
+        .needs_redis(ctx.redis.is_some());
+        capability.otlp_export = Some(otlp);
+        Ok(capability)
     }
 }

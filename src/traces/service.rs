@@ -8,11 +8,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::Traces;
 use super::convert::{self, Converted, from_gantry, from_otlp, otlp_span_count, to_gantry};
 use super::endpoints::Window;
 use super::forward::ForwardItem;
 use super::metrics::{Protocol, ProtocolLabel, RejectLabels};
-use super::{Traces, TracesError};
 use crate::error::ApiError;
 use crate::grpc::{duration_from_pb, duration_to_pb};
 use crate::proto::gantry::v1 as pb;
@@ -180,6 +180,7 @@ impl pb::traces_server::Traces for TracesService {
 }
 
 /// OTLP's trace receiver, into the same pipeline as Ingest.
+#[derive(Clone)]
 pub struct OtlpTraceService {
     traces: Traces,
 }
@@ -190,17 +191,22 @@ impl OtlpTraceService {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for OtlpTraceService {
-    async fn export(
+impl OtlpTraceService {
+    /// One OTLP export, whichever transport brought it (gRPC, or HTTP with
+    /// `protocol` = `Protocol::OtlpHttp`): converted and checked span by
+    /// span, the valid ones stored (and forwarded), the rest reported in
+    /// `partial_success`.
+    pub async fn export_spans(
         &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let resource_spans = request.into_inner().resource_spans;
+        request: ExportTraceServiceRequest,
+        protocol: Protocol,
+    ) -> Result<ExportTraceServiceResponse, ApiError> {
+        let resource_spans = request.resource_spans;
         let received = otlp_span_count(&resource_spans);
-        self.traces.check_batch(received).map_err(ApiError::from)?;
+        self.traces.check_batch(received)?;
         let span = tracing::debug_span!(
             "traces.otlp_export",
+            protocol = protocol.label(),
             spans = received,
             rejected = tracing::field::Empty,
             stored = tracing::field::Empty
@@ -208,7 +214,7 @@ impl TraceService for OtlpTraceService {
         // Forwarding sends the export as it came, minus the rejected spans.
         let mut original = self.traces.forwarding().then(|| resource_spans.clone());
         let converted = from_otlp(resource_spans, self.traces.limits());
-        count(&self.traces, Protocol::Otlp, received, &converted);
+        count(&self.traces, protocol, received, &converted);
         span.record("rejected", converted.rejected.len());
         if let Some(original) = original.as_mut() {
             let rejected: Vec<usize> = converted.rejected.iter().map(|(i, _)| *i).collect();
@@ -224,12 +230,22 @@ impl TraceService for OtlpTraceService {
                 .submit(converted.spans, original.map(ForwardItem::Otlp)),
             span.clone(),
         )
-        .await
-        .map_err(|e: TracesError| Status::from(ApiError::from(e)))?;
+        .await?;
         span.record("stored", stored);
-        accepted(&self.traces, Protocol::Otlp, valid);
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success,
-        }))
+        accepted(&self.traces, protocol, valid);
+        Ok(ExportTraceServiceResponse { partial_success })
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for OtlpTraceService {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.export_spans(request.into_inner(), Protocol::Otlp)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }

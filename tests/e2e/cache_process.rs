@@ -18,6 +18,8 @@ fn spawn(cwd: &std::path::Path, envs: &[(&str, &str)]) -> GantryProcess {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--otlp-http-listen",
+            "127.0.0.1:0",
         ],
         envs,
         cwd,
@@ -107,6 +109,8 @@ fn a_damaged_data_directory_stops_the_server_or_is_quarantined() {
         "--listen",
         "127.0.0.1:0",
         "--metrics-listen",
+        "127.0.0.1:0",
+        "--otlp-http-listen",
         "127.0.0.1:0",
     ];
     let (code, _, stderr) = run_gantry(&args, &[], cwd.path());

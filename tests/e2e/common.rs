@@ -19,6 +19,8 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
+    /// OTLP/HTTP (`traces.otlp_http_listen`), when on.
+    pub otlp_http: Option<SocketAddr>,
     pub channel: Channel,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<Result<(), ServeError>>,
@@ -31,6 +33,7 @@ pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    config.traces.otlp_http_listen = "127.0.0.1:0".into();
     config.server.shutdown_grace = gantry::config::HumanDuration::from_secs(5);
     config.storage.data_dir = dir.join("data");
     config
@@ -91,6 +94,7 @@ impl TestServer {
         let gantry = Gantry::build(config, false).await.unwrap();
         let grpc = gantry.grpc_addr();
         let metrics = gantry.metrics_addr();
+        let otlp_http = gantry.otlp_http_addr();
         let health = gantry.health();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(gantry.serve(shutdown.clone()));
@@ -105,6 +109,7 @@ impl TestServer {
         Self {
             grpc,
             metrics,
+            otlp_http,
             channel,
             shutdown,
             handle,
@@ -274,6 +279,8 @@ impl GantryProcess {
                 "--listen",
                 "127.0.0.1:0",
                 "--metrics-listen",
+                "127.0.0.1:0",
+                "--otlp-http-listen",
                 "127.0.0.1:0",
             ],
             envs,

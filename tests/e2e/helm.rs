@@ -206,6 +206,9 @@ fn the_chart_lints_renders_validates_and_configures_gantry() {
         "kind: PodDisruptionBudget",
         "volumeClaimTemplates:",
         "name: GANTRY_DATA_DIR\n              value: /data",
+        "name: GANTRY_OTLP_HTTP_LISTEN\n              value: \"0.0.0.0:4318\"",
+        "name: otlp-http\n              containerPort: 4318",
+        "targetPort: otlp-http",
     ] {
         assert!(
             default.contains(expected),
@@ -396,6 +399,10 @@ fn values_the_schema_refuses_fail_before_anything_renders() {
         (
             "config.storage.redis.url=redis://r:6379",
             "config.storage.redis is set by the chart; use redis.* instead",
+        ),
+        (
+            "config.traces.otlp_http_listen=0.0.0.0:1",
+            "config.traces.otlp_http_listen is set by the chart; use service.otlpHttpPort instead",
         ),
         (
             "config.server.tls.cert_file=/x",

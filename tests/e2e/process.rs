@@ -9,7 +9,14 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::common::{GantryProcess, connect, http_get, run_gantry};
 
-const EPHEMERAL: [&str; 4] = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+const EPHEMERAL: [&str; 6] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
+    "127.0.0.1:0",
+    "--otlp-http-listen",
+    "127.0.0.1:0",
+];
 
 fn serve_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["serve"];
@@ -74,7 +81,15 @@ fn flags_beat_environment_which_beats_the_file() {
     let file_arg = file.display().to_string();
     // The file's listen port 1 is privileged; env and flag must win over it.
     let mut gantry = GantryProcess::spawn(
-        &["serve", "--config", &file_arg, "--listen", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--config",
+            &file_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--otlp-http-listen",
+            "127.0.0.1:0",
+        ],
         &[
             ("GANTRY_LISTEN", "127.0.0.1:2"),
             ("GANTRY_DATA_DIR", "from-env"),
@@ -242,6 +257,8 @@ fn a_taken_port_is_a_clear_error() {
             "--listen",
             &addr,
             "--metrics-listen",
+            "127.0.0.1:0",
+            "--otlp-http-listen",
             "127.0.0.1:0",
         ],
         &[],

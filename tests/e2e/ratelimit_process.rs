@@ -58,6 +58,8 @@ fn spawn_with_config(cwd: &Path, config: &Path, poll: &str) -> GantryProcess {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--otlp-http-listen",
+            "127.0.0.1:0",
         ],
         &[("GANTRY_SERVER_CONFIG_POLL_INTERVAL", poll)],
         cwd,

@@ -740,6 +740,8 @@ fn listening_beyond_loopback_without_tls_or_auth_is_warned_about() {
             "0.0.0.0:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--otlp-http-listen",
+            "127.0.0.1:0",
         ],
         &[],
         dir.path(),

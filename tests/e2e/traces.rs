@@ -831,7 +831,7 @@ fn otel_python() -> Option<std::path::PathBuf> {
         && std::process::Command::new(&ci)
             .args([
                 "-c",
-                "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc",
+                "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http",
             ])
             .status()
             .is_ok_and(|s| s.success());
@@ -1092,6 +1092,263 @@ async fn the_python_opentelemetry_sdk_exports_to_gantry(backend: Backend) {
     );
     server.stop().await.unwrap();
 }
+}
+
+crate::on_every_backend! {
+async fn the_python_sdks_http_exporter_posts_to_otlp_http(backend: Backend) {
+    let Some(python) = otel_python() else {
+        assert!(
+            std::env::var_os("GANTRY_REQUIRE_OTEL_SDK").is_none(),
+            "GANTRY_REQUIRE_OTEL_SDK is set but no Python with the SDK's HTTP exporter was found"
+        );
+        eprintln!("SKIPPED: no Python with the OpenTelemetry SDK (run .ci/run)");
+        return;
+    };
+    let server = TestServer::start_on(&backend, |_| {}).await;
+    let url = format!("http://{}/v1/traces", server.otlp_http.unwrap());
+    let trace_id = export_with_the_sdk(python, url, vec![]).await;
+    let trace = TracesClient::new(server.channel.clone())
+        .get_trace(pb::GetTraceRequest {
+            trace_id: trace_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = trace.spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["GET /orders/{id}", "SELECT orders"]);
+    assert_eq!(trace.spans[0].service, "py-shop");
+    let (_, metrics) = http_get(server.metrics, "/metrics").await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "gantry_traces_spans_received_total{protocol=\"otlp_http\"}"
+        ),
+        Some(3.0),
+        "protobuf, gzipped, counted as OTLP/HTTP"
+    );
+    server.stop().await.unwrap();
+}
+}
+
+/// curl against OTLP/HTTP: `args` after the URL; status and body. Run off
+/// the test's runtime thread, which also serves the in-process gantry.
+async fn curl(url: &str, args: &[&str]) -> (u16, String) {
+    let mut command = std::process::Command::new("curl");
+    command
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ])
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("curl runs (apt-get install curl)");
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+/// An OTLP JSON export of one server span (ids in hex, as the JSON mapping has them).
+fn otlp_json(trace_hex: &str, name: &str) -> String {
+    let now = now_nanos();
+    format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"curl-shop"}}}}]}},
+        "scopeSpans":[{{"spans":[{{"traceId":"{trace_hex}","spanId":"00f067aa0ba902b7","name":"{name}","kind":2,
+        "startTimeUnixNano":"{}","endTimeUnixNano":"{}",
+        "attributes":[{{"key":"http.route","value":{{"stringValue":"/pay"}}}}]}}]}}]}}]}}"#,
+        now - 5_000_000,
+        now
+    )
+}
+
+#[tokio::test]
+async fn otlp_http_takes_json_and_gzip_from_curl_and_refuses_clearly() {
+    let server = TestServer::start().await;
+    let url = format!("http://{}/v1/traces", server.otlp_http.unwrap());
+    let json = ["-H", "Content-Type: application/json"];
+    let trace_hex = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    // JSON, as a browser or a serverless runtime sends it.
+    let body = otlp_json(trace_hex, "POST /pay");
+    let (code, answer) = curl(&url, &[&json[..], &["--data-binary", &body]].concat()).await;
+    assert_eq!((code, answer.as_str()), (200, "{}"), "{answer}");
+    // The same gzipped, under another trace.
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("export.json.gz");
+    {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder
+            .write_all(otlp_json(&"ab".repeat(16), "POST /refund").as_bytes())
+            .unwrap();
+        std::fs::write(&gz, encoder.finish().unwrap()).unwrap();
+    }
+    let at_gz = format!("@{}", gz.display());
+    let (code, _) = curl(
+        &url,
+        &[
+            &json[..],
+            &["-H", "Content-Encoding: gzip", "--data-binary", &at_gz],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(code, 200);
+
+    let mut client = TracesClient::new(server.channel.clone());
+    for (id, name) in [
+        (trace_hex.to_string(), "POST /pay"),
+        ("ab".repeat(16), "POST /refund"),
+    ] {
+        let trace = client
+            .get_trace(pb::GetTraceRequest {
+                trace_id: id.into_bytes().into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(trace.spans.len(), 1);
+        let span = &trace.spans[0];
+        assert_eq!(
+            (span.name.as_str(), span.service.as_str()),
+            (name, "curl-shop")
+        );
+        assert_eq!(span.kind, pb::SpanKind::Server as i32);
+        assert_eq!(
+            span.attributes.get("http.route").map(String::as_str),
+            Some("/pay")
+        );
+    }
+
+    // A span gantry refuses: 200 with partialSuccess, as the Collector answers.
+    let bad = otlp_json(&"00".repeat(16), "zero trace id");
+    let (code, answer) = curl(&url, &[&json[..], &["--data-binary", &bad]].concat()).await;
+    assert_eq!(code, 200);
+    assert!(answer.contains("\"partialSuccess\""), "{answer}");
+    assert!(
+        answer.contains("\"rejectedSpans\":\"1\"") || answer.contains("\"rejectedSpans\":1"),
+        "{answer}"
+    );
+
+    // What is not an export says so, in the request's encoding.
+    let (code, answer) = curl(&url, &[&json[..], &["--data-binary", "{not json"]].concat()).await;
+    assert_eq!(code, 400);
+    assert!(
+        answer.contains("\"message\":\"the body is not an OTLP ExportTraceServiceRequest (JSON)"),
+        "{answer}"
+    );
+    let (code, answer) = curl(
+        &url,
+        &["-H", "Content-Type: text/plain", "--data-binary", "x"],
+    )
+    .await;
+    assert_eq!(code, 415);
+    assert!(
+        answer.contains("application/x-protobuf or application/json"),
+        "{answer}"
+    );
+    let (code, _) = curl(&url, &[]).await;
+    assert_eq!(code, 405, "GET");
+    let (code, _) = curl(
+        &url.replace("/v1/traces", "/v1/logs"),
+        &[&json[..], &["--data-binary", "{}"]].concat(),
+    )
+    .await;
+    assert_eq!(code, 404);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn otlp_http_bounds_bodies_by_traces_max_message_bytes() {
+    let server = TestServer::start_with(|c| c.traces.max_message_bytes = 4096).await;
+    let url = format!("http://{}/v1/traces", server.otlp_http.unwrap());
+    let big = "x".repeat(8192);
+    let (code, answer) = curl(
+        &url,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &big,
+        ],
+    )
+    .await;
+    assert_eq!(code, 413);
+    assert!(
+        answer.contains("traces.max_message_bytes (4096 bytes)"),
+        "{answer}"
+    );
+    // A small gzip that unzips past the bound is refused too (no zip bombs).
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("bomb.gz");
+    {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&vec![b' '; 1 << 20]).unwrap();
+        std::fs::write(&gz, encoder.finish().unwrap()).unwrap();
+    }
+    let at_gz = format!("@{}", gz.display());
+    let (code, answer) = curl(
+        &url,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Content-Encoding: gzip",
+            "--data-binary",
+            &at_gz,
+        ],
+    )
+    .await;
+    assert_eq!(code, 413);
+    assert!(answer.contains("unzipped body"), "{answer}");
+    server.stop().await.unwrap();
+}
+
+/// The OTLP/HTTP port has the gRPC port's TLS and tokens.
+#[tokio::test]
+async fn otlp_http_over_tls_wants_a_token_that_may_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "http-exporter-9f1e";
+    let (server, _ca, ca_file) = tls_server_for(dir.path(), "browser-app", token).await;
+    let url = format!(
+        "https://localhost:{}/v1/traces",
+        server.otlp_http.unwrap().port()
+    );
+    let ca = ca_file.display().to_string();
+    let body = otlp_json(&"cd".repeat(16), "GET /");
+    let base = [
+        "--cacert",
+        ca.as_str(),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        body.as_str(),
+    ];
+    let (code, answer) = curl(&url, &base).await;
+    assert_eq!(code, 401, "{answer}");
+    let bearer = format!("Authorization: Bearer {token}");
+    let (code, answer) = curl(&url, &[&base[..], &["-H", &bearer]].concat()).await;
+    assert_eq!((code, answer.as_str()), (200, "{}"));
+    let (code, _) = curl(
+        &url,
+        &[&base[..], &["-H", "Authorization: Bearer wrong"]].concat(),
+    )
+    .await;
+    assert_eq!(code, 401);
+    server.stop().await.unwrap();
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-"""Exports spans to gantry with the real OpenTelemetry Python SDK over OTLP/gRPC.
+"""Exports spans to gantry with the real OpenTelemetry Python SDK over OTLP/gRPC,
+or over OTLP/HTTP (protobuf, gzip) when the endpoint is a URL.
 
-Usage: export_spans.py HOST:PORT
+Usage: export_spans.py HOST:PORT | http://HOST:PORT/v1/traces
 Prints the trace id (32 hex digits) of the trace it sent. With
 OTEL_EXPORTER_OTLP_CERTIFICATE set, exports over TLS as the SDK configures it
 from the environment (CA, OTEL_EXPORTER_OTLP_HEADERS for a bearer token).
@@ -21,8 +22,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 def main() -> None:
     endpoint = sys.argv[1]
     provider = TracerProvider(resource=Resource.create({"service.name": "py-shop"}))
-    insecure = "OTEL_EXPORTER_OTLP_CERTIFICATE" not in os.environ
-    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure, compression=Compression.Gzip)
+    if endpoint.startswith(("http://", "https://")):
+        from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        exporter = HttpExporter(endpoint=endpoint, compression=HttpCompression.Gzip)
+    else:
+        insecure = "OTEL_EXPORTER_OTLP_CERTIFICATE" not in os.environ
+        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure, compression=Compression.Gzip)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     tracer = provider.get_tracer("gantry-e2e")
 

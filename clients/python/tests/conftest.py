@@ -34,7 +34,7 @@ def start_gantry(env):
         config = CONFIG
         proc = subprocess.Popen(
             [gantry_bin(), "serve", "--config", str(config), "--listen", "127.0.0.1:0",
-             "--metrics-listen", "127.0.0.1:0", "--data-dir", str(pathlib.Path(tmp) / "data")],
+             "--metrics-listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0", "--data-dir", str(pathlib.Path(tmp) / "data")],
             stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
         )
         found = {}

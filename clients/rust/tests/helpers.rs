@@ -57,7 +57,13 @@ fn start_with(env: &[(&str, String)]) -> Option<Server> {
     let mut child = Command::new(bin)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(["serve", "--config", CONFIG, "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--otlp-http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
         .arg(dir.path().join("data"))
         .stderr(Stdio::piped())
         .spawn()

@@ -118,6 +118,8 @@ template:
             value: "0.0.0.0:{{ .Values.service.metricsPort }}"
           - name: GANTRY_DATA_DIR
             value: /data
+          - name: GANTRY_OTLP_HTTP_LISTEN
+            value: {{ if .Values.service.otlpHttpPort }}"0.0.0.0:{{ .Values.service.otlpHttpPort }}"{{ else }}""{{ end }}
           {{- if eq .Values.mode "redis" }}
           - name: GANTRY_STORAGE_BACKEND
             value: redis
@@ -187,6 +189,11 @@ template:
           - name: metrics
             containerPort: {{ .Values.service.metricsPort }}
             protocol: TCP
+          {{- if .Values.service.otlpHttpPort }}
+          - name: otlp-http
+            containerPort: {{ .Values.service.otlpHttpPort }}
+            protocol: TCP
+          {{- end }}
         {{- $probe := include "gantry.probe" . }}
         startupProbe:
           {{- $probe | nindent 10 }}
@@ -337,6 +344,8 @@ Everything else under config.server and config.storage is rendered.
     "metrics_listen" "service.metricsPort"
     "shutdown_grace" "shutdownGraceSeconds"
     "tls" "tls.*")
+  "traces" (dict
+    "otlp_http_listen" "service.otlpHttpPort")
   "storage" (dict
     "data_dir" "persistence.* (the volume is mounted at /data)"
     "backend" "mode (embedded or redis)"

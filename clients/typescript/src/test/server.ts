@@ -13,7 +13,7 @@ if (skip && process.env.GANTRY_REQUIRE_CLIENT_TESTS) throw new Error(`no gantry 
 /** Starts gantry with its data in `dataDir` and extra environment; resolves with it and its gRPC address. */
 export const startGantry = async (dataDir: string, env: Record<string, string> = {}): Promise<{ server: ChildProcess; addr: string }> => {
   const server = spawn(bin, ["serve", "--config", CONFIG, "--listen", "127.0.0.1:0",
-    "--metrics-listen", "127.0.0.1:0", "--data-dir", dataDir], { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } });
+    "--metrics-listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0", "--data-dir", dataDir], { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } });
   const addr = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("gantry did not start")), 20_000);
     let buffered = "";
