@@ -43,6 +43,9 @@ fn span(n: u64) -> Span {
         attributes: Attributes::from_pairs(
             (0..10).map(|a| (format!("attr.{a}"), format!("value-{a}"))),
         ),
+        resource: Arc::default(),
+        events: Vec::new(),
+        links: Vec::new(),
     }
 }
 
@@ -88,8 +91,11 @@ fn benches(c: &mut Criterion) {
                 now,
                 &service,
                 &endpoints_names[i],
-                black_box(2_345_678),
-                StatusCode::Ok,
+                gantry::traces::endpoints::SpanSample {
+                    kind: SpanKind::Server,
+                    status: StatusCode::Ok,
+                    duration_nanos: black_box(2_345_678),
+                },
             );
         })
     });

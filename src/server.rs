@@ -141,7 +141,12 @@ impl Gantry {
             &[b"http/1.1"],
         )?;
         let otlp_http_tls = match &otlp_http_listener {
-            Some(_) => tls("otlp_http", "server.tls", &config.server.tls, &[b"http/1.1"])?,
+            Some(_) => tls(
+                "otlp_http",
+                "server.tls",
+                &config.server.tls,
+                &[b"http/1.1"],
+            )?,
             None => None,
         };
         let auth = Auth::load(&config.auth, &mut registry).map_err(StartError::Auth)?;

@@ -13,7 +13,8 @@ use opentelemetry_proto::tonic::trace::v1 as otlp;
 
 use super::attributes::Attributes;
 use super::span::{
-    Span, SpanError, SpanKind, SpanLimits, StatusCode, UNKNOWN_SERVICE, check, parse_ids,
+    Event, Link, Span, SpanError, SpanKind, SpanLimits, StatusCode, UNKNOWN_SERVICE, check,
+    parse_ids, parse_link,
 };
 use crate::proto::gantry::v1 as pb;
 
@@ -73,16 +74,33 @@ struct Fields {
     /// Code and message.
     status: (i32, String),
     attributes: Attributes,
+    events: Vec<Event>,
+    /// Trace id, span id and attributes, as sent.
+    links: Vec<(Vec<u8>, Vec<u8>, Attributes)>,
 }
 
 /// A span from its wire ids (checked first: `fields` runs only for valid ids).
 fn assemble(
     [trace_id, span_id, parent]: [&[u8]; 3],
     service: &Arc<str>,
+    resource: &Arc<Attributes>,
     fields: impl FnOnce() -> Fields,
 ) -> Result<Span, SpanError> {
     let (trace_id, span_id, parent_span_id) = parse_ids(trace_id, span_id, parent)?;
     let f = fields();
+    let links = f
+        .links
+        .into_iter()
+        .enumerate()
+        .map(|(i, (trace, span, attributes))| {
+            let (trace_id, span_id) = parse_link(i, &trace, &span)?;
+            Ok(Link {
+                trace_id,
+                span_id,
+                attributes,
+            })
+        })
+        .collect::<Result<Vec<_>, SpanError>>()?;
     Ok(Span {
         trace_id,
         span_id,
@@ -95,6 +113,9 @@ fn assemble(
         status: StatusCode::from_i32(f.status.0),
         status_message: f.status.1,
         attributes: f.attributes,
+        resource: resource.clone(),
+        events: f.events,
+        links,
     })
 }
 
@@ -106,6 +127,7 @@ pub fn from_gantry(spans: Vec<pb::Span>, limits: &SpanLimits) -> Converted {
         rejected: Vec::new(),
     };
     let mut service: Arc<str> = Arc::from(UNKNOWN_SERVICE);
+    let mut resource: Arc<Attributes> = Arc::default();
     for (i, s) in spans.into_iter().enumerate() {
         let name = if s.service.is_empty() {
             UNKNOWN_SERVICE
@@ -115,9 +137,15 @@ pub fn from_gantry(spans: Vec<pb::Span>, limits: &SpanLimits) -> Converted {
         if *service != *name {
             service = Arc::from(name);
         }
+        // Consecutive spans of one resource share its attributes.
+        let attributes = Attributes::from_pairs(sorted(s.resource_attributes));
+        if *resource != attributes {
+            resource = Arc::new(attributes);
+        }
         let span = assemble(
             [&s.trace_id, &s.span_id, &s.parent_span_id],
             &service,
+            &resource,
             || {
                 let status = s.status.unwrap_or_default();
                 Fields {
@@ -127,12 +155,46 @@ pub fn from_gantry(spans: Vec<pb::Span>, limits: &SpanLimits) -> Converted {
                     end_unix_nanos: unix_nanos(s.end.as_ref()),
                     status: (status.code, status.message),
                     attributes: Attributes::from_pairs(s.attributes),
+                    events: s
+                        .events
+                        .into_iter()
+                        .map(|e| Event {
+                            time_unix_nanos: unix_nanos(e.time.as_ref()),
+                            name: e.name,
+                            attributes: Attributes::from_pairs(sorted(e.attributes)),
+                        })
+                        .collect(),
+                    links: s
+                        .links
+                        .into_iter()
+                        .map(|l| {
+                            (
+                                l.trace_id.to_vec(),
+                                l.span_id.to_vec(),
+                                Attributes::from_pairs(sorted(l.attributes)),
+                            )
+                        })
+                        .collect(),
                 }
             },
         );
         out.push(i, span, limits);
     }
     out
+}
+
+/// A map's pairs in key order, so equal maps give equal attributes.
+fn sorted(map: HashMap<String, String>) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = map.into_iter().collect();
+    pairs.sort();
+    pairs
+}
+
+fn text_map(attributes: &Attributes) -> HashMap<String, String> {
+    attributes
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 pub fn to_gantry(span: &Span) -> pb::Span {
@@ -152,11 +214,26 @@ pub fn to_gantry(span: &Span) -> pb::Span {
             code: span.status.as_i32(),
             message: span.status_message.clone(),
         }),
-        attributes: span
-            .attributes
+        attributes: text_map(&span.attributes),
+        resource_attributes: text_map(&span.resource),
+        events: span
+            .events
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<HashMap<_, _>>(),
+            .map(|e| pb::SpanEvent {
+                time: Some(timestamp(e.time_unix_nanos)),
+                name: e.name.clone(),
+                attributes: text_map(&e.attributes),
+            })
+            .collect(),
+        links: span
+            .links
+            .iter()
+            .map(|l| pb::SpanLink {
+                trace_id: l.trace_id.to_vec().into(),
+                span_id: l.span_id.to_vec().into(),
+                attributes: text_map(&l.attributes),
+            })
+            .collect(),
     }
 }
 
@@ -207,6 +284,14 @@ pub fn value_text(value: Option<AnyValue>) -> String {
     }
 }
 
+fn otlp_attributes(attributes: Vec<KeyValue>) -> Attributes {
+    Attributes::from_pairs(
+        attributes
+            .into_iter()
+            .map(|kv| (kv.key, value_text(kv.value))),
+    )
+}
+
 /// The spans of an OTLP Export. Strings are moved, not copied.
 pub fn from_otlp(resource_spans: Vec<otlp::ResourceSpans>, limits: &SpanLimits) -> Converted {
     let mut out = Converted {
@@ -217,11 +302,15 @@ pub fn from_otlp(resource_spans: Vec<otlp::ResourceSpans>, limits: &SpanLimits) 
     for rs in resource_spans {
         let service: Arc<str> =
             Arc::from(service_name(rs.resource.as_ref()).unwrap_or(UNKNOWN_SERVICE));
+        let resource = Arc::new(otlp_attributes(
+            rs.resource.map(|r| r.attributes).unwrap_or_default(),
+        ));
         for ss in rs.scope_spans {
             for s in ss.spans {
                 let span = assemble(
                     [&s.trace_id, &s.span_id, &s.parent_span_id],
                     &service,
+                    &resource,
                     || {
                         let status = s.status.unwrap_or_default();
                         Fields {
@@ -230,11 +319,21 @@ pub fn from_otlp(resource_spans: Vec<otlp::ResourceSpans>, limits: &SpanLimits) 
                             start_unix_nanos: s.start_time_unix_nano,
                             end_unix_nanos: s.end_time_unix_nano,
                             status: (status.code, status.message),
-                            attributes: Attributes::from_pairs(
-                                s.attributes
-                                    .into_iter()
-                                    .map(|kv| (kv.key, value_text(kv.value))),
-                            ),
+                            attributes: otlp_attributes(s.attributes),
+                            events: s
+                                .events
+                                .into_iter()
+                                .map(|e| Event {
+                                    time_unix_nanos: e.time_unix_nano,
+                                    name: e.name,
+                                    attributes: otlp_attributes(e.attributes),
+                                })
+                                .collect(),
+                            links: s
+                                .links
+                                .into_iter()
+                                .map(|l| (l.trace_id, l.span_id, otlp_attributes(l.attributes)))
+                                .collect(),
                         }
                     },
                 );
@@ -280,16 +379,27 @@ fn string_kv(key: &str, value: String) -> KeyValue {
     }
 }
 
-/// Spans (from Ingest) as OTLP, one resource per service.
+fn otlp_kvs(attributes: &Attributes) -> Vec<KeyValue> {
+    attributes
+        .iter()
+        .map(|(k, v)| string_kv(k, v.to_string()))
+        .collect()
+}
+
+/// Spans (from Ingest) as OTLP, one resource per service and resource
+/// attributes, with their events and links.
 pub fn to_otlp(spans: Vec<Span>) -> Vec<otlp::ResourceSpans> {
-    let mut by_service: Vec<(Arc<str>, Vec<otlp::Span>)> = Vec::new();
+    type Group = (Arc<str>, Arc<Attributes>, Vec<otlp::Span>);
+    let mut groups: Vec<Group> = Vec::new();
     for s in spans {
-        let position = by_service.iter().position(|(svc, _)| *svc == s.service);
+        let position = groups
+            .iter()
+            .position(|(svc, res, _)| *svc == s.service && *res == s.resource);
         let i = position.unwrap_or_else(|| {
-            by_service.push((s.service.clone(), Vec::new()));
-            by_service.len() - 1
+            groups.push((s.service.clone(), s.resource.clone(), Vec::new()));
+            groups.len() - 1
         });
-        by_service[i].1.push(otlp::Span {
+        groups[i].2.push(otlp::Span {
             trace_id: s.trace_id.to_vec(),
             span_id: s.span_id.to_vec(),
             parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
@@ -297,10 +407,26 @@ pub fn to_otlp(spans: Vec<Span>) -> Vec<otlp::ResourceSpans> {
             kind: s.kind.as_i32(),
             start_time_unix_nano: s.start_unix_nanos,
             end_time_unix_nano: s.end_unix_nanos,
-            attributes: s
-                .attributes
+            attributes: otlp_kvs(&s.attributes),
+            events: s
+                .events
                 .iter()
-                .map(|(k, v)| string_kv(k, v.to_string()))
+                .map(|e| otlp::span::Event {
+                    time_unix_nano: e.time_unix_nanos,
+                    name: e.name.clone(),
+                    attributes: otlp_kvs(&e.attributes),
+                    ..Default::default()
+                })
+                .collect(),
+            links: s
+                .links
+                .iter()
+                .map(|l| otlp::span::Link {
+                    trace_id: l.trace_id.to_vec(),
+                    span_id: l.span_id.to_vec(),
+                    attributes: otlp_kvs(&l.attributes),
+                    ..Default::default()
+                })
                 .collect(),
             status: Some(otlp::Status {
                 code: s.status.as_i32(),
@@ -309,22 +435,28 @@ pub fn to_otlp(spans: Vec<Span>) -> Vec<otlp::ResourceSpans> {
             ..Default::default()
         });
     }
-    by_service
+    groups
         .into_iter()
-        .map(|(service, spans)| otlp::ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![string_kv("service.name", service.to_string())],
-                ..Default::default()
-            }),
-            scope_spans: vec![otlp::ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "gantry.ingest".into(),
+        .map(|(service, resource, spans)| {
+            let mut attributes = otlp_kvs(&resource);
+            if !attributes.iter().any(|kv| kv.key == "service.name") {
+                attributes.push(string_kv("service.name", service.to_string()));
+            }
+            otlp::ResourceSpans {
+                resource: Some(Resource {
+                    attributes,
                     ..Default::default()
                 }),
-                spans,
+                scope_spans: vec![otlp::ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "gantry.ingest".into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
-            ..Default::default()
+            }
         })
         .collect()
 }
@@ -451,11 +583,40 @@ mod tests {
         let mut span = crate::traces::span::sample(1, 2, Some(1), 10);
         span.status = StatusCode::Error;
         span.status_message = "boom".into();
+        span.resource = Arc::new(Attributes::from_pairs([
+            ("host.name", "web-1"),
+            ("service.name", "checkout"),
+        ]));
+        span.events = vec![Event {
+            time_unix_nanos: 20,
+            name: "retry".into(),
+            attributes: Attributes::from_pairs([("attempt", "2")]),
+        }];
+        span.links = vec![Link {
+            trace_id: [7; 16],
+            span_id: [8; 8],
+            attributes: Attributes::from_pairs([("link.reason", "batch")]),
+        }];
         let back = from_otlp(to_otlp(vec![span.clone()]), &SpanLimits::default());
         assert!(back.rejected.is_empty());
         assert_eq!(back.spans, vec![span.clone()]);
         let pb = to_gantry(&span);
         let again = from_gantry(vec![pb], &SpanLimits::default());
         assert_eq!(again.spans, vec![span]);
+    }
+
+    #[test]
+    fn a_link_with_bad_ids_rejects_its_span_naming_the_link() {
+        let mut pb = to_gantry(&crate::traces::span::sample(1, 2, None, 10));
+        pb.links = vec![pb::SpanLink {
+            trace_id: vec![7; 16].into(),
+            span_id: vec![8; 3].into(),
+            ..Default::default()
+        }];
+        let out = from_gantry(vec![pb], &SpanLimits::default());
+        assert_eq!(
+            out.error_lines(10),
+            vec!["span 0: links[0]: span_id must be 8 bytes, got 3"]
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use hashbrown::Equivalent;
 use hdrhistogram::Histogram;
 
-use super::span::StatusCode;
+use super::span::{SpanKind, StatusCode};
 
 /// Latencies are recorded in microseconds, 1 µs to 1 h, 2 significant digits.
 const HIST_MAX_MICROS: u64 = 3_600_000_000;
@@ -267,9 +267,11 @@ impl Cumulative {
 
 #[derive(Debug)]
 struct Endpoint {
+    /// Windows of entry (server, consumer) spans only: EndpointStats' rows.
     rings: [Ring; 3],
-    /// Unset, Ok, Error.
-    cumulative: [Cumulative; 3],
+    /// Cumulative series per span kind and status, for /metrics: every
+    /// kind, as the spanmetrics connector counts (a few entries at most).
+    cumulative: Vec<(SpanKind, StatusCode, Cumulative)>,
     last_seen_nanos: u64,
 }
 
@@ -277,31 +279,43 @@ impl Endpoint {
     fn new() -> Self {
         Self {
             rings: Window::ALL.map(Ring::new),
-            cumulative: Default::default(),
+            cumulative: Vec::new(),
             last_seen_nanos: 0,
         }
     }
 
-    fn record(&mut self, now_nanos: u64, duration_nanos: u64, status: StatusCode) {
-        let micros = duration_nanos / 1_000;
-        let error = status == StatusCode::Error;
-        for ring in &mut self.rings {
-            ring.record(now_nanos, micros, error);
+    fn record(&mut self, now_nanos: u64, span: SpanSample) {
+        if span.kind.is_entry() {
+            let micros = span.duration_nanos / 1_000;
+            let error = span.status == StatusCode::Error;
+            for ring in &mut self.rings {
+                ring.record(now_nanos, micros, error);
+            }
         }
-        self.cumulative[status_index(status)].record(duration_nanos as f64 / 1e6);
+        let ms = span.duration_nanos as f64 / 1e6;
+        match self
+            .cumulative
+            .iter_mut()
+            .find(|(k, s, _)| (*k, *s) == (span.kind, span.status))
+        {
+            Some((_, _, c)) => c.record(ms),
+            None => {
+                let mut c = Cumulative::default();
+                c.record(ms);
+                self.cumulative.push((span.kind, span.status, c));
+            }
+        }
         self.last_seen_nanos = now_nanos;
     }
 }
 
-fn status_index(status: StatusCode) -> usize {
-    match status {
-        StatusCode::Unset => 0,
-        StatusCode::Ok => 1,
-        StatusCode::Error => 2,
-    }
+/// What the endpoint table needs of one span.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanSample {
+    pub kind: SpanKind,
+    pub status: StatusCode,
+    pub duration_nanos: u64,
 }
-
-const STATUSES: [StatusCode; 3] = [StatusCode::Unset, StatusCode::Ok, StatusCode::Error];
 
 /// An endpoint's identity. Hashes like `(&str, &str)` so lookups borrow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +353,7 @@ pub struct CumulativeRow {
     pub service: Arc<str>,
     pub endpoint: Box<str>,
     pub overflow: bool,
+    pub kind: SpanKind,
     pub status: StatusCode,
     pub totals: Cumulative,
 }
@@ -373,22 +388,21 @@ impl EndpointTable {
         now_nanos: u64,
         service: &Arc<str>,
         endpoint: &str,
-        duration_nanos: u64,
-        status: StatusCode,
+        span: SpanSample,
     ) -> bool {
         if let Some(e) = self.map.get_mut(&KeyRef(service, endpoint)) {
-            e.record(now_nanos, duration_nanos, status);
+            e.record(now_nanos, span);
             return false;
         }
         if self.map.len() >= self.max {
             self.drop_idle(now_nanos);
         }
         if self.map.len() >= self.max {
-            self.overflow.record(now_nanos, duration_nanos, status);
+            self.overflow.record(now_nanos, span);
             return true;
         }
         let mut e = Endpoint::new();
-        e.record(now_nanos, duration_nanos, status);
+        e.record(now_nanos, span);
         self.map.insert(
             EndpointKey {
                 service: service.clone(),
@@ -486,17 +500,15 @@ impl EndpointTable {
             .chain(std::iter::once((&overflow_key, &self.overflow, true)));
         let mut rows = Vec::new();
         for (key, e, overflow) in all {
-            for status in STATUSES {
-                let totals = &e.cumulative[status_index(status)];
-                if totals.calls > 0 {
-                    rows.push(CumulativeRow {
-                        service: key.service.clone(),
-                        endpoint: key.endpoint.clone(),
-                        overflow,
-                        status,
-                        totals: totals.clone(),
-                    });
-                }
+            for (kind, status, totals) in &e.cumulative {
+                rows.push(CumulativeRow {
+                    service: key.service.clone(),
+                    endpoint: key.endpoint.clone(),
+                    overflow,
+                    kind: *kind,
+                    status: *status,
+                    totals: totals.clone(),
+                });
             }
         }
         rows
@@ -514,6 +526,14 @@ impl EndpointTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server(duration_nanos: u64, status: StatusCode) -> SpanSample {
+        SpanSample {
+            kind: SpanKind::Server,
+            status,
+            duration_nanos,
+        }
+    }
 
     const SEC: u64 = 1_000_000_000;
     const MS: u64 = 1_000_000;
@@ -553,7 +573,7 @@ mod tests {
             } else {
                 StatusCode::Ok
             };
-            table.record(now, &checkout, "GET /cart", ms * MS, status);
+            table.record(now, &checkout, "GET /cart", server(ms * MS, status));
         }
         let rows = table.stats(now, Window::OneMinute, None);
         assert_eq!(rows.len(), 1);
@@ -573,8 +593,8 @@ mod tests {
         let mut table = EndpointTable::new(10);
         let s = svc("api");
         let t0 = 10_000 * SEC;
-        table.record(t0, &s, "old", 500 * MS, StatusCode::Error);
-        table.record(t0 + 50 * SEC, &s, "old", 10 * MS, StatusCode::Ok);
+        table.record(t0, &s, "old", server(500 * MS, StatusCode::Error));
+        table.record(t0 + 50 * SEC, &s, "old", server(10 * MS, StatusCode::Ok));
         let calls = |now: u64, w: Window| -> u64 {
             table
                 .stats(now, w, Some("api"))
@@ -605,10 +625,10 @@ mod tests {
         let mut table = EndpointTable::new(10);
         let s = svc("api");
         let t0 = 10_000 * SEC;
-        table.record(t0, &s, "e", 100 * MS, StatusCode::Error);
+        table.record(t0, &s, "e", server(100 * MS, StatusCode::Error));
         // Exactly one ring turn later (7 slots of 10 s) the same slot is reused.
         let later = t0 + 70 * SEC;
-        table.record(later, &s, "e", MS, StatusCode::Ok);
+        table.record(later, &s, "e", server(MS, StatusCode::Ok));
         let row = &table.stats(later, Window::OneMinute, None)[0];
         assert_eq!((row.summary.calls, row.summary.errors), (1, 0));
         assert!(row.summary.max < Duration::from_millis(2));
@@ -619,7 +639,7 @@ mod tests {
         let mut table = EndpointTable::new(10);
         let now = 100 * SEC;
         for (service, endpoint) in [("b", "z"), ("a", "y"), ("b", "a"), ("a", "x")] {
-            table.record(now, &svc(service), endpoint, MS, StatusCode::Unset);
+            table.record(now, &svc(service), endpoint, server(MS, StatusCode::Unset));
         }
         let names: Vec<String> = table
             .stats(now, Window::OneMinute, None)
@@ -643,7 +663,7 @@ mod tests {
             ("d", StatusCode::Ok),
         ]
         .into_iter()
-        .map(|(e, status)| table.record(now, &s, e, MS, status))
+        .map(|(e, status)| table.record(now, &s, e, server(MS, status)))
         .collect();
         assert_eq!(table.len(), 2);
         assert_eq!(overflowed, [false, false, true, true]);
@@ -661,7 +681,7 @@ mod tests {
         );
         // Two hours later "a" and "b" are idle: a new endpoint takes a place.
         let later = now + 7_200 * SEC;
-        assert!(!table.record(later, &s, "e", MS, StatusCode::Ok));
+        assert!(!table.record(later, &s, "e", server(MS, StatusCode::Ok)));
         assert_eq!(table.len(), 1);
     }
 
@@ -670,7 +690,7 @@ mod tests {
         let mut table = EndpointTable::new(10);
         let s = svc("api");
         for ms in [1, 2, 3, 50, 20_000] {
-            table.record(SEC, &s, "e", ms * MS, StatusCode::Unset);
+            table.record(SEC, &s, "e", server(ms * MS, StatusCode::Unset));
         }
         let rows = table.cumulative();
         assert_eq!(rows.len(), 1);
@@ -683,5 +703,39 @@ mod tests {
         assert_eq!(t.buckets[5], 1);
         assert_eq!(t.buckets[16], 1);
         assert_eq!(t.buckets.iter().sum::<u64>(), 5);
+    }
+
+    #[test]
+    fn every_kind_is_a_series_but_only_entries_are_endpoints() {
+        let mut table = EndpointTable::new(10);
+        let s = svc("checkout");
+        table.record(SEC, &s, "GET /cart", server(MS, StatusCode::Unset));
+        let client = SpanSample {
+            kind: SpanKind::Client,
+            status: StatusCode::Error,
+            duration_nanos: 2 * MS,
+        };
+        table.record(SEC, &s, "SELECT carts", client);
+        let stats = table.stats(SEC, Window::OneMinute, None);
+        let endpoints: Vec<&str> = stats.iter().map(|r| &*r.endpoint).collect();
+        assert_eq!(endpoints, vec!["GET /cart"], "a client span is no endpoint");
+        let mut series: Vec<(String, SpanKind, StatusCode, u64)> = table
+            .cumulative()
+            .into_iter()
+            .map(|r| (r.endpoint.to_string(), r.kind, r.status, r.totals.calls))
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            series,
+            vec![
+                ("GET /cart".into(), SpanKind::Server, StatusCode::Unset, 1),
+                (
+                    "SELECT carts".into(),
+                    SpanKind::Client,
+                    StatusCode::Error,
+                    1
+                ),
+            ]
+        );
     }
 }

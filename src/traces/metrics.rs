@@ -235,13 +235,14 @@ impl Collector for SpanMetricsCollector {
                 vec![
                     ("service_name", r.service.to_string()),
                     ("span_name", r.endpoint.to_string()),
+                    ("span_kind", r.kind.label().to_string()),
                     ("status_code", r.status.label().to_string()),
                 ]
             }
         };
         let mut calls = encoder.encode_descriptor(
             "traces_span_metrics_calls",
-            "Server and consumer spans, by service, span name and status (spanmetrics connector shape)",
+            "Spans of every kind, by service, span name, kind and status (spanmetrics connector shape)",
             None,
             MetricType::Counter,
         )?;
@@ -250,7 +251,7 @@ impl Collector for SpanMetricsCollector {
         }
         let mut durations = encoder.encode_descriptor(
             "traces_span_metrics_duration_milliseconds",
-            "Latency of server and consumer spans in milliseconds (spanmetrics connector shape)",
+            "Latency of spans of every kind in milliseconds (spanmetrics connector shape)",
             None,
             MetricType::Histogram,
         )?;

@@ -409,15 +409,14 @@ fn apply(shared: &Shared, group: &mut Vec<Job>, total: usize) {
             let mut stored = 0;
             for span in std::mem::take(&mut job.spans) {
                 let inserted = table.insert(span, |span| {
-                    if span.kind.is_entry()
-                        && endpoints.record(
-                            now,
-                            &span.service,
-                            &span.name,
-                            span.duration_nanos(),
-                            span.status,
-                        )
-                    {
+                    // Every kind counts in the spanmetrics series; only
+                    // server and consumer spans make EndpointStats rows.
+                    let sample = endpoints::SpanSample {
+                        kind: span.kind,
+                        status: span.status,
+                        duration_nanos: span.duration_nanos(),
+                    };
+                    if endpoints.record(now, &span.service, &span.name, sample) {
                         m.overflow_spans.inc();
                     }
                     if shared.persist.is_some() {

@@ -47,6 +47,18 @@ impl SpanKind {
         }
     }
 
+    /// The label value the Collector's spanmetrics connector uses.
+    pub fn label(self) -> &'static str {
+        match self {
+            SpanKind::Unspecified => "SPAN_KIND_UNSPECIFIED",
+            SpanKind::Internal => "SPAN_KIND_INTERNAL",
+            SpanKind::Server => "SPAN_KIND_SERVER",
+            SpanKind::Client => "SPAN_KIND_CLIENT",
+            SpanKind::Producer => "SPAN_KIND_PRODUCER",
+            SpanKind::Consumer => "SPAN_KIND_CONSUMER",
+        }
+    }
+
     /// Server and consumer spans are where a request enters a service: the
     /// endpoints of the RED metrics (as the Collector's spanmetrics sees them).
     pub fn is_entry(self) -> bool {
@@ -103,6 +115,26 @@ pub struct Span {
     pub status: StatusCode,
     pub status_message: String,
     pub attributes: Attributes,
+    /// The resource's attributes, shared by the spans of one resource.
+    pub resource: Arc<Attributes>,
+    pub events: Vec<Event>,
+    pub links: Vec<Link>,
+}
+
+/// A timed event within a span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub time_unix_nanos: u64,
+    pub name: String,
+    pub attributes: Attributes,
+}
+
+/// A link to another span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub attributes: Attributes,
 }
 
 impl Span {
@@ -112,10 +144,25 @@ impl Span {
 
     /// Memory the span holds, estimated from its fields; what `traces.max_bytes` counts.
     pub fn weight(&self) -> usize {
+        let events: usize = self
+            .events
+            .iter()
+            .map(|e| std::mem::size_of::<Event>() + e.name.capacity() + e.attributes.heap_bytes())
+            .sum();
+        let links: usize = self
+            .links
+            .iter()
+            .map(|l| std::mem::size_of::<Link>() + l.attributes.heap_bytes())
+            .sum();
+        // The resource is shared; each span counts it, so the bound holds
+        // whichever of its spans are evicted last.
         std::mem::size_of::<Span>()
             + self.name.capacity()
             + self.status_message.capacity()
             + self.attributes.heap_bytes()
+            + self.resource.heap_bytes()
+            + events
+            + links
     }
 }
 
@@ -172,6 +219,14 @@ pub enum SpanError {
     },
     #[error("{count} attributes, more than the {max} allowed")]
     TooManyAttributes { count: usize, max: usize },
+    #[error("{count} {what}, more than the {max} allowed (traces.max_attributes)")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("links[{index}]: {reason}")]
+    Link { index: usize, reason: String },
     #[error("attribute {key:?} is {len} bytes (key and value), more than the {max} allowed")]
     AttributeTooLong { key: String, len: usize, max: usize },
 }
@@ -189,9 +244,28 @@ impl SpanError {
             }
             SpanError::TooLong { .. }
             | SpanError::TooManyAttributes { .. }
+            | SpanError::TooMany { .. }
             | SpanError::AttributeTooLong { .. } => "too_large",
+            SpanError::Link { .. } => "links",
         }
     }
+}
+
+/// A link's ids from their wire bytes (the `index`th link of its span).
+pub fn parse_link(
+    index: usize,
+    trace_id: &[u8],
+    span_id: &[u8],
+) -> Result<(TraceId, SpanId), SpanError> {
+    let link = |reason: String| SpanError::Link { index, reason };
+    let trace = parse_trace_id(trace_id).map_err(|e| link(e.to_string()))?;
+    let span: SpanId = span_id
+        .try_into()
+        .map_err(|_| link(format!("span_id must be 8 bytes, got {}", span_id.len())))?;
+    if span == [0; 8] {
+        return Err(link("span_id must not be all zero".into()));
+    }
+    Ok((trace, span))
 }
 
 /// The three ids of a span from their wire bytes.
@@ -285,6 +359,17 @@ pub fn check(span: &Span, limits: &SpanLimits) -> Result<(), SpanError> {
             max: limits.max_attributes,
         });
     }
+    // Events and links: as many as attributes (the SDKs' limits are 128
+    // each too); their sizes count in traces.max_bytes.
+    for (what, count) in [("events", span.events.len()), ("links", span.links.len())] {
+        if count > limits.max_attributes {
+            return Err(SpanError::TooMany {
+                what,
+                count,
+                max: limits.max_attributes,
+            });
+        }
+    }
     for (key, value) in span.attributes.iter() {
         let len = key.len() + value.len();
         if len > limits.max_attribute_bytes {
@@ -374,6 +459,9 @@ pub(crate) fn sample(trace: u8, span: u8, parent: Option<u8>, start: u64) -> Spa
         status: StatusCode::Unset,
         status_message: String::new(),
         attributes: Attributes::from_pairs([("http.method", "GET")]),
+        resource: Arc::default(),
+        events: Vec::new(),
+        links: Vec::new(),
     }
 }
 

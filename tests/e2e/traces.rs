@@ -55,6 +55,7 @@ fn span(
         end: Some(ts(start + ms * 1_000_000)),
         status: None,
         attributes: HashMap::from([("http.method".to_string(), "GET".to_string())]),
+        ..Default::default()
     }
 }
 
@@ -354,14 +355,14 @@ async fn otlp_export_lands_in_the_same_store_with_partial_success_and_gzip(backe
     assert_eq!(
         metric_value(
             &metrics,
-            "traces_span_metrics_calls_total{service_name=\"payments\",span_name=\"POST /pay\",status_code=\"STATUS_CODE_ERROR\"}"
+            "traces_span_metrics_calls_total{service_name=\"payments\",span_name=\"POST /pay\",span_kind=\"SPAN_KIND_SERVER\",status_code=\"STATUS_CODE_ERROR\"}"
         ),
         Some(1.0)
     );
     assert_eq!(
         metric_value(
             &metrics,
-            "traces_span_metrics_duration_milliseconds_bucket{service_name=\"payments\",span_name=\"POST /pay\",status_code=\"STATUS_CODE_OK\",le=\"50\"}"
+            "traces_span_metrics_duration_milliseconds_bucket{service_name=\"payments\",span_name=\"POST /pay\",span_kind=\"SPAN_KIND_SERVER\",status_code=\"STATUS_CODE_OK\",le=\"50\"}"
         ),
         Some(1.0),
         "{}",
@@ -1066,6 +1067,36 @@ async fn the_python_opentelemetry_sdk_exports_to_gantry(backend: Backend) {
     let root = &trace.spans[0];
     assert_eq!(root.service, "py-shop");
     assert_eq!(root.kind, pb::SpanKind::Server as i32);
+    // The resource, events and links come back as the SDK sent them.
+    assert_eq!(
+        root.resource_attributes
+            .get("telemetry.sdk.language")
+            .map(String::as_str),
+        Some("python")
+    );
+    assert_eq!(
+        root.resource_attributes.get("service.name").map(String::as_str),
+        Some("py-shop")
+    );
+    let event = &root.events[0];
+    assert_eq!(event.name, "cache miss");
+    assert_eq!(
+        event.attributes.get("cache.key").map(String::as_str),
+        Some("order:42")
+    );
+    let secs = |t: &Option<prost_types::Timestamp>| {
+        let t = t.as_ref().unwrap();
+        (t.seconds, t.nanos)
+    };
+    assert!(secs(&event.time) >= secs(&root.start) && secs(&event.time) <= secs(&root.end));
+    let db = &trace.spans[1];
+    assert_eq!(db.links.len(), 1);
+    assert_eq!(db.links[0].trace_id, root.trace_id);
+    assert_eq!(db.links[0].span_id, root.span_id);
+    assert_eq!(
+        db.links[0].attributes.get("link.reason").map(String::as_str),
+        Some("follows")
+    );
     assert_eq!(
         root.attributes.get("http.status_code").map(String::as_str),
         Some("200")
@@ -1090,6 +1121,18 @@ async fn the_python_opentelemetry_sdk_exports_to_gantry(backend: Backend) {
         rows,
         vec![("GET /orders/{id}", 1, 0), ("POST /orders", 1, 1)]
     );
+    // On /metrics every kind counts, labelled as the spanmetrics connector does.
+    let (_, metrics) = http_get(server.metrics, "/metrics").await;
+    for (name, kind, status) in [
+        ("SELECT orders", "SPAN_KIND_CLIENT", "STATUS_CODE_UNSET"),
+        ("GET /orders/{id}", "SPAN_KIND_SERVER", "STATUS_CODE_UNSET"),
+        ("POST /orders", "SPAN_KIND_SERVER", "STATUS_CODE_ERROR"),
+    ] {
+        let series = format!(
+            "traces_span_metrics_calls_total{{service_name=\"py-shop\",span_name=\"{name}\",span_kind=\"{kind}\",status_code=\"{status}\"}}"
+        );
+        assert_eq!(metric_value(&metrics, &series), Some(1.0), "{series}");
+    }
     server.stop().await.unwrap();
 }
 }

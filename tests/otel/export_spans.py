@@ -36,7 +36,9 @@ def main() -> None:
     with tracer.start_as_current_span("GET /orders/{id}", kind=SpanKind.SERVER) as root:
         root.set_attribute("http.route", "/orders/{id}")
         root.set_attribute("http.status_code", 200)
-        with tracer.start_as_current_span("SELECT orders", kind=SpanKind.CLIENT) as db:
+        root.add_event("cache miss", {"cache.key": "order:42"})
+        link = trace.Link(root.get_span_context(), {"link.reason": "follows"})
+        with tracer.start_as_current_span("SELECT orders", kind=SpanKind.CLIENT, links=[link]) as db:
             db.set_attribute("db.system", "postgresql")
         trace_id = root.get_span_context().trace_id
     with tracer.start_as_current_span("POST /orders", kind=SpanKind.SERVER) as failed:

@@ -203,7 +203,14 @@ type Span struct {
 	End    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=end,proto3" json:"end,omitempty"`
 	Status *SpanStatus            `protobuf:"bytes,9,opt,name=status,proto3" json:"status,omitempty"`
 	// Attributes as strings.
-	Attributes    map[string]string `protobuf:"bytes,10,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Attributes map[string]string `protobuf:"bytes,10,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The resource's attributes (OTLP: every resource attribute, service.name
+	// included; its value is `service` too).
+	ResourceAttributes map[string]string `protobuf:"bytes,11,rep,name=resource_attributes,json=resourceAttributes,proto3" json:"resource_attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Timed events within the span (exceptions, log points), in order.
+	Events []*SpanEvent `protobuf:"bytes,12,rep,name=events,proto3" json:"events,omitempty"`
+	// Links to other spans (a batch's producers, a retried request).
+	Links         []*SpanLink `protobuf:"bytes,13,rep,name=links,proto3" json:"links,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -308,6 +315,149 @@ func (x *Span) GetAttributes() map[string]string {
 	return nil
 }
 
+func (x *Span) GetResourceAttributes() map[string]string {
+	if x != nil {
+		return x.ResourceAttributes
+	}
+	return nil
+}
+
+func (x *Span) GetEvents() []*SpanEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *Span) GetLinks() []*SpanLink {
+	if x != nil {
+		return x.Links
+	}
+	return nil
+}
+
+type SpanEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Attributes    map[string]string      `protobuf:"bytes,3,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpanEvent) Reset() {
+	*x = SpanEvent{}
+	mi := &file_gantry_v1_traces_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpanEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpanEvent) ProtoMessage() {}
+
+func (x *SpanEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_v1_traces_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpanEvent.ProtoReflect.Descriptor instead.
+func (*SpanEvent) Descriptor() ([]byte, []int) {
+	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SpanEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *SpanEvent) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SpanEvent) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+type SpanLink struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 16 bytes, not all zero.
+	TraceId []byte `protobuf:"bytes,1,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	// 8 bytes, not all zero.
+	SpanId        []byte            `protobuf:"bytes,2,opt,name=span_id,json=spanId,proto3" json:"span_id,omitempty"`
+	Attributes    map[string]string `protobuf:"bytes,3,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpanLink) Reset() {
+	*x = SpanLink{}
+	mi := &file_gantry_v1_traces_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpanLink) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpanLink) ProtoMessage() {}
+
+func (x *SpanLink) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_v1_traces_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpanLink.ProtoReflect.Descriptor instead.
+func (*SpanLink) Descriptor() ([]byte, []int) {
+	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SpanLink) GetTraceId() []byte {
+	if x != nil {
+		return x.TraceId
+	}
+	return nil
+}
+
+func (x *SpanLink) GetSpanId() []byte {
+	if x != nil {
+		return x.SpanId
+	}
+	return nil
+}
+
+func (x *SpanLink) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
 type IngestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most `traces.max_batch` spans.
@@ -318,7 +468,7 @@ type IngestRequest struct {
 
 func (x *IngestRequest) Reset() {
 	*x = IngestRequest{}
-	mi := &file_gantry_v1_traces_proto_msgTypes[2]
+	mi := &file_gantry_v1_traces_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -330,7 +480,7 @@ func (x *IngestRequest) String() string {
 func (*IngestRequest) ProtoMessage() {}
 
 func (x *IngestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_traces_proto_msgTypes[2]
+	mi := &file_gantry_v1_traces_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -343,7 +493,7 @@ func (x *IngestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestRequest.ProtoReflect.Descriptor instead.
 func (*IngestRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{2}
+	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *IngestRequest) GetSpans() []*Span {
@@ -367,7 +517,7 @@ type IngestResponse struct {
 
 func (x *IngestResponse) Reset() {
 	*x = IngestResponse{}
-	mi := &file_gantry_v1_traces_proto_msgTypes[3]
+	mi := &file_gantry_v1_traces_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +529,7 @@ func (x *IngestResponse) String() string {
 func (*IngestResponse) ProtoMessage() {}
 
 func (x *IngestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_traces_proto_msgTypes[3]
+	mi := &file_gantry_v1_traces_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +542,7 @@ func (x *IngestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestResponse.ProtoReflect.Descriptor instead.
 func (*IngestResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{3}
+	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *IngestResponse) GetAccepted() uint32 {
@@ -427,7 +577,7 @@ type GetTraceRequest struct {
 
 func (x *GetTraceRequest) Reset() {
 	*x = GetTraceRequest{}
-	mi := &file_gantry_v1_traces_proto_msgTypes[4]
+	mi := &file_gantry_v1_traces_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +589,7 @@ func (x *GetTraceRequest) String() string {
 func (*GetTraceRequest) ProtoMessage() {}
 
 func (x *GetTraceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_traces_proto_msgTypes[4]
+	mi := &file_gantry_v1_traces_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +602,7 @@ func (x *GetTraceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTraceRequest.ProtoReflect.Descriptor instead.
 func (*GetTraceRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{4}
+	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetTraceRequest) GetTraceId() []byte {
@@ -473,7 +623,7 @@ type Trace struct {
 
 func (x *Trace) Reset() {
 	*x = Trace{}
-	mi := &file_gantry_v1_traces_proto_msgTypes[5]
+	mi := &file_gantry_v1_traces_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +635,7 @@ func (x *Trace) String() string {
 func (*Trace) ProtoMessage() {}
 
 func (x *Trace) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_traces_proto_msgTypes[5]
+	mi := &file_gantry_v1_traces_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +648,7 @@ func (x *Trace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Trace.ProtoReflect.Descriptor instead.
 func (*Trace) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{5}
+	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Trace) GetTraceId() []byte {
@@ -528,7 +678,7 @@ type EndpointStatsRequest struct {
 
 func (x *EndpointStatsRequest) Reset() {
 	*x = EndpointStatsRequest{}
-	mi := &file_gantry_v1_traces_proto_msgTypes[6]
+	mi := &file_gantry_v1_traces_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -540,7 +690,7 @@ func (x *EndpointStatsRequest) String() string {
 func (*EndpointStatsRequest) ProtoMessage() {}
 
 func (x *EndpointStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_traces_proto_msgTypes[6]
+	mi := &file_gantry_v1_traces_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -553,7 +703,7 @@ func (x *EndpointStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointStatsRequest.ProtoReflect.Descriptor instead.
 func (*EndpointStatsRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{6}
+	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EndpointStatsRequest) GetService() string {
@@ -588,7 +738,7 @@ type EndpointStats struct {
 
 func (x *EndpointStats) Reset() {
 	*x = EndpointStats{}
-	mi := &file_gantry_v1_traces_proto_msgTypes[7]
+	mi := &file_gantry_v1_traces_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +750,7 @@ func (x *EndpointStats) String() string {
 func (*EndpointStats) ProtoMessage() {}
 
 func (x *EndpointStats) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_traces_proto_msgTypes[7]
+	mi := &file_gantry_v1_traces_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +763,7 @@ func (x *EndpointStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointStats.ProtoReflect.Descriptor instead.
 func (*EndpointStats) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{7}
+	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EndpointStats) GetService() string {
@@ -684,7 +834,7 @@ type EndpointStatsResponse struct {
 
 func (x *EndpointStatsResponse) Reset() {
 	*x = EndpointStatsResponse{}
-	mi := &file_gantry_v1_traces_proto_msgTypes[8]
+	mi := &file_gantry_v1_traces_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -696,7 +846,7 @@ func (x *EndpointStatsResponse) String() string {
 func (*EndpointStatsResponse) ProtoMessage() {}
 
 func (x *EndpointStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_traces_proto_msgTypes[8]
+	mi := &file_gantry_v1_traces_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -709,7 +859,7 @@ func (x *EndpointStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointStatsResponse.ProtoReflect.Descriptor instead.
 func (*EndpointStatsResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{8}
+	return file_gantry_v1_traces_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EndpointStatsResponse) GetWindow() *durationpb.Duration {
@@ -740,7 +890,7 @@ const file_gantry_v1_traces_proto_rawDesc = "" +
 	"CODE_UNSET\x10\x00\x12\v\n" +
 	"\aCODE_OK\x10\x01\x12\x0e\n" +
 	"\n" +
-	"CODE_ERROR\x10\x02\"\xc6\x03\n" +
+	"CODE_ERROR\x10\x02\"\xc0\x05\n" +
 	"\x04Span\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\fR\atraceId\x12\x17\n" +
 	"\aspan_id\x18\x02 \x01(\fR\x06spanId\x12$\n" +
@@ -754,6 +904,30 @@ const file_gantry_v1_traces_proto_rawDesc = "" +
 	"\n" +
 	"attributes\x18\n" +
 	" \x03(\v2\x1f.gantry.v1.Span.AttributesEntryR\n" +
+	"attributes\x12X\n" +
+	"\x13resource_attributes\x18\v \x03(\v2'.gantry.v1.Span.ResourceAttributesEntryR\x12resourceAttributes\x12,\n" +
+	"\x06events\x18\f \x03(\v2\x14.gantry.v1.SpanEventR\x06events\x12)\n" +
+	"\x05links\x18\r \x03(\v2\x13.gantry.v1.SpanLinkR\x05links\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aE\n" +
+	"\x17ResourceAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd4\x01\n" +
+	"\tSpanEvent\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12D\n" +
+	"\n" +
+	"attributes\x18\x03 \x03(\v2$.gantry.v1.SpanEvent.AttributesEntryR\n" +
+	"attributes\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc2\x01\n" +
+	"\bSpanLink\x12\x19\n" +
+	"\btrace_id\x18\x01 \x01(\fR\atraceId\x12\x17\n" +
+	"\aspan_id\x18\x02 \x01(\fR\x06spanId\x12C\n" +
+	"\n" +
+	"attributes\x18\x03 \x03(\v2#.gantry.v1.SpanLink.AttributesEntryR\n" +
 	"attributes\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -809,50 +983,61 @@ func file_gantry_v1_traces_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_v1_traces_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_v1_traces_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_gantry_v1_traces_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_gantry_v1_traces_proto_goTypes = []any{
 	(SpanKind)(0),                 // 0: gantry.v1.SpanKind
 	(SpanStatus_Code)(0),          // 1: gantry.v1.SpanStatus.Code
 	(*SpanStatus)(nil),            // 2: gantry.v1.SpanStatus
 	(*Span)(nil),                  // 3: gantry.v1.Span
-	(*IngestRequest)(nil),         // 4: gantry.v1.IngestRequest
-	(*IngestResponse)(nil),        // 5: gantry.v1.IngestResponse
-	(*GetTraceRequest)(nil),       // 6: gantry.v1.GetTraceRequest
-	(*Trace)(nil),                 // 7: gantry.v1.Trace
-	(*EndpointStatsRequest)(nil),  // 8: gantry.v1.EndpointStatsRequest
-	(*EndpointStats)(nil),         // 9: gantry.v1.EndpointStats
-	(*EndpointStatsResponse)(nil), // 10: gantry.v1.EndpointStatsResponse
-	nil,                           // 11: gantry.v1.Span.AttributesEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*SpanEvent)(nil),             // 4: gantry.v1.SpanEvent
+	(*SpanLink)(nil),              // 5: gantry.v1.SpanLink
+	(*IngestRequest)(nil),         // 6: gantry.v1.IngestRequest
+	(*IngestResponse)(nil),        // 7: gantry.v1.IngestResponse
+	(*GetTraceRequest)(nil),       // 8: gantry.v1.GetTraceRequest
+	(*Trace)(nil),                 // 9: gantry.v1.Trace
+	(*EndpointStatsRequest)(nil),  // 10: gantry.v1.EndpointStatsRequest
+	(*EndpointStats)(nil),         // 11: gantry.v1.EndpointStats
+	(*EndpointStatsResponse)(nil), // 12: gantry.v1.EndpointStatsResponse
+	nil,                           // 13: gantry.v1.Span.AttributesEntry
+	nil,                           // 14: gantry.v1.Span.ResourceAttributesEntry
+	nil,                           // 15: gantry.v1.SpanEvent.AttributesEntry
+	nil,                           // 16: gantry.v1.SpanLink.AttributesEntry
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
 }
 var file_gantry_v1_traces_proto_depIdxs = []int32{
 	1,  // 0: gantry.v1.SpanStatus.code:type_name -> gantry.v1.SpanStatus.Code
 	0,  // 1: gantry.v1.Span.kind:type_name -> gantry.v1.SpanKind
-	12, // 2: gantry.v1.Span.start:type_name -> google.protobuf.Timestamp
-	12, // 3: gantry.v1.Span.end:type_name -> google.protobuf.Timestamp
+	17, // 2: gantry.v1.Span.start:type_name -> google.protobuf.Timestamp
+	17, // 3: gantry.v1.Span.end:type_name -> google.protobuf.Timestamp
 	2,  // 4: gantry.v1.Span.status:type_name -> gantry.v1.SpanStatus
-	11, // 5: gantry.v1.Span.attributes:type_name -> gantry.v1.Span.AttributesEntry
-	3,  // 6: gantry.v1.IngestRequest.spans:type_name -> gantry.v1.Span
-	3,  // 7: gantry.v1.Trace.spans:type_name -> gantry.v1.Span
-	13, // 8: gantry.v1.EndpointStatsRequest.window:type_name -> google.protobuf.Duration
-	13, // 9: gantry.v1.EndpointStats.p50:type_name -> google.protobuf.Duration
-	13, // 10: gantry.v1.EndpointStats.p95:type_name -> google.protobuf.Duration
-	13, // 11: gantry.v1.EndpointStats.p99:type_name -> google.protobuf.Duration
-	13, // 12: gantry.v1.EndpointStats.max:type_name -> google.protobuf.Duration
-	13, // 13: gantry.v1.EndpointStatsResponse.window:type_name -> google.protobuf.Duration
-	9,  // 14: gantry.v1.EndpointStatsResponse.endpoints:type_name -> gantry.v1.EndpointStats
-	4,  // 15: gantry.v1.Traces.Ingest:input_type -> gantry.v1.IngestRequest
-	6,  // 16: gantry.v1.Traces.GetTrace:input_type -> gantry.v1.GetTraceRequest
-	8,  // 17: gantry.v1.Traces.EndpointStats:input_type -> gantry.v1.EndpointStatsRequest
-	5,  // 18: gantry.v1.Traces.Ingest:output_type -> gantry.v1.IngestResponse
-	7,  // 19: gantry.v1.Traces.GetTrace:output_type -> gantry.v1.Trace
-	10, // 20: gantry.v1.Traces.EndpointStats:output_type -> gantry.v1.EndpointStatsResponse
-	18, // [18:21] is the sub-list for method output_type
-	15, // [15:18] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	13, // 5: gantry.v1.Span.attributes:type_name -> gantry.v1.Span.AttributesEntry
+	14, // 6: gantry.v1.Span.resource_attributes:type_name -> gantry.v1.Span.ResourceAttributesEntry
+	4,  // 7: gantry.v1.Span.events:type_name -> gantry.v1.SpanEvent
+	5,  // 8: gantry.v1.Span.links:type_name -> gantry.v1.SpanLink
+	17, // 9: gantry.v1.SpanEvent.time:type_name -> google.protobuf.Timestamp
+	15, // 10: gantry.v1.SpanEvent.attributes:type_name -> gantry.v1.SpanEvent.AttributesEntry
+	16, // 11: gantry.v1.SpanLink.attributes:type_name -> gantry.v1.SpanLink.AttributesEntry
+	3,  // 12: gantry.v1.IngestRequest.spans:type_name -> gantry.v1.Span
+	3,  // 13: gantry.v1.Trace.spans:type_name -> gantry.v1.Span
+	18, // 14: gantry.v1.EndpointStatsRequest.window:type_name -> google.protobuf.Duration
+	18, // 15: gantry.v1.EndpointStats.p50:type_name -> google.protobuf.Duration
+	18, // 16: gantry.v1.EndpointStats.p95:type_name -> google.protobuf.Duration
+	18, // 17: gantry.v1.EndpointStats.p99:type_name -> google.protobuf.Duration
+	18, // 18: gantry.v1.EndpointStats.max:type_name -> google.protobuf.Duration
+	18, // 19: gantry.v1.EndpointStatsResponse.window:type_name -> google.protobuf.Duration
+	11, // 20: gantry.v1.EndpointStatsResponse.endpoints:type_name -> gantry.v1.EndpointStats
+	6,  // 21: gantry.v1.Traces.Ingest:input_type -> gantry.v1.IngestRequest
+	8,  // 22: gantry.v1.Traces.GetTrace:input_type -> gantry.v1.GetTraceRequest
+	10, // 23: gantry.v1.Traces.EndpointStats:input_type -> gantry.v1.EndpointStatsRequest
+	7,  // 24: gantry.v1.Traces.Ingest:output_type -> gantry.v1.IngestResponse
+	9,  // 25: gantry.v1.Traces.GetTrace:output_type -> gantry.v1.Trace
+	12, // 26: gantry.v1.Traces.EndpointStats:output_type -> gantry.v1.EndpointStatsResponse
+	24, // [24:27] is the sub-list for method output_type
+	21, // [21:24] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_gantry_v1_traces_proto_init() }
@@ -866,7 +1051,7 @@ func file_gantry_v1_traces_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_v1_traces_proto_rawDesc), len(file_gantry_v1_traces_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   10,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

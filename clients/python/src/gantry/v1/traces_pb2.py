@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gantry/v1/traces.proto\x12\tgantry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\nSpanStatus\x12(\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1a.gantry.v1.SpanStatus.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\"3\n\x04\x43ode\x12\x0e\n\nCODE_UNSET\x10\x00\x12\x0b\n\x07\x43ODE_OK\x10\x01\x12\x0e\n\nCODE_ERROR\x10\x02\"\xe6\x02\n\x04Span\x12\x10\n\x08trace_id\x18\x01 \x01(\x0c\x12\x0f\n\x07span_id\x18\x02 \x01(\x0c\x12\x16\n\x0eparent_span_id\x18\x03 \x01(\x0c\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12!\n\x04kind\x18\x06 \x01(\x0e\x32\x13.gantry.v1.SpanKind\x12)\n\x05start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06status\x18\t \x01(\x0b\x32\x15.gantry.v1.SpanStatus\x12\x33\n\nattributes\x18\n \x03(\x0b\x32\x1f.gantry.v1.Span.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\rIngestRequest\x12\x1e\n\x05spans\x18\x01 \x03(\x0b\x32\x0f.gantry.v1.Span\"D\n\x0eIngestResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x10\n\x08rejected\x18\x02 \x01(\r\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\"#\n\x0fGetTraceRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\x0c\"9\n\x05Trace\x12\x10\n\x08trace_id\x18\x01 \x01(\x0c\x12\x1e\n\x05spans\x18\x02 \x03(\x0b\x32\x0f.gantry.v1.Span\"R\n\x14\x45ndpointStatsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf1\x01\n\rEndpointStats\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12&\n\x03p50\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p95\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03max\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"o\n\x15\x45ndpointStatsResponse\x12)\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\tendpoints\x18\x02 \x03(\x0b\x32\x18.gantry.v1.EndpointStats*\x99\x01\n\x08SpanKind\x12\x19\n\x15SPAN_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12SPAN_KIND_INTERNAL\x10\x01\x12\x14\n\x10SPAN_KIND_SERVER\x10\x02\x12\x14\n\x10SPAN_KIND_CLIENT\x10\x03\x12\x16\n\x12SPAN_KIND_PRODUCER\x10\x04\x12\x16\n\x12SPAN_KIND_CONSUMER\x10\x05\x32\xd5\x01\n\x06Traces\x12=\n\x06Ingest\x12\x18.gantry.v1.IngestRequest\x1a\x19.gantry.v1.IngestResponse\x12\x38\n\x08GetTrace\x12\x1a.gantry.v1.GetTraceRequest\x1a\x10.gantry.v1.Trace\x12R\n\rEndpointStats\x12\x1f.gantry.v1.EndpointStatsRequest\x1a .gantry.v1.EndpointStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gantry/v1/traces.proto\x12\tgantry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\nSpanStatus\x12(\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1a.gantry.v1.SpanStatus.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\"3\n\x04\x43ode\x12\x0e\n\nCODE_UNSET\x10\x00\x12\x0b\n\x07\x43ODE_OK\x10\x01\x12\x0e\n\nCODE_ERROR\x10\x02\"\xb1\x04\n\x04Span\x12\x10\n\x08trace_id\x18\x01 \x01(\x0c\x12\x0f\n\x07span_id\x18\x02 \x01(\x0c\x12\x16\n\x0eparent_span_id\x18\x03 \x01(\x0c\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12!\n\x04kind\x18\x06 \x01(\x0e\x32\x13.gantry.v1.SpanKind\x12)\n\x05start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06status\x18\t \x01(\x0b\x32\x15.gantry.v1.SpanStatus\x12\x33\n\nattributes\x18\n \x03(\x0b\x32\x1f.gantry.v1.Span.AttributesEntry\x12\x44\n\x13resource_attributes\x18\x0b \x03(\x0b\x32\'.gantry.v1.Span.ResourceAttributesEntry\x12$\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x14.gantry.v1.SpanEvent\x12\"\n\x05links\x18\r \x03(\x0b\x32\x13.gantry.v1.SpanLink\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x39\n\x17ResourceAttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb0\x01\n\tSpanEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x38\n\nattributes\x18\x03 \x03(\x0b\x32$.gantry.v1.SpanEvent.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\x08SpanLink\x12\x10\n\x08trace_id\x18\x01 \x01(\x0c\x12\x0f\n\x07span_id\x18\x02 \x01(\x0c\x12\x37\n\nattributes\x18\x03 \x03(\x0b\x32#.gantry.v1.SpanLink.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\rIngestRequest\x12\x1e\n\x05spans\x18\x01 \x03(\x0b\x32\x0f.gantry.v1.Span\"D\n\x0eIngestResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x10\n\x08rejected\x18\x02 \x01(\r\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\"#\n\x0fGetTraceRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\x0c\"9\n\x05Trace\x12\x10\n\x08trace_id\x18\x01 \x01(\x0c\x12\x1e\n\x05spans\x18\x02 \x03(\x0b\x32\x0f.gantry.v1.Span\"R\n\x14\x45ndpointStatsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf1\x01\n\rEndpointStats\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12&\n\x03p50\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p95\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03max\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"o\n\x15\x45ndpointStatsResponse\x12)\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\tendpoints\x18\x02 \x03(\x0b\x32\x18.gantry.v1.EndpointStats*\x99\x01\n\x08SpanKind\x12\x19\n\x15SPAN_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12SPAN_KIND_INTERNAL\x10\x01\x12\x14\n\x10SPAN_KIND_SERVER\x10\x02\x12\x14\n\x10SPAN_KIND_CLIENT\x10\x03\x12\x16\n\x12SPAN_KIND_PRODUCER\x10\x04\x12\x16\n\x12SPAN_KIND_CONSUMER\x10\x05\x32\xd5\x01\n\x06Traces\x12=\n\x06Ingest\x12\x18.gantry.v1.IngestRequest\x1a\x19.gantry.v1.IngestResponse\x12\x38\n\x08GetTrace\x12\x1a.gantry.v1.GetTraceRequest\x1a\x10.gantry.v1.Trace\x12R\n\rEndpointStats\x12\x1f.gantry.v1.EndpointStatsRequest\x1a .gantry.v1.EndpointStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,30 +35,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SPAN_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_SPAN_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_SPANKIND']._serialized_start=1246
-  _globals['_SPANKIND']._serialized_end=1399
+  _globals['_SPAN_RESOURCEATTRIBUTESENTRY']._loaded_options = None
+  _globals['_SPAN_RESOURCEATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_SPANEVENT_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_SPANEVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_SPANLINK_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_SPANLINK_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_SPANKIND']._serialized_start=1784
+  _globals['_SPANKIND']._serialized_end=1937
   _globals['_SPANSTATUS']._serialized_start=102
   _globals['_SPANSTATUS']._serialized_end=226
   _globals['_SPANSTATUS_CODE']._serialized_start=175
   _globals['_SPANSTATUS_CODE']._serialized_end=226
   _globals['_SPAN']._serialized_start=229
-  _globals['_SPAN']._serialized_end=587
-  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_start=538
-  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_end=587
-  _globals['_INGESTREQUEST']._serialized_start=589
-  _globals['_INGESTREQUEST']._serialized_end=636
-  _globals['_INGESTRESPONSE']._serialized_start=638
-  _globals['_INGESTRESPONSE']._serialized_end=706
-  _globals['_GETTRACEREQUEST']._serialized_start=708
-  _globals['_GETTRACEREQUEST']._serialized_end=743
-  _globals['_TRACE']._serialized_start=745
-  _globals['_TRACE']._serialized_end=802
-  _globals['_ENDPOINTSTATSREQUEST']._serialized_start=804
-  _globals['_ENDPOINTSTATSREQUEST']._serialized_end=886
-  _globals['_ENDPOINTSTATS']._serialized_start=889
-  _globals['_ENDPOINTSTATS']._serialized_end=1130
-  _globals['_ENDPOINTSTATSRESPONSE']._serialized_start=1132
-  _globals['_ENDPOINTSTATSRESPONSE']._serialized_end=1243
-  _globals['_TRACES']._serialized_start=1402
-  _globals['_TRACES']._serialized_end=1615
+  _globals['_SPAN']._serialized_end=790
+  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_start=682
+  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_end=731
+  _globals['_SPAN_RESOURCEATTRIBUTESENTRY']._serialized_start=733
+  _globals['_SPAN_RESOURCEATTRIBUTESENTRY']._serialized_end=790
+  _globals['_SPANEVENT']._serialized_start=793
+  _globals['_SPANEVENT']._serialized_end=969
+  _globals['_SPANEVENT_ATTRIBUTESENTRY']._serialized_start=682
+  _globals['_SPANEVENT_ATTRIBUTESENTRY']._serialized_end=731
+  _globals['_SPANLINK']._serialized_start=972
+  _globals['_SPANLINK']._serialized_end=1125
+  _globals['_SPANLINK_ATTRIBUTESENTRY']._serialized_start=682
+  _globals['_SPANLINK_ATTRIBUTESENTRY']._serialized_end=731
+  _globals['_INGESTREQUEST']._serialized_start=1127
+  _globals['_INGESTREQUEST']._serialized_end=1174
+  _globals['_INGESTRESPONSE']._serialized_start=1176
+  _globals['_INGESTRESPONSE']._serialized_end=1244
+  _globals['_GETTRACEREQUEST']._serialized_start=1246
+  _globals['_GETTRACEREQUEST']._serialized_end=1281
+  _globals['_TRACE']._serialized_start=1283
+  _globals['_TRACE']._serialized_end=1340
+  _globals['_ENDPOINTSTATSREQUEST']._serialized_start=1342
+  _globals['_ENDPOINTSTATSREQUEST']._serialized_end=1424
+  _globals['_ENDPOINTSTATS']._serialized_start=1427
+  _globals['_ENDPOINTSTATS']._serialized_end=1668
+  _globals['_ENDPOINTSTATSRESPONSE']._serialized_start=1670
+  _globals['_ENDPOINTSTATSRESPONSE']._serialized_end=1781
+  _globals['_TRACES']._serialized_start=1940
+  _globals['_TRACES']._serialized_end=2153
 # @@protoc_insertion_point(module_scope)

@@ -151,9 +151,47 @@ export interface Span {
     | undefined;
   /** Attributes as strings. */
   attributes: { [key: string]: string };
+  /**
+   * The resource's attributes (OTLP: every resource attribute, service.name
+   * included; its value is `service` too).
+   */
+  resourceAttributes: { [key: string]: string };
+  /** Timed events within the span (exceptions, log points), in order. */
+  events: SpanEvent[];
+  /** Links to other spans (a batch's producers, a retried request). */
+  links: SpanLink[];
 }
 
 export interface Span_AttributesEntry {
+  key: string;
+  value: string;
+}
+
+export interface Span_ResourceAttributesEntry {
+  key: string;
+  value: string;
+}
+
+export interface SpanEvent {
+  time?: Date | undefined;
+  name: string;
+  attributes: { [key: string]: string };
+}
+
+export interface SpanEvent_AttributesEntry {
+  key: string;
+  value: string;
+}
+
+export interface SpanLink {
+  /** 16 bytes, not all zero. */
+  traceId: Buffer;
+  /** 8 bytes, not all zero. */
+  spanId: Buffer;
+  attributes: { [key: string]: string };
+}
+
+export interface SpanLink_AttributesEntry {
   key: string;
   value: string;
 }
@@ -315,6 +353,9 @@ function createBaseSpan(): Span {
     end: undefined,
     status: undefined,
     attributes: {},
+    resourceAttributes: {},
+    events: [],
+    links: [],
   };
 }
 
@@ -350,6 +391,15 @@ export const Span: MessageFns<Span> = {
     globalThis.Object.entries(message.attributes).forEach(([key, value]: [string, string]) => {
       Span_AttributesEntry.encode({ key: key as any, value }, writer.uint32(82).fork()).join();
     });
+    globalThis.Object.entries(message.resourceAttributes).forEach(([key, value]: [string, string]) => {
+      Span_ResourceAttributesEntry.encode({ key: key as any, value }, writer.uint32(90).fork()).join();
+    });
+    for (const v of message.events) {
+      SpanEvent.encode(v!, writer.uint32(98).fork()).join();
+    }
+    for (const v of message.links) {
+      SpanLink.encode(v!, writer.uint32(106).fork()).join();
+    }
     return writer;
   },
 
@@ -449,6 +499,33 @@ export const Span: MessageFns<Span> = {
             }
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            const entry11 = Span_ResourceAttributesEntry.decode(reader, reader.uint32());
+            if (entry11.value !== undefined) {
+              message.resourceAttributes[entry11.key] = entry11.value;
+            }
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.events.push(SpanEvent.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.links.push(SpanLink.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -498,6 +575,37 @@ export const Span: MessageFns<Span> = {
           {},
         )
         : {},
+      resourceAttributes: isObject(object.resourceAttributes)
+        ? (globalThis.Object.entries(object.resourceAttributes) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.resource_attributes)
+        ? (globalThis.Object.entries(object.resource_attributes) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      events: globalThis.Array.isArray(object?.events)
+        ? object.events.map((e: any) => SpanEvent.fromJSON(e))
+        : [],
+      links: globalThis.Array.isArray(object?.links) ? object.links.map((e: any) => SpanLink.fromJSON(e)) : [],
     };
   },
 
@@ -539,6 +647,21 @@ export const Span: MessageFns<Span> = {
         });
       }
     }
+    if (message.resourceAttributes) {
+      const entries = globalThis.Object.entries(message.resourceAttributes) as [string, string][];
+      if (entries.length > 0) {
+        obj.resourceAttributes = {};
+        entries.forEach(([k, v]) => {
+          obj.resourceAttributes[k] = v;
+        });
+      }
+    }
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => SpanEvent.toJSON(e));
+    }
+    if (message.links?.length) {
+      obj.links = message.links.map((e) => SpanLink.toJSON(e));
+    }
     return obj;
   },
 
@@ -567,6 +690,15 @@ export const Span: MessageFns<Span> = {
       },
       {},
     );
+    message.resourceAttributes = (globalThis.Object.entries(object.resourceAttributes ?? {}) as [string, string][])
+      .reduce((acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      }, {});
+    message.events = object.events?.map((e) => SpanEvent.fromPartial(e)) || [];
+    message.links = object.links?.map((e) => SpanLink.fromPartial(e)) || [];
     return message;
   },
 };
@@ -650,6 +782,531 @@ export const Span_AttributesEntry: MessageFns<Span_AttributesEntry> = {
   },
   fromPartial<I extends Exact<DeepPartial<Span_AttributesEntry>, I>>(object: I): Span_AttributesEntry {
     const message = createBaseSpan_AttributesEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseSpan_ResourceAttributesEntry(): Span_ResourceAttributesEntry {
+  return { key: "", value: "" };
+}
+
+export const Span_ResourceAttributesEntry: MessageFns<Span_ResourceAttributesEntry> = {
+  encode(message: Span_ResourceAttributesEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Span_ResourceAttributesEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSpan_ResourceAttributesEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Span_ResourceAttributesEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: Span_ResourceAttributesEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Span_ResourceAttributesEntry>, I>>(base?: I): Span_ResourceAttributesEntry {
+    return Span_ResourceAttributesEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Span_ResourceAttributesEntry>, I>>(object: I): Span_ResourceAttributesEntry {
+    const message = createBaseSpan_ResourceAttributesEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseSpanEvent(): SpanEvent {
+  return { time: undefined, name: "", attributes: {} };
+}
+
+export const SpanEvent: MessageFns<SpanEvent> = {
+  encode(message: SpanEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(10).fork()).join();
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    globalThis.Object.entries(message.attributes).forEach(([key, value]: [string, string]) => {
+      SpanEvent_AttributesEntry.encode({ key: key as any, value }, writer.uint32(26).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SpanEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSpanEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            const entry3 = SpanEvent_AttributesEntry.decode(reader, reader.uint32());
+            if (entry3.value !== undefined) {
+              message.attributes[entry3.key] = entry3.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SpanEvent {
+    return {
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      attributes: isObject(object.attributes)
+        ? (globalThis.Object.entries(object.attributes) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: SpanEvent): unknown {
+    const obj: any = {};
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.attributes) {
+      const entries = globalThis.Object.entries(message.attributes) as [string, string][];
+      if (entries.length > 0) {
+        obj.attributes = {};
+        entries.forEach(([k, v]) => {
+          obj.attributes[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SpanEvent>, I>>(base?: I): SpanEvent {
+    return SpanEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SpanEvent>, I>>(object: I): SpanEvent {
+    const message = createBaseSpanEvent();
+    message.time = object.time ?? undefined;
+    message.name = object.name ?? "";
+    message.attributes = (globalThis.Object.entries(object.attributes ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseSpanEvent_AttributesEntry(): SpanEvent_AttributesEntry {
+  return { key: "", value: "" };
+}
+
+export const SpanEvent_AttributesEntry: MessageFns<SpanEvent_AttributesEntry> = {
+  encode(message: SpanEvent_AttributesEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SpanEvent_AttributesEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSpanEvent_AttributesEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SpanEvent_AttributesEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: SpanEvent_AttributesEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SpanEvent_AttributesEntry>, I>>(base?: I): SpanEvent_AttributesEntry {
+    return SpanEvent_AttributesEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SpanEvent_AttributesEntry>, I>>(object: I): SpanEvent_AttributesEntry {
+    const message = createBaseSpanEvent_AttributesEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseSpanLink(): SpanLink {
+  return { traceId: Buffer.alloc(0), spanId: Buffer.alloc(0), attributes: {} };
+}
+
+export const SpanLink: MessageFns<SpanLink> = {
+  encode(message: SpanLink, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.traceId.length !== 0) {
+      writer.uint32(10).bytes(message.traceId);
+    }
+    if (message.spanId.length !== 0) {
+      writer.uint32(18).bytes(message.spanId);
+    }
+    globalThis.Object.entries(message.attributes).forEach(([key, value]: [string, string]) => {
+      SpanLink_AttributesEntry.encode({ key: key as any, value }, writer.uint32(26).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SpanLink {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSpanLink();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.traceId = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.spanId = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            const entry3 = SpanLink_AttributesEntry.decode(reader, reader.uint32());
+            if (entry3.value !== undefined) {
+              message.attributes[entry3.key] = entry3.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SpanLink {
+    return {
+      traceId: isSet(object.traceId)
+        ? Buffer.from(bytesFromBase64(object.traceId))
+        : isSet(object.trace_id)
+        ? Buffer.from(bytesFromBase64(object.trace_id))
+        : Buffer.alloc(0),
+      spanId: isSet(object.spanId)
+        ? Buffer.from(bytesFromBase64(object.spanId))
+        : isSet(object.span_id)
+        ? Buffer.from(bytesFromBase64(object.span_id))
+        : Buffer.alloc(0),
+      attributes: isObject(object.attributes)
+        ? (globalThis.Object.entries(object.attributes) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: SpanLink): unknown {
+    const obj: any = {};
+    if (message.traceId.length !== 0) {
+      obj.traceId = base64FromBytes(message.traceId);
+    }
+    if (message.spanId.length !== 0) {
+      obj.spanId = base64FromBytes(message.spanId);
+    }
+    if (message.attributes) {
+      const entries = globalThis.Object.entries(message.attributes) as [string, string][];
+      if (entries.length > 0) {
+        obj.attributes = {};
+        entries.forEach(([k, v]) => {
+          obj.attributes[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SpanLink>, I>>(base?: I): SpanLink {
+    return SpanLink.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SpanLink>, I>>(object: I): SpanLink {
+    const message = createBaseSpanLink();
+    message.traceId = object.traceId ?? Buffer.alloc(0);
+    message.spanId = object.spanId ?? Buffer.alloc(0);
+    message.attributes = (globalThis.Object.entries(object.attributes ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseSpanLink_AttributesEntry(): SpanLink_AttributesEntry {
+  return { key: "", value: "" };
+}
+
+export const SpanLink_AttributesEntry: MessageFns<SpanLink_AttributesEntry> = {
+  encode(message: SpanLink_AttributesEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SpanLink_AttributesEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSpanLink_AttributesEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SpanLink_AttributesEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: SpanLink_AttributesEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SpanLink_AttributesEntry>, I>>(base?: I): SpanLink_AttributesEntry {
+    return SpanLink_AttributesEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SpanLink_AttributesEntry>, I>>(object: I): SpanLink_AttributesEntry {
+    const message = createBaseSpanLink_AttributesEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
     return message;
