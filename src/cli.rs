@@ -49,6 +49,9 @@ pub enum Command {
     },
     /// Ask a running gantry whether it is SERVING (exit 0) or not (non-zero).
     Health(HealthArgs),
+    /// Show a rate-limit bucket (`gantry bucket api customer-1`) or the
+    /// hottest keys of a limit (`gantry bucket api --hot 10`).
+    Bucket(BucketArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,12 +76,19 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// Server address [default: GANTRY_LISTEN if set, else 127.0.0.1:7070].
-    #[arg(long, value_name = "ADDR")]
-    pub addr: Option<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Service to ask about; empty means the whole server.
     #[arg(long, value_name = "NAME", default_value = "")]
     pub service: String,
+}
+
+/// How a command reaches a running gantry.
+#[derive(Debug, Args, Clone)]
+pub struct ConnectArgs {
+    /// Server address [default: GANTRY_LISTEN if set, else 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
     /// How long to wait for the answer.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -99,9 +109,23 @@ pub struct HealthArgs {
     pub token_file: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct BucketArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The limit.
+    pub limit: String,
+    /// The key whose bucket to show.
+    #[arg(required_unless_present = "hot")]
+    pub key: Option<String>,
+    /// Instead: the N most spent buckets of the limit.
+    #[arg(long, value_name = "N", conflicts_with = "key")]
+    pub hot: Option<u32>,
+}
+
 /// The TLS settings of `gantry health`, read from the files it names.
 fn health_tls(
-    args: &HealthArgs,
+    args: &ConnectArgs,
     target: &str,
 ) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -191,67 +215,88 @@ pub fn health_target(addr: Option<&str>, env: &BTreeMap<String, String>) -> Stri
 }
 
 /// `gantry health`: exit 0 only for SERVING.
+/// A channel to a running gantry and the token to send, or the exit code
+/// after saying what is wrong.
+async fn connect(
+    args: &ConnectArgs,
+    env: &BTreeMap<String, String>,
+) -> Result<
+    (
+        tonic::transport::Channel,
+        Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ),
+    i32,
+> {
+    let mut target = health_target(args.addr.as_deref(), env);
+    let tls = health_tls(args, &target.replacen("http://", "https://", 1)).map_err(|e| {
+        eprintln!("gantry: {e}");
+        exit::CONFIG
+    })?;
+    if tls.is_some() {
+        target = target.replacen("http://", "https://", 1);
+    }
+    let endpoint = tonic::transport::Endpoint::from_shared(target.clone())
+        .map_err(|e| {
+            eprintln!("gantry: invalid --addr {target:?}: {e}");
+            exit::CONFIG
+        })?
+        .connect_timeout(args.timeout)
+        .timeout(args.timeout);
+    let endpoint = match tls {
+        None => endpoint,
+        Some(tls) => endpoint.tls_config(tls).map_err(|e| {
+            eprintln!("gantry: unusable TLS settings: {e}");
+            exit::CONFIG
+        })?,
+    };
+    let token = match &args.token_file {
+        None => None,
+        Some(path) => {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                eprintln!("gantry: cannot read --token-file {}: {e}", path.display());
+                exit::CONFIG
+            })?;
+            Some(format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                eprintln!("gantry: the --token-file token is not valid metadata");
+                exit::CONFIG
+            })?)
+        }
+    };
+    let channel = endpoint.connect().await.map_err(|e| {
+        eprintln!("gantry: cannot connect to {target}: {e}");
+        exit::CONFIG
+    })?;
+    Ok((channel, token))
+}
+
+/// A request with the token, when there is one.
+fn with_token<T>(
+    message: T,
+    token: &Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+    }
+    request
+}
+
 pub async fn health(args: &HealthArgs, env: &BTreeMap<String, String>) -> i32 {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-    let mut target = health_target(args.addr.as_deref(), env);
-    let tls = match health_tls(args, &target.replacen("http://", "https://", 1)) {
-        Ok(tls) => tls,
-        Err(e) => {
-            eprintln!("gantry: {e}");
-            return exit::CONFIG;
-        }
+    let (channel, token) = match connect(&args.connect, env).await {
+        Ok(connected) => connected,
+        Err(code) => return code,
     };
-    if tls.is_some() {
-        target = target.replacen("http://", "https://", 1);
-    }
-    let endpoint = match tonic::transport::Endpoint::from_shared(target.clone()) {
-        Ok(endpoint) => endpoint.connect_timeout(args.timeout).timeout(args.timeout),
-        Err(e) => {
-            eprintln!("gantry: invalid --addr {target:?}: {e}");
-            return exit::CONFIG;
-        }
-    };
-    let endpoint = match tls.map(|tls| endpoint.clone().tls_config(tls)) {
-        None => endpoint,
-        Some(Ok(endpoint)) => endpoint,
-        Some(Err(e)) => {
-            eprintln!("gantry: unusable TLS settings: {e}");
-            return exit::CONFIG;
-        }
-    };
-    let token = match &args.token_file {
-        None => None,
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(token) => Some(format!("Bearer {}", token.trim())),
-            Err(e) => {
-                eprintln!("gantry: cannot read --token-file {}: {e}", path.display());
-                return exit::CONFIG;
-            }
+    let request = with_token(
+        HealthCheckRequest {
+            service: args.service.clone(),
         },
-    };
-    let channel = match endpoint.connect().await {
-        Ok(channel) => channel,
-        Err(e) => {
-            eprintln!("gantry: cannot connect to {target}: {e}");
-            return exit::CONFIG;
-        }
-    };
-    let mut request = tonic::Request::new(HealthCheckRequest {
-        service: args.service.clone(),
-    });
-    if let Some(token) = token {
-        match token.parse() {
-            Ok(value) => {
-                request.metadata_mut().insert("authorization", value);
-            }
-            Err(_) => {
-                eprintln!("gantry: the --token-file token is not valid metadata");
-                return exit::CONFIG;
-            }
-        }
-    }
+        &token,
+    );
     match HealthClient::new(channel).check(request).await {
         Ok(resp) => {
             let status = resp.into_inner().status();
@@ -382,6 +427,76 @@ fn spawn_signal_handler(
         std::process::exit(exit::FORCED);
     });
     Ok(())
+}
+
+/// Seconds with millisecond precision, as an operator reads them.
+fn secs(d: Option<&prost_types::Duration>) -> String {
+    d.map_or_else(
+        || "-".to_string(),
+        |d| format!("{:.3}s", d.seconds as f64 + f64::from(d.nanos) / 1e9),
+    )
+}
+
+fn bucket_line(b: &crate::proto::gantry::v1::BucketState) -> String {
+    format!(
+        "{}/{}: {} of {} tokens, next token in {}, full in {}, {} waiting",
+        b.limit,
+        b.key,
+        b.tokens,
+        b.burst,
+        secs(b.next_token.as_ref()),
+        secs(b.full_in.as_ref()),
+        b.waiters
+    )
+}
+
+/// `gantry bucket LIMIT KEY` / `gantry bucket LIMIT --hot N`.
+pub async fn bucket(args: &BucketArgs, env: &BTreeMap<String, String>) -> i32 {
+    use crate::proto::gantry::v1 as pb;
+    let (channel, token) = match connect(&args.connect, env).await {
+        Ok(connected) => connected,
+        Err(code) => return code,
+    };
+    let mut client = pb::rate_limiter_client::RateLimiterClient::new(channel);
+    let answer = match (&args.key, args.hot) {
+        (_, Some(count)) => client
+            .hot_keys(with_token(
+                pb::HotKeysRequest {
+                    limit: args.limit.clone(),
+                    count,
+                },
+                &token,
+            ))
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                for b in &r.buckets {
+                    println!("{}", bucket_line(b));
+                }
+                println!(
+                    "({} of {} buckets that owe tokens)",
+                    r.buckets.len(),
+                    r.scanned
+                );
+            }),
+        (key, None) => client
+            .inspect_bucket(with_token(
+                pb::InspectBucketRequest {
+                    limit: args.limit.clone(),
+                    key: key.clone().unwrap_or_default(),
+                },
+                &token,
+            ))
+            .await
+            .map(|r| println!("{}", bucket_line(&r.into_inner()))),
+    };
+    match answer {
+        Ok(()) => exit::OK,
+        Err(status) => {
+            eprintln!("gantry: {:?}: {}", status.code(), status.message());
+            exit::HEALTH_RPC_FAILED
+        }
+    }
 }
 
 #[cfg(test)]

@@ -177,6 +177,7 @@ impl From<RateLimitError> for ApiError {
                 ApiError::ResourceExhausted(err.to_string())
             }
             RateLimitError::StoreUnavailable { .. } => ApiError::Unavailable(err.to_string()),
+            RateLimitError::NotHere(message) => ApiError::FailedPrecondition(message),
             RateLimitError::Internal(_) => ApiError::Internal(err.to_string()),
         }
     }

@@ -45,6 +45,9 @@ pub enum RateLimitError {
     /// `ratelimit.store_failure = "closed"`.
     #[error("cannot decide limit {limit:?}: {cause} (ratelimit.store_failure = \"closed\")")]
     StoreUnavailable { limit: String, cause: String },
+    /// Asked of a backend that cannot answer it (hot keys on Redis Cluster).
+    #[error("{0}")]
+    NotHere(String),
     #[error("internal rate-limiter error: {0}")]
     Internal(String),
 }

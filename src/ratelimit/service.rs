@@ -271,6 +271,43 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
         Ok(Response::new(response))
     }
 
+    async fn inspect_bucket(
+        &self,
+        request: Request<pb::InspectBucketRequest>,
+    ) -> Result<Response<pb::BucketState>, Status> {
+        let r = request.get_ref();
+        Caller::of(&request)?.may(Area::RateLimit, &r.limit)?;
+        let view = self
+            .limiter
+            .inspect(&r.limit, &r.key)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::debug!(limit = %r.limit, tokens = view.tokens, "ratelimit.inspect_bucket");
+        Ok(Response::new(bucket_state(&r.limit, view)))
+    }
+
+    async fn hot_keys(
+        &self,
+        request: Request<pb::HotKeysRequest>,
+    ) -> Result<Response<pb::HotKeysResponse>, Status> {
+        let r = request.get_ref();
+        Caller::of(&request)?.may(Area::RateLimit, &r.limit)?;
+        let count = if r.count == 0 { 10 } else { r.count as usize };
+        let (views, scanned) = self
+            .limiter
+            .hottest(&r.limit, count)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::debug!(limit = %r.limit, scanned, listed = views.len(), "ratelimit.hot_keys");
+        Ok(Response::new(pb::HotKeysResponse {
+            buckets: views
+                .into_iter()
+                .map(|v| bucket_state(&r.limit, v))
+                .collect(),
+            scanned: scanned as u64,
+        }))
+    }
+
     async fn list_limits(
         &self,
         request: Request<pb::ListLimitsRequest>,
@@ -316,5 +353,18 @@ impl pb::rate_limiter_server::RateLimiter for RateLimiterService {
                 .map(|l| l.name.clone())
                 .unwrap_or_default(),
         }))
+    }
+}
+
+/// A bucket as the API shows it.
+fn bucket_state(limit: &str, v: super::limiter::inspect::BucketView) -> pb::BucketState {
+    pb::BucketState {
+        limit: limit.to_string(),
+        key: v.key,
+        tokens: v.tokens,
+        burst: v.burst,
+        next_token: v.next_token_in.map(duration_to_pb),
+        full_in: Some(duration_to_pb(v.full_in)),
+        waiters: u32::try_from(v.waiters).unwrap_or(u32::MAX),
     }
 }

@@ -185,6 +185,49 @@ impl RedisStore {
         result.map_err(|e| self.failed(e))
     }
 
+    /// Up to `max` keys that start with `prefix` (SCAN; glob characters in
+    /// the prefix are escaped). On one server only: Redis Cluster spreads
+    /// keys over nodes, which this client cannot scan as one.
+    pub async fn scan_prefix(
+        &self,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<String>, RedisStoreError> {
+        if self.is_cluster() {
+            return Err(RedisStoreError::Refused(
+                "scanning keys is not available on Redis Cluster (ask for one key instead)".into(),
+            ));
+        }
+        let mut pattern = String::with_capacity(prefix.len() + 8);
+        for c in prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .command(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 || keys.len() >= max {
+                keys.truncate(max);
+                return Ok(keys);
+            }
+        }
+    }
+
     /// Sends one command.
     pub async fn command<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisStoreError> {
         let Some(connection) = self.inner.connection.load_full() else {

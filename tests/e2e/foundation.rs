@@ -421,14 +421,16 @@ async fn gantry_health_exits_zero_when_serving_and_four_when_not() {
     let server = TestServer::start().await;
     let env = std::collections::BTreeMap::new();
     let args = |service: &str| HealthArgs {
-        addr: Some(server.grpc.to_string()),
+        connect: gantry::cli::ConnectArgs {
+            addr: Some(server.grpc.to_string()),
+            timeout: Duration::from_secs(3),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+            token_file: None,
+        },
         service: service.to_string(),
-        timeout: Duration::from_secs(3),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        server_name: None,
-        token_file: None,
     };
     assert_eq!(health(&args(""), &env).await, exit::OK);
     assert_eq!(health(&args("gantry.v1.Cache"), &env).await, exit::OK);

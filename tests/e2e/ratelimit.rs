@@ -1085,3 +1085,95 @@ async fn calls_beyond_the_per_connection_limit_wait_for_a_free_slot() {
     );
     server.stop().await.unwrap();
 }
+
+crate::on_every_backend! {
+cluster async fn inspect_a_bucket_and_list_the_hottest_keys(backend: Backend) {
+    // One token a minute: nothing refills while the test looks.
+    let (server, mut rl) = start(
+        &backend,
+        vec![limit("api", 1, Duration::from_secs(60), 5)],
+        |_| {},
+    )
+    .await;
+    let take = |key: &str, tokens: u64| pb::AcquireRequest {
+        tokens,
+        ..acquire("api", key)
+    };
+    rl.acquire(take("customer-a", 3)).await.unwrap();
+    rl.acquire(take("customer-b", 1)).await.unwrap();
+    let inspect = |key: &str| pb::InspectBucketRequest {
+        limit: "api".into(),
+        key: key.into(),
+    };
+    let a = rl.inspect_bucket(inspect("customer-a")).await.unwrap().into_inner();
+    assert_eq!((a.limit.as_str(), a.key.as_str()), ("api", "customer-a"));
+    assert_eq!((a.tokens, a.burst, a.waiters), (2, 5, 0));
+    let next = a.next_token.unwrap();
+    assert!(next.seconds <= 60 && (next.seconds, next.nanos) != (0, 0), "{next:?}");
+    assert!((170..=180).contains(&a.full_in.unwrap().seconds), "{:?}", a.full_in);
+    // Looking takes nothing.
+    let again = rl.inspect_bucket(inspect("customer-a")).await.unwrap().into_inner();
+    assert_eq!(again.tokens, 2);
+    // A key never used is a full bucket.
+    let fresh = rl.inspect_bucket(inspect("customer-z")).await.unwrap().into_inner();
+    assert_eq!((fresh.tokens, fresh.next_token), (5, None));
+    // A waiter shows.
+    rl.acquire(take("customer-a", 2)).await.unwrap();
+    let mut waiting = rl.clone();
+    let waiter = tokio::spawn(async move {
+        waiting
+            .acquire(pb::AcquireRequest {
+                max_wait: Some(pb_duration(Duration::from_secs(3))),
+                ..acquire("api", "customer-a")
+            })
+            .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let a = rl.inspect_bucket(inspect("customer-a")).await.unwrap().into_inner();
+        if a.waiters == 1 {
+            assert_eq!(a.tokens, 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the waiter never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    waiter.abort();
+
+    let hot = |count: u32| pb::HotKeysRequest {
+        limit: "api".into(),
+        count,
+    };
+    let listed = rl.hot_keys(hot(10)).await;
+    if matches!(backend, Backend::RedisCluster { .. }) {
+        let status = listed.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("Redis Cluster"), "{status:?}");
+    } else {
+        let listed = listed.unwrap().into_inner();
+        let keys: Vec<&str> = listed.buckets.iter().map(|b| b.key.as_str()).collect();
+        assert_eq!(keys, vec!["customer-a", "customer-b"], "most spent first");
+        assert!(listed.scanned >= 2);
+        let top = rl.hot_keys(hot(1)).await.unwrap().into_inner();
+        assert_eq!(top.buckets.len(), 1);
+        assert_eq!(top.buckets[0].key, "customer-a");
+    }
+    let unknown = rl
+        .inspect_bucket(pb::InspectBucketRequest {
+            limit: "nope".into(),
+            key: "k".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let unknown = rl
+        .hot_keys(pb::HotKeysRequest {
+            limit: "nope".into(),
+            count: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    server.stop().await.unwrap();
+}
+}

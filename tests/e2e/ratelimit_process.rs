@@ -554,3 +554,60 @@ async fn envoy_answers_as_gantry_decides(tls: bool) {
     gantry.signal("TERM");
     assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
 }
+
+/// `gantry bucket`: what an operator runs first during an incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gantry_bucket_shows_a_bucket_and_the_hottest_keys() {
+    let cwd = tempfile::tempdir().unwrap();
+    let config = cwd.path().join("gantry.toml");
+    std::fs::write(
+        &config,
+        "[[ratelimit.limits]]\nname = \"api\"\nrate = 1\nperiod = \"1m\"\nburst = 4\n",
+    )
+    .unwrap();
+    let mut gantry = spawn_with_config(cwd.path(), &config, "0s");
+    let (grpc, _) = gantry.wait_until_listening();
+    let mut client = RateLimiterClient::new(connect(grpc).await);
+    for (key, tokens) in [("customer-a", 3), ("customer-b", 1)] {
+        client
+            .acquire(pb::AcquireRequest {
+                limit: "api".into(),
+                key: key.into(),
+                tokens,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let addr = grpc.to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(crate::common::gantry_bin())
+            .args(["bucket", "--addr", &addr])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run(&["api", "customer-a"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("api/customer-a: 1 of 4 tokens, next token in "),
+        "{out}"
+    );
+    assert!(out.contains("0 waiting"), "{out}");
+    let (code, out, err) = run(&["api", "--hot", "5"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("api/customer-a: 1 of 4"), "{out}");
+    assert!(lines[1].starts_with("api/customer-b: 3 of 4"), "{out}");
+    assert_eq!(lines[2], "(2 of 2 buckets that owe tokens)");
+    let (code, _, err) = run(&["nope", "k"]);
+    assert_eq!(code, Some(3));
+    assert!(err.contains("NotFound") && err.contains("nope"), "{err}");
+    gantry.signal("TERM");
+    assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
+}

@@ -27,6 +27,7 @@ use crate::ratelimit::config::MAX_LIMIT_NAME_BYTES;
 
 mod batch;
 mod buckets;
+pub mod inspect;
 mod shared;
 mod waiting;
 

@@ -38,6 +38,11 @@ impl Shared {
     fn has_waiters(&self, key: &str) -> bool {
         self.queues.lock().contains_key(key)
     }
+
+    /// How many wait for the bucket `key` on this replica.
+    pub(super) fn waiting(&self, key: &str) -> u64 {
+        self.queues.lock().get(key).map_or(0, |(_, n)| *n as u64)
+    }
 }
 
 /// A place in a bucket's queue on this replica; leaving (also by a caller
@@ -294,7 +299,7 @@ impl RateLimiter {
             .collect())
     }
 
-    fn job(&self, shared: &Shared, p: &Prepared<'_>, op: Op) -> Job {
+    pub(super) fn job(&self, shared: &Shared, p: &Prepared<'_>, op: Op) -> Job {
         Job {
             key: shared.buckets.key(&p.limit.name, p.key.key),
             params: p.params,

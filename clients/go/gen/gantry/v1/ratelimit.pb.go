@@ -75,6 +75,261 @@ func (LimitScope) EnumDescriptor() ([]byte, []int) {
 	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{0}
 }
 
+type InspectBucketRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         string                 `protobuf:"bytes,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectBucketRequest) Reset() {
+	*x = InspectBucketRequest{}
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectBucketRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectBucketRequest) ProtoMessage() {}
+
+func (x *InspectBucketRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectBucketRequest.ProtoReflect.Descriptor instead.
+func (*InspectBucketRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *InspectBucketRequest) GetLimit() string {
+	if x != nil {
+		return x.Limit
+	}
+	return ""
+}
+
+func (x *InspectBucketRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type BucketState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Limit string                 `protobuf:"bytes,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	Key   string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// Whole tokens available now.
+	Tokens uint64 `protobuf:"varint,3,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	Burst  uint64 `protobuf:"varint,4,opt,name=burst,proto3" json:"burst,omitempty"`
+	// When the next token comes; unset when the bucket is full.
+	NextToken *durationpb.Duration `protobuf:"bytes,5,opt,name=next_token,json=nextToken,proto3" json:"next_token,omitempty"`
+	// When the bucket is full again; zero when it is.
+	FullIn *durationpb.Duration `protobuf:"bytes,6,opt,name=full_in,json=fullIn,proto3" json:"full_in,omitempty"`
+	// Callers waiting in the bucket's queue (with Redis: on the replica answering).
+	Waiters       uint32 `protobuf:"varint,7,opt,name=waiters,proto3" json:"waiters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BucketState) Reset() {
+	*x = BucketState{}
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BucketState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BucketState) ProtoMessage() {}
+
+func (x *BucketState) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BucketState.ProtoReflect.Descriptor instead.
+func (*BucketState) Descriptor() ([]byte, []int) {
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BucketState) GetLimit() string {
+	if x != nil {
+		return x.Limit
+	}
+	return ""
+}
+
+func (x *BucketState) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *BucketState) GetTokens() uint64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *BucketState) GetBurst() uint64 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+func (x *BucketState) GetNextToken() *durationpb.Duration {
+	if x != nil {
+		return x.NextToken
+	}
+	return nil
+}
+
+func (x *BucketState) GetFullIn() *durationpb.Duration {
+	if x != nil {
+		return x.FullIn
+	}
+	return nil
+}
+
+func (x *BucketState) GetWaiters() uint32 {
+	if x != nil {
+		return x.Waiters
+	}
+	return 0
+}
+
+type HotKeysRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Limit string                 `protobuf:"bytes,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// How many keys; 0 means 10, at most 1000.
+	Count         uint32 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HotKeysRequest) Reset() {
+	*x = HotKeysRequest{}
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HotKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HotKeysRequest) ProtoMessage() {}
+
+func (x *HotKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HotKeysRequest.ProtoReflect.Descriptor instead.
+func (*HotKeysRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HotKeysRequest) GetLimit() string {
+	if x != nil {
+		return x.Limit
+	}
+	return ""
+}
+
+func (x *HotKeysRequest) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type HotKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most spent first. Full buckets are not listed (they are not kept).
+	Buckets []*BucketState `protobuf:"bytes,1,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	// Buckets looked at.
+	Scanned       uint64 `protobuf:"varint,2,opt,name=scanned,proto3" json:"scanned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HotKeysResponse) Reset() {
+	*x = HotKeysResponse{}
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HotKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HotKeysResponse) ProtoMessage() {}
+
+func (x *HotKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HotKeysResponse.ProtoReflect.Descriptor instead.
+func (*HotKeysResponse) Descriptor() ([]byte, []int) {
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HotKeysResponse) GetBuckets() []*BucketState {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+func (x *HotKeysResponse) GetScanned() uint64 {
+	if x != nil {
+		return x.Scanned
+	}
+	return 0
+}
+
 type AcquireRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Name of a configured limit, e.g. "api".
@@ -99,7 +354,7 @@ type AcquireRequest struct {
 
 func (x *AcquireRequest) Reset() {
 	*x = AcquireRequest{}
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[0]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -111,7 +366,7 @@ func (x *AcquireRequest) String() string {
 func (*AcquireRequest) ProtoMessage() {}
 
 func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[0]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -124,7 +379,7 @@ func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireRequest.ProtoReflect.Descriptor instead.
 func (*AcquireRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{0}
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AcquireRequest) GetLimit() string {
@@ -189,7 +444,7 @@ type AcquireResponse struct {
 
 func (x *AcquireResponse) Reset() {
 	*x = AcquireResponse{}
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[1]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -201,7 +456,7 @@ func (x *AcquireResponse) String() string {
 func (*AcquireResponse) ProtoMessage() {}
 
 func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[1]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -214,7 +469,7 @@ func (x *AcquireResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireResponse.ProtoReflect.Descriptor instead.
 func (*AcquireResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{1}
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AcquireResponse) GetAllowed() bool {
@@ -273,7 +528,7 @@ type AcquireBatchRequest struct {
 
 func (x *AcquireBatchRequest) Reset() {
 	*x = AcquireBatchRequest{}
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[2]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +540,7 @@ func (x *AcquireBatchRequest) String() string {
 func (*AcquireBatchRequest) ProtoMessage() {}
 
 func (x *AcquireBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[2]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +553,7 @@ func (x *AcquireBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireBatchRequest.ProtoReflect.Descriptor instead.
 func (*AcquireBatchRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{2}
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AcquireBatchRequest) GetRequests() []*AcquireRequest {
@@ -325,7 +580,7 @@ type AcquireBatchResponse struct {
 
 func (x *AcquireBatchResponse) Reset() {
 	*x = AcquireBatchResponse{}
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[3]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +592,7 @@ func (x *AcquireBatchResponse) String() string {
 func (*AcquireBatchResponse) ProtoMessage() {}
 
 func (x *AcquireBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[3]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +605,7 @@ func (x *AcquireBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireBatchResponse.ProtoReflect.Descriptor instead.
 func (*AcquireBatchResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{3}
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AcquireBatchResponse) GetResponses() []*AcquireResponse {
@@ -368,7 +623,7 @@ type ListLimitsRequest struct {
 
 func (x *ListLimitsRequest) Reset() {
 	*x = ListLimitsRequest{}
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[4]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -380,7 +635,7 @@ func (x *ListLimitsRequest) String() string {
 func (*ListLimitsRequest) ProtoMessage() {}
 
 func (x *ListLimitsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[4]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -393,7 +648,7 @@ func (x *ListLimitsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLimitsRequest.ProtoReflect.Descriptor instead.
 func (*ListLimitsRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{4}
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{8}
 }
 
 // A per-key exception to a limit's parameters.
@@ -413,7 +668,7 @@ type LimitOverride struct {
 
 func (x *LimitOverride) Reset() {
 	*x = LimitOverride{}
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[5]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +680,7 @@ func (x *LimitOverride) String() string {
 func (*LimitOverride) ProtoMessage() {}
 
 func (x *LimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[5]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +693,7 @@ func (x *LimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitOverride.ProtoReflect.Descriptor instead.
 func (*LimitOverride) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{5}
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LimitOverride) GetKey() string {
@@ -489,7 +744,7 @@ type LimitInfo struct {
 
 func (x *LimitInfo) Reset() {
 	*x = LimitInfo{}
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[6]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +756,7 @@ func (x *LimitInfo) String() string {
 func (*LimitInfo) ProtoMessage() {}
 
 func (x *LimitInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[6]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +769,7 @@ func (x *LimitInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitInfo.ProtoReflect.Descriptor instead.
 func (*LimitInfo) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{6}
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LimitInfo) GetName() string {
@@ -571,7 +826,7 @@ type ListLimitsResponse struct {
 
 func (x *ListLimitsResponse) Reset() {
 	*x = ListLimitsResponse{}
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[7]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +838,7 @@ func (x *ListLimitsResponse) String() string {
 func (*ListLimitsResponse) ProtoMessage() {}
 
 func (x *ListLimitsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_v1_ratelimit_proto_msgTypes[7]
+	mi := &file_gantry_v1_ratelimit_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +851,7 @@ func (x *ListLimitsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLimitsResponse.ProtoReflect.Descriptor instead.
 func (*ListLimitsResponse) Descriptor() ([]byte, []int) {
-	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{7}
+	return file_gantry_v1_ratelimit_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListLimitsResponse) GetLimits() []*LimitInfo {
@@ -617,7 +872,25 @@ var File_gantry_v1_ratelimit_proto protoreflect.FileDescriptor
 
 const file_gantry_v1_ratelimit_proto_rawDesc = "" +
 	"\n" +
-	"\x19gantry/v1/ratelimit.proto\x12\tgantry.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb7\x01\n" +
+	"\x19gantry/v1/ratelimit.proto\x12\tgantry.v1\x1a\x1egoogle/protobuf/duration.proto\">\n" +
+	"\x14InspectBucketRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"\xeb\x01\n" +
+	"\vBucketState\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x16\n" +
+	"\x06tokens\x18\x03 \x01(\x04R\x06tokens\x12\x14\n" +
+	"\x05burst\x18\x04 \x01(\x04R\x05burst\x128\n" +
+	"\n" +
+	"next_token\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\tnextToken\x122\n" +
+	"\afull_in\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06fullIn\x12\x18\n" +
+	"\awaiters\x18\a \x01(\rR\awaiters\"<\n" +
+	"\x0eHotKeysRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\rR\x05count\"]\n" +
+	"\x0fHotKeysResponse\x120\n" +
+	"\abuckets\x18\x01 \x03(\v2\x16.gantry.v1.BucketStateR\abuckets\x12\x18\n" +
+	"\ascanned\x18\x02 \x01(\x04R\ascanned\"\xb7\x01\n" +
 	"\x0eAcquireRequest\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x16\n" +
@@ -659,12 +932,14 @@ const file_gantry_v1_ratelimit_proto_rawDesc = "" +
 	"LimitScope\x12\x1b\n" +
 	"\x17LIMIT_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13LIMIT_SCOPE_PER_KEY\x10\x01\x12\x16\n" +
-	"\x12LIMIT_SCOPE_SHARED\x10\x022\xeb\x01\n" +
+	"\x12LIMIT_SCOPE_SHARED\x10\x022\xf7\x02\n" +
 	"\vRateLimiter\x12@\n" +
 	"\aAcquire\x12\x19.gantry.v1.AcquireRequest\x1a\x1a.gantry.v1.AcquireResponse\x12O\n" +
 	"\fAcquireBatch\x12\x1e.gantry.v1.AcquireBatchRequest\x1a\x1f.gantry.v1.AcquireBatchResponse\x12I\n" +
 	"\n" +
-	"ListLimits\x12\x1c.gantry.v1.ListLimitsRequest\x1a\x1d.gantry.v1.ListLimitsResponseb\x06proto3"
+	"ListLimits\x12\x1c.gantry.v1.ListLimitsRequest\x1a\x1d.gantry.v1.ListLimitsResponse\x12H\n" +
+	"\rInspectBucket\x12\x1f.gantry.v1.InspectBucketRequest\x1a\x16.gantry.v1.BucketState\x12@\n" +
+	"\aHotKeys\x12\x19.gantry.v1.HotKeysRequest\x1a\x1a.gantry.v1.HotKeysResponseb\x06proto3"
 
 var (
 	file_gantry_v1_ratelimit_proto_rawDescOnce sync.Once
@@ -679,42 +954,53 @@ func file_gantry_v1_ratelimit_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_v1_ratelimit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_gantry_v1_ratelimit_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_gantry_v1_ratelimit_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_gantry_v1_ratelimit_proto_goTypes = []any{
 	(LimitScope)(0),              // 0: gantry.v1.LimitScope
-	(*AcquireRequest)(nil),       // 1: gantry.v1.AcquireRequest
-	(*AcquireResponse)(nil),      // 2: gantry.v1.AcquireResponse
-	(*AcquireBatchRequest)(nil),  // 3: gantry.v1.AcquireBatchRequest
-	(*AcquireBatchResponse)(nil), // 4: gantry.v1.AcquireBatchResponse
-	(*ListLimitsRequest)(nil),    // 5: gantry.v1.ListLimitsRequest
-	(*LimitOverride)(nil),        // 6: gantry.v1.LimitOverride
-	(*LimitInfo)(nil),            // 7: gantry.v1.LimitInfo
-	(*ListLimitsResponse)(nil),   // 8: gantry.v1.ListLimitsResponse
-	(*durationpb.Duration)(nil),  // 9: google.protobuf.Duration
+	(*InspectBucketRequest)(nil), // 1: gantry.v1.InspectBucketRequest
+	(*BucketState)(nil),          // 2: gantry.v1.BucketState
+	(*HotKeysRequest)(nil),       // 3: gantry.v1.HotKeysRequest
+	(*HotKeysResponse)(nil),      // 4: gantry.v1.HotKeysResponse
+	(*AcquireRequest)(nil),       // 5: gantry.v1.AcquireRequest
+	(*AcquireResponse)(nil),      // 6: gantry.v1.AcquireResponse
+	(*AcquireBatchRequest)(nil),  // 7: gantry.v1.AcquireBatchRequest
+	(*AcquireBatchResponse)(nil), // 8: gantry.v1.AcquireBatchResponse
+	(*ListLimitsRequest)(nil),    // 9: gantry.v1.ListLimitsRequest
+	(*LimitOverride)(nil),        // 10: gantry.v1.LimitOverride
+	(*LimitInfo)(nil),            // 11: gantry.v1.LimitInfo
+	(*ListLimitsResponse)(nil),   // 12: gantry.v1.ListLimitsResponse
+	(*durationpb.Duration)(nil),  // 13: google.protobuf.Duration
 }
 var file_gantry_v1_ratelimit_proto_depIdxs = []int32{
-	9,  // 0: gantry.v1.AcquireRequest.max_wait:type_name -> google.protobuf.Duration
-	9,  // 1: gantry.v1.AcquireResponse.retry_after:type_name -> google.protobuf.Duration
-	9,  // 2: gantry.v1.AcquireResponse.reset_after:type_name -> google.protobuf.Duration
-	9,  // 3: gantry.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
-	1,  // 4: gantry.v1.AcquireBatchRequest.requests:type_name -> gantry.v1.AcquireRequest
-	2,  // 5: gantry.v1.AcquireBatchResponse.responses:type_name -> gantry.v1.AcquireResponse
-	9,  // 6: gantry.v1.LimitOverride.period:type_name -> google.protobuf.Duration
-	9,  // 7: gantry.v1.LimitInfo.period:type_name -> google.protobuf.Duration
-	0,  // 8: gantry.v1.LimitInfo.scope:type_name -> gantry.v1.LimitScope
-	6,  // 9: gantry.v1.LimitInfo.overrides:type_name -> gantry.v1.LimitOverride
-	7,  // 10: gantry.v1.ListLimitsResponse.limits:type_name -> gantry.v1.LimitInfo
-	1,  // 11: gantry.v1.RateLimiter.Acquire:input_type -> gantry.v1.AcquireRequest
-	3,  // 12: gantry.v1.RateLimiter.AcquireBatch:input_type -> gantry.v1.AcquireBatchRequest
-	5,  // 13: gantry.v1.RateLimiter.ListLimits:input_type -> gantry.v1.ListLimitsRequest
-	2,  // 14: gantry.v1.RateLimiter.Acquire:output_type -> gantry.v1.AcquireResponse
-	4,  // 15: gantry.v1.RateLimiter.AcquireBatch:output_type -> gantry.v1.AcquireBatchResponse
-	8,  // 16: gantry.v1.RateLimiter.ListLimits:output_type -> gantry.v1.ListLimitsResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	13, // 0: gantry.v1.BucketState.next_token:type_name -> google.protobuf.Duration
+	13, // 1: gantry.v1.BucketState.full_in:type_name -> google.protobuf.Duration
+	2,  // 2: gantry.v1.HotKeysResponse.buckets:type_name -> gantry.v1.BucketState
+	13, // 3: gantry.v1.AcquireRequest.max_wait:type_name -> google.protobuf.Duration
+	13, // 4: gantry.v1.AcquireResponse.retry_after:type_name -> google.protobuf.Duration
+	13, // 5: gantry.v1.AcquireResponse.reset_after:type_name -> google.protobuf.Duration
+	13, // 6: gantry.v1.AcquireResponse.waited:type_name -> google.protobuf.Duration
+	5,  // 7: gantry.v1.AcquireBatchRequest.requests:type_name -> gantry.v1.AcquireRequest
+	6,  // 8: gantry.v1.AcquireBatchResponse.responses:type_name -> gantry.v1.AcquireResponse
+	13, // 9: gantry.v1.LimitOverride.period:type_name -> google.protobuf.Duration
+	13, // 10: gantry.v1.LimitInfo.period:type_name -> google.protobuf.Duration
+	0,  // 11: gantry.v1.LimitInfo.scope:type_name -> gantry.v1.LimitScope
+	10, // 12: gantry.v1.LimitInfo.overrides:type_name -> gantry.v1.LimitOverride
+	11, // 13: gantry.v1.ListLimitsResponse.limits:type_name -> gantry.v1.LimitInfo
+	5,  // 14: gantry.v1.RateLimiter.Acquire:input_type -> gantry.v1.AcquireRequest
+	7,  // 15: gantry.v1.RateLimiter.AcquireBatch:input_type -> gantry.v1.AcquireBatchRequest
+	9,  // 16: gantry.v1.RateLimiter.ListLimits:input_type -> gantry.v1.ListLimitsRequest
+	1,  // 17: gantry.v1.RateLimiter.InspectBucket:input_type -> gantry.v1.InspectBucketRequest
+	3,  // 18: gantry.v1.RateLimiter.HotKeys:input_type -> gantry.v1.HotKeysRequest
+	6,  // 19: gantry.v1.RateLimiter.Acquire:output_type -> gantry.v1.AcquireResponse
+	8,  // 20: gantry.v1.RateLimiter.AcquireBatch:output_type -> gantry.v1.AcquireBatchResponse
+	12, // 21: gantry.v1.RateLimiter.ListLimits:output_type -> gantry.v1.ListLimitsResponse
+	2,  // 22: gantry.v1.RateLimiter.InspectBucket:output_type -> gantry.v1.BucketState
+	4,  // 23: gantry.v1.RateLimiter.HotKeys:output_type -> gantry.v1.HotKeysResponse
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_gantry_v1_ratelimit_proto_init() }
@@ -728,7 +1014,7 @@ func file_gantry_v1_ratelimit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_v1_ratelimit_proto_rawDesc), len(file_gantry_v1_ratelimit_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

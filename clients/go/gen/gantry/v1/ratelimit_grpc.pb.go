@@ -19,9 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RateLimiter_Acquire_FullMethodName      = "/gantry.v1.RateLimiter/Acquire"
-	RateLimiter_AcquireBatch_FullMethodName = "/gantry.v1.RateLimiter/AcquireBatch"
-	RateLimiter_ListLimits_FullMethodName   = "/gantry.v1.RateLimiter/ListLimits"
+	RateLimiter_Acquire_FullMethodName       = "/gantry.v1.RateLimiter/Acquire"
+	RateLimiter_AcquireBatch_FullMethodName  = "/gantry.v1.RateLimiter/AcquireBatch"
+	RateLimiter_ListLimits_FullMethodName    = "/gantry.v1.RateLimiter/ListLimits"
+	RateLimiter_InspectBucket_FullMethodName = "/gantry.v1.RateLimiter/InspectBucket"
+	RateLimiter_HotKeys_FullMethodName       = "/gantry.v1.RateLimiter/HotKeys"
 )
 
 // RateLimiterClient is the client API for RateLimiter service.
@@ -45,6 +47,13 @@ type RateLimiterClient interface {
 	AcquireBatch(ctx context.Context, in *AcquireBatchRequest, opts ...grpc.CallOption) (*AcquireBatchResponse, error)
 	// Lists the limits in force (after the latest successful configuration reload).
 	ListLimits(ctx context.Context, in *ListLimitsRequest, opts ...grpc.CallOption) (*ListLimitsResponse, error)
+	// One bucket as it is now: tokens, the next token, when it is full, who
+	// waits. Takes nothing and counts as no decision.
+	InspectBucket(ctx context.Context, in *InspectBucketRequest, opts ...grpc.CallOption) (*BucketState, error)
+	// The most spent buckets of a limit (longest until full first): the keys
+	// that are hitting the limit. Scans the limit's buckets (with Redis, SCAN
+	// on one server; FAILED_PRECONDITION on Redis Cluster).
+	HotKeys(ctx context.Context, in *HotKeysRequest, opts ...grpc.CallOption) (*HotKeysResponse, error)
 }
 
 type rateLimiterClient struct {
@@ -85,6 +94,26 @@ func (c *rateLimiterClient) ListLimits(ctx context.Context, in *ListLimitsReques
 	return out, nil
 }
 
+func (c *rateLimiterClient) InspectBucket(ctx context.Context, in *InspectBucketRequest, opts ...grpc.CallOption) (*BucketState, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BucketState)
+	err := c.cc.Invoke(ctx, RateLimiter_InspectBucket_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rateLimiterClient) HotKeys(ctx context.Context, in *HotKeysRequest, opts ...grpc.CallOption) (*HotKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HotKeysResponse)
+	err := c.cc.Invoke(ctx, RateLimiter_HotKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RateLimiterServer is the server API for RateLimiter service.
 // All implementations must embed UnimplementedRateLimiterServer
 // for forward compatibility.
@@ -106,6 +135,13 @@ type RateLimiterServer interface {
 	AcquireBatch(context.Context, *AcquireBatchRequest) (*AcquireBatchResponse, error)
 	// Lists the limits in force (after the latest successful configuration reload).
 	ListLimits(context.Context, *ListLimitsRequest) (*ListLimitsResponse, error)
+	// One bucket as it is now: tokens, the next token, when it is full, who
+	// waits. Takes nothing and counts as no decision.
+	InspectBucket(context.Context, *InspectBucketRequest) (*BucketState, error)
+	// The most spent buckets of a limit (longest until full first): the keys
+	// that are hitting the limit. Scans the limit's buckets (with Redis, SCAN
+	// on one server; FAILED_PRECONDITION on Redis Cluster).
+	HotKeys(context.Context, *HotKeysRequest) (*HotKeysResponse, error)
 	mustEmbedUnimplementedRateLimiterServer()
 }
 
@@ -124,6 +160,12 @@ func (UnimplementedRateLimiterServer) AcquireBatch(context.Context, *AcquireBatc
 }
 func (UnimplementedRateLimiterServer) ListLimits(context.Context, *ListLimitsRequest) (*ListLimitsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListLimits not implemented")
+}
+func (UnimplementedRateLimiterServer) InspectBucket(context.Context, *InspectBucketRequest) (*BucketState, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method InspectBucket not implemented")
+}
+func (UnimplementedRateLimiterServer) HotKeys(context.Context, *HotKeysRequest) (*HotKeysResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method HotKeys not implemented")
 }
 func (UnimplementedRateLimiterServer) mustEmbedUnimplementedRateLimiterServer() {}
 func (UnimplementedRateLimiterServer) testEmbeddedByValue()                     {}
@@ -200,6 +242,42 @@ func _RateLimiter_ListLimits_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RateLimiter_InspectBucket_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InspectBucketRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RateLimiterServer).InspectBucket(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RateLimiter_InspectBucket_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RateLimiterServer).InspectBucket(ctx, req.(*InspectBucketRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RateLimiter_HotKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HotKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RateLimiterServer).HotKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RateLimiter_HotKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RateLimiterServer).HotKeys(ctx, req.(*HotKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RateLimiter_ServiceDesc is the grpc.ServiceDesc for RateLimiter service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -218,6 +296,14 @@ var RateLimiter_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListLimits",
 			Handler:    _RateLimiter_ListLimits_Handler,
+		},
+		{
+			MethodName: "InspectBucket",
+			Handler:    _RateLimiter_InspectBucket_Handler,
+		},
+		{
+			MethodName: "HotKeys",
+			Handler:    _RateLimiter_HotKeys_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

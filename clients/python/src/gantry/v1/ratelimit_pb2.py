@@ -25,31 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gantry/v1/ratelimit.proto\x12\tgantry.v1\x1a\x1egoogle/protobuf/duration.proto\"\x8a\x01\n\x0e\x41\x63quireRequest\x12\r\n\x05limit\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12+\n\x08max_wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12\x0e\n\x06\x63lient\x18\x06 \x01(\t\"\xcf\x01\n\x0f\x41\x63quireResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x11\n\tremaining\x18\x02 \x01(\x04\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0breset_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05limit\x18\x05 \x01(\x04\x12)\n\x06waited\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"Z\n\x13\x41\x63quireBatchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.gantry.v1.AcquireRequest\x12\x16\n\x0e\x61ll_or_nothing\x18\x02 \x01(\x08\"E\n\x14\x41\x63quireBatchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.gantry.v1.AcquireResponse\"\x13\n\x11ListLimitsRequest\"d\n\rLimitOverride\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x04\x12)\n\x06period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x62urst\x18\x04 \x01(\x04\"\xb4\x01\n\tLimitInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x04\x12)\n\x06period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x62urst\x18\x04 \x01(\x04\x12$\n\x05scope\x18\x05 \x01(\x0e\x32\x15.gantry.v1.LimitScope\x12+\n\toverrides\x18\x06 \x03(\x0b\x32\x18.gantry.v1.LimitOverride\"Q\n\x12ListLimitsResponse\x12$\n\x06limits\x18\x01 \x03(\x0b\x32\x14.gantry.v1.LimitInfo\x12\x15\n\rdefault_limit\x18\x02 \x01(\t*Z\n\nLimitScope\x12\x1b\n\x17LIMIT_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13LIMIT_SCOPE_PER_KEY\x10\x01\x12\x16\n\x12LIMIT_SCOPE_SHARED\x10\x02\x32\xeb\x01\n\x0bRateLimiter\x12@\n\x07\x41\x63quire\x12\x19.gantry.v1.AcquireRequest\x1a\x1a.gantry.v1.AcquireResponse\x12O\n\x0c\x41\x63quireBatch\x12\x1e.gantry.v1.AcquireBatchRequest\x1a\x1f.gantry.v1.AcquireBatchResponse\x12I\n\nListLimits\x12\x1c.gantry.v1.ListLimitsRequest\x1a\x1d.gantry.v1.ListLimitsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gantry/v1/ratelimit.proto\x12\tgantry.v1\x1a\x1egoogle/protobuf/duration.proto\"2\n\x14InspectBucketRequest\x12\r\n\x05limit\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xb4\x01\n\x0b\x42ucketState\x12\r\n\x05limit\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12\r\n\x05\x62urst\x18\x04 \x01(\x04\x12-\n\nnext_token\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07\x66ull_in\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07waiters\x18\x07 \x01(\r\".\n\x0eHotKeysRequest\x12\r\n\x05limit\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"K\n\x0fHotKeysResponse\x12\'\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x16.gantry.v1.BucketState\x12\x0f\n\x07scanned\x18\x02 \x01(\x04\"\x8a\x01\n\x0e\x41\x63quireRequest\x12\r\n\x05limit\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12+\n\x08max_wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12\x0e\n\x06\x63lient\x18\x06 \x01(\t\"\xcf\x01\n\x0f\x41\x63quireResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x11\n\tremaining\x18\x02 \x01(\x04\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0breset_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05limit\x18\x05 \x01(\x04\x12)\n\x06waited\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"Z\n\x13\x41\x63quireBatchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.gantry.v1.AcquireRequest\x12\x16\n\x0e\x61ll_or_nothing\x18\x02 \x01(\x08\"E\n\x14\x41\x63quireBatchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.gantry.v1.AcquireResponse\"\x13\n\x11ListLimitsRequest\"d\n\rLimitOverride\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x04\x12)\n\x06period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x62urst\x18\x04 \x01(\x04\"\xb4\x01\n\tLimitInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x04\x12)\n\x06period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x62urst\x18\x04 \x01(\x04\x12$\n\x05scope\x18\x05 \x01(\x0e\x32\x15.gantry.v1.LimitScope\x12+\n\toverrides\x18\x06 \x03(\x0b\x32\x18.gantry.v1.LimitOverride\"Q\n\x12ListLimitsResponse\x12$\n\x06limits\x18\x01 \x03(\x0b\x32\x14.gantry.v1.LimitInfo\x12\x15\n\rdefault_limit\x18\x02 \x01(\t*Z\n\nLimitScope\x12\x1b\n\x17LIMIT_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13LIMIT_SCOPE_PER_KEY\x10\x01\x12\x16\n\x12LIMIT_SCOPE_SHARED\x10\x02\x32\xf7\x02\n\x0bRateLimiter\x12@\n\x07\x41\x63quire\x12\x19.gantry.v1.AcquireRequest\x1a\x1a.gantry.v1.AcquireResponse\x12O\n\x0c\x41\x63quireBatch\x12\x1e.gantry.v1.AcquireBatchRequest\x1a\x1f.gantry.v1.AcquireBatchResponse\x12I\n\nListLimits\x12\x1c.gantry.v1.ListLimitsRequest\x1a\x1d.gantry.v1.ListLimitsResponse\x12H\n\rInspectBucket\x12\x1f.gantry.v1.InspectBucketRequest\x1a\x16.gantry.v1.BucketState\x12@\n\x07HotKeys\x12\x19.gantry.v1.HotKeysRequest\x1a\x1a.gantry.v1.HotKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gantry.v1.ratelimit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LIMITSCOPE']._serialized_start=975
-  _globals['_LIMITSCOPE']._serialized_end=1065
-  _globals['_ACQUIREREQUEST']._serialized_start=73
-  _globals['_ACQUIREREQUEST']._serialized_end=211
-  _globals['_ACQUIRERESPONSE']._serialized_start=214
-  _globals['_ACQUIRERESPONSE']._serialized_end=421
-  _globals['_ACQUIREBATCHREQUEST']._serialized_start=423
-  _globals['_ACQUIREBATCHREQUEST']._serialized_end=513
-  _globals['_ACQUIREBATCHRESPONSE']._serialized_start=515
-  _globals['_ACQUIREBATCHRESPONSE']._serialized_end=584
-  _globals['_LISTLIMITSREQUEST']._serialized_start=586
-  _globals['_LISTLIMITSREQUEST']._serialized_end=605
-  _globals['_LIMITOVERRIDE']._serialized_start=607
-  _globals['_LIMITOVERRIDE']._serialized_end=707
-  _globals['_LIMITINFO']._serialized_start=710
-  _globals['_LIMITINFO']._serialized_end=890
-  _globals['_LISTLIMITSRESPONSE']._serialized_start=892
-  _globals['_LISTLIMITSRESPONSE']._serialized_end=973
-  _globals['_RATELIMITER']._serialized_start=1068
-  _globals['_RATELIMITER']._serialized_end=1303
+  _globals['_LIMITSCOPE']._serialized_start=1335
+  _globals['_LIMITSCOPE']._serialized_end=1425
+  _globals['_INSPECTBUCKETREQUEST']._serialized_start=72
+  _globals['_INSPECTBUCKETREQUEST']._serialized_end=122
+  _globals['_BUCKETSTATE']._serialized_start=125
+  _globals['_BUCKETSTATE']._serialized_end=305
+  _globals['_HOTKEYSREQUEST']._serialized_start=307
+  _globals['_HOTKEYSREQUEST']._serialized_end=353
+  _globals['_HOTKEYSRESPONSE']._serialized_start=355
+  _globals['_HOTKEYSRESPONSE']._serialized_end=430
+  _globals['_ACQUIREREQUEST']._serialized_start=433
+  _globals['_ACQUIREREQUEST']._serialized_end=571
+  _globals['_ACQUIRERESPONSE']._serialized_start=574
+  _globals['_ACQUIRERESPONSE']._serialized_end=781
+  _globals['_ACQUIREBATCHREQUEST']._serialized_start=783
+  _globals['_ACQUIREBATCHREQUEST']._serialized_end=873
+  _globals['_ACQUIREBATCHRESPONSE']._serialized_start=875
+  _globals['_ACQUIREBATCHRESPONSE']._serialized_end=944
+  _globals['_LISTLIMITSREQUEST']._serialized_start=946
+  _globals['_LISTLIMITSREQUEST']._serialized_end=965
+  _globals['_LIMITOVERRIDE']._serialized_start=967
+  _globals['_LIMITOVERRIDE']._serialized_end=1067
+  _globals['_LIMITINFO']._serialized_start=1070
+  _globals['_LIMITINFO']._serialized_end=1250
+  _globals['_LISTLIMITSRESPONSE']._serialized_start=1252
+  _globals['_LISTLIMITSRESPONSE']._serialized_end=1333
+  _globals['_RATELIMITER']._serialized_start=1428
+  _globals['_RATELIMITER']._serialized_end=1803
 # @@protoc_insertion_point(module_scope)

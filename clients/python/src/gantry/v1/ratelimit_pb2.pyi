@@ -19,6 +19,48 @@ LIMIT_SCOPE_UNSPECIFIED: LimitScope
 LIMIT_SCOPE_PER_KEY: LimitScope
 LIMIT_SCOPE_SHARED: LimitScope
 
+class InspectBucketRequest(_message.Message):
+    __slots__ = ("limit", "key")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    limit: str
+    key: str
+    def __init__(self, limit: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class BucketState(_message.Message):
+    __slots__ = ("limit", "key", "tokens", "burst", "next_token", "full_in", "waiters")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FULL_IN_FIELD_NUMBER: _ClassVar[int]
+    WAITERS_FIELD_NUMBER: _ClassVar[int]
+    limit: str
+    key: str
+    tokens: int
+    burst: int
+    next_token: _duration_pb2.Duration
+    full_in: _duration_pb2.Duration
+    waiters: int
+    def __init__(self, limit: _Optional[str] = ..., key: _Optional[str] = ..., tokens: _Optional[int] = ..., burst: _Optional[int] = ..., next_token: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., full_in: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., waiters: _Optional[int] = ...) -> None: ...
+
+class HotKeysRequest(_message.Message):
+    __slots__ = ("limit", "count")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    limit: str
+    count: int
+    def __init__(self, limit: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class HotKeysResponse(_message.Message):
+    __slots__ = ("buckets", "scanned")
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_FIELD_NUMBER: _ClassVar[int]
+    buckets: _containers.RepeatedCompositeFieldContainer[BucketState]
+    scanned: int
+    def __init__(self, buckets: _Optional[_Iterable[_Union[BucketState, _Mapping]]] = ..., scanned: _Optional[int] = ...) -> None: ...
+
 class AcquireRequest(_message.Message):
     __slots__ = ("limit", "key", "tokens", "max_wait", "dry_run", "client")
     LIMIT_FIELD_NUMBER: _ClassVar[int]

@@ -55,6 +55,16 @@ class RateLimiterStub:
                 request_serializer=gantry_dot_v1_dot_ratelimit__pb2.ListLimitsRequest.SerializeToString,
                 response_deserializer=gantry_dot_v1_dot_ratelimit__pb2.ListLimitsResponse.FromString,
                 _registered_method=True)
+        self.InspectBucket = channel.unary_unary(
+                '/gantry.v1.RateLimiter/InspectBucket',
+                request_serializer=gantry_dot_v1_dot_ratelimit__pb2.InspectBucketRequest.SerializeToString,
+                response_deserializer=gantry_dot_v1_dot_ratelimit__pb2.BucketState.FromString,
+                _registered_method=True)
+        self.HotKeys = channel.unary_unary(
+                '/gantry.v1.RateLimiter/HotKeys',
+                request_serializer=gantry_dot_v1_dot_ratelimit__pb2.HotKeysRequest.SerializeToString,
+                response_deserializer=gantry_dot_v1_dot_ratelimit__pb2.HotKeysResponse.FromString,
+                _registered_method=True)
 
 
 class RateLimiterServicer:
@@ -91,6 +101,23 @@ class RateLimiterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InspectBucket(self, request, context):
+        """One bucket as it is now: tokens, the next token, when it is full, who
+        waits. Takes nothing and counts as no decision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HotKeys(self, request, context):
+        """The most spent buckets of a limit (longest until full first): the keys
+        that are hitting the limit. Scans the limit's buckets (with Redis, SCAN
+        on one server; FAILED_PRECONDITION on Redis Cluster).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RateLimiterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +135,16 @@ def add_RateLimiterServicer_to_server(servicer, server):
                     servicer.ListLimits,
                     request_deserializer=gantry_dot_v1_dot_ratelimit__pb2.ListLimitsRequest.FromString,
                     response_serializer=gantry_dot_v1_dot_ratelimit__pb2.ListLimitsResponse.SerializeToString,
+            ),
+            'InspectBucket': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectBucket,
+                    request_deserializer=gantry_dot_v1_dot_ratelimit__pb2.InspectBucketRequest.FromString,
+                    response_serializer=gantry_dot_v1_dot_ratelimit__pb2.BucketState.SerializeToString,
+            ),
+            'HotKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.HotKeys,
+                    request_deserializer=gantry_dot_v1_dot_ratelimit__pb2.HotKeysRequest.FromString,
+                    response_serializer=gantry_dot_v1_dot_ratelimit__pb2.HotKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -197,6 +234,60 @@ class RateLimiter:
             '/gantry.v1.RateLimiter/ListLimits',
             gantry_dot_v1_dot_ratelimit__pb2.ListLimitsRequest.SerializeToString,
             gantry_dot_v1_dot_ratelimit__pb2.ListLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectBucket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.v1.RateLimiter/InspectBucket',
+            gantry_dot_v1_dot_ratelimit__pb2.InspectBucketRequest.SerializeToString,
+            gantry_dot_v1_dot_ratelimit__pb2.BucketState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HotKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.v1.RateLimiter/HotKeys',
+            gantry_dot_v1_dot_ratelimit__pb2.HotKeysRequest.SerializeToString,
+            gantry_dot_v1_dot_ratelimit__pb2.HotKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

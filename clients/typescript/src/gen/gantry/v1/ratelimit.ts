@@ -67,6 +67,42 @@ export function limitScopeToJSON(object: LimitScope): string {
   }
 }
 
+export interface InspectBucketRequest {
+  limit: string;
+  key: string;
+}
+
+export interface BucketState {
+  limit: string;
+  key: string;
+  /** Whole tokens available now. */
+  tokens: number;
+  burst: number;
+  /** When the next token comes; unset when the bucket is full. */
+  nextToken?:
+    | Duration
+    | undefined;
+  /** When the bucket is full again; zero when it is. */
+  fullIn?:
+    | Duration
+    | undefined;
+  /** Callers waiting in the bucket's queue (with Redis: on the replica answering). */
+  waiters: number;
+}
+
+export interface HotKeysRequest {
+  limit: string;
+  /** How many keys; 0 means 10, at most 1000. */
+  count: number;
+}
+
+export interface HotKeysResponse {
+  /** Most spent first. Full buckets are not listed (they are not kept). */
+  buckets: BucketState[];
+  /** Buckets looked at. */
+  scanned: number;
+}
+
 export interface AcquireRequest {
   /** Name of a configured limit, e.g. "api". */
   limit: string;
@@ -169,6 +205,438 @@ export interface ListLimitsResponse {
   /** The limit used for unknown limit names, or empty when unknown names are NOT_FOUND. */
   defaultLimit: string;
 }
+
+function createBaseInspectBucketRequest(): InspectBucketRequest {
+  return { limit: "", key: "" };
+}
+
+export const InspectBucketRequest: MessageFns<InspectBucketRequest> = {
+  encode(message: InspectBucketRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.limit !== "") {
+      writer.uint32(10).string(message.limit);
+    }
+    if (message.key !== "") {
+      writer.uint32(18).string(message.key);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InspectBucketRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInspectBucketRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.limit = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InspectBucketRequest {
+    return {
+      limit: isSet(object.limit) ? globalThis.String(object.limit) : "",
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+    };
+  },
+
+  toJSON(message: InspectBucketRequest): unknown {
+    const obj: any = {};
+    if (message.limit !== "") {
+      obj.limit = message.limit;
+    }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<InspectBucketRequest>, I>>(base?: I): InspectBucketRequest {
+    return InspectBucketRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InspectBucketRequest>, I>>(object: I): InspectBucketRequest {
+    const message = createBaseInspectBucketRequest();
+    message.limit = object.limit ?? "";
+    message.key = object.key ?? "";
+    return message;
+  },
+};
+
+function createBaseBucketState(): BucketState {
+  return { limit: "", key: "", tokens: 0, burst: 0, nextToken: undefined, fullIn: undefined, waiters: 0 };
+}
+
+export const BucketState: MessageFns<BucketState> = {
+  encode(message: BucketState, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.limit !== "") {
+      writer.uint32(10).string(message.limit);
+    }
+    if (message.key !== "") {
+      writer.uint32(18).string(message.key);
+    }
+    if (message.tokens !== 0) {
+      writer.uint32(24).uint64(message.tokens);
+    }
+    if (message.burst !== 0) {
+      writer.uint32(32).uint64(message.burst);
+    }
+    if (message.nextToken !== undefined) {
+      Duration.encode(message.nextToken, writer.uint32(42).fork()).join();
+    }
+    if (message.fullIn !== undefined) {
+      Duration.encode(message.fullIn, writer.uint32(50).fork()).join();
+    }
+    if (message.waiters !== 0) {
+      writer.uint32(56).uint32(message.waiters);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BucketState {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBucketState();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.limit = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.tokens = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.burst = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.nextToken = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.fullIn = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.waiters = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BucketState {
+    return {
+      limit: isSet(object.limit) ? globalThis.String(object.limit) : "",
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      tokens: isSet(object.tokens) ? globalThis.Number(object.tokens) : 0,
+      burst: isSet(object.burst) ? globalThis.Number(object.burst) : 0,
+      nextToken: isSet(object.nextToken)
+        ? Duration.fromJSON(object.nextToken)
+        : isSet(object.next_token)
+        ? Duration.fromJSON(object.next_token)
+        : undefined,
+      fullIn: isSet(object.fullIn)
+        ? Duration.fromJSON(object.fullIn)
+        : isSet(object.full_in)
+        ? Duration.fromJSON(object.full_in)
+        : undefined,
+      waiters: isSet(object.waiters) ? globalThis.Number(object.waiters) : 0,
+    };
+  },
+
+  toJSON(message: BucketState): unknown {
+    const obj: any = {};
+    if (message.limit !== "") {
+      obj.limit = message.limit;
+    }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.tokens !== 0) {
+      obj.tokens = Math.round(message.tokens);
+    }
+    if (message.burst !== 0) {
+      obj.burst = Math.round(message.burst);
+    }
+    if (message.nextToken !== undefined) {
+      obj.nextToken = Duration.toJSON(message.nextToken);
+    }
+    if (message.fullIn !== undefined) {
+      obj.fullIn = Duration.toJSON(message.fullIn);
+    }
+    if (message.waiters !== 0) {
+      obj.waiters = Math.round(message.waiters);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BucketState>, I>>(base?: I): BucketState {
+    return BucketState.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BucketState>, I>>(object: I): BucketState {
+    const message = createBaseBucketState();
+    message.limit = object.limit ?? "";
+    message.key = object.key ?? "";
+    message.tokens = object.tokens ?? 0;
+    message.burst = object.burst ?? 0;
+    message.nextToken = (object.nextToken !== undefined && object.nextToken !== null)
+      ? Duration.fromPartial(object.nextToken)
+      : undefined;
+    message.fullIn = (object.fullIn !== undefined && object.fullIn !== null)
+      ? Duration.fromPartial(object.fullIn)
+      : undefined;
+    message.waiters = object.waiters ?? 0;
+    return message;
+  },
+};
+
+function createBaseHotKeysRequest(): HotKeysRequest {
+  return { limit: "", count: 0 };
+}
+
+export const HotKeysRequest: MessageFns<HotKeysRequest> = {
+  encode(message: HotKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.limit !== "") {
+      writer.uint32(10).string(message.limit);
+    }
+    if (message.count !== 0) {
+      writer.uint32(16).uint32(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HotKeysRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHotKeysRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.limit = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.count = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HotKeysRequest {
+    return {
+      limit: isSet(object.limit) ? globalThis.String(object.limit) : "",
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+    };
+  },
+
+  toJSON(message: HotKeysRequest): unknown {
+    const obj: any = {};
+    if (message.limit !== "") {
+      obj.limit = message.limit;
+    }
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HotKeysRequest>, I>>(base?: I): HotKeysRequest {
+    return HotKeysRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HotKeysRequest>, I>>(object: I): HotKeysRequest {
+    const message = createBaseHotKeysRequest();
+    message.limit = object.limit ?? "";
+    message.count = object.count ?? 0;
+    return message;
+  },
+};
+
+function createBaseHotKeysResponse(): HotKeysResponse {
+  return { buckets: [], scanned: 0 };
+}
+
+export const HotKeysResponse: MessageFns<HotKeysResponse> = {
+  encode(message: HotKeysResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.buckets) {
+      BucketState.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.scanned !== 0) {
+      writer.uint32(16).uint64(message.scanned);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HotKeysResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHotKeysResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.buckets.push(BucketState.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.scanned = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HotKeysResponse {
+    return {
+      buckets: globalThis.Array.isArray(object?.buckets) ? object.buckets.map((e: any) => BucketState.fromJSON(e)) : [],
+      scanned: isSet(object.scanned) ? globalThis.Number(object.scanned) : 0,
+    };
+  },
+
+  toJSON(message: HotKeysResponse): unknown {
+    const obj: any = {};
+    if (message.buckets?.length) {
+      obj.buckets = message.buckets.map((e) => BucketState.toJSON(e));
+    }
+    if (message.scanned !== 0) {
+      obj.scanned = Math.round(message.scanned);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HotKeysResponse>, I>>(base?: I): HotKeysResponse {
+    return HotKeysResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HotKeysResponse>, I>>(object: I): HotKeysResponse {
+    const message = createBaseHotKeysResponse();
+    message.buckets = object.buckets?.map((e) => BucketState.fromPartial(e)) || [];
+    message.scanned = object.scanned ?? 0;
+    return message;
+  },
+};
 
 function createBaseAcquireRequest(): AcquireRequest {
   return { limit: "", key: "", tokens: 0, maxWait: undefined, dryRun: false, client: "" };
@@ -1114,6 +1582,33 @@ export const RateLimiterService = {
     responseSerialize: (value: ListLimitsResponse): Buffer => Buffer.from(ListLimitsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListLimitsResponse => ListLimitsResponse.decode(value),
   },
+  /**
+   * One bucket as it is now: tokens, the next token, when it is full, who
+   * waits. Takes nothing and counts as no decision.
+   */
+  inspectBucket: {
+    path: "/gantry.v1.RateLimiter/InspectBucket" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: InspectBucketRequest): Buffer => Buffer.from(InspectBucketRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): InspectBucketRequest => InspectBucketRequest.decode(value),
+    responseSerialize: (value: BucketState): Buffer => Buffer.from(BucketState.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BucketState => BucketState.decode(value),
+  },
+  /**
+   * The most spent buckets of a limit (longest until full first): the keys
+   * that are hitting the limit. Scans the limit's buckets (with Redis, SCAN
+   * on one server; FAILED_PRECONDITION on Redis Cluster).
+   */
+  hotKeys: {
+    path: "/gantry.v1.RateLimiter/HotKeys" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: HotKeysRequest): Buffer => Buffer.from(HotKeysRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): HotKeysRequest => HotKeysRequest.decode(value),
+    responseSerialize: (value: HotKeysResponse): Buffer => Buffer.from(HotKeysResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): HotKeysResponse => HotKeysResponse.decode(value),
+  },
 } as const;
 
 export interface RateLimiterServer extends UntypedServiceImplementation {
@@ -1129,6 +1624,17 @@ export interface RateLimiterServer extends UntypedServiceImplementation {
   acquireBatch: handleUnaryCall<AcquireBatchRequest, AcquireBatchResponse>;
   /** Lists the limits in force (after the latest successful configuration reload). */
   listLimits: handleUnaryCall<ListLimitsRequest, ListLimitsResponse>;
+  /**
+   * One bucket as it is now: tokens, the next token, when it is full, who
+   * waits. Takes nothing and counts as no decision.
+   */
+  inspectBucket: handleUnaryCall<InspectBucketRequest, BucketState>;
+  /**
+   * The most spent buckets of a limit (longest until full first): the keys
+   * that are hitting the limit. Scans the limit's buckets (with Redis, SCAN
+   * on one server; FAILED_PRECONDITION on Redis Cluster).
+   */
+  hotKeys: handleUnaryCall<HotKeysRequest, HotKeysResponse>;
 }
 
 export interface RateLimiterClient extends Client {
@@ -1185,6 +1691,45 @@ export interface RateLimiterClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListLimitsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * One bucket as it is now: tokens, the next token, when it is full, who
+   * waits. Takes nothing and counts as no decision.
+   */
+  inspectBucket(
+    request: InspectBucketRequest,
+    callback: (error: ServiceError | null, response: BucketState) => void,
+  ): ClientUnaryCall;
+  inspectBucket(
+    request: InspectBucketRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BucketState) => void,
+  ): ClientUnaryCall;
+  inspectBucket(
+    request: InspectBucketRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BucketState) => void,
+  ): ClientUnaryCall;
+  /**
+   * The most spent buckets of a limit (longest until full first): the keys
+   * that are hitting the limit. Scans the limit's buckets (with Redis, SCAN
+   * on one server; FAILED_PRECONDITION on Redis Cluster).
+   */
+  hotKeys(
+    request: HotKeysRequest,
+    callback: (error: ServiceError | null, response: HotKeysResponse) => void,
+  ): ClientUnaryCall;
+  hotKeys(
+    request: HotKeysRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: HotKeysResponse) => void,
+  ): ClientUnaryCall;
+  hotKeys(
+    request: HotKeysRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: HotKeysResponse) => void,
   ): ClientUnaryCall;
 }
 
