@@ -19,6 +19,9 @@ use crate::lanes::Lanes;
 use crate::proto::gantry::v1 as pb;
 use crate::wallclock::now_ms;
 
+/// Longest a Watch waits for the replica's Redis subscription.
+const WATCH_SUBSCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct CacheService {
     engine: CacheEngine,
     /// Answers Get and Put in groups (`cache.coalesce`).
@@ -334,6 +337,17 @@ impl pb::cache_server::Cache for CacheService {
         self.engine
             .check_key_prefix(&r.key_prefix)
             .map_err(ApiError::from)?;
+        // With Redis, a watch starts once this replica hears every
+        // replica's changes: before that it could miss some unannounced.
+        if let Some(shared) = &self.shared
+            && !shared.until_listening(WATCH_SUBSCRIBE_WAIT).await
+        {
+            return Err(ApiError::Unavailable(
+                "cache watch: this replica is not subscribed to the Redis change events yet (retry)"
+                    .into(),
+            )
+            .into());
+        }
         let subscription = self
             .engine
             .subscribe(&r.namespace)

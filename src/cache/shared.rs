@@ -97,6 +97,9 @@ pub struct RedisCache {
 struct Coherence {
     /// Whether change events arrive now (the subscription is up).
     listening: AtomicBool,
+    /// The same, for a Watch that waits for it: set after the watchers
+    /// already there were told to resync, so a new one is not.
+    subscribed: tokio::sync::watch::Sender<bool>,
     /// Change events seen per stripe of entry names.
     changes: Box<[AtomicU64]>,
     hasher: foldhash::fast::FixedState,
@@ -119,6 +122,7 @@ impl RedisCache {
             delete: Arc::new(redis::Script::new(DELETE_LUA)),
             coherence: Arc::new(Coherence {
                 listening: AtomicBool::new(false),
+                subscribed: tokio::sync::watch::Sender::new(false),
                 changes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
                 hasher: foldhash::fast::FixedState::default(),
             }),
@@ -312,6 +316,15 @@ impl RedisCache {
         self.store.eval(script, cmd).await.map_err(unavailable)
     }
 
+    /// Waits up to `max` for this replica to receive every replica's change
+    /// events; false when it does not (a Watch cannot promise them then).
+    pub async fn until_listening(&self, max: std::time::Duration) -> bool {
+        let mut subscribed = self.coherence.subscribed.subscribe();
+        tokio::time::timeout(max, subscribed.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Hands the changes every replica publishes to this replica's watchers,
     /// and the expiries Redis announces (one server: keyspace notifications,
     /// switched on before each subscription); when the subscription is lost
@@ -330,9 +343,9 @@ impl RedisCache {
         let prepare = || {
             let (store, expired) = (store.clone(), expired.is_some());
             async move {
-                if expired {
-                    store.enable_expiry_events().await;
-                }
+                // Not before Redis answers: subscribing while expiry events
+                // are still off would leave watchers without EXPIRE events.
+                !expired || store.enable_expiry_events().await.is_ok()
             }
         };
         self.store
@@ -362,6 +375,7 @@ impl RedisCache {
                     }
                     hot.clear();
                     hub.resync_all(now_ms());
+                    coherence.subscribed.send_replace(listening);
                 },
             )
             .await;

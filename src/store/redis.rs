@@ -313,7 +313,7 @@ impl RedisStore {
         self.listen_all(
             &channels,
             stop,
-            || async {},
+            || async { true },
             |_, payload| on_message(payload),
             on_state,
         )
@@ -323,7 +323,8 @@ impl RedisStore {
     /// [`Self::listen`] to several channels on one connection, with the
     /// channel each message came on; `prepare` runs before each
     /// subscription (e.g. to switch Redis's keyspace notifications on again
-    /// after Redis restarted).
+    /// after Redis restarted) and says whether to subscribe now (false:
+    /// try again in a second).
     pub async fn listen_all<P, Fut>(
         &self,
         channels: &[String],
@@ -333,17 +334,22 @@ impl RedisStore {
         on_state: impl Fn(bool),
     ) where
         P: Fn() -> Fut,
-        Fut: Future<Output = ()>,
+        Fut: Future<Output = bool>,
     {
         use futures_util::StreamExt;
         loop {
-            prepare().await;
-            let subscribed = match self.pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(channels).await {
-                    Ok(()) => Ok(pubsub),
-                    Err(e) => Err(RedisStoreError::from(e)),
-                },
-                Err(e) => Err(e),
+            let subscribed = if !prepare().await {
+                Err(RedisStoreError::Unreachable(
+                    "not ready to subscribe yet".into(),
+                ))
+            } else {
+                match self.pubsub().await {
+                    Ok(mut pubsub) => match pubsub.subscribe(channels).await {
+                        Ok(()) => Ok(pubsub),
+                        Err(e) => Err(RedisStoreError::from(e)),
+                    },
+                    Err(e) => Err(e),
+                }
             };
             match subscribed {
                 Ok(mut pubsub) => {
@@ -390,7 +396,9 @@ impl RedisStore {
     /// Makes sure Redis announces expired keys (`notify-keyspace-events`
     /// with `E` and `x`, added to what is set); false when Redis refuses
     /// (a managed Redis without CONFIG): expiries are then not announced.
-    pub async fn enable_expiry_events(&self) -> bool {
+    /// Err when Redis does not answer (try again); Ok(false) when it
+    /// refuses (a managed Redis without CONFIG): go on without them.
+    pub async fn enable_expiry_events(&self) -> Result<bool, RedisStoreError> {
         let current: Result<Vec<String>, _> = self
             .command(
                 redis::cmd("CONFIG")
@@ -400,14 +408,15 @@ impl RedisStore {
             .await;
         let flags = match current {
             Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read notify-keyspace-events");
-                return false;
+            Err(RedisStoreError::Refused(e)) => {
+                tracing::warn!(error = %e, "Redis refused CONFIG GET notify-keyspace-events: cache watchers get no EXPIRE events (docs/cluster.md)");
+                return Ok(false);
             }
+            Err(e) => return Err(e),
         };
         let has = |c: char| flags.contains(c);
         if has('E') && (has('x') || has('A')) {
-            return true;
+            return Ok(true);
         }
         let mut wanted = flags.clone();
         for c in ['E', 'x'] {
@@ -424,11 +433,12 @@ impl RedisStore {
             )
             .await;
         match set {
-            Ok(()) => true,
-            Err(e) => {
+            Ok(()) => Ok(true),
+            Err(RedisStoreError::Refused(e)) => {
                 tracing::warn!(error = %e, "Redis refused CONFIG SET notify-keyspace-events Ex: cache watchers get no EXPIRE events (docs/cluster.md)");
-                false
+                Ok(false)
             }
+            Err(e) => Err(e),
         }
     }
 
