@@ -338,7 +338,8 @@ impl RedisStore {
     {
         use futures_util::StreamExt;
         loop {
-            let subscribed = if !prepare().await {
+            let ready = prepare().await;
+            let subscribed = if !ready {
                 Err(RedisStoreError::Unreachable(
                     "not ready to subscribe yet".into(),
                 ))
@@ -370,7 +371,9 @@ impl RedisStore {
             }
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                // Not ready is mostly "not connected yet" at start: ask
+                // again soon; a lost subscription waits a second.
+                () = tokio::time::sleep(if ready { Duration::from_secs(1) } else { Duration::from_millis(100) }) => {}
             }
         }
     }

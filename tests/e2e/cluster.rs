@@ -676,18 +676,28 @@ async fn three_replicas_share_one_cache() {
     // Replica 1 serves a key from its hot tier once read; a write on replica
     // 0 reaches it through the change event within moments.
     caches[0].put(put("hot", b"old", None)).await.unwrap();
-    for _ in 0..3 {
+    // Replica 1 keeps what it reads once it hears every replica's changes
+    // (its subscription may come up a moment after it serves).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
         let read = caches[1].get(get("hot")).await.unwrap().into_inner();
         assert_eq!(&read.value[..], b"old");
+        let stats = caches[1]
+            .stats(pb::CacheStatsRequest {
+                namespace: "shared".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if stats.namespaces[0].hot_hits >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served from the hot tier: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stats = caches[1]
-        .stats(pb::CacheStatsRequest {
-            namespace: "shared".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(stats.namespaces[0].hot_hits >= 1, "{stats:?}");
     let written = Instant::now();
     caches[0].put(put("hot", b"new", None)).await.unwrap();
     loop {
