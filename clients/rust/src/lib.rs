@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod connect;
+/// The load generator behind `gantry-load` (feature `load`).
+#[cfg(feature = "load")]
 pub mod load;
 
 /// Generated from the repository's `proto/`. The only place lints are relaxed.
@@ -16,6 +18,7 @@ pub mod proto {
         }
     }
     /// throttlecrab-server's interface, for side-by-side benchmarks.
+    #[cfg(feature = "load")]
     pub mod throttlecrab {
         #![allow(clippy::all, clippy::pedantic, missing_docs)]
         tonic::include_proto!("throttlecrab");
