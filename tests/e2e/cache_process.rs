@@ -8,22 +8,10 @@ use std::time::{Duration, Instant};
 use gantry::proto::gantry::v1 as pb;
 use pb::cache_client::CacheClient;
 
-use crate::common::{GantryProcess, connect, run_gantry};
+use crate::common::{GantryProcess, connect, run_gantry, serve_args};
 
 fn spawn(cwd: &std::path::Path, envs: &[(&str, &str)]) -> GantryProcess {
-    GantryProcess::spawn(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--otlp-http-listen",
-            "127.0.0.1:0",
-        ],
-        envs,
-        cwd,
-    )
+    GantryProcess::spawn(&serve_args(&[]), envs, cwd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,16 +92,7 @@ fn a_damaged_data_directory_stops_the_server_or_is_quarantined() {
     assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
     std::fs::write(cwd.path().join("data/conf"), b"garbage, no checksum").unwrap();
 
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--otlp-http-listen",
-        "127.0.0.1:0",
-    ];
-    let (code, _, stderr) = run_gantry(&args, &[], cwd.path());
+    let (code, _, stderr) = run_gantry(&serve_args(&[]), &[], cwd.path());
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("is corrupt"), "{stderr}");
 

@@ -231,6 +231,24 @@ pub struct GantryProcess {
     pub seen: Vec<String>,
 }
 
+/// Every port gantry opens, on an ephemeral port (tests run side by side).
+const EPHEMERAL: [&str; 6] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
+    "127.0.0.1:0",
+    "--otlp-http-listen",
+    "127.0.0.1:0",
+];
+
+/// `gantry serve` on ephemeral ports, then `extra` (other flags than these).
+pub fn serve_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["serve"];
+    args.extend_from_slice(&EPHEMERAL);
+    args.extend_from_slice(extra);
+    args
+}
+
 pub fn gantry_bin() -> &'static str {
     env!("CARGO_BIN_EXE_gantry")
 }
@@ -271,21 +289,7 @@ impl GantryProcess {
 
     /// `gantry serve --config gantry.toml` in `cwd`, on ephemeral ports.
     pub fn serve_config(cwd: &Path, envs: &[(&str, &str)]) -> Self {
-        Self::spawn(
-            &[
-                "serve",
-                "--config",
-                "gantry.toml",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--otlp-http-listen",
-                "127.0.0.1:0",
-            ],
-            envs,
-            cwd,
-        )
+        Self::spawn(&serve_args(&["--config", "gantry.toml"]), envs, cwd)
     }
 
     /// Waits for a stderr line containing `needle`; panics with what was seen on timeout.

@@ -7,23 +7,7 @@ use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::common::{GantryProcess, connect, http_get, run_gantry};
-
-const EPHEMERAL: [&str; 6] = [
-    "--listen",
-    "127.0.0.1:0",
-    "--metrics-listen",
-    "127.0.0.1:0",
-    "--otlp-http-listen",
-    "127.0.0.1:0",
-];
-
-fn serve_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["serve"];
-    args.extend_from_slice(&EPHEMERAL);
-    args.extend_from_slice(extra);
-    args
-}
+use crate::common::{GantryProcess, connect, http_get, run_gantry, serve_args};
 
 #[test]
 fn serve_uses_data_in_the_working_directory_and_stops_cleanly_on_sigterm() {

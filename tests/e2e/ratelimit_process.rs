@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use gantry::proto::gantry::v1 as pb;
 use pb::rate_limiter_client::RateLimiterClient;
 
-use crate::common::{GantryProcess, connect, http_get, metric_value};
+use crate::common::{GantryProcess, connect, http_get, metric_value, serve_args};
 
 fn limits_toml(burst: u64) -> String {
     format!("[[ratelimit.limits]]\nname = \"api\"\nrate = 1\nperiod = \"1h\"\nburst = {burst}\n")
@@ -50,17 +50,7 @@ fn atomic_write(path: &Path, text: &str) {
 fn spawn_with_config(cwd: &Path, config: &Path, poll: &str) -> GantryProcess {
     let config_arg = config.display().to_string();
     GantryProcess::spawn(
-        &[
-            "serve",
-            "--config",
-            &config_arg,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--otlp-http-listen",
-            "127.0.0.1:0",
-        ],
+        &serve_args(&["--config", &config_arg]),
         &[("GANTRY_SERVER_CONFIG_POLL_INTERVAL", poll)],
         cwd,
     )

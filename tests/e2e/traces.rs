@@ -822,6 +822,20 @@ async fn forwarding_reaches_a_receiver_that_is_down_at_first_and_drops_beyond_th
     receiver.stop().await.unwrap();
 }
 
+/// [`otel_python`], or None after saying the test is skipped (a failure
+/// with GANTRY_REQUIRE_OTEL_SDK set, as in CI).
+fn otel_python_or_skip() -> Option<std::path::PathBuf> {
+    let python = otel_python();
+    if python.is_none() {
+        assert!(
+            std::env::var_os("GANTRY_REQUIRE_OTEL_SDK").is_none(),
+            "GANTRY_REQUIRE_OTEL_SDK is set but no Python with the SDK and its gRPC and HTTP exporters was found"
+        );
+        eprintln!("SKIPPED: no Python with the OpenTelemetry SDK (run .ci/run)");
+    }
+    python
+}
+
 /// A Python with the OpenTelemetry SDK: GANTRY_OTEL_PYTHON, or the venv .ci/run fills.
 fn otel_python() -> Option<std::path::PathBuf> {
     if let Some(path) = std::env::var_os("GANTRY_OTEL_PYTHON") {
@@ -978,12 +992,7 @@ async fn export_with_the_sdk(
 /// CA, OTEL_EXPORTER_OTLP_HEADERS for the token — exports over TLS.
 #[tokio::test]
 async fn the_python_opentelemetry_sdk_exports_over_tls_with_a_token() {
-    let Some(python) = otel_python() else {
-        assert!(
-            std::env::var_os("GANTRY_REQUIRE_OTEL_SDK").is_none(),
-            "GANTRY_REQUIRE_OTEL_SDK is set but no Python with opentelemetry-sdk was found"
-        );
-        eprintln!("SKIPPED: no Python with the OpenTelemetry SDK (run .ci/run)");
+    let Some(python) = otel_python_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -1043,12 +1052,7 @@ async fn the_python_opentelemetry_sdk_exports_over_tls_with_a_token() {
 
 crate::on_every_backend! {
 async fn the_python_opentelemetry_sdk_exports_to_gantry(backend: Backend) {
-    let Some(python) = otel_python() else {
-        assert!(
-            std::env::var_os("GANTRY_REQUIRE_OTEL_SDK").is_none(),
-            "GANTRY_REQUIRE_OTEL_SDK is set but no Python with opentelemetry-sdk was found"
-        );
-        eprintln!("SKIPPED: no Python with the OpenTelemetry SDK (run .ci/run)");
+    let Some(python) = otel_python_or_skip() else {
         return;
     };
     let server = TestServer::start_on(&backend, |_| {}).await;
@@ -1139,12 +1143,7 @@ async fn the_python_opentelemetry_sdk_exports_to_gantry(backend: Backend) {
 
 crate::on_every_backend! {
 async fn the_python_sdks_http_exporter_posts_to_otlp_http(backend: Backend) {
-    let Some(python) = otel_python() else {
-        assert!(
-            std::env::var_os("GANTRY_REQUIRE_OTEL_SDK").is_none(),
-            "GANTRY_REQUIRE_OTEL_SDK is set but no Python with the SDK's HTTP exporter was found"
-        );
-        eprintln!("SKIPPED: no Python with the OpenTelemetry SDK (run .ci/run)");
+    let Some(python) = otel_python_or_skip() else {
         return;
     };
     let server = TestServer::start_on(&backend, |_| {}).await;
