@@ -97,7 +97,7 @@ impl Rule {
         }
     }
 
-    fn matches(&self, entries: &[(&str, &str)]) -> bool {
+    fn matches<'a>(&self, entries: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> bool {
         self.entries.len() == entries.len()
             && self
                 .entries
@@ -125,9 +125,35 @@ impl Rule {
     }
 }
 
+/// One domain's rules, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Domain {
+    rules: Vec<Rule>,
+    /// Whether a rule names others it replaces: only then does a request
+    /// need every descriptor's rule before deciding any.
+    replaces: bool,
+}
+
+impl Domain {
+    /// The rule that decides a descriptor with these entries (key, value),
+    /// or None when no rule matches. No allocation: Envoy asks per call.
+    pub fn rule<'a, I>(&self, entries: I) -> Option<&Rule>
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+        I::IntoIter: ExactSizeIterator + Clone,
+    {
+        let entries = entries.into_iter();
+        self.rules.iter().find(|r| r.matches(entries.clone()))
+    }
+
+    pub fn has_replaces(&self) -> bool {
+        self.replaces
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct EnvoyRules {
-    domains: HashMap<String, Vec<Rule>>,
+    domains: HashMap<String, Domain>,
 }
 
 /// Separates the parts of a bucket key built from a descriptor.
@@ -139,12 +165,13 @@ impl EnvoyRules {
             .envoy
             .iter()
             .map(|d| {
-                let rules = d
+                let rules: Vec<Rule> = d
                     .descriptors
                     .iter()
                     .map(|r| Rule::new(&d.domain, r, metrics))
                     .collect();
-                (d.domain.clone(), rules)
+                let replaces = rules.iter().any(|r| !r.replaces.is_empty());
+                (d.domain.clone(), Domain { rules, replaces })
             })
             .collect();
         Self { domains }
@@ -156,24 +183,29 @@ impl EnvoyRules {
 
     /// The labels of every rule's counters.
     pub fn labels(&self) -> impl Iterator<Item = RuleLabels> + '_ {
-        self.domains.iter().flat_map(|(domain, rules)| {
-            rules.iter().map(move |r| RuleLabels {
+        self.domains.iter().flat_map(|(domain, d)| {
+            d.rules.iter().map(move |r| RuleLabels {
                 domain: domain.clone(),
                 rule: r.label.clone(),
             })
         })
     }
 
+    /// A domain's rules; None for a domain no rule names (not limited).
+    pub fn domain(&self, domain: &str) -> Option<&Domain> {
+        self.domains.get(domain)
+    }
+
     /// The rule that decides one descriptor, or None when no rule matches.
     pub fn rule(&self, domain: &str, entries: &[(&str, &str)]) -> Option<&Rule> {
-        self.domains
-            .get(domain)?
-            .iter()
-            .find(|r| r.matches(entries))
+        self.domain(domain)?.rule(entries.iter().copied())
     }
 
     /// The bucket key of a descriptor: one bucket per domain and values.
-    pub fn bucket_key(domain: &str, entries: &[(&str, &str)]) -> String {
+    pub fn bucket_key<'a>(
+        domain: &str,
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> String {
         let mut key = String::from(domain);
         for (k, v) in entries {
             key.push(SEP);
@@ -187,7 +219,10 @@ impl EnvoyRules {
     /// The limit and bucket key for one descriptor, or None when unlimited.
     pub fn resolve(&self, domain: &str, entries: &[(&str, &str)]) -> Option<(&str, String)> {
         match &self.rule(domain, entries)?.action {
-            Action::Limit(limit) => Some((limit.as_str(), Self::bucket_key(domain, entries))),
+            Action::Limit(limit) => Some((
+                limit.as_str(),
+                Self::bucket_key(domain, entries.iter().copied()),
+            )),
             Action::Unlimited => None,
         }
     }

@@ -6,6 +6,7 @@ use crate::auth::{Area, Caller};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
@@ -16,7 +17,7 @@ use futures_util::FutureExt;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::descriptors::{Action, EnvoyRules, Rule};
+use super::descriptors::{Action, EnvoyRules};
 use super::gcra::Params;
 use super::headers::{Announced, headers, next_request_in};
 use super::limits::key_with_params;
@@ -95,6 +96,11 @@ fn unit_params(rpu: u32, unit: i32) -> Result<Params, ApiError> {
     })
 }
 
+/// A descriptor's entries as (key, value), without copying.
+fn pairs(d: &RateLimitDescriptor) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone + '_ {
+    d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()))
+}
+
 fn header(key: &str, value: String) -> HeaderValue {
     HeaderValue {
         key: key.to_string(),
@@ -136,24 +142,18 @@ impl EnvoyRateLimitService {
         let set = self.limiter.limits();
         let request_hits = u64::from(r.hits_addend.max(1));
 
-        let entries: Vec<Vec<(&str, &str)>> = r
-            .descriptors
-            .iter()
-            .map(|d| {
-                d.entries
-                    .iter()
-                    .map(|e| (e.key.as_str(), e.value.as_str()))
-                    .collect()
-            })
-            .collect();
-        let matched: Vec<Option<&Rule>> =
-            entries.iter().map(|e| rules.rule(&r.domain, e)).collect();
-        // A rule's `replaces` drops the named rules from this request.
-        let replaced: Vec<&str> = matched
-            .iter()
-            .flatten()
-            .flat_map(|rule| rule.replaces.iter().map(String::as_str))
-            .collect();
+        let domain = rules.domain(&r.domain);
+        // A rule's `replaces` drops the named rules from this request: only
+        // a domain that has such a rule looks at every descriptor first.
+        let replaced: Vec<&str> = match domain {
+            Some(d) if d.has_replaces() => r
+                .descriptors
+                .iter()
+                .filter_map(|descriptor| d.rule(pairs(descriptor)))
+                .flat_map(|rule| rule.replaces.iter().map(String::as_str))
+                .collect(),
+            _ => Vec::new(),
+        };
 
         let mut statuses = Vec::with_capacity(r.descriptors.len());
         // The limit the headers describe: a refusing one, else the one with least left.
@@ -168,7 +168,7 @@ impl EnvoyRateLimitService {
                 .hits_addend
                 .as_ref()
                 .map_or(request_hits, |h| h.value.max(1));
-            let rule = match matched[i] {
+            let rule = match domain.and_then(|d| d.rule(pairs(descriptor))) {
                 Some(rule) if !replaced.contains(&rule.label.as_str()) => rule,
                 _ => {
                     statuses.push(not_limited);
@@ -181,7 +181,7 @@ impl EnvoyRateLimitService {
                 continue;
             };
             let limit_name = limit_name.as_str();
-            let base_key = EnvoyRules::bucket_key(&r.domain, &entries[i]);
+            let base_key = EnvoyRules::bucket_key(&r.domain, pairs(descriptor));
             let explicit = match &descriptor.limit {
                 Some(o) => Some(unit_params(o.requests_per_unit, o.unit)?),
                 None => None,

@@ -26,6 +26,8 @@ pub const MAX_HOT_KEYS: usize = 1_000;
 /// Most Redis keys one hot-keys call looks at (SCAN), so it stays an
 /// operator's query and never a load on Redis.
 pub const MAX_SCANNED: usize = 100_000;
+/// Peeks in flight at once while listing hot keys on Redis.
+const PEEKS_AT_ONCE: usize = 1_024;
 
 /// The view of a bucket `full_in` from full: tokens now and the next one.
 pub fn view(key: &str, params: Params, full_in: Duration, waiters: u64) -> BucketView {
@@ -174,31 +176,37 @@ impl RateLimiter {
             .scan_prefix(&prefix, MAX_SCANNED)
             .await
             .map_err(|e| store_error(e.to_string()))?;
+        // Asked side by side, so the lanes send them in pipelined round
+        // trips rather than one trip per key.
         let mut views = Vec::with_capacity(keys.len());
-        for redis_key in &keys {
-            let Some(key) = redis_key.strip_prefix(&prefix) else {
-                continue;
-            };
-            let params = limit.params_for(key);
-            let job = Job {
-                key: redis_key.clone(),
-                params,
-                tokens: 1,
-                op: Op::Peek,
-            };
-            let d = shared
-                .buckets
-                .decide(job)
+        for chunk in keys.chunks(PEEKS_AT_ONCE) {
+            let peeks = chunk.iter().filter_map(|redis_key| {
+                let key = redis_key.strip_prefix(&prefix)?;
+                let params = limit.params_for(key);
+                let job = Job {
+                    key: redis_key.clone(),
+                    params,
+                    tokens: 1,
+                    op: Op::Peek,
+                };
+                Some(async move {
+                    let d = shared.buckets.decide(job).await?;
+                    Ok::<_, crate::store::redis::RedisStoreError>((redis_key, key, params, d))
+                })
+            });
+            let decided = futures_util::future::try_join_all(peeks)
                 .await
                 .map_err(|e| store_error(e.to_string()))?;
-            if d.reset_after_ns > 0 {
-                let waiters = shared.waiting(redis_key);
-                views.push(view(
-                    key,
-                    params,
-                    Duration::from_nanos(d.reset_after_ns),
-                    waiters,
-                ));
+            for (redis_key, key, params, d) in decided {
+                if d.reset_after_ns > 0 {
+                    let waiters = shared.waiting(redis_key);
+                    views.push(view(
+                        key,
+                        params,
+                        Duration::from_nanos(d.reset_after_ns),
+                        waiters,
+                    ));
+                }
             }
         }
         Ok((views, keys.len()))
