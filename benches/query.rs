@@ -55,6 +55,42 @@ fn benches(c: &mut Criterion) {
         });
         group.finish();
     }
+
+    // One new OLTP statement of about 150 bytes, the shape issue #21 item 7
+    // measures over gRPC, split into its parts.
+    let join = "SELECT o.id, o.total, c.name FROM orders o JOIN customers c ON c.id = o.customer_id \
+                WHERE o.total > 100 AND o.status = 'paid' ORDER BY o.created_at DESC LIMIT 25";
+    let mut group = c.benchmark_group("query_join150");
+    group.bench_function("fingerprint", |b| {
+        b.iter(|| black_box(fingerprint(black_box(join), Dialect::Postgres)))
+    });
+    group.bench_function("tokenize", |b| {
+        b.iter(|| {
+            black_box(
+                sqlparser::tokenizer::Tokenizer::new(
+                    &sqlparser::dialect::PostgreSqlDialect {},
+                    black_box(join),
+                )
+                .tokenize_with_location()
+                .ok(),
+            )
+        })
+    });
+    group.bench_function("parse", |b| {
+        b.iter(|| {
+            black_box(
+                sqlparser::parser::Parser::parse_sql(
+                    &sqlparser::dialect::PostgreSqlDialect {},
+                    black_box(join),
+                )
+                .ok(),
+            )
+        })
+    });
+    group.bench_function("analyze", |b| {
+        b.iter(|| black_box(analyze(black_box(join), Dialect::Postgres, &settings)))
+    });
+    group.finish();
 }
 
 criterion_group!(query, benches);
