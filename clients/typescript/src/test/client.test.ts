@@ -7,7 +7,9 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
-import { Gantry, NotGranted } from "../index";
+import { spawn } from "node:child_process";
+
+import { Gantry, GantryError, NotGranted, pb } from "../index";
 import { ROOT, skip, startGantry } from "./server";
 
 let server: ChildProcess | undefined;
@@ -97,13 +99,132 @@ test("recorder batches in the background", { skip }, async () => {
     }
     await recorder.close();
     assert.equal(recorder.dropped + recorder.failed, 0);
-    const top = await gantry.call(gantry.query, gantry.query.topQueries, { orderBy: 0, limit: 0, service: "shop" });
-    assert.equal(top.queries.length, 1);
-    assert.equal(top.queries[0].calls, 6);
-    assert.equal(top.queries[0].batching?.maxPerTrace, 6);
+    const slow = gantry.recorder("shop", "postgres");
+    assert.ok(slow.record("SELECT count(*) FROM items", 1500, 1));
+    await slow.close();
+    assert.equal(slow.record("SELECT 1", 1), false, "a closed recorder refuses rows");
+    assert.equal(slow.dropped, 1);
+    const top = await gantry.topQueries({ service: "shop", orderBy: "calls" });
+    assert.equal(top.length, 2);
+    assert.equal(top[0].calls, 6);
+    assert.equal(top[0].totalMs, 18);
+    assert.equal(top[0].batching?.maxPerTrace, 6);
+    assert.match(top[0].sample, /SELECT \* FROM items WHERE id = \$1/);
+    assert.ok(top[0].lastSeen instanceof Date);
+    const [heaviest] = await gantry.topQueries({ service: "shop", limit: 1 });
+    assert.equal(heaviest.totalMs, 1500, "by total time unless told otherwise");
+    const logged = await gantry.slowQueries({ limit: 5 });
+    assert.ok(logged.some((q) => q.durationMs === 1500 && q.service === "shop"), JSON.stringify(logged));
+    await assert.rejects(gantry.topQueries({ orderBy: "fastest" as never }), /orderBy must be one of totalTime/);
   } finally {
     gantry.close();
   }
+});
+
+test("every generated type is under pb", () => {
+  assert.equal(pb.QueryOrder.QUERY_ORDER_P99, 3);
+  assert.equal(pb.WatchEvent_Kind.KIND_EXPIRE, 3);
+  assert.equal(pb.DenialReason.DENIAL_REASON_POOL_FULL, 1);
+  assert.equal(typeof pb.SpanStatus_Code, "object");
+  assert.equal(typeof pb.AcquireRequest.encode, "function");
+});
+
+test("arguments are checked before anything is sent", { skip }, async () => {
+  const gantry = new Gantry(addr);
+  try {
+    const ns = gantry.namespace("args");
+    await assert.rejects(ns.put("k", 42 as never), (e: unknown) => e instanceof TypeError && /put: value must be a Buffer, a Uint8Array or a string, got number 42/.test(e.message));
+    await assert.rejects(ns.get(undefined as never), /get: key must be a string, got undefined/);
+    await assert.rejects(gantry.limiter("tight", "k").acquire(0), /acquire: tokens must be a whole number from 1/);
+    await assert.rejects(gantry.limiter("tight", "k").acquire(1, -5), /acquire: waitMs must be a number of milliseconds/);
+    assert.throws(() => gantry.namespace(7 as never), /namespace: name must be a string/);
+    await assert.rejects(gantry.lease("db", "pod", 1.5), /lease: count must be a whole number/);
+    // A string is stored as UTF-8.
+    await ns.put("text", "héllo");
+    assert.equal((await ns.get("text"))?.value.toString("utf8"), "héllo");
+  } finally {
+    await gantry.close();
+  }
+});
+
+test("gantry's refusals are GantryError with the gRPC code", { skip }, async () => {
+  const gantry = new Gantry(addr);
+  try {
+    const err = await gantry.limiter("no-such-limit", "k").acquire().catch((e: unknown) => e);
+    assert.ok(err instanceof GantryError, String(err));
+    assert.equal(err.code, 5);
+    assert.equal(err.codeName, "NOT_FOUND");
+    assert.match(err.message, /^gantry answered NOT_FOUND: .*no-such-limit/);
+  } finally {
+    await gantry.close();
+  }
+  const closed = await gantry.namespace("args").get("k").catch((e: unknown) => e);
+  assert.ok(closed instanceof GantryError && closed.codeName === "CANCELLED" && /closed/.test(closed.message), String(closed));
+  assert.equal(gantry.isClosed, true);
+});
+
+test("an AbortSignal ends a wait at once", { skip }, async () => {
+  const gantry = new Gantry(addr);
+  try {
+    const tight = gantry.limiter("tight", "abort");
+    while ((await tight.acquire()).allowed);
+    const started = Date.now();
+    const err = await tight.wait(10_000, { signal: AbortSignal.timeout(200) }).catch((e: unknown) => e);
+    assert.equal((err as Error).name, "TimeoutError", String(err));
+    assert.ok(Date.now() - started < 2000, `took ${Date.now() - started} ms`);
+    const aborted = new AbortController();
+    aborted.abort(new Error("shutting down"));
+    await assert.rejects(gantry.namespace("x").get("k", { signal: aborted.signal }), /shutting down/);
+  } finally {
+    await gantry.close();
+  }
+});
+
+test("a lease that is gone emits lost and aborts its signal", { skip }, async () => {
+  const gantry = new Gantry(addr);
+  try {
+    const lease = await gantry.lease("db", "pod-lost", 1, { ttlMs: 600 });
+    const lost = new Promise<Error>((resolve) => lease.on("lost", resolve));
+    // Someone else returns it behind the lease's back (an operator, a server-side expiry).
+    await gantry.call(gantry.leases, gantry.leases.release, { leaseId: lease.id });
+    const reason = await lost;
+    assert.match(reason.message, /is gone/);
+    assert.ok(lease.lost && lease.signal.aborted && lease.signal.reason === reason);
+  } finally {
+    await gantry.close();
+  }
+});
+
+test("close() ends what the client started, so the process can exit", { skip }, async () => {
+  // An open Watch keeps node alive unless close() ends it: run a script and see it exit.
+  const script = `
+    const { Gantry } = require(${JSON.stringify(join(__dirname, "..", "index.js"))});
+    (async () => {
+      const gantry = new Gantry(${JSON.stringify(addr)});
+      const near = gantry.namespace("exit").nearCache();
+      await near.get("k");
+      gantry.lease("db", "pod-exit", 1, { ttlMs: 60000 }).then((l) => l.release());
+      const recorder = gantry.recorder("exit");
+      recorder.record("SELECT 1", 1);
+      await new Promise((r) => setTimeout(r, 200));
+      await gantry.close();
+      console.log("closed", recorder.dropped + recorder.failed);
+    })();`;
+  const child = spawn(process.execPath, ["-e", script], { stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  const code = await new Promise<number | null>((resolve) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      resolve(null);
+    }, 10_000);
+    child.on("exit", (c) => {
+      clearTimeout(timer);
+      resolve(c);
+    });
+  });
+  assert.equal(code, 0, `the process did not exit after close(): ${out}`);
+  assert.equal(out.trim(), "closed 0");
 });
 
 test("generated code is current", () => {
