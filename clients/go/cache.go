@@ -71,10 +71,16 @@ type nearItem struct {
 }
 
 // NearCache starts watching keys with prefix ("" for all) and keeps up to
-// maxEntries of them locally.
-func (n *Namespace) NearCache(prefix string, maxEntries int) *NearCache {
-	ctx, cancel := context.WithCancel(context.Background())
+// maxEntries of them locally. It watches until Close, the client's Close or
+// the end of ctx; then reads go to gantry.
+func (n *Namespace) NearCache(ctx context.Context, prefix string, maxEntries int) *NearCache {
+	ctx, cancel := context.WithCancel(ctx)
 	nc := &NearCache{ns: n, max: max(maxEntries, 1), items: map[string]nearItem{}, cancel: cancel, done: make(chan struct{})}
+	if !n.client.own(nc, func(context.Context) { nc.stop() }) {
+		cancel() // the client is closed
+		close(nc.done)
+		return nc
+	}
 	go nc.watch(ctx, prefix)
 	return nc
 }
@@ -169,8 +175,13 @@ func (nc *NearCache) Len() int {
 	return len(nc.items)
 }
 
-// Close stops watching.
+// Close stops watching (it has nothing to send, so it takes no context).
 func (nc *NearCache) Close() {
+	nc.ns.client.forget(nc)
+	nc.stop()
+}
+
+func (nc *NearCache) stop() {
 	nc.cancel()
 	<-nc.done
 }

@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	gantryv1 "github.com/gantry/gantry/clients/go/gen/gantry/v1"
@@ -38,6 +40,11 @@ type Client struct {
 	Leases      gantryv1.LeasesClient
 
 	timeout time.Duration
+	closed  atomic.Bool
+	// owned is what Close ends with the connection: recorders (flushed),
+	// near caches' Watch streams and leases' renewals.
+	mu    sync.Mutex
+	owned map[any]func(context.Context)
 }
 
 type options struct {
@@ -133,7 +140,10 @@ func New(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	dial := []grpc.DialOption{creds, grpc.WithChainUnaryInterceptor(deadline(o.timeout), retry(o))}
+	c := &Client{timeout: o.timeout, owned: map[any]func(context.Context){}}
+	dial := []grpc.DialOption{creds,
+		grpc.WithChainUnaryInterceptor(c.guardUnary, deadline(o.timeout), retry(o)),
+		grpc.WithChainStreamInterceptor(c.guardStream)}
 	if o.token != "" {
 		dial = append(dial, grpc.WithPerRPCCredentials(bearer(o.token)))
 	}
@@ -142,19 +152,77 @@ func New(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{
-		conn:        conn,
-		RateLimiter: gantryv1.NewRateLimiterClient(conn),
-		Cache:       gantryv1.NewCacheClient(conn),
-		Query:       gantryv1.NewQueryAnalyzerClient(conn),
-		Traces:      gantryv1.NewTracesClient(conn),
-		Leases:      gantryv1.NewLeasesClient(conn),
-		timeout:     o.timeout,
-	}, nil
+	c.conn = conn
+	c.RateLimiter = gantryv1.NewRateLimiterClient(conn)
+	c.Cache = gantryv1.NewCacheClient(conn)
+	c.Query = gantryv1.NewQueryAnalyzerClient(conn)
+	c.Traces = gantryv1.NewTracesClient(conn)
+	c.Leases = gantryv1.NewLeasesClient(conn)
+	return c, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close flushes the recorders this client made, ends its near caches' Watch
+// streams and its leases' renewals (their units return when the TTL ends;
+// Release them first to return them at once), then closes the connection.
+// Every call after it fails with ErrClosed (code Canceled). It waits for the
+// recorders' last batches at most the client's timeout; CloseContext takes a
+// context instead.
+func (c *Client) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	return c.CloseContext(ctx)
+}
+
+// CloseContext is Close, waiting for the recorders' last batches until ctx ends.
+func (c *Client) CloseContext(ctx context.Context) error {
+	c.mu.Lock()
+	owned := c.owned
+	c.owned = nil
+	c.mu.Unlock()
+	if owned == nil {
+		return nil // closed before
+	}
+	for _, shutDown := range owned {
+		shutDown(ctx)
+	}
+	c.closed.Store(true)
+	return c.conn.Close()
+}
+
+// own registers what Close must end; the returned function forgets it. It
+// reports false after Close.
+func (c *Client) own(key any, shutDown func(context.Context)) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.owned == nil {
+		return false
+	}
+	c.owned[key] = shutDown
+	return true
+}
+
+func (c *Client) forget(key any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.owned, key)
+}
+
+// guardUnary refuses calls after Close and wraps failures in *Error.
+func (c *Client) guardUnary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if c.closed.Load() {
+		return closedError()
+	}
+	return wrapError(invoker(ctx, method, req, reply, cc, opts...))
+}
+
+// guardStream is guardUnary for streams (Watch, ExportSpans): at the open.
+func (c *Client) guardStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if c.closed.Load() {
+		return nil, closedError()
+	}
+	stream, err := streamer(ctx, desc, cc, method, opts...)
+	return stream, wrapError(err)
+}
 
 // deadline gives calls without one the default timeout.
 func deadline(d time.Duration) grpc.UnaryClientInterceptor {
@@ -188,6 +256,3 @@ func retry(o options) grpc.UnaryClientInterceptor {
 		}
 	}
 }
-
-// ErrNotGranted is returned when a wait ran out without a grant.
-var ErrNotGranted = errors.New("gantry: not granted")

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	gantryv1 "github.com/gantry/gantry/clients/go/gen/gantry/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // testConfig is the configuration every client's tests share.
@@ -181,17 +183,17 @@ func TestLeaseRenewsItselfAndReleases(t *testing.T) {
 		!strings.Contains(err.Error(), "before the deadline") {
 		t.Fatalf("want ErrNotGranted before the deadline, got %v", err)
 	}
-	if err := lease.Release(); err != nil {
+	if err := lease.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := lease.Release(); err != nil {
+	if err := lease.Release(ctx); err != nil {
 		t.Fatalf("a second Release: %v", err)
 	}
 	other, err := c.AcquireLease(ctx, "db", "pod-b", 2, 0)
 	if err != nil {
 		t.Fatalf("after release the units are free: %v", err)
 	}
-	defer other.Release()
+	defer func() { _ = other.Release(ctx) }()
 }
 
 func TestNearCacheFollowsOtherWriters(t *testing.T) {
@@ -200,7 +202,7 @@ func TestNearCacheFollowsOtherWriters(t *testing.T) {
 	other := connect(t, addr) // another instance of the service
 	ctx := context.Background()
 	ns := c.Namespace("carts")
-	near := ns.NearCache("cart:", 100)
+	near := ns.NearCache(ctx, "cart:", 100)
 	defer near.Close()
 
 	eventually := func(what string, cond func() bool) {
@@ -239,11 +241,29 @@ func TestNearCacheFollowsOtherWriters(t *testing.T) {
 
 func TestRecorderBatchesInTheBackground(t *testing.T) {
 	c := connect(t, startGantry(t, "127.0.0.1:0"))
-	rec := c.NewRecorder("shop", "postgres")
-	for i := 0; i < 10; i++ {
+	ctx := context.Background()
+	// A batch of 3 goes out at once, long before the (hour-long) interval.
+	rec := c.NewRecorder(ctx, "shop", "postgres", WithBatchSize(3), WithFlushInterval(time.Hour))
+	for i := 0; i < 3; i++ {
 		rec.Record("SELECT * FROM items WHERE id = 42", 3*time.Millisecond, 1, "4bf92f3577b34da6a3ce929d0e0e4736")
 	}
-	rec.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		top, err := c.TopQueries(ctx, TopQueriesOptions{Service: "shop"})
+		if err == nil && len(top) == 1 && top[0].Calls == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the batch of 3 never arrived: %v %v", top, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for i := 0; i < 7; i++ {
+		rec.Record("SELECT * FROM items WHERE id = 42", 3*time.Millisecond, 1, "4bf92f3577b34da6a3ce929d0e0e4736")
+	}
+	if err := rec.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if rec.Dropped() != 0 || rec.Failed() != 0 {
 		t.Fatalf("dropped %d failed %d", rec.Dropped(), rec.Failed())
 	}
@@ -251,14 +271,89 @@ func TestRecorderBatchesInTheBackground(t *testing.T) {
 	if rec.Record("SELECT 1", time.Millisecond, 1, "") || rec.Dropped() != 1 {
 		t.Fatalf("Record after Close: dropped %d", rec.Dropped())
 	}
-	rec.Close()
-	top, err := c.Query.TopQueries(context.Background(), &gantryv1.TopQueriesRequest{Service: "shop"})
-	if err != nil || len(top.GetQueries()) != 1 {
+	if err := rec.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A recorder whose context ends sends what it holds and stops.
+	short, cancel := context.WithCancel(ctx)
+	slow := c.NewRecorder(short, "shop", "postgres")
+	slow.Record("SELECT count(*) FROM items", 1500*time.Millisecond, 1, "")
+	cancel()
+	<-slow.done
+	if slow.Record("SELECT 1", time.Millisecond, 1, "") {
+		t.Fatal("a recorder whose context ended still takes rows")
+	}
+
+	top, err := c.TopQueries(ctx, TopQueriesOptions{Service: "shop", OrderBy: OrderByCalls})
+	if err != nil || len(top) != 2 {
 		t.Fatalf("top: %v %v", top, err)
 	}
-	q := top.GetQueries()[0]
-	if q.GetCalls() != 10 || q.GetBatching().GetMaxPerTrace() != 10 {
-		t.Fatalf("stats: calls %d, batching %v", q.GetCalls(), q.GetBatching())
+	q := top[0]
+	if q.Calls != 10 || q.Total != 30*time.Millisecond || q.Batching == nil || q.Batching.MaxPerTrace != 10 ||
+		!strings.Contains(q.Sample, "WHERE id = $1") || q.LastSeen.IsZero() {
+		t.Fatalf("stats: %+v %+v", q, q.Batching)
+	}
+	heaviest, err := c.TopQueries(ctx, TopQueriesOptions{Service: "shop", Limit: 1})
+	if err != nil || len(heaviest) != 1 || heaviest[0].Total != 1500*time.Millisecond {
+		t.Fatalf("by total time (the default): %+v %v", heaviest, err)
+	}
+	slowest, err := c.SlowQueries(ctx, time.Now().Add(-time.Minute), 5)
+	if err != nil || len(slowest) != 1 || slowest[0].Duration != 1500*time.Millisecond || slowest[0].Service != "shop" {
+		t.Fatalf("slow queries: %+v %v", slowest, err)
+	}
+}
+
+func TestErrorsCarryTheCodeAndCloseEndsEverything(t *testing.T) {
+	addr := startGantry(t, "127.0.0.1:0")
+	c, err := New(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	_, err = c.Limiter("no-such-limit", "k").Acquire(ctx, 1)
+	var gerr *Error
+	if !errors.As(err, &gerr) || gerr.Code != codes.NotFound || status.Code(err) != codes.NotFound ||
+		!strings.HasPrefix(err.Error(), "gantry: NotFound: ") || !strings.Contains(err.Error(), "no-such-limit") {
+		t.Fatalf("want *Error NotFound naming the limit, got %T %v", err, err)
+	}
+	near := c.Namespace("carts").NearCache(ctx, "", 10)
+	lease, err := c.AcquireLease(ctx, "db", "pod-close", 1, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := c.NewRecorder(ctx, "close", "")
+	rec.Record("SELECT 2", time.Millisecond, 1, "")
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close flushed the recorder and ended the watch and the renewals.
+	select {
+	case <-near.done:
+	default:
+		t.Fatal("the near cache still watches after Close")
+	}
+	select {
+	case <-lease.done:
+	default:
+		t.Fatal("the lease still renews after Close")
+	}
+	if rec.Failed() != 0 || rec.Record("SELECT 3", time.Millisecond, 1, "") {
+		t.Fatalf("recorder after Close: failed %d", rec.Failed())
+	}
+	_, _, _, err = c.Namespace("carts").Get(ctx, "k")
+	if !errors.Is(err, ErrClosed) || status.Code(err) != codes.Canceled {
+		t.Fatalf("a call after Close: want ErrClosed (Canceled), got %v", err)
+	}
+	if late := c.NewRecorder(ctx, "late", ""); late.Record("SELECT 4", time.Millisecond, 1, "") {
+		t.Fatal("a recorder made after Close takes rows")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("a second Close: %v", err)
+	}
+	check := connect(t, addr)
+	top, err := check.TopQueries(ctx, TopQueriesOptions{Service: "close"})
+	if err != nil || len(top) != 1 {
+		t.Fatalf("the recorder's last batch: %+v %v", top, err)
 	}
 }
 
@@ -287,6 +382,36 @@ func TestCallsRetryWhileTheServerComesUp(t *testing.T) {
 }
 
 // The generated code must come from the protos as they are now.
+// The README's way to use the module from a checkout: require + replace in a
+// fresh module, then build a program that calls it.
+func TestUsableFromACheckoutWithReplace(t *testing.T) {
+	checkout, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	program := "package main\n\nimport gantry \"github.com/gantry/gantry/clients/go\"\n\n" +
+		"func main() {\n\tc, err := gantry.New(\"127.0.0.1:1\")\n\tif err != nil {\n\t\tpanic(err)\n\t}\n\t_ = c.Close()\n}\n"
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(program), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"mod", "init", "example.com/my-service"},
+		{"mod", "edit", "-require=github.com/gantry/gantry/clients/go@v0.0.0", "-replace=github.com/gantry/gantry/clients/go=" + checkout},
+		{"mod", "tidy"},
+		{"build", "-o", filepath.Join(dir, "my-service"), "."},
+	} {
+		cmd := exec.Command("go", args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go %v: %v\n%s", args, err, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "my-service")); err != nil {
+		t.Fatalf("no program built: %v", err)
+	}
+}
+
 func TestGeneratedCodeIsCurrent(t *testing.T) {
 	files, err := filepath.Glob("../../proto/gantry/v1/*.proto")
 	if err != nil || len(files) == 0 {

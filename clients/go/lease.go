@@ -17,7 +17,7 @@ import (
 //
 //	lease, err := client.AcquireLease(ctx, "orders-db", hostname, 10, 30*time.Second)
 //	if err != nil { ... }
-//	defer lease.Release()
+//	defer lease.Release(context.Background())
 type Lease struct {
 	client *Client
 	ID     string
@@ -29,6 +29,7 @@ type Lease struct {
 	stop     chan struct{}
 	done     chan struct{}
 	release  sync.Once
+	stopOnce sync.Once
 	mu       sync.Mutex
 	expires  time.Time
 	lostOnce sync.Once
@@ -76,6 +77,10 @@ func (c *Client) AcquireLease(ctx context.Context, pool, holder string, count ui
 		done:    make(chan struct{}),
 		expires: expires,
 	}
+	if !c.own(l, func(context.Context) { l.stopRenewing() }) {
+		close(l.done) // the client closed meanwhile: nothing renews it
+		return l, nil
+	}
 	go l.renew()
 	return l, nil
 }
@@ -118,17 +123,22 @@ func (l *Lease) renew() {
 	}
 }
 
-// Release returns the units at once and stops renewing. Safe to call more than once.
-func (l *Lease) Release() error {
+// Release returns the units at once and stops renewing; ctx bounds the call
+// (without a deadline, the client's timeout). Safe to call more than once.
+func (l *Lease) Release(ctx context.Context) error {
 	var err error
 	l.release.Do(func() {
-		close(l.stop)
-		<-l.done
-		ctx, cancel := context.WithTimeout(context.Background(), l.client.timeout)
-		defer cancel()
+		l.client.forget(l)
+		l.stopRenewing()
 		_, err = l.client.Leases.Release(ctx, &gantryv1.ReleaseLeaseRequest{LeaseId: l.ID})
 	})
 	return err
+}
+
+// stopRenewing ends the renewals (Release, or the client's Close).
+func (l *Lease) stopRenewing() {
+	l.stopOnce.Do(func() { close(l.stop) })
+	<-l.done
 }
 
 // denialText says why the server refused, as its answer tells.

@@ -25,15 +25,36 @@ type Recorder struct {
 	failed   atomic.Uint64
 	close    sync.Once
 	done     chan struct{}
+	// last bounds the final flush: the context Close was given.
+	last context.Context
 	// closed guards queue: Record after Close drops (returns false)
 	// instead of sending on a closed channel.
 	mu     sync.RWMutex
 	closed bool
 }
 
+// RecorderOption configures NewRecorder.
+type RecorderOption func(*Recorder)
+
+// WithBatchSize sends a batch once it holds n executions (default 500).
+func WithBatchSize(n int) RecorderOption { return func(r *Recorder) { r.batch = max(n, 1) } }
+
+// WithFlushInterval sends what is queued at least this often (default 1 s).
+func WithFlushInterval(d time.Duration) RecorderOption {
+	return func(r *Recorder) { r.interval = max(d, 10*time.Millisecond) }
+}
+
+// WithQueueSize bounds the executions waiting to be sent (default 10,000);
+// Record drops (and counts) beyond it.
+func WithQueueSize(n int) RecorderOption {
+	return func(r *Recorder) { r.queue = make(chan *gantryv1.QueryExecution, max(n, 1)) }
+}
+
 // NewRecorder starts a recorder for service's queries in dialect
-// ("postgres", "mysql", "sqlite" or "").
-func (c *Client) NewRecorder(service, dialect string) *Recorder {
+// ("postgres", "mysql", "sqlite" or ""). It runs until Close, the client's
+// Close, or until ctx ends (then it sends what is queued, within the
+// client's timeout, and stops).
+func (c *Client) NewRecorder(ctx context.Context, service, dialect string, opts ...RecorderOption) *Recorder {
 	r := &Recorder{
 		client:   c,
 		service:  service,
@@ -43,7 +64,22 @@ func (c *Client) NewRecorder(service, dialect string) *Recorder {
 		interval: time.Second,
 		done:     make(chan struct{}),
 	}
+	for _, opt := range opts {
+		opt(r)
+	}
+	if !c.own(r, func(ctx context.Context) { _ = r.shutDown(ctx) }) {
+		r.closed = true // the client is closed: Record refuses
+		close(r.done)
+		return r
+	}
 	go r.run()
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = r.Close(context.Background())
+		case <-r.done:
+		}
+	}()
 	return r
 }
 
@@ -83,11 +119,15 @@ func (r *Recorder) run() {
 	ticker := time.NewTicker(r.interval)
 	defer ticker.Stop()
 	var pending []*gantryv1.QueryExecution
-	flush := func() {
+	flush := func(final bool) {
 		if len(pending) == 0 {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), r.client.timeout)
+		if final { // as long as Close's context allows (set before the queue closed)
+			cancel()
+			ctx, cancel = context.WithCancel(r.last)
+		}
 		resp, err := r.client.Query.Record(ctx, &gantryv1.RecordRequest{Executions: pending})
 		cancel()
 		if err != nil {
@@ -101,26 +141,41 @@ func (r *Recorder) run() {
 		select {
 		case e, ok := <-r.queue:
 			if !ok {
-				flush()
+				flush(true)
 				return
 			}
 			pending = append(pending, e)
 			if len(pending) >= r.batch {
-				flush()
+				flush(false)
 			}
 		case <-ticker.C:
-			flush()
+			flush(false)
 		}
 	}
 }
 
-// Close sends what is queued and stops. Record must not be called after Close.
-func (r *Recorder) Close() {
+// Close sends what is queued and stops, waiting for the last batch until ctx
+// ends (ctx's error then; what was not sent counts as failed). Record after
+// Close drops and returns false. Safe to call more than once.
+func (r *Recorder) Close(ctx context.Context) error {
+	r.client.forget(r)
+	return r.shutDown(ctx)
+}
+
+func (r *Recorder) shutDown(ctx context.Context) error {
 	r.close.Do(func() {
 		r.mu.Lock()
-		r.closed = true
-		close(r.queue)
+		if !r.closed {
+			r.closed = true
+			r.last = ctx
+			close(r.queue)
+		}
 		r.mu.Unlock()
-		<-r.done
 	})
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
