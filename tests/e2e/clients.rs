@@ -100,5 +100,5 @@ fn the_python_client_passes_its_tests() {
         &["-m", "pytest", "-q", "clients/python/tests"],
         &[("PYTHONPATH", src.to_str().unwrap())],
     );
-    assert!(out.contains("13 passed"), "{out}");
+    assert!(out.contains("18 passed"), "{out}");
 }

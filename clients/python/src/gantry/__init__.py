@@ -10,7 +10,10 @@ Over TLS with a token: Client("gantry:7070", tls=Tls(ca_file="ca.crt"), token=..
 The generated stubs are in gantry.v1; gantry.aio has the asyncio client.
 """
 
-from ._common import Decision, NotGranted, Tls
+from ._common import BatchingHint, Decision, GantryError, NotGranted, QueryStats, SlowQuery, Tls
 from .client import Cache, Client, Lease, NearCache, QueryRecorder, RateLimiter
 
-__all__ = ["Cache", "Client", "Decision", "Lease", "NearCache", "NotGranted", "QueryRecorder", "RateLimiter", "Tls"]
+__all__ = [
+    "BatchingHint", "Cache", "Client", "Decision", "GantryError", "Lease", "NearCache", "NotGranted",
+    "QueryRecorder", "QueryStats", "RateLimiter", "SlowQuery", "Tls",
+]

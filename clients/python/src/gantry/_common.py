@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Dict, Optional, Tuple
+from datetime import datetime, timedelta, timezone
+from typing import Dict, List, Optional, Tuple
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -93,6 +93,36 @@ class NotGranted(Exception):
         self.retry_after = retry_after
 
 
+class GantryError(grpc.RpcError):
+    """Any failure of a helper's call other than NotGranted: gantry's refusal
+    or the channel's. `code` is the grpc.StatusCode (`code.name` its name) and
+    `details` gantry's message; `code()`/`details()` answer too, as on gRPC's
+    own errors (it is a grpc.RpcError, so `except grpc.RpcError` still works)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"gantry answered {code.name}: {details}")
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    @classmethod
+    def of(cls, error: grpc.RpcError) -> "GantryError":
+        if isinstance(error, GantryError):
+            return error
+        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+        details = error.details() if hasattr(error, "details") else str(error)
+        return cls(code or grpc.StatusCode.UNKNOWN, details or "")
+
+
+def closed_error() -> GantryError:
+    """What every helper's call after close() raises (CANCELLED, as gRPC's own closed channels answer)."""
+    return GantryError(grpc.StatusCode.CANCELLED, "this gantry client is closed")
+
+
 @dataclass(frozen=True)
 class Decision:
     """A rate-limit answer; durations in seconds."""
@@ -140,6 +170,106 @@ def execution(sql: str, seconds_taken: float, rows: int, trace_id: str, service:
     now.GetCurrentTime()
     return query_pb2.QueryExecution(sql=sql, dialect=dialect, duration=duration(seconds_taken),
                                     rows=rows, service=service, trace_id=trace_id, time=now)
+
+
+# TopQueries orders by name; "total_time" when not given.
+QUERY_ORDERS = {
+    "total_time": query_pb2.QUERY_ORDER_TOTAL_TIME,
+    "mean_time": query_pb2.QUERY_ORDER_MEAN_TIME,
+    "p99": query_pb2.QUERY_ORDER_P99,
+    "calls": query_pb2.QUERY_ORDER_CALLS,
+    "rows": query_pb2.QUERY_ORDER_ROWS,
+}
+
+
+@dataclass(frozen=True)
+class BatchingHint:
+    """Set when a statement ran many times in one trace (N+1)."""
+
+    max_per_trace: int
+    occurrences: int
+    suggestion: str
+
+
+@dataclass(frozen=True)
+class QueryStats:
+    """One fingerprint's statistics (TopQueries); durations as timedelta."""
+
+    fingerprint: str
+    service: str
+    sample: str
+    calls: int
+    rows: int
+    total: timedelta
+    mean: timedelta
+    min: timedelta
+    max: timedelta
+    stddev: timedelta
+    p50: timedelta
+    p95: timedelta
+    p99: timedelta
+    first_seen: Optional[datetime]
+    last_seen: Optional[datetime]
+    batching: Optional[BatchingHint]
+
+
+@dataclass(frozen=True)
+class SlowQuery:
+    """One execution over the slow threshold (SlowQueries)."""
+
+    fingerprint: str
+    text: str
+    duration: timedelta
+    rows: int
+    service: str
+    trace_id: str
+    time: Optional[datetime]
+
+
+def _when(message, field: str) -> Optional[datetime]:
+    if not message.HasField(field):
+        return None
+    return datetime.fromtimestamp(unix_seconds(getattr(message, field)), tz=timezone.utc)
+
+
+def top_queries_request(order_by: str, limit: int, service: str) -> query_pb2.TopQueriesRequest:
+    if order_by not in QUERY_ORDERS:
+        raise ValueError(f"order_by must be one of {', '.join(QUERY_ORDERS)}, got {order_by!r}")
+    return query_pb2.TopQueriesRequest(order_by=QUERY_ORDERS[order_by], limit=limit, service=service)
+
+
+def slow_queries_request(since: Optional[datetime], limit: int) -> query_pb2.SlowQueriesRequest:
+    request = query_pb2.SlowQueriesRequest(limit=limit)
+    if since is not None:
+        if since.tzinfo is None:
+            raise ValueError("since must be an aware datetime (e.g. datetime.now(timezone.utc)): a naive one has no zone")
+        request.since.FromDatetime(since.astimezone(timezone.utc))
+    return request
+
+
+def query_stats(resp: query_pb2.TopQueriesResponse) -> List[QueryStats]:
+    def td(d) -> timedelta:
+        return timedelta(seconds=seconds(d))
+
+    return [
+        QueryStats(
+            fingerprint=q.fingerprint, service=q.service, sample=q.sample, calls=q.calls, rows=q.rows,
+            total=td(q.total), mean=td(q.mean), min=td(q.min), max=td(q.max), stddev=td(q.stddev),
+            p50=td(q.p50), p95=td(q.p95), p99=td(q.p99),
+            first_seen=_when(q, "first_seen"), last_seen=_when(q, "last_seen"),
+            batching=BatchingHint(q.batching.max_per_trace, q.batching.occurrences, q.batching.suggestion)
+            if q.HasField("batching") else None,
+        )
+        for q in resp.queries
+    ]
+
+
+def slow_queries(resp: query_pb2.SlowQueriesResponse) -> List[SlowQuery]:
+    return [
+        SlowQuery(fingerprint=q.fingerprint, text=q.text, duration=timedelta(seconds=seconds(q.duration)),
+                  rows=q.rows, service=q.service, trace_id=q.trace_id, time=_when(q, "time"))
+        for q in resp.queries
+    ]
 
 
 class NearItems:

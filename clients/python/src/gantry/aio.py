@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import Awaitable, Callable, Optional, Tuple, TypeVar
+from datetime import datetime
+from typing import Any, Awaitable, Callable, List, Optional, Tuple, TypeVar
 
 import grpc
 import grpc.aio
@@ -25,14 +26,22 @@ from gantry.v1 import (
 from ._common import (
     CHANNEL_OPTIONS,
     Decision,
+    GantryError,
     NearItems,
     NotGranted,
+    QueryStats,
+    SlowQuery,
     denial_text,
     Tls,
     channel_security,
+    closed_error,
     decision,
     duration,
     execution,
+    query_stats,
+    slow_queries,
+    slow_queries_request,
+    top_queries_request,
     unix_seconds,
 )
 
@@ -41,24 +50,106 @@ T = TypeVar("T")
 
 class AsyncClient:
     """One grpc.aio channel to gantry and the stubs; UNAVAILABLE is retried
-    by gRPC with backoff; calls without a timeout get `timeout` seconds."""
+    by gRPC with backoff; calls without a timeout get `timeout` seconds. The
+    helpers raise GantryError (with the gRPC code) for every failure but
+    NotGranted. `channel` uses a grpc.aio channel you built; `credentials`
+    any grpc.ChannelCredentials; `tls` and `token` build them. It and its
+    helpers may be made outside a running loop; they start their tasks when
+    first used in one."""
 
-    def __init__(self, target: str, *, timeout: float = 5.0, tls: Optional[Tls] = None,
-                 token: Optional[str] = None):
-        creds, options = channel_security(tls, token)
-        if creds is None:
-            self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS + options)
+    def __init__(self, target: str, *, timeout: float = 5.0, channel: Optional[grpc.aio.Channel] = None,
+                 tls: Optional[Tls] = None, token: Optional[str] = None,
+                 credentials: Optional[grpc.ChannelCredentials] = None):
+        if credentials is not None and (tls is not None or token is not None):
+            raise ValueError("give credentials or tls/token, not both")
+        creds, options = (credentials, []) if credentials is not None else channel_security(tls, token)
         self.timeout = timeout
-        self.rate_limiter = ratelimit_pb2_grpc.RateLimiterStub(self.channel)
-        self.cache = cache_pb2_grpc.CacheStub(self.channel)
-        self.query = query_pb2_grpc.QueryAnalyzerStub(self.channel)
-        self.traces = traces_pb2_grpc.TracesStub(self.channel)
-        self.leases = leases_pb2_grpc.LeasesStub(self.channel)
+        self._target, self._creds, self._options = target, creds, options
+        self._channel: Optional[grpc.aio.Channel] = channel
+        self._stubs: Optional[Tuple[Any, ...]] = None
+        # What close() ends with the channel: recorders (flushed), near
+        # caches' watches, leases' renewals.
+        self._owned: set = set()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The grpc.aio channel, made on first use: a grpc.aio channel belongs
+        to the loop it was made in, so the client can be made outside one."""
+        if self._channel is None:
+            if self._creds is None:
+                self._channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
+            else:
+                self._channel = grpc.aio.secure_channel(self._target, self._creds, options=CHANNEL_OPTIONS + self._options)
+        return self._channel
+
+    def _stub(self, index: int) -> Any:
+        if self._stubs is None:
+            channel = self.channel
+            self._stubs = (
+                ratelimit_pb2_grpc.RateLimiterStub(channel),
+                cache_pb2_grpc.CacheStub(channel),
+                query_pb2_grpc.QueryAnalyzerStub(channel),
+                traces_pb2_grpc.TracesStub(channel),
+                leases_pb2_grpc.LeasesStub(channel),
+            )
+        return self._stubs[index]
+
+    @property
+    def rate_limiter(self) -> ratelimit_pb2_grpc.RateLimiterStub:
+        return self._stub(0)
+
+    @property
+    def cache(self) -> cache_pb2_grpc.CacheStub:
+        return self._stub(1)
+
+    @property
+    def query(self) -> query_pb2_grpc.QueryAnalyzerStub:
+        return self._stub(2)
+
+    @property
+    def traces(self) -> traces_pb2_grpc.TracesStub:
+        return self._stub(3)
+
+    @property
+    def leases(self) -> leases_pb2_grpc.LeasesStub:
+        return self._stub(4)
+
+    def _own(self, thing: Any) -> bool:
+        """Registers what close() ends; False once the client is closed."""
+        if self._closed:
+            return False
+        self._owned.add(thing)
+        return True
+
+    def _forget(self, thing: Any) -> None:
+        self._owned.discard(thing)
+
+    async def _call(self, method: Callable[..., Any], request: Any, timeout: Optional[float] = None) -> Any:
+        """A helper's call: refused after close(), failures as GantryError."""
+        if self._closed:
+            raise closed_error()
+        try:
+            return await method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as e:
+            raise GantryError.of(e) from e
 
     async def close(self) -> None:
-        await self.channel.close()
+        """Flushes the recorders this client made, ends its near caches'
+        watches and its leases' renewals, then closes the channel. Helpers'
+        calls after it raise GantryError (CANCELLED)."""
+        if self._closed:
+            return
+        owned, self._owned = list(self._owned), set()
+        for thing in owned:
+            await thing._shut_down()
+        self._closed = True
+        if self._channel is not None:
+            await self._channel.close()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -78,6 +169,21 @@ class AsyncClient:
     def recorder(self, service: str, dialect: str = "", **kwargs) -> "AsyncQueryRecorder":
         return AsyncQueryRecorder(self, service, dialect, **kwargs)
 
+    async def top_queries(self, *, order_by: str = "total_time", limit: int = 0, service: str = "") -> List[QueryStats]:
+        """As Client.top_queries."""
+        return query_stats(await self._call(self.query.TopQueries, top_queries_request(order_by, limit, service)))
+
+    async def slow_queries(self, *, since: Optional[datetime] = None, limit: int = 0) -> List[SlowQuery]:
+        """As Client.slow_queries."""
+        return slow_queries(await self._call(self.query.SlowQueries, slow_queries_request(since, limit)))
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
 
 class AsyncRateLimiter:
     """`async with limiter:` and `@limiter` (on coroutine functions) take one
@@ -94,7 +200,7 @@ class AsyncRateLimiter:
             limit=self.limit, key=self.key if key is None else key, tokens=tokens,
             max_wait=duration(wait), client=self.client, dry_run=dry_run,
         )
-        return decision(await self._gantry.rate_limiter.Acquire(request, timeout=wait + self._gantry.timeout))
+        return decision(await self._gantry._call(self._gantry.rate_limiter.Acquire, request, wait + self._gantry.timeout))
 
     async def __aenter__(self) -> Decision:
         d = await self.acquire()
@@ -120,7 +226,7 @@ class AsyncCache:
         self.namespace = namespace
 
     async def get(self, key: str) -> Tuple[Optional[bytes], int]:
-        resp = await self._gantry.cache.Get(cache_pb2.GetRequest(namespace=self.namespace, key=key), timeout=self._gantry.timeout)
+        resp = await self._gantry._call(self._gantry.cache.Get, cache_pb2.GetRequest(namespace=self.namespace, key=key))
         return (resp.value if resp.found else None), resp.version
 
     async def put(self, key: str, value: bytes, *, ttl: float = 0.0, if_version: Optional[int] = None,
@@ -130,10 +236,10 @@ class AsyncCache:
             request.if_version = if_version
         elif if_absent:
             request.if_absent = True
-        return (await self._gantry.cache.Put(request, timeout=self._gantry.timeout)).version
+        return (await self._gantry._call(self._gantry.cache.Put, request)).version
 
     async def delete(self, key: str) -> bool:
-        resp = await self._gantry.cache.Delete(cache_pb2.DeleteRequest(namespace=self.namespace, key=key), timeout=self._gantry.timeout)
+        resp = await self._gantry._call(self._gantry.cache.Delete, cache_pb2.DeleteRequest(namespace=self.namespace, key=key))
         return resp.deleted
 
     def near_cache(self, prefix: str = "", max_entries: int = 10_000) -> "AsyncNearCache":
@@ -141,13 +247,21 @@ class AsyncCache:
 
 
 class AsyncNearCache:
-    """As gantry.client.NearCache, on a task. Create it inside a running loop;
-    `async with` or `await close()`."""
+    """As gantry.client.NearCache, on a task started by the first get() (or
+    `async with`), so it may be made outside a running loop; `async with`
+    or `await close()`."""
 
     def __init__(self, cache: AsyncCache, prefix: str = "", max_entries: int = 10_000):
         self._cache, self._prefix = cache, prefix
         self._near = NearItems(max_entries)
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._task: Optional[asyncio.Task] = None
+        self._closed = not cache._gantry._own(self)
+        self._start()
+
+    def _start(self) -> None:
+        loop = _running_loop()
+        if self._task is None and not self._closed and loop is not None:
+            self._task = loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         backoff = 0.05
@@ -167,6 +281,7 @@ class AsyncNearCache:
             backoff = min(backoff * 2, 5.0)
 
     async def get(self, key: str) -> Optional[bytes]:
+        self._start()
         held = self._near.items.get(key)
         if held is not None:
             return held[0]
@@ -179,14 +294,21 @@ class AsyncNearCache:
     def __len__(self) -> int:
         return len(self._near.items)
 
+    async def _shut_down(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
     async def close(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        self._cache._gantry._forget(self)
+        await self._shut_down()
 
     async def __aenter__(self) -> "AsyncNearCache":
+        self._start()
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -206,10 +328,11 @@ class AsyncLease:
         self._task: Optional[asyncio.Task] = None
 
     async def acquire(self) -> "AsyncLease":
-        resp = await self._gantry.leases.Acquire(
+        resp = await self._gantry._call(
+            self._gantry.leases.Acquire,
             leases_pb2.AcquireLeaseRequest(pool=self.pool, holder=self.holder, count=self.count,
                                            ttl=duration(self.ttl), max_wait=duration(self.wait)),
-            timeout=self.wait + self._gantry.timeout,
+            self.wait + self._gantry.timeout,
         )
         if not resp.granted:
             raise NotGranted(f"{self.count} units of {self.pool} not granted within {self.wait}s"
@@ -218,7 +341,8 @@ class AsyncLease:
         self.expires_at = unix_seconds(resp.expires_at)
         if self.ttl <= 0:
             self.ttl = max(self.expires_at - time.time(), 1.0)
-        self._task = asyncio.get_running_loop().create_task(self._renew())
+        if self._gantry._own(self):
+            self._task = asyncio.get_running_loop().create_task(self._renew())
         return self
 
     async def _renew(self) -> None:
@@ -226,24 +350,29 @@ class AsyncLease:
         while True:
             await asyncio.sleep(every)
             try:
-                resp = await self._gantry.leases.Renew(
-                    leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)), timeout=every)
+                resp = await self._gantry._call(self._gantry.leases.Renew,
+                                                leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)), every)
                 self.expires_at = unix_seconds(resp.expires_at)
-            except grpc.RpcError as e:
+            except GantryError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND or time.time() > self.expires_at:
                     self.lost.set()
                     return
 
-    async def release(self) -> bool:
+    async def _shut_down(self) -> None:
+        """Stops renewing (release(), or the client's close())."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+    async def release(self) -> bool:
+        self._gantry._forget(self)
+        await self._shut_down()
         if not self.lease_id:
             return False
-        resp = await self._gantry.leases.Release(leases_pb2.ReleaseLeaseRequest(lease_id=self.lease_id), timeout=self._gantry.timeout)
+        resp = await self._gantry._call(self._gantry.leases.Release, leases_pb2.ReleaseLeaseRequest(lease_id=self.lease_id))
         self.lease_id = ""
         return resp.released
 
@@ -255,7 +384,9 @@ class AsyncLease:
 
 
 class AsyncQueryRecorder:
-    """As gantry.client.QueryRecorder, on a task; `await close()` flushes."""
+    """As gantry.client.QueryRecorder, on a task started by the first
+    record() made in a running loop (so it may be made outside one);
+    `await close()` flushes."""
 
     def __init__(self, gantry: AsyncClient, service: str, dialect: str = "", *, batch: int = 500,
                  interval: float = 1.0, queue_size: int = 10_000):
@@ -265,8 +396,14 @@ class AsyncQueryRecorder:
         self._queue: "asyncio.Queue" = asyncio.Queue(maxsize=queue_size)
         self.dropped = 0
         self.failed = 0
-        self._closed = False
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task: Optional[asyncio.Task] = None
+        self._closed = not gantry._own(self)
+        self._start()
+
+    def _start(self) -> None:
+        loop = _running_loop()
+        if self._task is None and loop is not None:
+            self._task = loop.create_task(self._run())
 
     def record(self, sql: str, seconds_taken: float, rows: int = 0, trace_id: str = "") -> bool:
         if self._closed:
@@ -274,6 +411,7 @@ class AsyncQueryRecorder:
             return False
         try:
             self._queue.put_nowait(execution(sql, seconds_taken, rows, trace_id, self.service, self.dialect))
+            self._start()
             return True
         except asyncio.QueueFull:
             self.dropped += 1
@@ -283,9 +421,9 @@ class AsyncQueryRecorder:
         if not pending:
             return
         try:
-            resp = await self._gantry.query.Record(query_pb2.RecordRequest(executions=pending), timeout=self._gantry.timeout)
+            resp = await self._gantry._call(self._gantry.query.Record, query_pb2.RecordRequest(executions=pending))
             self.failed += resp.rejected
-        except grpc.RpcError:
+        except GantryError:
             self.failed += len(pending)
 
     async def _run(self) -> None:
@@ -307,15 +445,22 @@ class AsyncQueryRecorder:
                 pending = []
                 deadline = loop.time() + self._interval
 
-    async def close(self) -> None:
-        """Sends what is queued and stops; later record() calls return False."""
+    async def _shut_down(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._start()
         await self._queue.put(None)
-        await self._task
+        if self._task is not None:
+            await self._task
+
+    async def close(self) -> None:
+        """Sends what is queued and stops; later record() calls return False."""
+        self._gantry._forget(self)
+        await self._shut_down()
 
     async def __aenter__(self) -> "AsyncQueryRecorder":
+        self._start()
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -6,7 +6,8 @@ import functools
 import queue
 import threading
 import time
-from typing import Callable, Optional, Tuple, TypeVar
+from datetime import datetime
+from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
 import grpc
 
@@ -25,30 +26,44 @@ from gantry.v1 import (
 from ._common import (
     CHANNEL_OPTIONS,
     Decision,
+    GantryError,
     NearItems,
     NotGranted,
+    QueryStats,
+    SlowQuery,
     denial_text,
     Tls,
     channel_security,
+    closed_error,
     decision,
     duration,
     execution,
+    query_stats,
+    slow_queries,
+    slow_queries_request,
+    top_queries_request,
     unix_seconds,
 )
 
 F = TypeVar("F", bound=Callable)
+T = TypeVar("T")
 
 
 class Client:
     """One channel to gantry (every call multiplexed over it) and the stubs.
 
     Calls without a timeout get `timeout` seconds; UNAVAILABLE is retried by
-    gRPC with backoff.
+    gRPC with backoff. The helpers raise GantryError (with the gRPC code) for
+    every failure but NotGranted. `channel` uses a channel you built;
+    `credentials` any grpc.ChannelCredentials; `tls` and `token` build them.
     """
 
     def __init__(self, target: str, *, timeout: float = 5.0, channel: Optional[grpc.Channel] = None,
-                 tls: Optional[Tls] = None, token: Optional[str] = None):
-        creds, options = channel_security(tls, token)
+                 tls: Optional[Tls] = None, token: Optional[str] = None,
+                 credentials: Optional[grpc.ChannelCredentials] = None):
+        if credentials is not None and (tls is not None or token is not None):
+            raise ValueError("give credentials or tls/token, not both")
+        creds, options = (credentials, []) if credentials is not None else channel_security(tls, token)
         if channel is not None:
             self.channel = channel
         elif creds is None:
@@ -61,8 +76,53 @@ class Client:
         self.query = query_pb2_grpc.QueryAnalyzerStub(self.channel)
         self.traces = traces_pb2_grpc.TracesStub(self.channel)
         self.leases = leases_pb2_grpc.LeasesStub(self.channel)
+        # What close() ends with the channel: recorders (flushed), near
+        # caches' watches, leases' renewals.
+        self._owned: set = set()
+        self._owned_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _own(self, thing: Any) -> bool:
+        """Registers what close() ends; False once the client is closed."""
+        with self._owned_lock:
+            if self._closed:
+                return False
+            self._owned.add(thing)
+            return True
+
+    def _forget(self, thing: Any) -> None:
+        with self._owned_lock:
+            self._owned.discard(thing)
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: Optional[float] = None) -> T:
+        """A helper's call: refused after close(), failures as GantryError."""
+        if self._closed:
+            raise closed_error()
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as e:
+            raise GantryError.of(e) from e
+        except ValueError as e:  # grpc's "Cannot invoke RPC on closed channel!"
+            if self._closed:
+                raise closed_error() from e
+            raise
 
     def close(self) -> None:
+        """Flushes the recorders this client made, ends its near caches'
+        watches and its leases' renewals (their units return when the TTL
+        ends; release() first to return them at once), then closes the
+        channel. Helpers' calls after it raise GantryError (CANCELLED)."""
+        with self._owned_lock:
+            if self._closed:
+                return
+            owned, self._owned = list(self._owned), set()
+        for thing in owned:
+            thing._shut_down()
+        self._closed = True
         self.channel.close()
 
     def __enter__(self) -> "Client":
@@ -82,6 +142,16 @@ class Client:
 
     def recorder(self, service: str, dialect: str = "", **kwargs) -> "QueryRecorder":
         return QueryRecorder(self, service, dialect, **kwargs)
+
+    def top_queries(self, *, order_by: str = "total_time", limit: int = 0, service: str = "") -> List[QueryStats]:
+        """The heaviest statements recorded: order_by is total_time, mean_time,
+        p99, calls or rows; limit 0 means 20; service "" the whole fleet."""
+        return query_stats(self._call(self.query.TopQueries, top_queries_request(order_by, limit, service)))
+
+    def slow_queries(self, *, since: Optional[datetime] = None, limit: int = 0) -> List[SlowQuery]:
+        """Executions over the slow threshold, newest first: since an aware
+        datetime (None: all that are kept), at most limit (0: 50)."""
+        return slow_queries(self._call(self.query.SlowQueries, slow_queries_request(since, limit)))
 
 
 class RateLimiter:
@@ -108,7 +178,7 @@ class RateLimiter:
             max_wait=duration(wait), client=self.client, dry_run=dry_run,
         )
         # The call may last the wait plus the usual timeout.
-        resp = self._gantry.rate_limiter.Acquire(request, timeout=wait + self._gantry.timeout)
+        resp = self._gantry._call(self._gantry.rate_limiter.Acquire, request, wait + self._gantry.timeout)
         return decision(resp)
 
     def __enter__(self) -> Decision:
@@ -138,22 +208,22 @@ class Cache:
 
     def get(self, key: str) -> Tuple[Optional[bytes], int]:
         """(value, version); value is None for a missing or expired key."""
-        resp = self._gantry.cache.Get(cache_pb2.GetRequest(namespace=self.namespace, key=key), timeout=self._gantry.timeout)
+        resp = self._gantry._call(self._gantry.cache.Get, cache_pb2.GetRequest(namespace=self.namespace, key=key))
         return (resp.value if resp.found else None), resp.version
 
     def put(self, key: str, value: bytes, *, ttl: float = 0.0, if_version: Optional[int] = None,
             if_absent: bool = False) -> int:
         """Writes a key and returns its version; a condition that does not hold
-        raises grpc.RpcError with FAILED_PRECONDITION."""
+        raises GantryError with FAILED_PRECONDITION."""
         request = cache_pb2.PutRequest(namespace=self.namespace, key=key, value=value, ttl=duration(ttl))
         if if_version is not None:
             request.if_version = if_version
         elif if_absent:
             request.if_absent = True
-        return self._gantry.cache.Put(request, timeout=self._gantry.timeout).version
+        return self._gantry._call(self._gantry.cache.Put, request).version
 
     def delete(self, key: str) -> bool:
-        resp = self._gantry.cache.Delete(cache_pb2.DeleteRequest(namespace=self.namespace, key=key), timeout=self._gantry.timeout)
+        resp = self._gantry._call(self._gantry.cache.Delete, cache_pb2.DeleteRequest(namespace=self.namespace, key=key))
         return resp.deleted
 
     def near_cache(self, prefix: str = "", max_entries: int = 10_000) -> "NearCache":
@@ -174,7 +244,10 @@ class NearCache:
         self._closed = threading.Event()
         self._call = None
         self._thread = threading.Thread(target=self._watch, name="gantry-near-cache", daemon=True)
-        self._thread.start()
+        if cache._gantry._own(self):
+            self._thread.start()
+        else:
+            self._closed.set()
 
     def _watch(self) -> None:
         backoff = 0.05
@@ -214,11 +287,16 @@ class NearCache:
         with self._lock:
             return len(self._near.items)
 
-    def close(self) -> None:
+    def _shut_down(self) -> None:
         self._closed.set()
         if self._call is not None:
             self._call.cancel()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def close(self) -> None:
+        self._cache._gantry._forget(self)
+        self._shut_down()
 
     def __enter__(self) -> "NearCache":
         return self
@@ -246,10 +324,11 @@ class Lease:
         self._thread: Optional[threading.Thread] = None
 
     def acquire(self) -> "Lease":
-        resp = self._gantry.leases.Acquire(
+        resp = self._gantry._call(
+            self._gantry.leases.Acquire,
             leases_pb2.AcquireLeaseRequest(pool=self.pool, holder=self.holder, count=self.count,
                                            ttl=duration(self.ttl), max_wait=duration(self.wait)),
-            timeout=self.wait + self._gantry.timeout,
+            self.wait + self._gantry.timeout,
         )
         if not resp.granted:
             raise NotGranted(f"{self.count} units of {self.pool} not granted within {self.wait}s"
@@ -258,29 +337,35 @@ class Lease:
         self.expires_at = unix_seconds(resp.expires_at)
         if self.ttl <= 0:
             self.ttl = max(self.expires_at - time.time(), 1.0)
-        self._thread = threading.Thread(target=self._renew, name="gantry-lease", daemon=True)
-        self._thread.start()
+        if self._gantry._own(self):
+            self._thread = threading.Thread(target=self._renew, name="gantry-lease", daemon=True)
+            self._thread.start()
         return self
 
     def _renew(self) -> None:
         every = max(self.ttl / 3, 0.1)
         while not self._stop.wait(every):
             try:
-                resp = self._gantry.leases.Renew(
-                    leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)), timeout=every)
+                resp = self._gantry._call(self._gantry.leases.Renew,
+                                          leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)), every)
                 self.expires_at = unix_seconds(resp.expires_at)
-            except grpc.RpcError as e:
+            except GantryError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND or time.time() > self.expires_at:
                     self.lost.set()
                     return
 
-    def release(self) -> bool:
+    def _shut_down(self) -> None:
+        """Stops renewing (release(), or the client's close())."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def release(self) -> bool:
+        self._gantry._forget(self)
+        self._shut_down()
         if not self.lease_id:
             return False
-        resp = self._gantry.leases.Release(leases_pb2.ReleaseLeaseRequest(lease_id=self.lease_id), timeout=self._gantry.timeout)
+        resp = self._gantry._call(self._gantry.leases.Release, leases_pb2.ReleaseLeaseRequest(lease_id=self.lease_id))
         self.lease_id = ""
         return resp.released
 
@@ -309,7 +394,10 @@ class QueryRecorder:
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="gantry-recorder", daemon=True)
-        self._thread.start()
+        if gantry._own(self):
+            self._thread.start()
+        else:
+            self._closed = True  # the client is closed: record() refuses
 
     def record(self, sql: str, seconds_taken: float, rows: int = 0, trace_id: str = "") -> bool:
         with self._lock:
@@ -327,9 +415,9 @@ class QueryRecorder:
         if not pending:
             return
         try:
-            resp = self._gantry.query.Record(query_pb2.RecordRequest(executions=pending), timeout=self._gantry.timeout)
+            resp = self._gantry._call(self._gantry.query.Record, query_pb2.RecordRequest(executions=pending))
             self.failed += resp.rejected
-        except grpc.RpcError:
+        except GantryError:
             self.failed += len(pending)
 
     def _run(self) -> None:
@@ -350,14 +438,18 @@ class QueryRecorder:
                 pending = []
                 deadline = time.monotonic() + self._interval
 
-    def close(self) -> None:
-        """Sends what is queued and stops; later record() calls return False."""
+    def _shut_down(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         self._queue.put(None)
         self._thread.join()
+
+    def close(self) -> None:
+        """Sends what is queued and stops; later record() calls return False."""
+        self._gantry._forget(self)
+        self._shut_down()
 
     def __enter__(self) -> "QueryRecorder":
         return self
