@@ -39,6 +39,17 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The gRPC code of a call gantry (or the connection) refused; `None`
+    /// for a refused connection and for [`Error::NotGranted`].
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Self::Status(status) => Some(status.code()),
+            Self::Connect(_) | Self::NotGranted { .. } => None,
+        }
+    }
+}
+
 /// One connection to gantry and the generated clients (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct Gantry {
@@ -60,13 +71,13 @@ fn pb_duration(d: Duration) -> prost_types::Duration {
     }
 }
 
-fn std_duration(d: Option<&prost_types::Duration>) -> Duration {
+pub(crate) fn std_duration(d: Option<&prost_types::Duration>) -> Duration {
     d.map_or(Duration::ZERO, |d| {
         Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
     })
 }
 
-fn system_time(t: Option<&prost_types::Timestamp>) -> SystemTime {
+pub(crate) fn system_time(t: Option<&prost_types::Timestamp>) -> SystemTime {
     t.and_then(|t| SystemTime::try_from(*t).ok())
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
@@ -132,14 +143,14 @@ impl Gantry {
         self
     }
 
-    fn request<T>(&self, message: T, wait: Duration) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T, wait: Duration) -> Request<T> {
         let mut request = self.authorized(message);
         request.set_timeout(wait + self.timeout);
         request
     }
 
     /// Runs `call`, again after 50 ms, 100 ms, … (up to 2 s) while it fails with UNAVAILABLE.
-    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    pub(crate) async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Status>>,

@@ -8,6 +8,7 @@ pub mod connect;
 /// The load generator behind `gantry-load` (feature `load`).
 #[cfg(feature = "load")]
 pub mod load;
+pub mod queries;
 
 /// Generated from the repository's `proto/`. The only place lints are relaxed.
 pub mod proto {
@@ -27,3 +28,4 @@ pub mod proto {
 
 pub use client::{Decision, Error, Gantry, Lease, Limiter, Namespace, NearCache, Recorder};
 pub use connect::{ConnectError, Tls, connect, connect_with};
+pub use queries::{BatchingHint, QueryOrder, QueryStats, SlowQuery, TopQueries};

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gantry_client::proto::gantry::v1 as pb;
-use gantry_client::{Error, Gantry};
+use gantry_client::{Error, Gantry, QueryOrder, TopQueries};
 
 /// The configuration every client's tests share.
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/gantry.toml");
@@ -234,21 +234,71 @@ async fn recorder_batches_in_the_background() {
     }
     assert_eq!(recorder.dropped(), 0);
     assert_eq!(recorder.close().await, 0);
+    let slow = gantry.recorder("shop", "postgres");
+    assert!(slow.record(
+        "SELECT count(*) FROM items",
+        Duration::from_millis(1500),
+        1,
+        ""
+    ));
+    assert_eq!(slow.close().await, 0);
+
     let top = gantry
-        .query
-        .clone()
-        .top_queries(pb::TopQueriesRequest {
+        .top_queries(TopQueries {
             service: "shop".into(),
+            order_by: QueryOrder::Calls,
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(top.queries.len(), 1);
-    assert_eq!(top.queries[0].calls, 6);
+        .unwrap();
+    assert_eq!(top.iter().map(|q| q.calls).collect::<Vec<_>>(), [6, 1]);
+    assert_eq!(top[0].total, Duration::from_millis(18));
+    assert_eq!(top[0].batching.as_ref().map(|b| b.max_per_trace), Some(6));
+    assert!(top[0].sample.contains("WHERE id = $1"), "{}", top[0].sample);
+    assert!(top[0].last_seen > std::time::UNIX_EPOCH);
+    let heaviest = gantry
+        .top_queries(TopQueries {
+            service: "shop".into(),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(
-        top.queries[0].batching.as_ref().map(|b| b.max_per_trace),
-        Some(6)
+        heaviest[0].total,
+        Duration::from_millis(1500),
+        "total time by default"
+    );
+    let logged = gantry
+        .slow_queries(
+            Some(std::time::SystemTime::now() - Duration::from_secs(60)),
+            5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        logged
+            .iter()
+            .map(|q| (q.service.as_str(), q.duration))
+            .collect::<Vec<_>>(),
+        [("shop", Duration::from_millis(1500))]
+    );
+}
+
+#[tokio::test]
+async fn errors_carry_the_code() {
+    let Some(server) = start() else { return };
+    let gantry = client(&server).await;
+    let err = gantry
+        .limiter("no-such-limit", "k")
+        .acquire(1, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound));
+    assert!(
+        err.to_string().starts_with("gantry answered NotFound: ")
+            && err.to_string().contains("no-such-limit"),
+        "{err}"
     );
 }
 
