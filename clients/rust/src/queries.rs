@@ -135,7 +135,7 @@ impl Gantry {
         let r = self
             .retry(|| {
                 let mut query = self.query.clone();
-                let request = self.request(ask.clone(), Duration::ZERO);
+                let request = self.request(ask, Duration::ZERO);
                 async move { query.slow_queries(request).await.map(|r| r.into_inner()) }
             })
             .await?;
