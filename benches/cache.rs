@@ -1,6 +1,7 @@
 //! Cache hot paths in process: a hot-tier hit through the engine, a read
-//! from sled after a hot-tier miss, a put, and gzip on JSON-like values
-//! (cost per value; the ratio is printed). Run: `cargo bench --bench cache`.
+//! from sled after a hot-tier miss, puts of 100 B and of 10 KiB (random and
+//! JSON-like: issue #23), and gzip on JSON-like values (cost per value; the
+//! ratio is printed). Run: `cargo bench --bench cache`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -24,6 +25,19 @@ fn json_like(bytes: usize) -> Vec<u8> {
     }
     v.truncate(bytes);
     v
+}
+
+/// Bytes gzip cannot shrink (xorshift), as encrypted or compressed payloads are.
+fn noise(bytes: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..bytes)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 fn engine(dir: &std::path::Path, hot_entries: u64) -> CacheEngine {
@@ -82,6 +96,27 @@ fn benches(c: &mut Criterion) {
                     .expect("put"),
             )
         })
+    });
+
+    // 10 KiB values: random bytes (as encrypted or compressed payloads are)
+    // and JSON, each put over the same 1,000 keys.
+    let random = Bytes::from(noise(10 * 1024));
+    let json = Bytes::from(json_like(10 * 1024));
+    for (kind, value) in [("random", random), ("json", json)] {
+        c.bench_function(&format!("cache_put_10KiB_{kind}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % 1000;
+                black_box(
+                    cache
+                        .put("bench", &keys[i], value.clone(), None, Condition::Always)
+                        .expect("put"),
+                )
+            })
+        });
+    }
+    c.bench_function("sample_judgement_10KiB", |b| {
+        let value = json_like(10 * 1024);
+        b.iter(|| black_box(compress::worth_trying(black_box(&value))))
     });
 
     let mut group = c.benchmark_group("gzip_json");

@@ -206,10 +206,14 @@ impl CacheEngine {
         self.inner.namespaces.get_or_create(namespace)
     }
 
-    /// A value as it is stored: gzipped where that pays (`cache.compress_min_bytes`).
-    pub(crate) fn pack(&self, value: &[u8]) -> (bool, Vec<u8>) {
+    /// A value as it is stored: gzipped where that pays (`cache.compress_min_bytes`),
+    /// counted in the namespace's `packed` outcomes.
+    pub(crate) fn pack(&self, counters: &Counters, value: &[u8]) -> (bool, Vec<u8>) {
         let limits = self.inner.limits;
-        compress::pack(value, limits.compress_min_bytes, limits.compression_level)
+        let (packing, data) =
+            compress::pack_judged(value, limits.compress_min_bytes, limits.compression_level);
+        counters.packed(packing);
+        (packing.compressed(), data)
     }
 
     /// The hot tier, for the shared store's replica-local copy of entries.
@@ -336,8 +340,7 @@ impl CacheEngine {
             return Err(FieldError::too_long("value", len, max, "cache.max_value_bytes").into());
         }
         let counters = self.inner.namespaces.get_or_create(namespace)?;
-        let (compressed, data) =
-            compress::pack(&value, limits.compress_min_bytes, limits.compression_level);
+        let (compressed, data) = self.pack(&counters, &value);
         let name = entry::name(namespace, key);
         let now = now_ms();
         // Millisecond resolution; a positive TTL below 1 ms still expires.

@@ -252,6 +252,9 @@ fn values_read_back_from_the_store_after_hot_eviction_compressed_or_not() {
         s.stored_bytes + (json.len() as u64) / 2 < s.raw_bytes,
         "json compressed: {s:?}"
     );
+    // Small: the empty value and the 50 fillers; the noise's sample said
+    // gzip would not pay (not even tried); the JSON gzipped.
+    assert_eq!(s.packed, [51, 1, 0, 1], "small, skipped, not smaller, gzip");
 }
 
 #[test]

@@ -229,8 +229,8 @@ impl RedisCache {
         ttl: Option<Duration>,
         condition: Condition,
     ) -> Result<u64, CacheError> {
-        self.engine.check_put(namespace, key, &value)?;
-        let (compressed, data) = self.engine.pack(&value);
+        let counters = self.engine.check_put(namespace, key, &value)?;
+        let (compressed, data) = self.engine.pack(&counters, &value);
         let (mode, expected) = match condition {
             Condition::Always => ("always", 0),
             Condition::IfAbsent => ("absent", 0),

@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::CacheError;
+use super::compress::Packing;
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -27,6 +28,8 @@ pub struct Counters {
     pub stored_bytes: AtomicI64,
     pub evictions: AtomicU64,
     pub expirations: AtomicU64,
+    /// Values written, by what compression made of them ([`Packing`] order).
+    pub packed: [AtomicU64; 4],
 }
 
 /// A point-in-time copy of one namespace's counters.
@@ -41,6 +44,8 @@ pub struct Snapshot {
     pub stored_bytes: u64,
     pub evictions: u64,
     pub expirations: u64,
+    /// Values written by outcome: small, skipped, not smaller, gzip.
+    pub packed: [u64; 4],
 }
 
 impl Snapshot {
@@ -54,6 +59,21 @@ impl Snapshot {
         self.stored_bytes += o.stored_bytes;
         self.evictions += o.evictions;
         self.expirations += o.expirations;
+        for (mine, theirs) in self.packed.iter_mut().zip(o.packed) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// The label of each [`Packing`] outcome, in the order of `Counters::packed`.
+const PACKING_OUTCOMES: [&str; 4] = ["small", "skipped", "not_smaller", "gzip"];
+
+fn packing_index(packing: Packing) -> usize {
+    match packing {
+        Packing::Small => 0,
+        Packing::Skipped => 1,
+        Packing::NotSmaller => 2,
+        Packing::Gzip => 3,
     }
 }
 
@@ -77,6 +97,9 @@ impl Counters {
     pub fn evicted(&self) {
         bump(&self.evictions);
     }
+    pub fn packed(&self, packing: Packing) {
+        bump(&self.packed[packing_index(packing)]);
+    }
 
     /// An entry appeared (`+1`) or went away (`-1`), or was replaced (`0`),
     /// with the change in raw and stored bytes.
@@ -99,6 +122,7 @@ impl Counters {
             stored_bytes: gauge(&self.stored_bytes),
             evictions: get(&self.evictions),
             expirations: get(&self.expirations),
+            packed: self.packed.each_ref().map(get),
         }
     }
 }
@@ -175,6 +199,12 @@ struct NsLabel {
 struct TierLabels {
     namespace: String,
     tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    namespace: String,
+    outcome: &'static str,
 }
 
 /// Per-namespace series on /metrics, read from the counters at scrape time.
@@ -284,6 +314,29 @@ impl Collector for CacheCollector {
             let rows: Vec<(NsLabel, u64)> = all.iter().map(|(n, s)| (ns(n), value(s))).collect();
             family(&mut encoder, name, help, kind, &rows)?;
         }
+        let packed: Vec<_> = all
+            .iter()
+            .flat_map(|(n, s)| {
+                PACKING_OUTCOMES
+                    .iter()
+                    .zip(s.packed)
+                    .map(|(outcome, count)| {
+                        let labels = OutcomeLabels {
+                            namespace: n.to_string(),
+                            outcome,
+                        };
+                        (labels, count)
+                    })
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "gantry_cache_packed",
+            "Values written, by what compression made of them: small (under compress_min_bytes), \
+             skipped (their sample looked incompressible, gzip not tried), not_smaller, gzip",
+            MetricType::Counter,
+            &packed,
+        )?;
         Ok(())
     }
 }

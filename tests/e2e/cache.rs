@@ -335,6 +335,13 @@ async fn values_round_trip_whether_compressed_or_not(backend: Backend) {
             "{key}"
         );
     }
+    // What compression made of each value: gzip tried only where the
+    // sample said it could pay.
+    let (_, metrics) = http_get(server.metrics, "/metrics").await;
+    for (outcome, count) in [("gzip", 1.0), ("skipped", 1.0), ("small", 1.0), ("not_smaller", 0.0)] {
+        let series = format!("gantry_cache_packed_total{{namespace=\"blobs\",outcome=\"{outcome}\"}}");
+        assert_eq!(metric_value(&metrics, &series), Some(count), "{series}\n{metrics}");
+    }
     if backend.is_redis() {
         // Entry and byte counts are not kept in Redis (docs/cluster.md).
         server.stop().await.unwrap();
