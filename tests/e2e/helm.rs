@@ -149,7 +149,7 @@ fn kubeconform(t: &Tools, manifests: &str) -> String {
             // The Prometheus Operator's and cert-manager's CRDs have no
             // schema among Kubernetes' own.
             "-skip",
-            "ServiceMonitor,Certificate",
+            "ServiceMonitor,PrometheusRule,Certificate",
             file.to_str().unwrap(),
         ],
     );
@@ -216,13 +216,15 @@ fn the_chart_lints_renders_validates_and_configures_gantry() {
         );
     }
     assert!(!default.contains("kind: ServiceMonitor"));
+    assert!(!default.contains("kind: PrometheusRule") && !default.contains("grafana_dashboard"));
 
     let all = render(&t, &["-f", ALL_OPTIONS]);
     let summary = kubeconform(&t, &all);
     assert!(
-        summary.contains("Valid: 6, Invalid: 0, Errors: 0, Skipped: 2"),
+        summary.contains("Valid: 7, Invalid: 0, Errors: 0, Skipped: 3"),
         "{summary}"
     );
+    check_monitoring(&all);
     check_config(&all);
     let config = rendered_config(&all);
     // Integers stay integers through Helm's float-only YAML.
@@ -246,6 +248,48 @@ fn the_chart_lints_renders_validates_and_configures_gantry() {
         assert!(
             all.contains(expected),
             "{expected:?} missing from the all-options render"
+        );
+    }
+}
+
+/// The alerts and the dashboard (helm/gantry/monitoring) as rendered: the
+/// rules narrowed to this release's job and volume claims, the dashboard in
+/// a ConfigMap the Grafana sidecar finds by its label.
+fn check_monitoring(all: &str) {
+    let rules = std::fs::read_to_string(format!("{CHART}/monitoring/alerts.yaml")).unwrap();
+    let alerts = rules.matches("- alert:").count();
+    let rendered = all
+        .split("\n---")
+        .find(|doc| doc.contains("kind: PrometheusRule"))
+        .expect("a PrometheusRule");
+    assert_eq!(rendered.matches("- alert:").count(), alerts);
+    assert!(rendered.contains("release: prometheus"), "{rendered}");
+    assert!(
+        rendered.contains("up{job=\"gantry-prod\"} == 0"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("persistentvolumeclaim=~\"data-gantry-prod-[0-9]+\""),
+        "{rendered}"
+    );
+    assert!(
+        !rendered.contains(".*gantry.*"),
+        "a selector was not narrowed:\n{rendered}"
+    );
+    let dashboard = all
+        .split("\n---")
+        .find(|doc| doc.contains("gantry.json:"))
+        .expect("the dashboard ConfigMap");
+    for expected in [
+        "name: gantry-prod-dashboard",
+        "namespace: monitoring",
+        "grafana_dashboard: \"1\"",
+        "grafana_folder: \"Platform\"",
+        "\"uid\": \"gantry-overview\"",
+    ] {
+        assert!(
+            dashboard.contains(expected),
+            "{expected} missing:\n{dashboard}"
         );
     }
 }

@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use crate::backends::Backend;
 use crate::common::{TestServer, assert_status, http_get, metric_value};
 
-fn pool(name: &str, capacity: u32) -> PoolConfig {
+pub(crate) fn pool(name: &str, capacity: u32) -> PoolConfig {
     PoolConfig {
         name: name.into(),
         capacity,

@@ -17,6 +17,7 @@ mod helm;
 mod hostile_input;
 mod leases;
 mod leases_process;
+mod monitoring;
 mod process;
 mod query;
 mod ratelimit;

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use crate::backends::Backend;
 use crate::common::{TestServer, http_get, metric_value};
 
-fn limit(name: &str, rate: u64, period: Duration, burst: u64) -> LimitConfig {
+pub(crate) fn limit(name: &str, rate: u64, period: Duration, burst: u64) -> LimitConfig {
     LimitConfig {
         name: name.into(),
         rate,

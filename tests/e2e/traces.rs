@@ -19,14 +19,14 @@ use tonic::transport::Channel;
 
 use crate::common::{TestServer, assert_status, http_get, metric_value};
 
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
 }
 
-fn ts(nanos: u64) -> prost_types::Timestamp {
+pub(crate) fn ts(nanos: u64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: (nanos / 1_000_000_000) as i64,
         nanos: (nanos % 1_000_000_000) as i32,
@@ -34,7 +34,7 @@ fn ts(nanos: u64) -> prost_types::Timestamp {
 }
 
 /// A gantry span of `ms` milliseconds starting `offset_ms` after `base`.
-fn span(
+pub(crate) fn span(
     trace: u8,
     id: u8,
     parent: Option<u8>,
