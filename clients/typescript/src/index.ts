@@ -165,9 +165,13 @@ export class Gantry {
     this.rateLimiter.close();
   }
 
-  /** Registers what `close()` must shut down; returns a function that forgets it. */
-  own(thing: Owned): () => void {
-    if (this.closed) throw closedError();
+  /**
+   * Registers what `close()` must shut down; returns a function that forgets
+   * it, or undefined when the client is closed already (the caller then
+   * starts nothing: a recorder refuses rows, a near cache reads through).
+   */
+  own(thing: Owned): (() => void) | undefined {
+    if (this.closed) return undefined;
     this.owned.add(thing);
     return () => this.owned.delete(thing);
   }
@@ -299,7 +303,9 @@ export class Lease extends EventEmitter<{ lost: [Error] }> {
     const every = Math.max(ttlMs / 3, 100);
     this.timer = setInterval(() => void this.renew(every), every);
     this.timer.unref();
-    this.forget = gantry.own({ shutDown: () => clearInterval(this.timer) });
+    const forget = gantry.own({ shutDown: () => clearInterval(this.timer) });
+    if (!forget) clearInterval(this.timer); // closed while it was granted: nothing renews it
+    this.forget = forget ?? (() => false);
   }
 
   /** Aborted (with the reason) when the lease is lost. */
@@ -387,7 +393,9 @@ export class NearCache {
   private readonly forget: () => void;
 
   constructor(private readonly ns: Namespace, private readonly prefix: string, private readonly maxEntries: number) {
-    this.forget = ns.gantry.own({ shutDown: () => this.stop() });
+    const forget = ns.gantry.own({ shutDown: () => this.stop() });
+    this.forget = forget ?? (() => false);
+    this.closed = !forget;
     this.connect(50);
   }
 
@@ -476,7 +484,13 @@ export class Recorder {
               private readonly batch: number, intervalMs: number, private readonly maxPending = 10_000) {
     this.timer = setInterval(() => this.flush(), intervalMs);
     this.timer.unref();
-    this.forget = gantry.own({ shutDown: () => this.stop() });
+    const forget = gantry.own({ shutDown: () => this.stop() });
+    this.forget = forget ?? (() => false);
+    if (!forget) {
+      // The client is closed: refuse rows, as after close().
+      this.closed = true;
+      clearInterval(this.timer);
+    }
   }
 
   record(sql: string, tookMs: number, rows = 0, traceId = ""): boolean {

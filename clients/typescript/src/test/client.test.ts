@@ -161,6 +161,11 @@ test("gantry's refusals are GantryError with the gRPC code", { skip }, async () 
   const closed = await gantry.namespace("args").get("k").catch((e: unknown) => e);
   assert.ok(closed instanceof GantryError && closed.codeName === "CANCELLED" && /closed/.test(closed.message), String(closed));
   assert.equal(gantry.isClosed, true);
+  // Made after close(): a recorder refuses rows and a near cache reads through (and fails), as in Go and Python.
+  const late = gantry.recorder("late");
+  assert.equal(late.record("SELECT 1", 1), false);
+  assert.equal(late.dropped, 1);
+  await assert.rejects(gantry.namespace("args").nearCache().get("k"), /closed/);
 });
 
 test("an AbortSignal ends a wait at once", { skip }, async () => {
