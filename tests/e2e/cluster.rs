@@ -5,24 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gantry::config::{HumanDuration, LimitConfig, LimitScopeConfig, StoreFailure};
+use gantry::config::{HumanDuration, StoreFailure};
 use gantry::proto::gantry::v1 as pb;
 use pb::rate_limiter_client::RateLimiterClient;
 use tonic::Code;
 
 use crate::backends::{Backend, RedisServer};
 use crate::common::{GantryProcess, TestServer, connect, http_get, metric_value, wait_serving};
-
-fn limit(name: &str, rate: u64, period: Duration, burst: u64) -> LimitConfig {
-    LimitConfig {
-        name: name.into(),
-        rate,
-        period: HumanDuration(period),
-        burst: Some(burst),
-        scope: LimitScopeConfig::PerKey,
-        overrides: vec![],
-    }
-}
+use crate::ratelimit::limit;
 
 /// `n` gantry processes on `backend`, each in its own directory with
 /// `config` as gantry.toml, and a channel to each once it serves `service`.
@@ -356,6 +346,103 @@ async fn with_store_failure_open_an_outage_allows_and_counts() {
         ),
         Some(3.0),
         "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
+
+/// While Redis is down, looking into buckets and exporting spans over
+/// OTLP/HTTP fail promptly with UNAVAILABLE / 503 naming the store (never a
+/// hang), and work again once Redis is back.
+#[tokio::test]
+async fn inspection_fails_clearly_and_otlp_http_keeps_working_while_redis_is_down() {
+    let Some(mut redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let backend = Backend::Redis {
+        url: redis.url(),
+        prefix: "down".into(),
+    };
+    let server = TestServer::start_on(&backend, |c| {
+        c.ratelimit.limits = vec![limit("api", 10, Duration::from_secs(60), 10)];
+    })
+    .await;
+    let mut rl = RateLimiterClient::new(server.channel.clone());
+    rl.acquire(acquire("api", "k")).await.unwrap();
+    let inspect = || pb::InspectBucketRequest {
+        limit: "api".into(),
+        key: "k".into(),
+    };
+    let hot = || pb::HotKeysRequest {
+        limit: "api".into(),
+        count: 5,
+    };
+    assert_eq!(
+        rl.inspect_bucket(inspect()).await.unwrap().into_inner().key,
+        "k"
+    );
+    assert!(
+        !rl.hot_keys(hot())
+            .await
+            .unwrap()
+            .into_inner()
+            .buckets
+            .is_empty()
+    );
+
+    redis.kill();
+    let within = Duration::from_secs(10);
+    let status = tokio::time::timeout(within, rl.inspect_bucket(inspect()))
+        .await
+        .expect("InspectBucket hung with Redis down")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(!status.message().is_empty());
+    let status = tokio::time::timeout(within, rl.hot_keys(hot()))
+        .await
+        .expect("HotKeys hung with Redis down")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    // Spans go to Redis too: an export is refused with 503 (retryable for
+    // OTLP exporters) and the reason, then taken again once Redis is back.
+    let url = format!("http://{}/v1/traces", server.otlp_http.unwrap());
+    let body = crate::traces::otlp_json("4bf92f3577b34da6a3ce929d0e0e4736", "GET /during-outage");
+    let args = [
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        body.as_str(),
+    ];
+    let post = || crate::traces::curl(&url, &args);
+    let (code, answer) = tokio::time::timeout(within, post())
+        .await
+        .expect("OTLP/HTTP hung with Redis down");
+    assert_eq!(code, 503, "{answer}");
+    assert!(
+        answer.contains("\"code\":14") && answer.contains("Redis store is unreachable"),
+        "{answer}"
+    );
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, answer) = post().await;
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never taken again after Redis came back: {code} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rl.inspect_bucket(inspect())
+            .await
+            .unwrap()
+            .into_inner()
+            .limit,
+        "api"
     );
     server.stop().await.unwrap();
 }

@@ -1174,7 +1174,7 @@ async fn the_python_sdks_http_exporter_posts_to_otlp_http(backend: Backend) {
 
 /// curl against OTLP/HTTP: `args` after the URL; status and body. Run off
 /// the test's runtime thread, which also serves the in-process gantry.
-async fn curl(url: &str, args: &[&str]) -> (u16, String) {
+pub(crate) async fn curl(url: &str, args: &[&str]) -> (u16, String) {
     let mut command = std::process::Command::new("curl");
     command
         .args([
@@ -1203,7 +1203,7 @@ async fn curl(url: &str, args: &[&str]) -> (u16, String) {
 }
 
 /// An OTLP JSON export of one server span (ids in hex, as the JSON mapping has them).
-fn otlp_json(trace_hex: &str, name: &str) -> String {
+pub(crate) fn otlp_json(trace_hex: &str, name: &str) -> String {
     let now = now_nanos();
     format!(
         r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"curl-shop"}}}}]}},
