@@ -354,7 +354,7 @@ async fn with_store_failure_open_an_outage_allows_and_counts() {
 /// OTLP/HTTP fail promptly with UNAVAILABLE / 503 naming the store (never a
 /// hang), and work again once Redis is back.
 #[tokio::test]
-async fn inspection_fails_clearly_and_otlp_http_keeps_working_while_redis_is_down() {
+async fn inspection_and_otlp_http_fail_clearly_while_redis_is_down_and_recover() {
     let Some(mut redis) = RedisServer::start(&[]) else {
         return;
     };
