@@ -66,7 +66,6 @@ class AsyncClient:
         self.timeout = timeout
         self._target, self._creds, self._options = target, creds, options
         self._channel: Optional[grpc.aio.Channel] = channel
-        self._stubs: Optional[Tuple[Any, ...]] = None
         # What close() ends with the channel: recorders (flushed), near
         # caches' watches, leases' renewals.
         self._owned: set = set()
@@ -87,37 +86,26 @@ class AsyncClient:
                 self._channel = grpc.aio.secure_channel(self._target, self._creds, options=CHANNEL_OPTIONS + self._options)
         return self._channel
 
-    def _stub(self, index: int) -> Any:
-        if self._stubs is None:
-            channel = self.channel
-            self._stubs = (
-                ratelimit_pb2_grpc.RateLimiterStub(channel),
-                cache_pb2_grpc.CacheStub(channel),
-                query_pb2_grpc.QueryAnalyzerStub(channel),
-                traces_pb2_grpc.TracesStub(channel),
-                leases_pb2_grpc.LeasesStub(channel),
-            )
-        return self._stubs[index]
-
-    @property
+    # The stubs, made with the channel on first use (functools.cached_property).
+    @functools.cached_property
     def rate_limiter(self) -> ratelimit_pb2_grpc.RateLimiterStub:
-        return self._stub(0)
+        return ratelimit_pb2_grpc.RateLimiterStub(self.channel)
 
-    @property
+    @functools.cached_property
     def cache(self) -> cache_pb2_grpc.CacheStub:
-        return self._stub(1)
+        return cache_pb2_grpc.CacheStub(self.channel)
 
-    @property
+    @functools.cached_property
     def query(self) -> query_pb2_grpc.QueryAnalyzerStub:
-        return self._stub(2)
+        return query_pb2_grpc.QueryAnalyzerStub(self.channel)
 
-    @property
+    @functools.cached_property
     def traces(self) -> traces_pb2_grpc.TracesStub:
-        return self._stub(3)
+        return traces_pb2_grpc.TracesStub(self.channel)
 
-    @property
+    @functools.cached_property
     def leases(self) -> leases_pb2_grpc.LeasesStub:
-        return self._stub(4)
+        return leases_pb2_grpc.LeasesStub(self.channel)
 
     def _own(self, thing: Any) -> bool:
         """Registers what close() ends; False once the client is closed."""
