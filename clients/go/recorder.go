@@ -27,6 +27,8 @@ type Recorder struct {
 	done     chan struct{}
 	// last bounds the final flush: the context Close was given.
 	last context.Context
+	// stopWatchingCtx unregisters the Close that NewRecorder's ctx would run.
+	stopWatchingCtx func() bool
 	// closed guards queue: Record after Close drops (returns false)
 	// instead of sending on a closed channel.
 	mu     sync.RWMutex
@@ -73,13 +75,12 @@ func (c *Client) NewRecorder(ctx context.Context, service, dialect string, opts 
 		return r
 	}
 	go r.run()
-	go func() {
-		select {
-		case <-ctx.Done():
-			_ = r.Close(context.Background())
-		case <-r.done:
-		}
-	}()
+	// No goroutine waits for ctx: AfterFunc runs Close when it ends (never
+	// for a context that cannot end), and Close unregisters it.
+	stop := context.AfterFunc(ctx, func() { _ = r.Close(context.Background()) })
+	r.mu.Lock() // an ended ctx runs Close at once, on another goroutine
+	r.stopWatchingCtx = stop
+	r.mu.Unlock()
 	return r
 }
 
@@ -158,6 +159,12 @@ func (r *Recorder) run() {
 // ends (ctx's error then; what was not sent counts as failed). Record after
 // Close drops and returns false. Safe to call more than once.
 func (r *Recorder) Close(ctx context.Context) error {
+	r.mu.RLock()
+	stop := r.stopWatchingCtx
+	r.mu.RUnlock()
+	if stop != nil {
+		stop()
+	}
 	r.client.forget(r)
 	return r.shutDown(ctx)
 }
