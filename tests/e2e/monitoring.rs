@@ -180,6 +180,8 @@ const REGISTRY_PREFIXES: &[&str] = &["gantry_traces_", "gantry_query_"];
 /// Whether gantry's source registers a metric of this name (its own, or
 /// the rest after a sub-registry's prefix, as a string literal).
 fn registered_in_source(name: &str) -> bool {
+    // Read once for every name asked about.
+    static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     fn walk(dir: &Path, out: &mut String) {
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
             let path = entry.path();
@@ -190,8 +192,11 @@ fn registered_in_source(name: &str) -> bool {
             }
         }
     }
-    let mut source = String::new();
-    walk(&Path::new(ROOT).join("src"), &mut source);
+    let source = SOURCE.get_or_init(|| {
+        let mut source = String::new();
+        walk(&Path::new(ROOT).join("src"), &mut source);
+        source
+    });
     let base = name.strip_suffix("_total").unwrap_or(name);
     std::iter::once(base)
         .chain(
