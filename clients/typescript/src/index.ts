@@ -167,11 +167,12 @@ export class Gantry {
 
   /**
    * Registers what `close()` must shut down; returns a function that forgets
-   * it, or undefined when the client is closed already (the caller then
-   * starts nothing: a recorder refuses rows, a near cache reads through).
+   * it. On a closed client nothing is registered: callers check `isClosed`
+   * first and start nothing (a recorder refuses rows, a near cache reads
+   * through).
    */
-  own(thing: Owned): (() => void) | undefined {
-    if (this.closed) return undefined;
+  own(thing: Owned): () => void {
+    if (this.closed) return () => undefined;
     this.owned.add(thing);
     return () => this.owned.delete(thing);
   }
@@ -303,9 +304,8 @@ export class Lease extends EventEmitter<{ lost: [Error] }> {
     const every = Math.max(ttlMs / 3, 100);
     this.timer = setInterval(() => void this.renew(every), every);
     this.timer.unref();
-    const forget = gantry.own({ shutDown: () => clearInterval(this.timer) });
-    if (!forget) clearInterval(this.timer); // closed while it was granted: nothing renews it
-    this.forget = forget ?? (() => false);
+    if (gantry.isClosed) clearInterval(this.timer); // closed while it was granted: nothing renews it
+    this.forget = gantry.own({ shutDown: () => clearInterval(this.timer) });
   }
 
   /** Aborted (with the reason) when the lease is lost. */
@@ -393,9 +393,8 @@ export class NearCache {
   private readonly forget: () => void;
 
   constructor(private readonly ns: Namespace, private readonly prefix: string, private readonly maxEntries: number) {
-    const forget = ns.gantry.own({ shutDown: () => this.stop() });
-    this.forget = forget ?? (() => false);
-    this.closed = !forget;
+    this.closed = ns.gantry.isClosed;
+    this.forget = ns.gantry.own({ shutDown: () => this.stop() });
     this.connect(50);
   }
 
@@ -484,9 +483,8 @@ export class Recorder {
               private readonly batch: number, intervalMs: number, private readonly maxPending = 10_000) {
     this.timer = setInterval(() => this.flush(), intervalMs);
     this.timer.unref();
-    const forget = gantry.own({ shutDown: () => this.stop() });
-    this.forget = forget ?? (() => false);
-    if (!forget) {
+    this.forget = gantry.own({ shutDown: () => this.stop() });
+    if (gantry.isClosed) {
       // The client is closed: refuse rows, as after close().
       this.closed = true;
       clearInterval(this.timer);
