@@ -31,6 +31,8 @@ pub struct LimitCounters {
     pub waiting: Gauge,
     pub buckets: Gauge,
     pub table_full: Counter,
+    /// The keys this limit denies most (the status page's list).
+    pub denied_keys: std::sync::Arc<super::denials::DeniedKeys>,
 }
 
 /// One Envoy descriptor rule (`[[ratelimit.envoy.descriptors]]`).
@@ -74,6 +76,12 @@ pub struct RateLimitMetrics {
     table_full: Family<LimitLabel, Counter>,
     pub buckets_total: Gauge,
     store_failures: Family<FailureLabel, Counter>,
+    /// Per limit name, kept across reloads like the series.
+    denied_keys: std::sync::Arc<
+        parking_lot::Mutex<
+            std::collections::HashMap<String, std::sync::Arc<super::denials::DeniedKeys>>,
+        >,
+    >,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,6 +102,7 @@ impl Default for RateLimitMetrics {
             buckets_total: Gauge::default(),
             store_failures: Family::default(),
             rules: RuleFamilies::default(),
+            denied_keys: Default::default(),
         }
     }
 }
@@ -230,7 +239,14 @@ impl RateLimitMetrics {
         let waiting = self.waiting.get_or_create(&label).clone();
         let buckets = self.buckets.get_or_create(&label).clone();
         let table_full = self.table_full.get_or_create(&label).clone();
+        let denied_keys = self
+            .denied_keys
+            .lock()
+            .entry(limit.to_string())
+            .or_default()
+            .clone();
         LimitCounters {
+            denied_keys,
             allowed,
             denied,
             tokens_granted,

@@ -4,6 +4,7 @@
 
 pub mod coalesce;
 pub mod config;
+pub mod denials;
 pub mod descriptors;
 pub mod envoy;
 pub mod gcra;

@@ -252,8 +252,13 @@ impl RateLimiter {
             .inner
             .decide_now(&mut shard, &prepared, now, req.dry_run)?;
         drop(shard);
-        self.inner
-            .count(prepared.limit, &outcome, prepared.tokens, req.dry_run);
+        self.inner.count(
+            prepared.limit,
+            req.key,
+            &outcome,
+            prepared.tokens,
+            req.dry_run,
+        );
         Ok(outcome)
     }
 
@@ -272,7 +277,7 @@ impl RateLimiter {
         let (id, rx, outcome) = match enqueue(&self.inner, &prepared, req.client)? {
             Enqueued::Decided(outcome) => {
                 self.inner
-                    .count(prepared.limit, &outcome, prepared.tokens, false);
+                    .count(prepared.limit, req.key, &outcome, prepared.tokens, false);
                 return Ok(outcome);
             }
             Enqueued::Waiting { id, rx, outcome } => (id, rx, outcome),
@@ -330,7 +335,7 @@ impl RateLimiter {
             .wait_seconds
             .observe(waited.as_secs_f64());
         self.inner
-            .count(prepared.limit, &result, prepared.tokens, false);
+            .count(prepared.limit, req.key, &result, prepared.tokens, false);
         Ok(result)
     }
 
@@ -381,8 +386,13 @@ impl RateLimiter {
             out
         };
         for ((p, r), outcome) in prepared.iter().zip(reqs).zip(&outcomes) {
-            self.inner
-                .count(p.limit, outcome, p.tokens, r.dry_run || !outcome.allowed);
+            self.inner.count(
+                p.limit,
+                r.key,
+                outcome,
+                p.tokens,
+                r.dry_run || !outcome.allowed,
+            );
         }
         Ok(outcomes)
     }
@@ -751,7 +761,7 @@ impl Inner {
         outcome
     }
 
-    fn count(&self, limit: &Limit, outcome: &Outcome, tokens: u64, no_tokens: bool) {
+    fn count(&self, limit: &Limit, key: &str, outcome: &Outcome, tokens: u64, no_tokens: bool) {
         if outcome.allowed {
             limit.counters.allowed.inc();
             if !no_tokens {
@@ -759,6 +769,12 @@ impl Inner {
             }
         } else {
             limit.counters.denied.inc();
+            // The caller's key, without the parameters an Envoy override appends.
+            let shown = key
+                .split(super::limits::OVERRIDE_MARK)
+                .next()
+                .unwrap_or(key);
+            limit.counters.denied_keys.record(shown);
         }
     }
 }

@@ -136,8 +136,13 @@ impl RateLimiter {
             }
         };
         for ((p, r), outcome) in prepared.iter().zip(reqs).zip(&outcomes) {
-            self.inner
-                .count(p.limit, outcome, p.tokens, r.dry_run || !outcome.allowed);
+            self.inner.count(
+                p.limit,
+                r.key,
+                outcome,
+                p.tokens,
+                r.dry_run || !outcome.allowed,
+            );
         }
         Ok(outcomes)
     }
@@ -209,7 +214,8 @@ impl RateLimiter {
         p.limit.counters.wait_seconds.observe(waited.as_secs_f64());
         let mut outcome = result?;
         outcome.waited = waited;
-        self.inner.count(p.limit, &outcome, p.tokens, false);
+        self.inner
+            .count(p.limit, req.key, &outcome, p.tokens, false);
         Ok(outcome)
     }
 
@@ -235,8 +241,13 @@ impl RateLimiter {
             }
         }
         if op != Op::GiveBack {
-            self.inner
-                .count(p.limit, &outcome, p.tokens, op == Op::Peek || queued);
+            self.inner.count(
+                p.limit,
+                req.key,
+                &outcome,
+                p.tokens,
+                op == Op::Peek || queued,
+            );
         }
         Ok(outcome)
     }
