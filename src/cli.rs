@@ -52,6 +52,37 @@ pub enum Command {
     /// Show a rate-limit bucket (`gantry bucket api customer-1`) or the
     /// hottest keys of a limit (`gantry bucket api --hot 10`).
     Bucket(BucketArgs),
+    /// The status page in the terminal, refreshed like `top`, read from the
+    /// metrics port's /status.json (`gantry top`, `gantry top -n 1` for one frame).
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The metrics port [default: http://<GANTRY_METRICS_LISTEN> if set, else http://127.0.0.1:9464].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Time between frames.
+    #[arg(long, short = 'd', value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// The endpoints' window.
+    #[arg(long, default_value = "1m", value_parser = ["1m", "5m", "1h"])]
+    pub window: String,
+    /// Frames to show before exiting (like top's -n); without it, until interrupted.
+    #[arg(long = "iterations", short = 'n', value_name = "N")]
+    pub iterations: Option<u64>,
+    /// How long to wait for each snapshot.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// With https://: trust these CA certificates (PEM) instead of the public roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// With https://: the name the port's certificate must carry [default: the URL's host].
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// The port's bearer token (telemetry.metrics_token_file).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +228,25 @@ pub fn health_target(addr: Option<&str>, env: &BTreeMap<String, String>) -> Stri
         .map(str::to_string)
         .or_else(|| env.get("GANTRY_LISTEN").cloned())
         .unwrap_or_else(|| "127.0.0.1:7070".to_string());
+    reachable_url(&raw)
+}
+
+/// Where `gantry top` reads when `--url` is not given: the metrics address
+/// the server was told to listen on (unspecified IPs become loopback), else
+/// the default. Plain HTTP: a TLS port needs `--url https://…`.
+pub fn top_target(url: Option<&str>, env: &BTreeMap<String, String>) -> String {
+    match url {
+        Some(url) => url.to_string(),
+        None => reachable_url(
+            env.get("GANTRY_METRICS_LISTEN")
+                .map_or("127.0.0.1:9464", String::as_str),
+        ),
+    }
+}
+
+/// `http://` and the address, with an unspecified IP (what a server listens
+/// on in a container) replaced by loopback, which a client can connect to.
+fn reachable_url(raw: &str) -> String {
     let raw = raw
         .trim_start_matches("http://")
         .trim_start_matches("https://")
@@ -315,6 +365,62 @@ pub async fn health(args: &HealthArgs, env: &BTreeMap<String, String>) -> i32 {
             );
             exit::HEALTH_RPC_FAILED
         }
+    }
+}
+
+/// `gantry top`: frames until interrupted or `-n` frames were shown. Exit 0,
+/// or FAILURE when the last snapshot could not be read.
+pub async fn top(args: &TopArgs, env: &BTreeMap<String, String>) -> i32 {
+    use std::io::{IsTerminal, Write};
+    let url = top_target(args.url.as_deref(), env);
+    let url: http::Uri = match url.parse() {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("gantry: --url {url:?} is not a URL: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let target = crate::top::fetch::Target {
+        url,
+        ca_file: args.ca_file.clone(),
+        server_name: args.server_name.clone(),
+        token_file: args.token_file.clone(),
+        timeout: args.timeout,
+    };
+    let width = env
+        .get("COLUMNS")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(120);
+    let terminal = std::io::stdout().is_terminal();
+    let mut before: Option<serde_json::Value> = None;
+    let mut shown = 0u64;
+    loop {
+        let (frame, code) = match target.fetch(&args.window).await {
+            Ok(now) => {
+                let frame = crate::top::render(&now, before.as_ref(), width);
+                before = Some(now);
+                (frame, exit::OK)
+            }
+            Err(e) => (format!("gantry top: {e}\n"), exit::FAILURE),
+        };
+        let mut out = std::io::stdout().lock();
+        // Clear and redraw on a terminal; frames one after another otherwise.
+        let clear = if terminal { "\x1b[H\x1b[2J" } else { "" };
+        if write!(out, "{clear}{frame}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return code; // stdout closed (a pipe to head): done
+        }
+        drop(out);
+        shown += 1;
+        if args.iterations.is_some_and(|n| shown >= n) {
+            return code;
+        }
+        if !terminal {
+            println!();
+        }
+        tokio::time::sleep(args.interval).await;
     }
 }
 
@@ -502,6 +608,22 @@ pub async fn bucket(args: &BucketArgs, env: &BTreeMap<String, String>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_reads_the_metrics_address_the_server_listens_on() {
+        let empty = BTreeMap::new();
+        assert_eq!(top_target(None, &empty), "http://127.0.0.1:9464");
+        let env: BTreeMap<String, String> = [(
+            "GANTRY_METRICS_LISTEN".to_string(),
+            "0.0.0.0:9100".to_string(),
+        )]
+        .into();
+        assert_eq!(top_target(None, &env), "http://127.0.0.1:9100");
+        assert_eq!(
+            top_target(Some("https://gantry-0:9464"), &env),
+            "https://gantry-0:9464"
+        );
+    }
 
     #[test]
     fn health_target_defaults_and_rewrites_unspecified_addresses() {

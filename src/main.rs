@@ -19,6 +19,7 @@ fn main() {
         Command::CheckConfig { file } => cli::check_config(&file),
         Command::Health(args) => run(cli::health(&args, &env)),
         Command::Bucket(args) => run(cli::bucket(&args, &env)),
+        Command::Top(args) => run(cli::top(&args, &env)),
         Command::Serve(args) => match cli::load_config(&args, &env) {
             Ok(loaded) => run(cli::serve(loaded, cli::config_source(&args, &env))),
             Err(e) => {

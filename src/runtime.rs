@@ -232,6 +232,8 @@ pub struct Capability {
     pub stop: StopFuture,
     /// The traces capability's OTLP export, for the OTLP/HTTP port.
     pub otlp_export: Option<crate::traces::service::OtlpTraceService>,
+    /// Its section of the status page (`/status.json`).
+    pub status: Option<Arc<dyn crate::status::Source>>,
 }
 
 impl Capability {
@@ -244,6 +246,7 @@ impl Capability {
             needs_redis: false,
             stop,
             otlp_export: None,
+            status: None,
         }
     }
 
@@ -259,6 +262,11 @@ impl Capability {
 
     pub fn needs_redis(mut self, needs: bool) -> Self {
         self.needs_redis = needs;
+        self
+    }
+
+    pub fn status(mut self, source: Arc<dyn crate::status::Source>) -> Self {
+        self.status = Some(source);
         self
     }
 }

@@ -95,6 +95,8 @@ pub struct Gantry {
     background: Background,
     source: Option<ConfigSource>,
     reload_trigger: Arc<tokio::sync::Notify>,
+    /// When `build` began, for the status page's uptime.
+    started: (std::time::Instant, std::time::SystemTime),
 }
 
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
@@ -108,6 +110,7 @@ impl Gantry {
     /// `propagate_context`: continue callers' W3C trace context (worth it
     /// only when our spans are exported).
     pub async fn build(config: Config, propagate_context: bool) -> Result<Self, StartError> {
+        let started = (std::time::Instant::now(), std::time::SystemTime::now());
         let storage = config.storage.clone();
         let store = tokio::task::spawn_blocking(move || store::open(&storage))
             .await
@@ -200,6 +203,7 @@ impl Gantry {
             auth,
             source: None,
             reload_trigger: Arc::new(tokio::sync::Notify::new()),
+            started,
         })
     }
 
@@ -273,6 +277,7 @@ impl Gantry {
             auth,
             source,
             reload_trigger,
+            started,
         } = self;
         let server_cfg = &config.server;
 
@@ -282,8 +287,10 @@ impl Gantry {
         let mut writers = Vec::new();
         let mut on_redis = Vec::new();
         let mut otlp_export = None;
+        let mut status_sources = Vec::new();
         for capability in capabilities {
             otlp_export = otlp_export.or(capability.otlp_export);
+            status_sources.extend(capability.status.map(|s| (capability.name, s)));
             if capability.needs_store {
                 writers.extend(capability.served.services.iter().map(|s| s.name));
             }
@@ -324,6 +331,30 @@ impl Gantry {
         warn_if_exposed(&config, grpc_addr);
 
         let connection_metrics = rpc_metrics.connections.clone();
+        let status_board = crate::status::Board::new(
+            crate::status::ServerFacts {
+                started: started.0,
+                started_at: started.1,
+                transport: match server_cfg.transport {
+                    Transport::H2 => "h2",
+                    Transport::Hyper => "hyper",
+                },
+                backend: if config.storage.backend == StorageBackend::Redis {
+                    "redis"
+                } else {
+                    store.backend()
+                },
+                data_dir: config.storage.data_dir.display().to_string(),
+                config_source: source.as_ref().and_then(|s| s.path.as_ref()).map_or_else(
+                    || "defaults, environment and flags (no file)".to_string(),
+                    |path| path.display().to_string(),
+                ),
+                store: store.clone(),
+                inflight: rpc_metrics.inflight.clone(),
+                connections: connection_metrics.open.clone(),
+            },
+            status_sources,
+        );
         let layer = RpcLayer::new(
             rpc_metrics,
             server_cfg.max_inflight,
@@ -352,6 +383,7 @@ impl Gantry {
         let metrics_task = tokio::spawn(metrics::serve(
             metrics_listener,
             Arc::new(registry),
+            Arc::new(status_board),
             metrics_access,
             metrics_stop.clone(),
         ));

@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod service;
 pub mod shared;
 pub mod stats;
+pub mod status;
 pub mod watch;
 
 pub use engine::{CacheEngine, Condition, Found, Written};

@@ -9,10 +9,12 @@ use super::engine::run_sweeper;
 use super::service::CacheService;
 use super::shared::RedisCache;
 use super::stats::{CacheCollector, WatchCollector};
+use super::status::CacheStatus;
 use crate::config::CacheConfig;
 use crate::proto::gantry::v1::cache_server::{self, CacheServer};
 use crate::routes::{Served, grpc_service};
 use crate::runtime::{Capability, Context, StartError, blocking};
+use std::sync::Arc;
 
 pub struct Runtime;
 
@@ -48,14 +50,18 @@ impl Runtime {
             // Entries in Redis, which expires them itself: no sweeper, no
             // hot tier to forget; the engine validates and fans events out.
             let shared = RedisCache::start(cache.clone(), redis, ctx.background.token());
+            let service = Arc::new(CacheService::shared(cache.clone(), shared));
+            let status = Arc::new(CacheStatus::new(service.clone(), cache));
             let served = Served::default()
                 .service(grpc_service!(
-                    CacheServer::new(CacheService::shared(cache, shared)),
+                    CacheServer::from_arc(service),
                     ctx.max_message_bytes(),
                     "server.max_message_bytes"
                 ))
                 .inline(cache_server::SERVICE_NAME, &["Get", "Put", "Delete"]);
-            return Ok(Capability::new("cache", served, Box::pin(async {})).needs_redis(true));
+            return Ok(Capability::new("cache", served, Box::pin(async {}))
+                .needs_redis(true)
+                .status(status));
         }
 
         let token = ctx.background.token();
@@ -83,13 +89,17 @@ impl Runtime {
         });
 
         let lanes = ctx.lanes(config.coalesce);
+        let service = Arc::new(CacheService::new(cache.clone(), lanes));
+        let status = Arc::new(CacheStatus::new(service.clone(), cache));
         let served = Served::default()
             .service(grpc_service!(
-                CacheServer::new(CacheService::new(cache, lanes)),
+                CacheServer::from_arc(service),
                 ctx.max_message_bytes(),
                 "server.max_message_bytes"
             ))
             .inline(cache_server::SERVICE_NAME, &["Get", "Put", "Delete"]);
-        Ok(Capability::new("cache", served, Box::pin(async {})).needs_store(true))
+        Ok(Capability::new("cache", served, Box::pin(async {}))
+            .needs_store(true)
+            .status(status))
     }
 }

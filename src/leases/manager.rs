@@ -260,6 +260,11 @@ impl LeaseManager {
         status
     }
 
+    /// The pools configured now, sorted.
+    pub fn pool_names(&self) -> Vec<String> {
+        self.inner.table.lock().pool_names()
+    }
+
     /// Applies a reloaded `[leases]` section.
     pub fn reload(&self, config: &LeasesConfig) {
         self.inner.journal.set_durability(config.durability);

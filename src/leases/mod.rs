@@ -18,6 +18,7 @@ pub mod pool;
 pub mod runtime;
 pub mod service;
 pub mod shared;
+pub mod status;
 pub mod table;
 
 pub use manager::{AcquireOutcome, LeaseManager};
@@ -86,6 +87,14 @@ impl Leases {
         match self {
             Leases::Embedded(m) => m.status(pool),
             Leases::Shared(s) => s.status(pool).await,
+        }
+    }
+
+    /// The pools configured now, sorted.
+    pub fn pool_names(&self) -> Vec<String> {
+        match self {
+            Leases::Embedded(m) => m.pool_names(),
+            Leases::Shared(s) => s.pool_names(),
         }
     }
 }

@@ -4,11 +4,13 @@
 
 use super::metrics::LeaseMetrics;
 use super::service::LeasesService;
+use super::status::LeaseStatus;
 use super::{LeaseManager, Leases, SharedLeases};
 use crate::config::LeasesConfig;
 use crate::proto::gantry::v1::leases_server::{self, LeasesServer};
 use crate::routes::{Served, grpc_service};
 use crate::runtime::{Capability, Context, StartError, blocking};
+use std::sync::Arc;
 
 pub struct Runtime;
 
@@ -25,10 +27,11 @@ impl Runtime {
             // every script ends the leases whose time has come.
             let shared = SharedLeases::start(config, redis, metrics, ctx.background.token());
             let reloaded = shared.clone();
-            let served = served(Leases::Shared(shared), ctx);
+            let (served, status) = served(Leases::Shared(shared), ctx);
             return Ok(Capability::new("leases", served, Box::pin(async {}))
                 .reloads(Box::new(move |config| reloaded.reload(&config.leases)))
-                .needs_redis(true));
+                .needs_redis(true)
+                .status(status));
         }
         let leases =
             LeaseManager::new(config, ctx.store.clone(), metrics).map_err(StartError::Journal)?;
@@ -48,7 +51,7 @@ impl Runtime {
         let token = ctx.background.token();
         ctx.background.spawn(leases.clone().run_expiry(token));
 
-        let served = served(Leases::Embedded(leases.clone()), ctx);
+        let (served, status) = served(Leases::Embedded(leases.clone()), ctx);
         let reloaded = leases.clone();
         Ok(Capability::new(
             "leases",
@@ -57,20 +60,25 @@ impl Runtime {
             Box::pin(async move { leases.stop().await }),
         )
         .reloads(Box::new(move |config| reloaded.reload(&config.leases)))
-        .needs_store(true))
+        .needs_store(true)
+        .status(status))
     }
 }
 
 /// `gantry.v1.Leases`, its short calls in the connection's task.
-fn served(leases: Leases, ctx: &mut Context<'_>) -> Served {
-    Served::default()
+/// The service and the status page's section over it.
+fn served(leases: Leases, ctx: &mut Context<'_>) -> (Served, Arc<dyn crate::status::Source>) {
+    let service = Arc::new(LeasesService::new(leases.clone()));
+    let status = Arc::new(LeaseStatus::new(service.clone(), leases));
+    let served = Served::default()
         .service(grpc_service!(
-            LeasesServer::new(LeasesService::new(leases)),
+            LeasesServer::from_arc(service),
             ctx.max_message_bytes(),
             "server.max_message_bytes"
         ))
         .inline(
             leases_server::SERVICE_NAME,
             &["Acquire", "Renew", "Release"],
-        )
+        );
+    (served, status)
 }

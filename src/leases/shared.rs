@@ -376,6 +376,13 @@ impl SharedLeases {
         Ok(released)
     }
 
+    /// The pools configured now, sorted.
+    pub fn pool_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.pools.load().specs.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     pub async fn status(&self, pool: &str) -> Result<PoolStatus, LeaseError> {
         let pools = self.inner.pools.load_full();
         let spec = pools

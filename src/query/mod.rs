@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod service;
 pub mod slowlog;
 pub mod stats;
+pub mod status;
 pub mod unsupported;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use super::metrics::QueryMetrics;
 use std::sync::Arc;
 
 use super::service::{DirectAnalyze, QueryService};
+use super::status::QueryStatus;
 use crate::config::QueryConfig;
 use crate::proto::gantry::v1::query_analyzer_server::{self, QueryAnalyzerServer};
 use crate::routes::{Served, grpc_service};
@@ -52,8 +53,10 @@ impl Runtime {
             service = service.with_fleet(fleet);
         }
         let limit = ctx.max_message_bytes();
+        let service = Arc::new(service);
+        let status = Arc::new(QueryStatus::new(service.clone()));
         let mut served = Served::default().service(grpc_service!(
-            QueryAnalyzerServer::new(service),
+            QueryAnalyzerServer::from_arc(service),
             limit,
             "server.max_message_bytes"
         ));
@@ -75,7 +78,8 @@ impl Runtime {
                     tracing::error!(error = %e, "saving query statistics at shutdown failed");
                 }
             }),
-        ))
+        )
+        .status(status))
     }
 }
 

@@ -16,6 +16,7 @@ pub mod persist;
 pub mod redis_gcra;
 pub mod runtime;
 pub mod service;
+pub mod status;
 
 pub use limiter::{AcquireRequest, Outcome, RateLimiter, SavedBucket};
 

@@ -16,6 +16,7 @@ use super::metrics::RateLimitMetrics;
 use super::persist::{self, LastStop};
 use super::redis_gcra::RedisBuckets;
 use super::service::{DirectAcquire, DirectAcquireBatch, RateLimiterService};
+use super::status::RateLimitStatus;
 use crate::config::{RateLimitConfig, UncleanRestart};
 use crate::proto::gantry::v1::rate_limiter_server::{self, RateLimiterServer};
 use crate::routes::{Served, grpc_service};
@@ -78,7 +79,9 @@ impl Runtime {
         let coalescer = ctx
             .lanes(config.coalesce)
             .map(|lanes| Coalescer::new(runtime.limiter.clone(), lanes));
-        let served = Self::served(&runtime.limiter, coalescer, ctx);
+        let service = Arc::new(RateLimiterService::new(runtime.limiter.clone(), coalescer));
+        let served = Self::served(&runtime.limiter, service.clone(), ctx);
+        let status = RateLimitStatus::new(service, runtime.limiter.clone());
         let reloaded = runtime.limiter.clone();
         Ok(Capability::new(
             "ratelimit",
@@ -98,7 +101,8 @@ impl Runtime {
                 }
             }),
         )
-        .reloads(Box::new(move |config| reloaded.reload(&config.ratelimit))))
+        .reloads(Box::new(move |config| reloaded.reload(&config.ratelimit)))
+        .status(Arc::new(status)))
     }
 
     /// Buckets in Redis (`storage.backend = "redis"`): nothing to restore,
@@ -113,23 +117,26 @@ impl Runtime {
         let limiter = RateLimiter::shared(config, metrics, RedisBuckets::start(redis));
         // No coalescing lanes: a decision waits for Redis, and the buckets'
         // own lanes gather the round trips (src/ratelimit/redis_gcra.rs).
-        let served = Self::served(&limiter, None, ctx);
+        let service = Arc::new(RateLimiterService::new(limiter.clone(), None));
+        let served = Self::served(&limiter, service.clone(), ctx);
+        let status = RateLimitStatus::new(service, limiter.clone());
         Capability::new("ratelimit", served, Box::pin(async {}))
             .reloads(Box::new(move |config| limiter.reload(&config.ratelimit)))
             .needs_redis(true)
+            .status(Arc::new(status))
     }
 
     /// gantry.v1.RateLimiter and Envoy's service, with their direct calls.
     fn served(
         limiter: &RateLimiter,
-        coalescer: Option<Coalescer>,
+        service: Arc<RateLimiterService>,
         ctx: &mut Context<'_>,
     ) -> Served {
         let limit = ctx.max_message_bytes();
         let gantry = rate_limiter_server::SERVICE_NAME;
         let mut served = Served::default()
             .service(grpc_service!(
-                RateLimiterServer::new(RateLimiterService::new(limiter.clone(), coalescer)),
+                RateLimiterServer::from_arc(service),
                 limit,
                 "server.max_message_bytes"
             ))

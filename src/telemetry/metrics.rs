@@ -299,54 +299,70 @@ impl MetricsAccess {
     }
 }
 
-fn respond(
-    registry: &Registry,
-    access: &MetricsAccess,
-    req: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    if let Err(status) = access.admits(req) {
-        let mut resp = plain(
-            status,
-            "send `Authorization: Bearer <token>` (telemetry.metrics_token_file)\n",
-        );
-        if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-        }
-        return resp;
-    }
-    if req.uri().path() != "/metrics" {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "not found; metrics are at /metrics\n",
+/// Refuses a request without the token, as every path of the port does.
+fn refused(access: &MetricsAccess, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let status = access.admits(req).err()?;
+    let mut resp = plain(
+        status,
+        "send `Authorization: Bearer <token>` (telemetry.metrics_token_file)\n",
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
         );
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
-    }
+    Some(resp)
+}
+
+fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let openmetrics = req
         .headers()
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     match render(registry, openmetrics) {
-        Ok((body, content_type)) => {
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
-            if let Ok(value) = http::HeaderValue::from_str(content_type) {
-                resp.headers_mut().insert(http::header::CONTENT_TYPE, value);
-            }
-            resp
-        }
+        Ok((body, content_type)) => with_type(body.into(), content_type),
         Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
     }
 }
 
-/// `/metrics` as an HTTP/1.1 handler.
+fn with_type(body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+/// `/metrics`, `/status` and `/status.json` as an HTTP/1.1 handler.
 struct MetricsPort {
     registry: Arc<Registry>,
+    status: Arc<crate::status::Board>,
     access: MetricsAccess,
+}
+
+impl MetricsPort {
+    async fn status_json(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let ask = match crate::status::Ask::from_query(req.uri().query()) {
+            Ok(ask) => ask,
+            Err(why) => return plain(StatusCode::BAD_REQUEST, &format!("{why}\n")),
+        };
+        let snapshot = self.status.snapshot(ask).await;
+        match serde_json::to_vec(&snapshot) {
+            Ok(body) => {
+                let mut resp = with_type(body.into(), "application/json");
+                // Live data: never from a cache.
+                resp.headers_mut().insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+                resp
+            }
+            Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+        }
+    }
 }
 
 impl crate::http1::Handler for MetricsPort {
@@ -355,20 +371,46 @@ impl crate::http1::Handler for MetricsPort {
         req: Request<Incoming>,
         _peer: crate::tls::Peer,
     ) -> Response<Full<Bytes>> {
-        respond(&self.registry, &self.access, &req)
+        let path = req.uri().path();
+        let known = matches!(path, "/metrics" | "/status" | "/status.json");
+        if known && req.method() != Method::GET && req.method() != Method::HEAD {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        }
+        // The page itself holds no data (its script asks /status.json, with
+        // the token when one is needed), so it is served to whoever reaches
+        // the port; the data is not.
+        if path == "/status" {
+            return crate::status::page::response();
+        }
+        if let Some(refusal) = refused(&self.access, &req) {
+            return refusal;
+        }
+        match path {
+            "/metrics" => respond(&self.registry, &req),
+            "/status.json" => self.status_json(&req).await,
+            _ => plain(
+                StatusCode::NOT_FOUND,
+                "not found; metrics are at /metrics, the status page at /status (its data at /status.json)\n",
+            ),
+        }
     }
 }
 
-/// Serves `/metrics` over HTTP/1.1 (in TLS when configured) until
-/// `shutdown` is cancelled.
+/// Serves `/metrics` and the status page over HTTP/1.1 (in TLS when
+/// configured) until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
+    status: Arc<crate::status::Board>,
     access: MetricsAccess,
     shutdown: CancellationToken,
 ) {
     let tls = access.tls.clone();
-    let port = Arc::new(MetricsPort { registry, access });
+    let port = Arc::new(MetricsPort {
+        registry,
+        status,
+        access,
+    });
     crate::http1::serve(listener, tls, port, shutdown, "metrics").await;
 }
 

@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod service;
 pub mod shared;
 pub mod span;
+pub mod status;
 pub mod table;
 
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 //! past their retention. At stop, spans accepted before the drain are
 //! stored, then the forwarder makes its last attempt.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -15,6 +16,7 @@ use super::Traces;
 use super::forward::{ForwardSettings, Forwarder};
 use super::metrics::{SpanMetricsCollector, TracesMetrics};
 use super::service::{OtlpTraceService, TracesService};
+use super::status::TracesStatus;
 use crate::config::TracesConfig;
 use crate::proto::gantry::v1::traces_server::TracesServer;
 use crate::routes::{Served, grpc_service};
@@ -32,6 +34,7 @@ impl Runtime {
         ctx: &mut Context<'_>,
     ) -> Result<Capability, StartError> {
         let metrics = TracesMetrics::register(ctx.registry);
+        let counters = metrics.clone();
         // The forwarder has its own stop: it must outlive the drain.
         let forward_stop = CancellationToken::new();
         let mut forward_task = None;
@@ -81,9 +84,11 @@ impl Runtime {
         // OTLP batches are large: span ingestion has its own message limit.
         let limit = usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX);
         let otlp = OtlpTraceService::new(traces.clone());
+        let service = Arc::new(service);
+        let status = Arc::new(TracesStatus::new(service.clone(), counters));
         let served = Served::default()
             .service(grpc_service!(
-                TracesServer::new(service),
+                TracesServer::from_arc(service),
                 limit,
                 "traces.max_message_bytes"
             ))
@@ -104,7 +109,8 @@ impl Runtime {
             }),
         )
         .needs_store(config.persist)
-        .needs_redis(ctx.redis.is_some());
+        .needs_redis(ctx.redis.is_some())
+        .status(status);
         capability.otlp_export = Some(otlp);
         Ok(capability)
     }

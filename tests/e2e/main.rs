@@ -23,5 +23,6 @@ mod query;
 mod ratelimit;
 mod ratelimit_process;
 mod security;
+mod status_page;
 mod traces;
 mod transport;
