@@ -15,6 +15,10 @@ use crate::status::{self, Ask, Section, json as pj};
 /// Keys listed per limit.
 const HOT_KEYS: u32 = 5;
 const DENIED_KEYS: usize = 5;
+/// Limits whose hot keys are listed: HotKeys scans every bucket of the
+/// table (or of Redis), so a snapshot asks it for the few limits that deny
+/// most (then those with waiters), not for each of hundreds of limits.
+const HOT_KEY_LIMITS: usize = 3;
 
 pub struct RateLimitStatus {
     service: Arc<RateLimiterService>,
@@ -38,7 +42,9 @@ impl status::Source for RateLimitStatus {
             let mut counters = Map::new();
             let mut hot_keys = Map::new();
             let mut denied_keys = Map::new();
-            for limit in limiter.limits().sorted() {
+            let set = limiter.limits();
+            let sorted = set.sorted();
+            for limit in &sorted {
                 let c = &limit.counters;
                 counters.insert(
                     limit.name.clone(),
@@ -49,16 +55,6 @@ impl status::Source for RateLimitStatus {
                         "waiting": c.waiting.get(),
                     }),
                 );
-                let hot = service
-                    .hot_keys(status::request(pb::HotKeysRequest {
-                        limit: limit.name.clone(),
-                        count: HOT_KEYS,
-                    }))
-                    .await;
-                hot_keys.insert(
-                    limit.name.clone(),
-                    pj::answer("gantry.v1.HotKeysResponse", hot),
-                );
                 let denied: Vec<Value> = c
                     .denied_keys
                     .top(DENIED_KEYS)
@@ -67,6 +63,24 @@ impl status::Source for RateLimitStatus {
                     .collect();
                 denied_keys.insert(limit.name.clone(), Value::Array(denied));
             }
+            for name in busiest(sorted.iter().map(|l| {
+                (
+                    l.name.as_str(),
+                    l.counters.denied.get(),
+                    l.counters.waiting.get(),
+                )
+            })) {
+                let hot = service
+                    .hot_keys(status::request(pb::HotKeysRequest {
+                        limit: name.to_string(),
+                        count: HOT_KEYS,
+                    }))
+                    .await;
+                hot_keys.insert(
+                    name.to_string(),
+                    pj::answer("gantry.v1.HotKeysResponse", hot),
+                );
+            }
             json!({
                 "limits": limits,
                 "counters": Value::Object(counters),
@@ -74,5 +88,38 @@ impl status::Source for RateLimitStatus {
                 "denied_keys": Value::Object(denied_keys),
             })
         })
+    }
+}
+
+/// The limits worth a HotKeys scan: those that denied most, then those with
+/// callers waiting; at most [`HOT_KEY_LIMITS`], none that is idle.
+fn busiest<'a>(limits: impl Iterator<Item = (&'a str, u64, i64)>) -> Vec<&'a str> {
+    let mut active: Vec<(&str, u64, i64)> = limits
+        .filter(|&(_, denied, waiting)| denied > 0 || waiting > 0)
+        .collect();
+    active.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(b.0)));
+    active
+        .into_iter()
+        .take(HOT_KEY_LIMITS)
+        .map(|(name, _, _)| name)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_keys_are_asked_for_the_few_limits_that_deny_or_queue_most() {
+        let limits = [
+            ("idle", 0, 0),
+            ("api", 50, 0),
+            ("login", 900, 0),
+            ("exports", 0, 3),
+            ("search", 10, 0),
+        ];
+        assert_eq!(busiest(limits.into_iter()), vec!["login", "api", "search"]);
+        let quiet = [("idle", 0, 0), ("exports", 0, 3)];
+        assert_eq!(busiest(quiet.into_iter()), vec!["exports"]);
     }
 }

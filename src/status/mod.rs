@@ -103,11 +103,18 @@ pub struct ServerFacts {
 impl ServerFacts {
     async fn section(&self) -> Value {
         let store = self.store.clone();
-        let size = tokio::task::spawn_blocking(move || store.size_on_disk()).await;
+        // A stalled disk must not hold the page (nor the callers waiting
+        // for the same snapshot).
+        let size = tokio::time::timeout(
+            SECTION_TIMEOUT,
+            tokio::task::spawn_blocking(move || store.size_on_disk()),
+        )
+        .await;
         let size_bytes = match size {
-            Ok(Ok(bytes)) => json!(bytes),
+            Ok(Ok(Ok(bytes))) => json!(bytes),
+            Ok(Ok(Err(e))) => json!(e.to_string()),
             Ok(Err(e)) => json!(e.to_string()),
-            Err(e) => json!(e.to_string()),
+            Err(_) => json!(format!("no answer within {SECTION_TIMEOUT:?}")),
         };
         let started_at = self
             .started_at
@@ -133,15 +140,40 @@ impl ServerFacts {
     }
 }
 
+/// How long a snapshot is handed to every page and `gantry top` that asks
+/// for the same window: ten open tabs cost one snapshot a second, not ten.
+const REUSE_FOR: Duration = Duration::from_secs(1);
+
 /// Everything `/status.json` shows.
 pub struct Board {
     server: ServerFacts,
     sources: Vec<(&'static str, Arc<dyn Source>)>,
+    /// The latest snapshot; held while one is made, so callers arriving
+    /// meanwhile wait for it instead of making their own.
+    latest: tokio::sync::Mutex<Option<(tokio::time::Instant, Ask, Arc<Value>)>>,
 }
 
 impl Board {
     pub fn new(server: ServerFacts, sources: Vec<(&'static str, Arc<dyn Source>)>) -> Self {
-        Self { server, sources }
+        Self {
+            server,
+            sources,
+            latest: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A snapshot at most [`REUSE_FOR`] old.
+    pub async fn current(&self, ask: Ask) -> Arc<Value> {
+        let mut latest = self.latest.lock().await;
+        if let Some((taken, asked, snapshot)) = &*latest
+            && *asked == ask
+            && taken.elapsed() < REUSE_FOR
+        {
+            return snapshot.clone();
+        }
+        let snapshot = Arc::new(self.snapshot(ask).await);
+        *latest = Some((tokio::time::Instant::now(), ask, snapshot.clone()));
+        snapshot
     }
 
     /// One snapshot: `{"time_unix_ms", "window_seconds", "server", <capability>…}`;
@@ -237,10 +269,55 @@ mod tests {
             },
             vec![("slow", Arc::new(Slow)), ("fixed", Arc::new(Fixed))],
         );
-        let snapshot = board.snapshot(Ask::default()).await;
+        let snapshot = board.current(Ask::default()).await;
         assert_eq!(snapshot["fixed"]["window"], 60);
         assert_eq!(snapshot["slow"]["error"]["code"], "DeadlineExceeded");
         assert_eq!(snapshot["server"]["store"]["writable"], true);
         assert_eq!(snapshot["server"]["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    struct Counting(std::sync::atomic::AtomicU64);
+    impl Source for Arc<Counting> {
+        fn section(&self, _: Ask) -> Section {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            Box::pin(async move { json!(n) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pages_asking_within_a_second_share_one_snapshot_per_window() {
+        let (_dir, store) = crate::store::temp_store();
+        let counting = Arc::new(Counting(Default::default()));
+        let board = Board::new(
+            ServerFacts {
+                started: Instant::now(),
+                started_at: SystemTime::now(),
+                transport: "h2",
+                backend: "sled",
+                data_dir: "./data".into(),
+                config_source: "defaults".into(),
+                store,
+                inflight: Gauge::default(),
+                connections: Gauge::default(),
+            },
+            vec![("n", Arc::new(counting.clone()))],
+        );
+        let one = Ask::default();
+        let (a, b) = tokio::join!(board.current(one), board.current(one));
+        assert_eq!((a["n"].clone(), b["n"].clone()), (json!(1), json!(1)));
+        let hour = Ask {
+            window: Duration::from_secs(3600),
+        };
+        assert_eq!(
+            board.current(hour).await["n"],
+            2,
+            "another window: a new one"
+        );
+        tokio::time::advance(REUSE_FOR).await;
+        assert_eq!(
+            board.current(hour).await["n"],
+            3,
+            "older than a second: a new one"
+        );
     }
 }

@@ -349,8 +349,8 @@ impl MetricsPort {
             Ok(ask) => ask,
             Err(why) => return plain(StatusCode::BAD_REQUEST, &format!("{why}\n")),
         };
-        let snapshot = self.status.snapshot(ask).await;
-        match serde_json::to_vec(&snapshot) {
+        let snapshot = self.status.current(ask).await;
+        match serde_json::to_vec(&*snapshot) {
             Ok(body) => {
                 let mut resp = with_type(body.into(), "application/json");
                 // Live data: never from a cache.

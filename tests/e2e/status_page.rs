@@ -323,8 +323,9 @@ async fn gantry_top_shows_the_traffic_and_then_its_rates() {
     let cwd = server.dir.path().to_path_buf();
     let top = tokio::task::spawn_blocking(move || {
         run_gantry(
+            // Over a second apart: a snapshot is shared for a second.
             &[
-                "top", "-n", "2", "-d", "300ms", "--window", "5m", "--url", &url,
+                "top", "-n", "2", "-d", "1200ms", "--window", "5m", "--url", &url,
             ],
             &[("COLUMNS", "160")],
             &cwd,
