@@ -11,6 +11,7 @@
   const history = []; // {t (ms), allowed, denied, hits, lookups, spans}
   let updates = 0;
   let lastOk = 0;
+  let askedForToken = false;
 
   const $ = (sel) => document.querySelector(sel);
   const field = (name, text, cls) => {
@@ -288,10 +289,15 @@
     try {
       const resp = await fetch(`status.json?window=${$("#window").value}`, { headers, cache: "no-store" });
       if (resp.status === 401) {
-        // The port wants telemetry.metrics_token_file's token; kept for this tab only.
-        const given = window.prompt("This gantry's metrics port needs its bearer token (telemetry.metrics_token_file):");
-        if (given) sessionStorage.setItem(TOKEN_KEY, given.trim());
-        throw new Error("401: the metrics port needs its token");
+        // The port wants telemetry.metrics_token_file's token; kept for this
+        // tab only. Asked once per page load, not at every poll.
+        sessionStorage.removeItem(TOKEN_KEY);
+        if (!askedForToken) {
+          askedForToken = true;
+          const given = window.prompt("This gantry's metrics port needs its bearer token (telemetry.metrics_token_file):");
+          if (given) sessionStorage.setItem(TOKEN_KEY, given.trim());
+        }
+        throw new Error("401: the metrics port needs its token (reload the page to enter it)");
       }
       if (!resp.ok) throw new Error(`${resp.status}: ${await resp.text()}`);
       render(await resp.json());

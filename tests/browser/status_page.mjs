@@ -6,7 +6,9 @@
 // Speaks JSON lines on stdout: {"stage":"first",…} once the page rendered its
 // first snapshot; then waits for "next" on stdin (the test made more traffic),
 // waits for two more live updates, prints {"stage":"live",…}, saves the
-// screenshot and prints {"stage":"done","errors":[…]} (script errors on the page).
+// screenshot and prints {"stage":"done","errors":[…],"dialogs":[…]} (script
+// errors on the page, and the prompts it showed). With TOKEN set, a prompt for
+// the metrics port's token is answered with it.
 import readline from "node:readline";
 import { chromium } from "playwright-core";
 
@@ -17,9 +19,15 @@ const browser = await chromium.launch({
   args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
 });
 const errors = [];
+const dialogs = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1500, height: 1000 } });
   page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("dialog", async (d) => {
+    dialogs.push(d.message());
+    if (process.env.TOKEN) await d.accept(process.env.TOKEN);
+    else await d.dismiss();
+  });
   page.on("console", (m) => {
     if (m.type() === "error") errors.push(m.text());
   });
@@ -63,5 +71,5 @@ try {
   errors.push(`driver: ${e}`);
 } finally {
   await browser.close();
-  console.log(JSON.stringify({ stage: "done", errors }));
+  console.log(JSON.stringify({ stage: "done", errors, dialogs }));
 }

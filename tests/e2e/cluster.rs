@@ -354,7 +354,7 @@ async fn with_store_failure_open_an_outage_allows_and_counts() {
 /// OTLP/HTTP fail promptly with UNAVAILABLE / 503 naming the store (never a
 /// hang), and work again once Redis is back.
 #[tokio::test]
-async fn inspection_and_otlp_http_fail_clearly_while_redis_is_down_and_recover() {
+async fn inspection_the_status_page_and_otlp_http_fail_clearly_while_redis_is_down_and_recover() {
     let Some(mut redis) = RedisServer::start(&[]) else {
         return;
     };
@@ -364,10 +364,24 @@ async fn inspection_and_otlp_http_fail_clearly_while_redis_is_down_and_recover()
     };
     let server = TestServer::start_on(&backend, |c| {
         c.ratelimit.limits = vec![limit("api", 10, Duration::from_secs(60), 10)];
+        c.leases.pools = vec![crate::leases::pool("db", 3)];
     })
     .await;
     let mut rl = RateLimiterClient::new(server.channel.clone());
     rl.acquire(acquire("api", "k")).await.unwrap();
+    let pool_on_the_status_page = || async {
+        let (code, body) = tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::common::http_get(server.metrics, "/status.json"),
+        )
+        .await
+        .expect("the status page hung with Redis down");
+        assert_eq!(code, 200, "{body}");
+        let snapshot: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(snapshot["server"]["backend"], "redis");
+        snapshot["leases"]["pools"][0].clone()
+    };
+    assert_eq!(pool_on_the_status_page().await["capacity"], 3);
     let inspect = || pb::InspectBucketRequest {
         limit: "api".into(),
         key: "k".into(),
@@ -402,6 +416,12 @@ async fn inspection_and_otlp_http_fail_clearly_while_redis_is_down_and_recover()
         .expect("HotKeys hung with Redis down")
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The status page still answers, the pool's entry naming the outage
+    // (a second after the last snapshot: they are shared for one).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let pool = pool_on_the_status_page().await;
+    assert_eq!(pool["pool"], "db");
+    assert_eq!(pool["error"]["code"], "Unavailable", "{pool}");
 
     // Spans go to Redis too: an export is refused with 503 (retryable for
     // OTLP exporters) and the reason, then taken again once Redis is back.
@@ -444,6 +464,9 @@ async fn inspection_and_otlp_http_fail_clearly_while_redis_is_down_and_recover()
             .limit,
         "api"
     );
+    // A second later (snapshots are shared for one), the pool is back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(pool_on_the_status_page().await["in_use"], 0);
     server.stop().await.unwrap();
 }
 

@@ -412,37 +412,51 @@ fn cell(row: &Value, column: &str) -> String {
     row[column].as_str().unwrap_or_default().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_page_shows_live_traffic_in_a_real_browser() {
-    let Some((chromium, driver)) = browser() else {
-        return;
-    };
-    let server = TestServer::start_with(configure).await;
-    traffic(&server.channel, &FIRST, 1).await;
+/// tests/browser/status_page.mjs running against a page, spoken to in JSON lines.
+struct PageDriver {
+    node: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
 
-    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let mut node = Command::new("node")
-        .arg(driver.join("status_page.mjs"))
-        .arg(format!("http://{}/status", server.metrics))
-        .arg(&screenshot)
-        .env("CHROMIUM", &chromium)
-        .current_dir(&driver)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs");
-    let mut stdin = node.stdin.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stdout = node.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
+impl PageDriver {
+    fn open(
+        chromium: &Path,
+        driver: &Path,
+        metrics: std::net::SocketAddr,
+        screenshot: &Path,
+        token: Option<&str>,
+    ) -> Self {
+        let mut command = Command::new("node");
+        command
+            .arg(driver.join("status_page.mjs"))
+            .arg(format!("http://{metrics}/status"))
+            .arg(screenshot)
+            .env("CHROMIUM", chromium)
+            .env_remove("TOKEN")
+            .current_dir(driver)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(token) = token {
+            command.env("TOKEN", token);
         }
-    });
-    let next = |stage: &str| -> Value {
-        let line = lines
+        let mut node = command.spawn().expect("node runs");
+        let stdin = node.stdin.take().unwrap();
+        let stdout = node.stdout.take().unwrap();
+        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        Self { node, stdin, lines }
+    }
+
+    /// The driver's next report, which must be `stage`.
+    fn next(&self, stage: &str) -> Value {
+        let line = self
+            .lines
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| {
                 panic!("the browser driver said nothing for 60 s (waiting for {stage})")
@@ -453,9 +467,68 @@ async fn the_status_page_shows_live_traffic_in_a_real_browser() {
         }
         assert_eq!(value["stage"], stage, "{value}");
         value
-    };
+    }
 
-    let first = tokio::task::block_in_place(|| next("first"));
+    /// Lets the driver look for the live update.
+    fn go_on(&mut self) {
+        writeln!(self.stdin, "next").unwrap();
+    }
+
+    fn wait(mut self) {
+        assert!(self.node.wait().unwrap().success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_for_the_metrics_token_once_and_then_shows_the_data() {
+    let Some((chromium, driver)) = browser() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("metrics-token");
+    std::fs::write(&token_file, "scrape-me\n").unwrap();
+    let server = TestServer::start_with(|c| {
+        configure(c);
+        c.telemetry.metrics_token_file = token_file.clone();
+    })
+    .await;
+    traffic(&server.channel, &FIRST, 1).await;
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page-token.png");
+    let mut page = PageDriver::open(
+        &chromium,
+        &driver,
+        server.metrics,
+        &screenshot,
+        Some("scrape-me"),
+    );
+    let first = tokio::task::block_in_place(|| page.next("first"));
+    assert_eq!(cell(&rows(&first, "ratelimit", 0)[0], "denied"), "3");
+    page.go_on();
+    tokio::task::block_in_place(|| page.next("live"));
+    let done = tokio::task::block_in_place(|| page.next("done"));
+    let dialogs = done["dialogs"].as_array().unwrap();
+    assert_eq!(dialogs.len(), 1, "asked once: {dialogs:?}");
+    assert!(dialogs[0].as_str().unwrap().contains("bearer token"));
+    // The only error the browser saw is the first, refused request.
+    for error in done["errors"].as_array().unwrap() {
+        assert!(error.as_str().unwrap().contains("401"), "{error}");
+    }
+    page.wait();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_live_traffic_in_a_real_browser() {
+    let Some((chromium, driver)) = browser() else {
+        return;
+    };
+    let server = TestServer::start_with(configure).await;
+    traffic(&server.channel, &FIRST, 1).await;
+
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let mut page = PageDriver::open(&chromium, &driver, server.metrics, &screenshot, None);
+    let first = tokio::task::block_in_place(|| page.next("first"));
     let limits = rows(&first, "ratelimit", 0);
     assert_eq!(cell(&limits[0], "limit"), "api");
     assert_eq!(cell(&limits[0], "allowed"), "5");
@@ -494,8 +567,8 @@ async fn the_status_page_shows_live_traffic_in_a_real_browser() {
         spans: 2,
     };
     traffic(&server.channel, &more, 100).await;
-    writeln!(stdin, "next").unwrap();
-    let live = tokio::task::block_in_place(|| next("live"));
+    page.go_on();
+    let live = tokio::task::block_in_place(|| page.next("live"));
     let limits = rows(&live, "ratelimit", 0);
     assert_eq!(cell(&limits[0], "allowed"), "5");
     assert_eq!(cell(&limits[0], "denied"), "7");
@@ -510,10 +583,14 @@ async fn the_status_page_shows_live_traffic_in_a_real_browser() {
     let charts = live["charts"].as_array().unwrap();
     assert!(charts.iter().any(|c| c == "denied"), "{charts:?}");
 
-    let done = tokio::task::block_in_place(|| next("done"));
+    let done = tokio::task::block_in_place(|| page.next("done"));
     assert_eq!(done["errors"], serde_json::json!([]), "errors on the page");
-    let status = node.wait().unwrap();
-    assert!(status.success());
+    assert_eq!(
+        done["dialogs"],
+        serde_json::json!([]),
+        "no prompt without a token"
+    );
+    page.wait();
     let png = std::fs::read(&screenshot).unwrap();
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 20_000,

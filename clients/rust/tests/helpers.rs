@@ -26,14 +26,13 @@ impl Drop for Server {
 }
 
 fn binary() -> Option<PathBuf> {
+    // The workspace's target directory, wherever CARGO_TARGET_DIR puts it.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
     let path = std::env::var_os("GANTRY_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../target/debug/gantry"
-            ))
-        });
+        .unwrap_or_else(|| target.join("debug/gantry"));
     if path.exists() {
         return Some(path);
     }
