@@ -329,6 +329,7 @@ impl Gantry {
             background.spawn(auth.clone().watch(background.token()));
         }
         warn_if_exposed(&config, grpc_addr);
+        warn_if_status_exposed(&config, metrics_addr);
 
         let connection_metrics = rpc_metrics.connections.clone();
         let status_board = crate::status::Board::new(
@@ -383,7 +384,7 @@ impl Gantry {
         let metrics_task = tokio::spawn(metrics::serve(
             metrics_listener,
             Arc::new(registry),
-            Arc::new(status_board),
+            config.telemetry.status_page.then(|| Arc::new(status_board)),
             metrics_access,
             metrics_stop.clone(),
         ));
@@ -528,6 +529,18 @@ fn warn_if_exposed(config: &Config, grpc_addr: SocketAddr) {
             grpc = %grpc_addr,
             "listening beyond loopback without {}: any client that reaches the port may use every limit, namespace and pool (docs/security.md)",
             missing.join(" or ")
+        );
+    }
+}
+
+/// The status page's data names keys, holders and statements: say so when
+/// anyone who reaches the metrics port can read it.
+fn warn_if_status_exposed(config: &Config, metrics_addr: SocketAddr) {
+    let token = crate::tls::is_set(&config.telemetry.metrics_token_file);
+    if config.telemetry.status_page && !token && !metrics_addr.ip().is_loopback() {
+        tracing::warn!(
+            metrics = %metrics_addr,
+            "the status page (/status.json) is served beyond loopback without telemetry.metrics_token_file: whoever reaches the port can read rate-limit keys, lease holders and SQL statements; set a token or telemetry.status_page = false (docs/security.md)"
         );
     }
 }

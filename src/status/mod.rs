@@ -235,6 +235,20 @@ mod tests {
         assert!(unknown.contains("unknown parameter \"limit\""), "{unknown}");
     }
 
+    fn facts(store: Arc<dyn Store>) -> ServerFacts {
+        ServerFacts {
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            transport: "h2",
+            backend: "sled",
+            data_dir: "./data".into(),
+            config_source: "defaults".into(),
+            store,
+            inflight: Gauge::default(),
+            connections: Gauge::default(),
+        }
+    }
+
     struct Slow;
     impl Source for Slow {
         fn section(&self, _: Ask) -> Section {
@@ -256,17 +270,7 @@ mod tests {
     async fn a_section_that_does_not_answer_becomes_an_error_and_the_rest_still_show() {
         let (_dir, store) = crate::store::temp_store();
         let board = Board::new(
-            ServerFacts {
-                started: Instant::now(),
-                started_at: SystemTime::now(),
-                transport: "h2",
-                backend: "sled",
-                data_dir: "./data".into(),
-                config_source: "defaults".into(),
-                store,
-                inflight: Gauge::default(),
-                connections: Gauge::default(),
-            },
+            facts(store),
             vec![("slow", Arc::new(Slow)), ("fixed", Arc::new(Fixed))],
         );
         let snapshot = board.current(Ask::default()).await;
@@ -288,20 +292,7 @@ mod tests {
     async fn pages_asking_within_a_second_share_one_snapshot_per_window() {
         let (_dir, store) = crate::store::temp_store();
         let counting = Arc::new(Counting(Default::default()));
-        let board = Board::new(
-            ServerFacts {
-                started: Instant::now(),
-                started_at: SystemTime::now(),
-                transport: "h2",
-                backend: "sled",
-                data_dir: "./data".into(),
-                config_source: "defaults".into(),
-                store,
-                inflight: Gauge::default(),
-                connections: Gauge::default(),
-            },
-            vec![("n", Arc::new(counting.clone()))],
-        );
+        let board = Board::new(facts(store), vec![("n", Arc::new(counting.clone()))]);
         let one = Ask::default();
         let (a, b) = tokio::join!(board.current(one), board.current(one));
         assert_eq!((a["n"].clone(), b["n"].clone()), (json!(1), json!(1)));

@@ -54,9 +54,15 @@
   };
   const pct = (x) => `${(x * 100).toFixed(1)}%`;
 
+  // Rows a table shows: a server with hundreds of limits, namespaces or
+  // endpoints lists the busiest (callers sort them first), then says how
+  // many more there are.
+  const MAX_ROWS = 20;
+
   // A table: columns are [header, cell(row) -> text | Node, class?].
-  function table(rows, columns, empty) {
-    if (!rows.length) return el("div", empty, "empty");
+  function table(all, columns, empty) {
+    if (!all.length) return el("div", empty, "empty");
+    const rows = all.slice(0, MAX_ROWS);
     const t = el("table");
     const head = t.createTHead().insertRow();
     for (const [h, , cls] of columns) head.appendChild(el("th", h, cls));
@@ -71,8 +77,16 @@
         if (v instanceof Node) td.appendChild(v); else td.textContent = v;
       }
     }
+    if (all.length > rows.length) {
+      const more = el("div", `… and ${num(all.length - rows.length)} more`, "empty");
+      const wrap = el("div");
+      wrap.append(t, more);
+      return wrap;
+    }
     return t;
   }
+  // Busiest first (a sort that keeps the RPC's order among equals).
+  const busiest = (rows, weight) => rows.map((r, i) => [weight(r), i, r]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).map((x) => x[2]);
   const body = (name, node) => {
     const slot = document.querySelector(`[data-body="${name}"]`);
     slot.replaceChildren(node);
@@ -134,7 +148,10 @@
       return { allowed: NaN, denied: NaN };
     }
     const counters = r.counters || {};
-    const rows = r.limits.limits.map((l) => ({ ...l, ...(counters[l.name] || {}) }));
+    const rows = busiest(
+      r.limits.limits.map((l) => ({ ...l, ...(counters[l.name] || {}) })),
+      (l) => (l.denied || 0) * 1e6 + (l.allowed || 0) + (l.waiting || 0) * 1e12,
+    );
     body("limits", table(rows, [
       ["limit", (l) => l.name],
       ["rate", (l) => `${num(l.rate)} / ${ms(l.period)}`],
@@ -203,7 +220,7 @@
     field("watchers", `${num(c.watchers)} open watches`);
     const hits = (s) => (s.hot_hits || 0) + (s.store_hits || 0);
     const lookups = (s) => hits(s) + (s.store_misses || 0);
-    body("namespaces", table(c.stats.namespaces, [
+    body("namespaces", table(busiest(c.stats.namespaces, lookups), [
       ["namespace", (s) => s.namespace],
       ["entries", (s) => num(s.entries)],
       ["bytes", (s) => bytes(s.raw_bytes)],
@@ -224,7 +241,7 @@
     if (err) { body("endpoints", err); return NaN; }
     const c = s.counters || {};
     field("spans_counters", `${num(c.accepted_spans)} accepted, ${num(c.dropped_spans)} dropped, ${num(c.queue_spans)} queued, ${num(c.stored_traces)} traces kept`);
-    body("endpoints", table(s.endpoints.endpoints, [
+    body("endpoints", table(busiest(s.endpoints.endpoints, (e) => (e.errors || 0) * 1e9 + (e.calls || 0)), [
       ["service", (e) => e.service],
       ["endpoint", (e) => e.endpoint, "text"],
       ["calls", (e) => num(e.calls)],

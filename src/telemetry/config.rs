@@ -31,6 +31,10 @@ pub struct TelemetryConfig {
     /// A file holding the bearer token Prometheus must send to `/metrics`
     /// (its `authorization.credentials_file`); unset: no token needed.
     pub metrics_token_file: std::path::PathBuf,
+    /// Serve the status page (`/status`, `/status.json`) on the metrics port.
+    /// It shows rate-limit keys, lease holders and SQL text, which /metrics
+    /// does not: off for a port others may reach without the token.
+    pub status_page: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -43,6 +47,7 @@ impl Default for TelemetryConfig {
             trace_sample_ratio: 1.0,
             metrics_tls: crate::tls::TlsFiles::default(),
             metrics_token_file: std::path::PathBuf::new(),
+            status_page: true,
         }
     }
 }

@@ -339,17 +339,22 @@ fn with_type(body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
 /// `/metrics`, `/status` and `/status.json` as an HTTP/1.1 handler.
 struct MetricsPort {
     registry: Arc<Registry>,
-    status: Arc<crate::status::Board>,
+    /// None with `telemetry.status_page = false`.
+    status: Option<Arc<crate::status::Board>>,
     access: MetricsAccess,
 }
 
 impl MetricsPort {
-    async fn status_json(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn status_json(
+        &self,
+        board: &crate::status::Board,
+        req: &Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
         let ask = match crate::status::Ask::from_query(req.uri().query()) {
             Ok(ask) => ask,
             Err(why) => return plain(StatusCode::BAD_REQUEST, &format!("{why}\n")),
         };
-        let snapshot = self.status.current(ask).await;
+        let snapshot = board.current(ask).await;
         match serde_json::to_vec(&*snapshot) {
             Ok(body) => {
                 let mut resp = with_type(body.into(), "application/json");
@@ -379,15 +384,20 @@ impl crate::http1::Handler for MetricsPort {
         // The page itself holds no data (its script asks /status.json, with
         // the token when one is needed), so it is served to whoever reaches
         // the port; the data is not.
-        if path == "/status" {
+        let status = self.status.as_deref();
+        if path == "/status" && status.is_some() {
             return crate::status::page::response();
         }
         if let Some(refusal) = refused(&self.access, &req) {
             return refusal;
         }
-        match path {
-            "/metrics" => respond(&self.registry, &req),
-            "/status.json" => self.status_json(&req).await,
+        match (path, status) {
+            ("/metrics", _) => respond(&self.registry, &req),
+            ("/status.json", Some(board)) => self.status_json(board, &req).await,
+            ("/status" | "/status.json", None) => plain(
+                StatusCode::NOT_FOUND,
+                "the status page is off (telemetry.status_page = false); metrics are at /metrics\n",
+            ),
             _ => plain(
                 StatusCode::NOT_FOUND,
                 "not found; metrics are at /metrics, the status page at /status (its data at /status.json)\n",
@@ -401,7 +411,7 @@ impl crate::http1::Handler for MetricsPort {
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
-    status: Arc<crate::status::Board>,
+    status: Option<Arc<crate::status::Board>>,
     access: MetricsAccess,
     shutdown: CancellationToken,
 ) {

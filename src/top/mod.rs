@@ -80,7 +80,15 @@ fn ratelimit(out: &mut String, width: usize, now: &Value, before: Option<&Value>
         "denied/s",
         "waiting",
     ])];
-    for limit in list(&r["limits"]["limits"]) {
+    let mut limits = list(&r["limits"]["limits"]);
+    // Busiest first: callers waiting, then denials, then grants.
+    let weight = |l: &Value| {
+        let c = &r["counters"][text(&l["name"])];
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        (n("waiting"), n("denied"), n("allowed"))
+    };
+    limits.sort_by_key(|l| std::cmp::Reverse(weight(l)));
+    for limit in limits {
         let name = text(&limit["name"]);
         let c = &r["counters"][&name];
         let was = before.map(|b| &b["ratelimit"]["counters"][&name]);
@@ -185,7 +193,10 @@ fn cache(out: &mut String, width: usize, c: &Value) {
         "hit ratio",
         "evictions",
     ])];
-    for s in list(&c["stats"]["namespaces"]) {
+    let mut namespaces = list(&c["stats"]["namespaces"]);
+    namespaces
+        .sort_by_key(|s| std::cmp::Reverse(hits(s) + s["store_misses"].as_u64().unwrap_or(0)));
+    for s in namespaces {
         rows.push(vec![
             text(&s["namespace"]),
             count(&s["entries"]),
@@ -219,7 +230,15 @@ fn spans(out: &mut String, width: usize, now: &Value) {
     let mut rows = vec![cells(&[
         "service", "endpoint", "calls", "errors", "error %", "p50", "p99",
     ])];
-    for e in list(&t["endpoints"]["endpoints"]) {
+    let mut endpoints = list(&t["endpoints"]["endpoints"]);
+    // Failing first, then the busiest.
+    endpoints.sort_by_key(|e| {
+        std::cmp::Reverse((
+            e["errors"].as_u64().unwrap_or(0),
+            e["calls"].as_u64().unwrap_or(0),
+        ))
+    });
+    for e in endpoints {
         let calls = e["calls"].as_u64().unwrap_or(0);
         let errors = e["errors"].as_u64().unwrap_or(0);
         let share = if calls == 0 {
@@ -496,6 +515,25 @@ mod tests {
                 "{expected:?} missing from\n{frame}"
             );
         }
+    }
+
+    #[test]
+    fn the_busiest_limits_come_first_and_a_long_list_is_cut() {
+        let names: Vec<Value> = (0..12)
+            .map(
+                |i| json!({"name": format!("quiet-{i:02}"), "rate": 1, "period": "1s", "burst": 1}),
+            )
+            .chain([json!({"name": "zz-busy", "rate": 1, "period": "1s", "burst": 1})])
+            .collect();
+        let now = json!({
+            "ratelimit": {"limits": {"limits": names},
+                          "counters": {"zz-busy": {"allowed": 1, "denied": 9, "waiting": 0}}}
+        });
+        let frame = render(&now, None, 120);
+        let busy = frame.find("zz-busy").expect("listed");
+        let quiet = frame.find("quiet-00").expect("listed");
+        assert!(busy < quiet, "{frame}");
+        assert!(frame.contains("… 5 more"), "{frame}");
     }
 
     #[test]

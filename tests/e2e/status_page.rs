@@ -254,6 +254,19 @@ async fn the_page_is_one_self_contained_file_with_a_strict_policy() {
 }
 
 #[tokio::test]
+async fn the_status_page_can_be_turned_off() {
+    let server = TestServer::start_with(|c| c.telemetry.status_page = false).await;
+    for path in ["/status", "/status.json"] {
+        let (status, body) = http_get(server.metrics, path).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(body.contains("telemetry.status_page = false"), "{body}");
+    }
+    let (status, _) = http_get(server.metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_data_and_gantry_top_need_the_metrics_token_and_tls() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("metrics CA");
