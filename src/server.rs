@@ -356,6 +356,8 @@ impl Gantry {
             },
             status_sources,
         );
+        let mut registry = registry;
+        status_board.register(&mut registry);
         let layer = RpcLayer::new(
             rpc_metrics,
             server_cfg.max_inflight,

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::store::Store;
 
@@ -148,6 +150,8 @@ const REUSE_FOR: Duration = Duration::from_secs(1);
 pub struct Board {
     server: ServerFacts,
     sources: Vec<(&'static str, Arc<dyn Source>)>,
+    /// `gantry_status_snapshot_seconds`: what open pages cost the server.
+    took: Histogram,
     /// The latest snapshot; held while one is made, so callers arriving
     /// meanwhile wait for it instead of making their own.
     latest: tokio::sync::Mutex<Option<(tokio::time::Instant, Ask, Arc<Value>)>>,
@@ -158,8 +162,18 @@ impl Board {
         Self {
             server,
             sources,
+            took: crate::telemetry::metrics::latency_histogram(),
             latest: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Registers `gantry_status_snapshot_seconds` (one count per snapshot made).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "gantry_status_snapshot_seconds",
+            "Time to make one /status.json snapshot (made at most once a second per window, however many pages are open)",
+            self.took.clone(),
+        );
     }
 
     /// A snapshot at most [`REUSE_FOR`] old.
@@ -171,7 +185,16 @@ impl Board {
         {
             return snapshot.clone();
         }
-        let snapshot = Arc::new(self.snapshot(ask).await);
+        let started = Instant::now();
+        let snapshot = Arc::new(
+            self.snapshot(ask)
+                .instrument(tracing::debug_span!(
+                    "status.snapshot",
+                    window_s = ask.window.as_secs()
+                ))
+                .await,
+        );
+        self.took.observe(started.elapsed().as_secs_f64());
         *latest = Some((tokio::time::Instant::now(), ask, snapshot.clone()));
         snapshot
     }

@@ -225,6 +225,9 @@ cluster async fn status_json_answers_every_capability_from_its_rpcs(backend: Bac
     let (status, body) = http_get(server.metrics, "/status.json?window=2d").await;
     assert_eq!(status, 400);
     assert!(body.contains("window must be 1m, 5m or 1h"), "{body}");
+    let (_, metrics) = http_get(server.metrics, "/metrics").await;
+    let made = crate::common::metric_value(&metrics, "gantry_status_snapshot_seconds_count");
+    assert!(made.is_some_and(|n| n >= 2.0), "{made:?}");
     server.stop().await.unwrap();
 }
 }
