@@ -3,6 +3,12 @@
 //! costs bounded memory. Keys denied more often than 1/CAPACITY of all
 //! denials are always listed; a listed count may overstate by at most the
 //! `error` it carries (what the slot had when the key took it over).
+//!
+//! It sits on the denial path of every shard, so it never makes a decision
+//! wait: a denial that finds the tally busy (another core counting) is not
+//! tallied. Under a flood the counts are then a sample — the keys that deny
+//! most still rise to the top — and `gantry_ratelimit_decisions_total` stays
+//! the exact count.
 
 use parking_lot::Mutex;
 
@@ -23,9 +29,11 @@ pub struct DeniedKeys {
 }
 
 impl DeniedKeys {
-    /// Counts one denial of `key`.
+    /// Counts one denial of `key`, unless another core is counting now.
     pub fn record(&self, key: &str) {
-        let mut slots = self.slots.lock();
+        let Some(mut slots) = self.slots.try_lock() else {
+            return;
+        };
         if let Some(slot) = slots.iter_mut().find(|s| s.key == key) {
             slot.denied += 1;
             return;
@@ -85,6 +93,17 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_busy_tally_skips_the_denial_instead_of_waiting() {
+        let tally = DeniedKeys::default();
+        let held = tally.slots.lock();
+        tally.record("while-busy");
+        drop(held);
+        tally.record("after");
+        let keys: Vec<String> = tally.top(10).into_iter().map(|k| k.key).collect();
+        assert_eq!(keys, vec!["after".to_string()]);
     }
 
     #[test]
