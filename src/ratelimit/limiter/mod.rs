@@ -385,15 +385,7 @@ impl RateLimiter {
             }
             out
         };
-        for ((p, r), outcome) in prepared.iter().zip(reqs).zip(&outcomes) {
-            self.inner.count(
-                p.limit,
-                r.key,
-                outcome,
-                p.tokens,
-                r.dry_run || !outcome.allowed,
-            );
-        }
+        self.inner.count_batch(&prepared, reqs, &outcomes);
         Ok(outcomes)
     }
 
@@ -759,6 +751,25 @@ impl Inner {
             outcome.retry_after = Duration::from_nanos(p.params.token_interval_ns());
         }
         outcome
+    }
+
+    /// Counts a batch's decisions (on either backend); a denied item's
+    /// tokens were not granted, and a dry run grants none.
+    fn count_batch(
+        &self,
+        prepared: &[Prepared<'_>],
+        reqs: &[AcquireRequest<'_>],
+        outcomes: &[Outcome],
+    ) {
+        for ((p, r), outcome) in prepared.iter().zip(reqs).zip(outcomes) {
+            self.count(
+                p.limit,
+                r.key,
+                outcome,
+                p.tokens,
+                r.dry_run || !outcome.allowed,
+            );
+        }
     }
 
     fn count(&self, limit: &Limit, key: &str, outcome: &Outcome, tokens: u64, no_tokens: bool) {

@@ -135,15 +135,7 @@ impl RateLimiter {
                     .collect();
             }
         };
-        for ((p, r), outcome) in prepared.iter().zip(reqs).zip(&outcomes) {
-            self.inner.count(
-                p.limit,
-                r.key,
-                outcome,
-                p.tokens,
-                r.dry_run || !outcome.allowed,
-            );
-        }
+        self.inner.count_batch(&prepared, reqs, &outcomes);
         Ok(outcomes)
     }
 
