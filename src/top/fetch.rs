@@ -10,6 +10,10 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// The largest answer read (a snapshot of 1,000 limits, namespaces and
+/// endpoints is well under it).
+const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024;
+
 /// Where and how to ask.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -160,8 +164,9 @@ where
         .await
         .map_err(|e| FetchError::Http(e.to_string()))?;
     let status = response.status().as_u16();
-    let body = response
-        .into_body()
+    // A snapshot is tens of KiB; whatever answers at the URL may not send
+    // more than this.
+    let body = http_body_util::Limited::new(response.into_body(), MAX_SNAPSHOT_BYTES)
         .collect()
         .await
         .map_err(|e| FetchError::Http(e.to_string()))?
