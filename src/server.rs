@@ -332,32 +332,36 @@ impl Gantry {
         warn_if_status_exposed(&config, metrics_addr);
 
         let connection_metrics = rpc_metrics.connections.clone();
-        let status_board = crate::status::Board::new(
-            crate::status::ServerFacts {
-                started: started.0,
-                started_at: started.1,
-                transport: match server_cfg.transport {
-                    Transport::H2 => "h2",
-                    Transport::Hyper => "hyper",
-                },
-                backend: if config.storage.backend == StorageBackend::Redis {
-                    "redis"
-                } else {
-                    store.backend()
-                },
-                data_dir: config.storage.data_dir.display().to_string(),
-                config_source: source.as_ref().and_then(|s| s.path.as_ref()).map_or_else(
-                    || "defaults, environment and flags (no file)".to_string(),
-                    |path| path.display().to_string(),
-                ),
-                store: store.clone(),
-                inflight: rpc_metrics.inflight.clone(),
-                connections: connection_metrics.open.clone(),
-            },
-            status_sources,
-        );
+        // The status page, unless turned off (then neither its board nor its metric).
         let mut registry = registry;
-        status_board.register(&mut registry);
+        let status_board = config.telemetry.status_page.then(|| {
+            let board = crate::status::Board::new(
+                crate::status::ServerFacts {
+                    started: started.0,
+                    started_at: started.1,
+                    transport: match server_cfg.transport {
+                        Transport::H2 => "h2",
+                        Transport::Hyper => "hyper",
+                    },
+                    backend: if config.storage.backend == StorageBackend::Redis {
+                        "redis"
+                    } else {
+                        store.backend()
+                    },
+                    data_dir: config.storage.data_dir.display().to_string(),
+                    config_source: source.as_ref().and_then(|s| s.path.as_ref()).map_or_else(
+                        || "defaults, environment and flags (no file)".to_string(),
+                        |path| path.display().to_string(),
+                    ),
+                    store: store.clone(),
+                    inflight: rpc_metrics.inflight.clone(),
+                    connections: connection_metrics.open.clone(),
+                },
+                status_sources,
+            );
+            board.register(&mut registry);
+            Arc::new(board)
+        });
         let layer = RpcLayer::new(
             rpc_metrics,
             server_cfg.max_inflight,
@@ -386,7 +390,7 @@ impl Gantry {
         let metrics_task = tokio::spawn(metrics::serve(
             metrics_listener,
             Arc::new(registry),
-            config.telemetry.status_page.then(|| Arc::new(status_board)),
+            status_board,
             metrics_access,
             metrics_stop.clone(),
         ));

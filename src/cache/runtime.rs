@@ -9,7 +9,6 @@ use super::engine::run_sweeper;
 use super::service::CacheService;
 use super::shared::RedisCache;
 use super::stats::{CacheCollector, WatchCollector};
-use super::status::CacheStatus;
 use crate::config::CacheConfig;
 use crate::proto::gantry::v1::cache_server::{self, CacheServer};
 use crate::routes::{Served, grpc_service};
@@ -51,7 +50,7 @@ impl Runtime {
             // hot tier to forget; the engine validates and fans events out.
             let shared = RedisCache::start(cache.clone(), redis, ctx.background.token());
             let service = Arc::new(CacheService::shared(cache.clone(), shared));
-            let status = Arc::new(CacheStatus::new(service.clone(), cache));
+            let status = super::status::source(service.clone(), cache);
             let served = Served::default()
                 .service(grpc_service!(
                     CacheServer::from_arc(service),
@@ -90,7 +89,7 @@ impl Runtime {
 
         let lanes = ctx.lanes(config.coalesce);
         let service = Arc::new(CacheService::new(cache.clone(), lanes));
-        let status = Arc::new(CacheStatus::new(service.clone(), cache));
+        let status = super::status::source(service.clone(), cache);
         let served = Served::default()
             .service(grpc_service!(
                 CacheServer::from_arc(service),

@@ -12,20 +12,10 @@ use crate::proto::gantry::v1 as pb;
 use crate::proto::gantry::v1::cache_server::Cache as _;
 use crate::status::{self, Ask, Section, json as pj};
 
-pub struct CacheStatus {
-    service: Arc<CacheService>,
-    engine: CacheEngine,
-}
-
-impl CacheStatus {
-    pub fn new(service: Arc<CacheService>, engine: CacheEngine) -> Self {
-        Self { service, engine }
-    }
-}
-
-impl status::Source for CacheStatus {
-    fn section(&self, _: Ask) -> Section {
-        let (service, engine) = (self.service.clone(), self.engine.clone());
+/// The section, over the service and the engine it serves.
+pub fn source(service: Arc<CacheService>, engine: CacheEngine) -> Arc<dyn status::Source> {
+    Arc::new(move |_: Ask| -> Section {
+        let (service, engine) = (service.clone(), engine.clone());
         Box::pin(async move {
             let stats = service
                 .stats(status::request(pb::CacheStatsRequest::default()))
@@ -35,5 +25,5 @@ impl status::Source for CacheStatus {
                 "watchers": engine.watchers(),
             })
         })
-    }
+    })
 }

@@ -4,7 +4,6 @@
 
 use super::metrics::LeaseMetrics;
 use super::service::LeasesService;
-use super::status::LeaseStatus;
 use super::{LeaseManager, Leases, SharedLeases};
 use crate::config::LeasesConfig;
 use crate::proto::gantry::v1::leases_server::{self, LeasesServer};
@@ -69,7 +68,7 @@ impl Runtime {
 /// The service and the status page's section over it.
 fn served(leases: Leases, ctx: &mut Context<'_>) -> (Served, Arc<dyn crate::status::Source>) {
     let service = Arc::new(LeasesService::new(leases.clone()));
-    let status = Arc::new(LeaseStatus::new(service.clone(), leases));
+    let status = super::status::source(service.clone(), leases);
     let served = Served::default()
         .service(grpc_service!(
             LeasesServer::from_arc(service),

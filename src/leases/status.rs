@@ -11,20 +11,10 @@ use crate::proto::gantry::v1 as pb;
 use crate::proto::gantry::v1::leases_server::Leases as _;
 use crate::status::{self, Ask, Section, json as pj};
 
-pub struct LeaseStatus {
-    service: Arc<LeasesService>,
-    leases: Leases,
-}
-
-impl LeaseStatus {
-    pub fn new(service: Arc<LeasesService>, leases: Leases) -> Self {
-        Self { service, leases }
-    }
-}
-
-impl status::Source for LeaseStatus {
-    fn section(&self, _: Ask) -> Section {
-        let (service, leases) = (self.service.clone(), self.leases.clone());
+/// The section, over the service and the pools it serves.
+pub fn source(service: Arc<LeasesService>, leases: Leases) -> Arc<dyn status::Source> {
+    Arc::new(move |_: Ask| -> Section {
+        let (service, leases) = (service.clone(), leases.clone());
         Box::pin(async move {
             let mut pools = Vec::new();
             for pool in leases.pool_names() {
@@ -42,5 +32,5 @@ impl status::Source for LeaseStatus {
             }
             json!({ "pools": pools })
         })
-    }
+    })
 }

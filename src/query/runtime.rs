@@ -7,7 +7,6 @@ use super::metrics::QueryMetrics;
 use std::sync::Arc;
 
 use super::service::{DirectAnalyze, QueryService};
-use super::status::QueryStatus;
 use crate::config::QueryConfig;
 use crate::proto::gantry::v1::query_analyzer_server::{self, QueryAnalyzerServer};
 use crate::routes::{Served, grpc_service};
@@ -54,7 +53,7 @@ impl Runtime {
         }
         let limit = ctx.max_message_bytes();
         let service = Arc::new(service);
-        let status = Arc::new(QueryStatus::new(service.clone()));
+        let status = super::status::source(service.clone());
         let mut served = Served::default().service(grpc_service!(
             QueryAnalyzerServer::from_arc(service),
             limit,

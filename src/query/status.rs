@@ -14,19 +14,10 @@ use crate::status::{self, Ask, Section, json as pj};
 /// Rows in each list.
 const ROWS: u32 = 10;
 
-pub struct QueryStatus {
-    service: Arc<QueryService>,
-}
-
-impl QueryStatus {
-    pub fn new(service: Arc<QueryService>) -> Self {
-        Self { service }
-    }
-}
-
-impl status::Source for QueryStatus {
-    fn section(&self, _: Ask) -> Section {
-        let service = self.service.clone();
+/// The section, over the service.
+pub fn source(service: Arc<QueryService>) -> Arc<dyn status::Source> {
+    Arc::new(move |_: Ask| -> Section {
+        let service = service.clone();
         Box::pin(async move {
             let top = service
                 .top_queries(status::request(pb::TopQueriesRequest {
@@ -45,5 +36,5 @@ impl status::Source for QueryStatus {
                 "slow": pj::answer("gantry.v1.SlowQueriesResponse", slow),
             })
         })
-    }
+    })
 }

@@ -16,7 +16,6 @@ use super::metrics::RateLimitMetrics;
 use super::persist::{self, LastStop};
 use super::redis_gcra::RedisBuckets;
 use super::service::{DirectAcquire, DirectAcquireBatch, RateLimiterService};
-use super::status::RateLimitStatus;
 use crate::config::{RateLimitConfig, UncleanRestart};
 use crate::proto::gantry::v1::rate_limiter_server::{self, RateLimiterServer};
 use crate::routes::{Served, grpc_service};
@@ -81,7 +80,7 @@ impl Runtime {
             .map(|lanes| Coalescer::new(runtime.limiter.clone(), lanes));
         let service = Arc::new(RateLimiterService::new(runtime.limiter.clone(), coalescer));
         let served = Self::served(&runtime.limiter, service.clone(), ctx);
-        let status = RateLimitStatus::new(service, runtime.limiter.clone());
+        let status = super::status::source(service, runtime.limiter.clone());
         let reloaded = runtime.limiter.clone();
         Ok(Capability::new(
             "ratelimit",
@@ -102,7 +101,7 @@ impl Runtime {
             }),
         )
         .reloads(Box::new(move |config| reloaded.reload(&config.ratelimit)))
-        .status(Arc::new(status)))
+        .status(status))
     }
 
     /// Buckets in Redis (`storage.backend = "redis"`): nothing to restore,
@@ -119,11 +118,11 @@ impl Runtime {
         // own lanes gather the round trips (src/ratelimit/redis_gcra.rs).
         let service = Arc::new(RateLimiterService::new(limiter.clone(), None));
         let served = Self::served(&limiter, service.clone(), ctx);
-        let status = RateLimitStatus::new(service, limiter.clone());
+        let status = super::status::source(service, limiter.clone());
         Capability::new("ratelimit", served, Box::pin(async {}))
             .reloads(Box::new(move |config| limiter.reload(&config.ratelimit)))
             .needs_redis(true)
-            .status(Arc::new(status))
+            .status(status)
     }
 
     /// gantry.v1.RateLimiter and Envoy's service, with their direct calls.

@@ -20,20 +20,10 @@ const DENIED_KEYS: usize = 5;
 /// most (then those with waiters), not for each of hundreds of limits.
 const HOT_KEY_LIMITS: usize = 3;
 
-pub struct RateLimitStatus {
-    service: Arc<RateLimiterService>,
-    limiter: RateLimiter,
-}
-
-impl RateLimitStatus {
-    pub fn new(service: Arc<RateLimiterService>, limiter: RateLimiter) -> Self {
-        Self { service, limiter }
-    }
-}
-
-impl status::Source for RateLimitStatus {
-    fn section(&self, _: Ask) -> Section {
-        let (service, limiter) = (self.service.clone(), self.limiter.clone());
+/// The section, over the service and the limiter it serves.
+pub fn source(service: Arc<RateLimiterService>, limiter: RateLimiter) -> Arc<dyn status::Source> {
+    Arc::new(move |_: Ask| -> Section {
+        let (service, limiter) = (service.clone(), limiter.clone());
         Box::pin(async move {
             let listed = service
                 .list_limits(status::request(pb::ListLimitsRequest {}))
@@ -88,7 +78,7 @@ impl status::Source for RateLimitStatus {
                 "denied_keys": Value::Object(denied_keys),
             })
         })
-    }
+    })
 }
 
 /// The limits worth a HotKeys scan: those that denied most, then those with

@@ -83,9 +83,18 @@ pub fn request<T>(message: T) -> tonic::Request<T> {
 /// A section's JSON, computed off the caller's borrow.
 pub type Section = Pin<Box<dyn Future<Output = Value> + Send + 'static>>;
 
-/// One capability's part of the page.
+/// One capability's part of the page: a closure over what it asks.
 pub trait Source: Send + Sync {
     fn section(&self, ask: Ask) -> Section;
+}
+
+impl<F> Source for F
+where
+    F: Fn(Ask) -> Section + Send + Sync,
+{
+    fn section(&self, ask: Ask) -> Section {
+        self(ask)
+    }
 }
 
 /// The server's own facts.

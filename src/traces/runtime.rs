@@ -16,7 +16,6 @@ use super::Traces;
 use super::forward::{ForwardSettings, Forwarder};
 use super::metrics::{SpanMetricsCollector, TracesMetrics};
 use super::service::{OtlpTraceService, TracesService};
-use super::status::TracesStatus;
 use crate::config::TracesConfig;
 use crate::proto::gantry::v1::traces_server::TracesServer;
 use crate::routes::{Served, grpc_service};
@@ -85,7 +84,7 @@ impl Runtime {
         let limit = usize::try_from(config.max_message_bytes).unwrap_or(usize::MAX);
         let otlp = OtlpTraceService::new(traces.clone());
         let service = Arc::new(service);
-        let status = Arc::new(TracesStatus::new(service.clone(), counters));
+        let status = super::status::source(service.clone(), counters);
         let served = Served::default()
             .service(grpc_service!(
                 TracesServer::from_arc(service),

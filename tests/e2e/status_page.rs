@@ -264,8 +264,12 @@ async fn the_status_page_can_be_turned_off() {
         assert_eq!(status, 404, "{path}");
         assert!(body.contains("telemetry.status_page = false"), "{body}");
     }
-    let (status, _) = http_get(server.metrics, "/metrics").await;
+    let (status, metrics) = http_get(server.metrics, "/metrics").await;
     assert_eq!(status, 200);
+    assert!(
+        !metrics.contains("gantry_status_snapshot_seconds"),
+        "no board, no series"
+    );
     server.stop().await.unwrap();
 }
 
