@@ -1,6 +1,6 @@
 //! Rate-limit hot paths in process: one GCRA decision, one decision on an
-//! existing bucket through the limiter (hash, shard lock, arithmetic), and a
-//! batch of 100. Run: `cargo bench --bench ratelimit`.
+//! existing bucket through the limiter (hash, shard lock, arithmetic), a
+//! denial on a spent bucket, and a batch of 100. Run: `cargo bench --bench ratelimit`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -12,12 +12,16 @@ use gantry::ratelimit::metrics::RateLimitMetrics;
 use gantry::ratelimit::{AcquireRequest, RateLimiter};
 
 fn limiter() -> RateLimiter {
+    limiter_of(1_000_000_000, Duration::from_secs(1))
+}
+
+fn limiter_of(rate: u64, period: Duration) -> RateLimiter {
     let config = RateLimitConfig {
         limits: vec![LimitConfig {
             name: "bench".into(),
-            rate: 1_000_000_000,
-            period: HumanDuration(Duration::from_secs(1)),
-            burst: Some(1_000_000_000),
+            rate,
+            period: HumanDuration(period),
+            burst: Some(rate),
             scope: LimitScopeConfig::PerKey,
             overrides: vec![],
         }],
@@ -62,6 +66,30 @@ fn benches(c: &mut Criterion) {
             black_box(rl.try_acquire(&AcquireRequest {
                 limit: "bench",
                 key: &keys[i],
+                tokens: 1,
+                ..Default::default()
+            }))
+        })
+    });
+
+    // Every key spent (one token an hour): each call is a denial, over
+    // 10,000 keys — more than the denied-keys tally holds, its worst case.
+    let spent = limiter_of(1, Duration::from_secs(3600));
+    for key in &keys {
+        let _ = spent.try_acquire(&AcquireRequest {
+            limit: "bench",
+            key,
+            tokens: 1,
+            ..Default::default()
+        });
+    }
+    let mut j = 0usize;
+    c.bench_function("try_acquire_denied_10k_keys", |b| {
+        b.iter(|| {
+            j = (j + 1) % keys.len();
+            black_box(spent.try_acquire(&AcquireRequest {
+                limit: "bench",
+                key: &keys[j],
                 tokens: 1,
                 ..Default::default()
             }))

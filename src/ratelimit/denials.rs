@@ -10,6 +10,8 @@
 //! most still rise to the top — and `gantry_ratelimit_decisions_total` stays
 //! the exact count.
 
+use std::hash::BuildHasher;
+
 use parking_lot::Mutex;
 
 /// Keys tracked per limit.
@@ -23,42 +25,61 @@ pub struct DeniedKey {
     pub error: u64,
 }
 
+/// One tracked key; its hash is compared first, so a denial of an untracked
+/// key (a flood of distinct keys) costs a scan of 64 integers, not 64
+/// string comparisons.
+#[derive(Debug, Clone)]
+struct Slot {
+    hash: u64,
+    key: DeniedKey,
+}
+
 #[derive(Debug, Default)]
 pub struct DeniedKeys {
-    slots: Mutex<Vec<DeniedKey>>,
+    hasher: foldhash::fast::RandomState,
+    slots: Mutex<Vec<Slot>>,
 }
 
 impl DeniedKeys {
     /// Counts one denial of `key`, unless another core is counting now.
     pub fn record(&self, key: &str) {
+        let hash = self.hasher.hash_one(key);
         let Some(mut slots) = self.slots.try_lock() else {
             return;
         };
-        if let Some(slot) = slots.iter_mut().find(|s| s.key == key) {
-            slot.denied += 1;
+        if let Some(slot) = slots
+            .iter_mut()
+            .find(|s| s.hash == hash && s.key.key == key)
+        {
+            slot.key.denied += 1;
             return;
         }
         if slots.len() < CAPACITY {
-            slots.push(DeniedKey {
-                key: key.to_string(),
-                denied: 1,
-                error: 0,
+            slots.push(Slot {
+                hash,
+                key: DeniedKey {
+                    key: key.to_string(),
+                    denied: 1,
+                    error: 0,
+                },
             });
             return;
         }
         // Full: the key takes over the least counted slot, inheriting its
         // count as the bound of its error.
-        if let Some(least) = slots.iter_mut().min_by_key(|s| s.denied) {
-            least.error = least.denied;
-            least.denied += 1;
-            least.key.clear();
-            least.key.push_str(key);
+        if let Some(least) = slots.iter_mut().min_by_key(|s| s.key.denied) {
+            least.hash = hash;
+            let k = &mut least.key;
+            k.error = k.denied;
+            k.denied += 1;
+            k.key.clear();
+            k.key.push_str(key);
         }
     }
 
     /// The `n` most denied keys, most first (ties by key).
     pub fn top(&self, n: usize) -> Vec<DeniedKey> {
-        let mut all = self.slots.lock().clone();
+        let mut all: Vec<DeniedKey> = self.slots.lock().iter().map(|s| s.key.clone()).collect();
         all.sort_by(|a, b| b.denied.cmp(&a.denied).then_with(|| a.key.cmp(&b.key)));
         all.truncate(n);
         all
