@@ -34,6 +34,33 @@ fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("k-{i:014}")).collect()
 }
 
+fn acquire_one(key: &str) -> AcquireRequest<'_> {
+    AcquireRequest {
+        limit: "bench",
+        key,
+        tokens: 1,
+        ..Default::default()
+    }
+}
+
+/// One token from every key's bucket, so each bucket exists.
+fn one_each(rl: &RateLimiter, keys: &[String]) {
+    for key in keys {
+        let _ = rl.try_acquire(&acquire_one(key));
+    }
+}
+
+/// One decision per iteration, the keys taken in turn.
+fn bench_each_key(c: &mut Criterion, name: &str, rl: &RateLimiter, keys: &[String]) {
+    let mut i = 0usize;
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(rl.try_acquire(&acquire_one(&keys[i])))
+        })
+    });
+}
+
 fn benches(c: &mut Criterion) {
     let params = Params {
         rate: 1_000_000,
@@ -51,50 +78,14 @@ fn benches(c: &mut Criterion) {
 
     let rl = limiter();
     let keys = keys(10_000);
-    for key in &keys {
-        let _ = rl.try_acquire(&AcquireRequest {
-            limit: "bench",
-            key,
-            tokens: 1,
-            ..Default::default()
-        });
-    }
-    let mut i = 0usize;
-    c.bench_function("try_acquire_existing_bucket", |b| {
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            black_box(rl.try_acquire(&AcquireRequest {
-                limit: "bench",
-                key: &keys[i],
-                tokens: 1,
-                ..Default::default()
-            }))
-        })
-    });
+    one_each(&rl, &keys);
+    bench_each_key(c, "try_acquire_existing_bucket", &rl, &keys);
 
     // Every key spent (one token an hour): each call is a denial, over
     // 10,000 keys — more than the denied-keys tally holds, its worst case.
     let spent = limiter_of(1, Duration::from_secs(3600));
-    for key in &keys {
-        let _ = spent.try_acquire(&AcquireRequest {
-            limit: "bench",
-            key,
-            tokens: 1,
-            ..Default::default()
-        });
-    }
-    let mut j = 0usize;
-    c.bench_function("try_acquire_denied_10k_keys", |b| {
-        b.iter(|| {
-            j = (j + 1) % keys.len();
-            black_box(spent.try_acquire(&AcquireRequest {
-                limit: "bench",
-                key: &keys[j],
-                tokens: 1,
-                ..Default::default()
-            }))
-        })
-    });
+    one_each(&spent, &keys);
+    bench_each_key(c, "try_acquire_denied_10k_keys", &spent, &keys);
 
     let mut group = c.benchmark_group("acquire_batch");
     group.throughput(Throughput::Elements(100));
@@ -105,12 +96,7 @@ fn benches(c: &mut Criterion) {
                 start = (start + 100) % (keys.len() - 100);
                 let batch: Vec<AcquireRequest<'_>> = keys[start..start + 100]
                     .iter()
-                    .map(|key| AcquireRequest {
-                        limit: "bench",
-                        key,
-                        tokens: 1,
-                        ..Default::default()
-                    })
+                    .map(|key| acquire_one(key))
                     .collect();
                 black_box(rl.acquire_batch(&batch, all_or_nothing))
             })
