@@ -52,17 +52,31 @@ func (n *Namespace) Delete(ctx context.Context, key string) (bool, error) {
 // NearCache keeps recently read keys of a namespace in process and coherent
 // with the shared cache through Watch: puts, deletes and expiries from any
 // instance update or drop the local copy; a RESYNC (this watcher fell
-// behind) or a broken stream clears it. While the stream is down, reads go
-// to gantry.
+// behind) clears it. While the stream is down it keeps answering from what
+// it holds for at most its max staleness (WithMaxStale, default 5 s), then
+// drops everything and reads go to gantry; when the stream is back it starts
+// empty (a resync).
 type NearCache struct {
-	ns     *Namespace
-	max    int
-	mu     sync.Mutex
-	items  map[string]nearItem
-	gen    uint64 // bumped by every event: a read that raced one is not kept
-	live   bool
-	cancel context.CancelFunc
-	done   chan struct{}
+	ns       *Namespace
+	max      int
+	maxStale time.Duration
+	mu       sync.Mutex
+	items    map[string]nearItem
+	gen      uint64 // bumped by every event: a read that raced one is not kept
+	live     bool
+	downAt   time.Time // when the stream broke (zero while live)
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// NearCacheOption configures a NearCache.
+type NearCacheOption func(*NearCache)
+
+// WithMaxStale bounds how long the near cache answers from what it holds
+// while its Watch stream is down (it cannot hear of changes then); 0 drops
+// everything as soon as the stream breaks. Default 5 s.
+func WithMaxStale(d time.Duration) NearCacheOption {
+	return func(nc *NearCache) { nc.maxStale = max(d, 0) }
 }
 
 type nearItem struct {
@@ -73,9 +87,13 @@ type nearItem struct {
 // NearCache starts watching keys with prefix ("" for all) and keeps up to
 // maxEntries of them locally. It watches until Close, the client's Close or
 // the end of ctx; then reads go to gantry.
-func (n *Namespace) NearCache(ctx context.Context, prefix string, maxEntries int) *NearCache {
+func (n *Namespace) NearCache(ctx context.Context, prefix string, maxEntries int, opts ...NearCacheOption) *NearCache {
 	ctx, cancel := context.WithCancel(ctx)
-	nc := &NearCache{ns: n, max: max(maxEntries, 1), items: map[string]nearItem{}, cancel: cancel, done: make(chan struct{})}
+	nc := &NearCache{ns: n, max: max(maxEntries, 1), maxStale: 5 * time.Second, items: map[string]nearItem{},
+		cancel: cancel, done: make(chan struct{})}
+	for _, opt := range opts {
+		opt(nc)
+	}
 	if !n.client.own(nc, func(context.Context) { nc.stop() }) {
 		cancel() // the client is closed
 		close(nc.done)
@@ -94,7 +112,7 @@ func (nc *NearCache) watch(ctx context.Context, prefix string) {
 		// on every change reaches us, so local copies stay coherent.
 		if err == nil {
 			if _, err = stream.Header(); err == nil {
-				nc.reset(true)
+				nc.resync()
 			}
 		}
 		if err == nil {
@@ -107,7 +125,7 @@ func (nc *NearCache) watch(ctx context.Context, prefix string) {
 				backoff = 50 * time.Millisecond
 			}
 		}
-		nc.reset(false)
+		nc.down()
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
@@ -132,18 +150,41 @@ func (nc *NearCache) apply(ev *gantryv1.WatchEvent) {
 	}
 }
 
-func (nc *NearCache) reset(live bool) {
+// resync starts over when the stream is (back) up: anything may have
+// changed while it was down.
+func (nc *NearCache) resync() {
 	nc.mu.Lock()
 	defer nc.mu.Unlock()
 	nc.gen++
-	nc.live = live
+	nc.live, nc.downAt = true, time.Time{}
 	clear(nc.items)
+}
+
+// down notes that the stream broke: what is held stays answerable for
+// maxStale (see expireStale).
+func (nc *NearCache) down() {
+	nc.mu.Lock()
+	defer nc.mu.Unlock()
+	nc.gen++
+	if nc.live {
+		nc.live, nc.downAt = false, time.Now()
+	}
+	nc.expireStale()
+}
+
+// expireStale drops what is held once the stream has been down longer
+// than maxStale. Called with mu held.
+func (nc *NearCache) expireStale() {
+	if !nc.live && len(nc.items) > 0 && (nc.downAt.IsZero() || time.Since(nc.downAt) >= nc.maxStale) {
+		clear(nc.items)
+	}
 }
 
 // Get answers from the local copy when it has one, else reads gantry (and
 // keeps the value when the watch is live and no event raced the read).
 func (nc *NearCache) Get(ctx context.Context, key string) ([]byte, bool, error) {
 	nc.mu.Lock()
+	nc.expireStale()
 	item, ok := nc.items[key]
 	gen, live := nc.gen, nc.live
 	nc.mu.Unlock()
@@ -172,6 +213,7 @@ func (nc *NearCache) Get(ctx context.Context, key string) ([]byte, bool, error) 
 func (nc *NearCache) Len() int {
 	nc.mu.Lock()
 	defer nc.mu.Unlock()
+	nc.expireStale()
 	return len(nc.items)
 }
 

@@ -3,9 +3,11 @@
 // ingestion and leases on global connection budgets.
 //
 // The generated stubs are in gen/gantry/v1; this package adds what callers
-// write around them anyway: one connection with retries on UNAVAILABLE,
-// deadlines, a rate limiter that waits its turn, a lease that renews itself,
-// a near cache kept coherent through Watch, and a background query recorder.
+// write around them anyway: one connection balanced over every replica,
+// retries of idempotent calls on UNAVAILABLE, deadlines, a circuit breaker,
+// a rate limiter that waits its turn and has a policy for when gantry does
+// not answer, a lease that renews itself, a near cache kept coherent through
+// Watch, and a background query recorder.
 package gantry
 
 import (
@@ -16,6 +18,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +28,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 )
 
@@ -45,6 +50,11 @@ type Client struct {
 	// near caches' Watch streams and leases' renewals.
 	mu    sync.Mutex
 	owned map[any]func(context.Context)
+
+	breaker *breaker
+	policy  FailurePolicy
+	share   int
+	local   policyState
 }
 
 type options struct {
@@ -56,6 +66,12 @@ type options struct {
 	tls        *tlsFiles
 	serverName string
 	token      string
+	policy     FailurePolicy
+	share      int
+	hook       func(limit string, d Decision)
+	failures   int
+	openFor    time.Duration
+	maxOpenFor time.Duration
 }
 
 type tlsFiles struct{ ca, cert, key string }
@@ -66,8 +82,9 @@ type Option func(*options)
 // WithTimeout sets the deadline of calls whose context has none (default 5 s).
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
-// WithRetries sets how often a call that failed with UNAVAILABLE is tried again
-// (default 3), with jittered exponential backoff from 50 ms up to 2 s.
+// WithRetries sets how often an idempotent call (docs/client-resilience.md
+// lists them) that failed with UNAVAILABLE is tried again (default 3), with
+// jittered exponential backoff from 50 ms up to 2 s.
 func WithRetries(n int) Option { return func(o *options) { o.retries = n } }
 
 // WithDialOptions adds gRPC dial options (TLS credentials, interceptors...).
@@ -90,6 +107,29 @@ func WithServerName(name string) Option { return func(o *options) { o.serverName
 // WithToken sends "authorization: Bearer <token>" with every call (gantry's
 // [auth]). It needs WithTLS: a token is never sent in plaintext.
 func WithToken(token string) Option { return func(o *options) { o.token = token } }
+
+// WithFailurePolicy sets what limiters answer when gantry does not
+// (default FailOpen); docs/client-resilience.md explains each.
+func WithFailurePolicy(p FailurePolicy) Option { return func(o *options) { o.policy = p } }
+
+// WithLocalShare sets how many instances share each limit, for the Local
+// policy: its bucket gets rate/share and burst/share (default 1).
+func WithLocalShare(n int) Option { return func(o *options) { o.share = max(n, 1) } }
+
+// WithDecisionHook calls hook with every limiter decision (its Source says
+// who made it), e.g. to count them in the service's metrics. It runs on the
+// caller's goroutine: keep it quick.
+func WithDecisionHook(hook func(limit string, d Decision)) Option {
+	return func(o *options) { o.hook = hook }
+}
+
+// WithCircuitBreaker sets after how many consecutive failures (UNAVAILABLE,
+// DEADLINE_EXCEEDED) calls fail at once, for how long before one probe goes
+// through, and the longest back-off a failing probe doubles it to (default
+// 5, 1 s, 30 s).
+func WithCircuitBreaker(failures int, openFor, maxOpenFor time.Duration) Option {
+	return func(o *options) { o.failures, o.openFor, o.maxOpenFor = failures, openFor, maxOpenFor }
+}
 
 // bearer is a token sent with every call, over TLS only.
 type bearer string
@@ -129,10 +169,16 @@ func transport(o options) (grpc.DialOption, error) {
 	return grpc.WithTransportCredentials(credentials.NewTLS(cfg)), nil
 }
 
-// New connects to gantry at target (host:port). The connection is made
-// lazily and re-established by gRPC as needed.
+// roundRobin balances calls over every address the target has.
+const roundRobin = `{"loadBalancingConfig": [{"round_robin": {}}]}`
+
+// New connects to gantry at target: one address (host:port), a
+// comma-separated list of them, or a name resolving to several
+// (dns:///gantry-headless:7070); calls are balanced round-robin over them.
+// The connections are made lazily and re-established by gRPC as needed.
 func New(target string, opts ...Option) (*Client, error) {
-	o := options{timeout: 5 * time.Second, retries: 3, backoff: 50 * time.Millisecond, maxBackoff: 2 * time.Second}
+	o := options{timeout: 5 * time.Second, retries: 3, backoff: 50 * time.Millisecond, maxBackoff: 2 * time.Second,
+		share: 1, failures: 5, openFor: time.Second, maxOpenFor: 30 * time.Second}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -140,10 +186,16 @@ func New(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{timeout: o.timeout, owned: map[any]func(context.Context){}}
+	c := &Client{timeout: o.timeout, owned: map[any]func(context.Context){},
+		breaker: newBreaker(o.failures, o.openFor, o.maxOpenFor, time.Now),
+		policy:  o.policy, share: o.share, local: policyState{hook: o.hook}}
 	dial := []grpc.DialOption{creds,
-		grpc.WithChainUnaryInterceptor(c.guardUnary, deadline(o.timeout), retry(o)),
+		grpc.WithDefaultServiceConfig(roundRobin),
+		grpc.WithChainUnaryInterceptor(c.guardUnary, deadline(o.timeout), c.breaker.unary, retry(o)),
 		grpc.WithChainStreamInterceptor(c.guardStream)}
+	if list := strings.Split(target, ","); len(list) > 1 {
+		target = endpoints(list, &dial)
+	}
 	if o.token != "" {
 		dial = append(dial, grpc.WithPerRPCCredentials(bearer(o.token)))
 	}
@@ -159,6 +211,28 @@ func New(target string, opts ...Option) (*Client, error) {
 	c.Traces = gantryv1.NewTracesClient(conn)
 	c.Leases = gantryv1.NewLeasesClient(conn)
 	return c, nil
+}
+
+// endpoints resolves target to a fixed list of addresses (a resolver that
+// only this connection knows) and returns the target naming it.
+func endpoints(list []string, dial *[]grpc.DialOption) string {
+	r := manual.NewBuilderWithScheme("gantry-endpoints")
+	addrs := make([]resolver.Address, 0, len(list))
+	for _, a := range list {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, resolver.Address{Addr: a})
+		}
+	}
+	r.InitialState(resolver.State{Addresses: addrs})
+	*dial = append(*dial, grpc.WithResolvers(r))
+	return r.Scheme() + ":///endpoints"
+}
+
+// Decisions is how many limiter decisions each source made so far.
+func (c *Client) Decisions() DecisionCounts {
+	c.local.mu.Lock()
+	defer c.local.mu.Unlock()
+	return c.local.counts
 }
 
 // Close flushes the recorders this client made, ends its near caches' Watch
@@ -236,10 +310,15 @@ func deadline(d time.Duration) grpc.UnaryClientInterceptor {
 	}
 }
 
-// retry tries again on UNAVAILABLE (gantry restarting, a connection reset)
-// with jittered exponential backoff, within the call's deadline.
+// retry tries an idempotent call again on UNAVAILABLE (gantry restarting, a
+// connection reset; round-robin sends it to the next replica) with jittered
+// exponential backoff, within the call's deadline. Other calls are not
+// repeated: a second Acquire would take tokens twice.
 func retry(o options) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if !idempotent[method] {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
 		backoff := o.backoff
 		for attempt := 0; ; attempt++ {
 			err := invoker(ctx, method, req, reply, cc, opts...)

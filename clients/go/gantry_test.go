@@ -43,13 +43,20 @@ func startGantry(t *testing.T, listen string) string {
 // startGantryWith is startGantry with extra environment (GANTRY_* keys).
 func startGantryWith(t *testing.T, listen string, env []string) string {
 	t.Helper()
-	dir := t.TempDir()
+	_, addr := runGantry(t, listen, filepath.Join(t.TempDir(), "data"), env)
+	return addr
+}
+
+// runGantry starts gantry on listen with its data in dataDir and returns the
+// process (for tests that kill it) and its gRPC address.
+func runGantry(t *testing.T, listen, dataDir string, env []string) (*exec.Cmd, string) {
+	t.Helper()
 	config, err := filepath.Abs(testConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(gantryBin(t), "serve", "--config", config, "--listen", listen,
-		"--metrics-listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"))
+		"--metrics-listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0", "--data-dir", dataDir)
 	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -74,10 +81,10 @@ func startGantryWith(t *testing.T, listen string, env []string) string {
 	}()
 	select {
 	case a := <-addr:
-		return a
+		return cmd, a
 	case <-time.After(20 * time.Second):
 		t.Fatal("gantry did not start")
-		return ""
+		return nil, ""
 	}
 }
 
@@ -374,9 +381,10 @@ func TestCallsRetryWhileTheServerComesUp(t *testing.T) {
 	defer cancel()
 	c2, _ := New(addr, WithRetries(8))
 	defer c2.Close()
-	d, err := c2.Limiter("tight", "retry").Acquire(ctx, 1)
-	if err != nil || !d.Allowed {
-		t.Fatalf("the call should have been retried until gantry was up: %+v %v", d, err)
+	// ListLimits is idempotent, so it is tried again until gantry is up.
+	limits, err := c2.RateLimiter.ListLimits(ctx, &gantryv1.ListLimitsRequest{})
+	if err != nil || len(limits.GetLimits()) != 2 {
+		t.Fatalf("the call should have been retried until gantry was up: %v %v", limits, err)
 	}
 	<-started
 }

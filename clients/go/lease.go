@@ -12,8 +12,9 @@ import (
 )
 
 // Lease holds units of a global budget (a pool) and renews itself at a third
-// of its TTL until Release. If renewal fails for good (the lease expired or the
-// pool went away), Lost is closed: stop using the units.
+// of its TTL until Release. If it cannot be renewed (gantry unreachable until
+// just before the expiry, or the lease gone), Lost is closed before the units
+// return: stop using them.
 //
 //	lease, err := client.AcquireLease(ctx, "orders-db", hostname, 10, 30*time.Second)
 //	if err != nil { ... }
@@ -32,6 +33,7 @@ type Lease struct {
 	stopOnce sync.Once
 	mu       sync.Mutex
 	expires  time.Time
+	lostErr  error
 	lostOnce sync.Once
 }
 
@@ -92,35 +94,79 @@ func (l *Lease) ExpiresAt() time.Time {
 	return l.expires
 }
 
-// Lost is closed when the lease could not be renewed before it expired.
+// Lost is closed when the lease can no longer be counted on: renewals kept
+// failing until a margin before its expiry (a tenth of the TTL, between
+// 50 ms and 5 s), so the application hears of it while the units are still
+// its own; or gantry no longer knows the lease. LostErr says why.
 func (l *Lease) Lost() <-chan struct{} { return l.lost }
+
+// LostErr is the last renewal's error once Lost is closed (nil before).
+func (l *Lease) LostErr() error {
+	select {
+	case <-l.lost:
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.lostErr
+	default:
+		return nil
+	}
+}
+
+// lostMargin is how long before its expiry a lease that could not be
+// renewed is reported lost.
+func lostMargin(ttl time.Duration) time.Duration {
+	return min(max(ttl/10, 50*time.Millisecond), 5*time.Second)
+}
 
 func (l *Lease) renew() {
 	defer close(l.done)
 	every := max(l.ttl/3, 100*time.Millisecond)
-	ticker := time.NewTicker(every)
-	defer ticker.Stop()
+	again := max(l.ttl/10, 50*time.Millisecond) // after a failed renewal
+	margin := lostMargin(l.ttl)
+	next := time.Now().Add(every)
+	var lastErr error
 	for {
+		lostAt := l.ExpiresAt().Add(-margin)
+		wake := time.NewTimer(min(time.Until(next), time.Until(lostAt)))
 		select {
 		case <-l.stop:
+			wake.Stop()
 			return
-		case <-ticker.C:
+		case <-wake.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), every)
+		if !time.Now().Before(lostAt) {
+			if lastErr == nil {
+				lastErr = errors.New("no renewal was answered")
+			}
+			l.markLost(fmt.Errorf("gantry: lease %s of %s not renewed before its expiry: %w", l.ID, l.Pool, lastErr))
+			return
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), lostAt)
 		resp, err := l.client.Leases.Renew(ctx, &gantryv1.RenewLeaseRequest{LeaseId: l.ID, Ttl: durationpb.New(l.ttl)})
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			l.mu.Lock()
 			l.expires = resp.GetExpiresAt().AsTime()
 			l.mu.Unlock()
-			continue
-		}
-		// A failed renewal is retried at the next tick while time remains.
-		if time.Now().After(l.ExpiresAt()) || isNotFound(err) {
-			l.lostOnce.Do(func() { close(l.lost) })
+			next = time.Now().Add(every)
+		case isNotFound(err):
+			l.markLost(err)
 			return
+		default:
+			lastErr = err
+			next = time.Now().Add(again)
 		}
 	}
+}
+
+func (l *Lease) markLost(err error) {
+	l.lostOnce.Do(func() {
+		l.mu.Lock()
+		l.lostErr = err
+		l.mu.Unlock()
+		close(l.lost)
+	})
 }
 
 // Release returns the units at once and stops renewing; ctx bounds the call

@@ -17,6 +17,11 @@ type Decision struct {
 	RetryAfter time.Duration
 	ResetAfter time.Duration
 	Waited     time.Duration
+	// Source says who decided: gantry, or the failure policy when gantry
+	// did not answer.
+	Source DecisionSource
+	// Reason says why the policy decided (e.g. "gantry unreachable: …").
+	Reason string
 }
 
 // Limiter takes tokens from one of gantry's limits for one key; the whole
@@ -27,11 +32,14 @@ type Limiter struct {
 	Key    string
 	// Client names the caller so that waiting grants rotate fairly between callers.
 	Client string
+	// Policy is what the limiter answers when gantry does not (the
+	// client's WithFailurePolicy, FailOpen unless told).
+	Policy FailurePolicy
 }
 
 // Limiter returns a limiter for limit and key.
 func (c *Client) Limiter(limit, key string) *Limiter {
-	return &Limiter{client: c, Limit: limit, Key: key}
+	return &Limiter{client: c, Limit: limit, Key: key, Policy: c.policy}
 }
 
 // Acquire takes tokens now, or waits in the bucket's fair queue until they
@@ -49,16 +57,35 @@ func (l *Limiter) AcquireKey(ctx context.Context, key string, tokens uint64) (De
 		req.MaxWait = durationpb.New(time.Until(dl))
 	}
 	resp, err := l.client.RateLimiter.Acquire(ctx, req)
-	if err != nil {
+	var d Decision
+	switch {
+	case err == nil:
+		d = Decision{
+			Allowed:    resp.GetAllowed(),
+			Remaining:  resp.GetRemaining(),
+			RetryAfter: resp.GetRetryAfter().AsDuration(),
+			ResetAfter: resp.GetResetAfter().AsDuration(),
+			Waited:     resp.GetWaited().AsDuration(),
+		}
+		if l.Policy == Local && l.client.local.needsLearning(l.Limit, time.Now()) {
+			go l.client.learnLimits()
+		}
+	case unanswered(err) && !errors.Is(ctx.Err(), context.Canceled) && !errors.Is(err, ErrClosed):
+		d = l.client.local.fallback(l.Policy, l.Limit, key, tokens, l.client.share, l.client.breaker.remaining(), err)
+	default:
 		return Decision{}, err
 	}
-	return Decision{
-		Allowed:    resp.GetAllowed(),
-		Remaining:  resp.GetRemaining(),
-		RetryAfter: resp.GetRetryAfter().AsDuration(),
-		ResetAfter: resp.GetResetAfter().AsDuration(),
-		Waited:     resp.GetWaited().AsDuration(),
-	}, nil
+	l.client.local.count(l.Limit, d)
+	return d, nil
+}
+
+// learnLimits asks gantry for the limits' parameters, for the Local policy.
+func (c *Client) learnLimits() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	if resp, err := c.RateLimiter.ListLimits(ctx, &gantryv1.ListLimitsRequest{}); err == nil {
+		c.local.learn(resp)
+	}
 }
 
 // waitSlice is how long one wait in the bucket's queue lasts when ctx has no
@@ -80,6 +107,13 @@ func (l *Limiter) Wait(ctx context.Context) error {
 		switch {
 		case err == nil && d.Allowed:
 			return nil
+		case err == nil && d.Source != FromServer:
+			// The policy denied without waiting: wait its retry-after
+			// (never past the deadline), then ask again.
+			if err := pause(ctx, d); err != nil {
+				return err
+			}
+			continue
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
 			// The server answers "not granted" just as the caller's deadline
 			// ends, so which of the two the client sees first is a race: both
@@ -93,6 +127,20 @@ func (l *Limiter) Wait(ctx context.Context) error {
 		if _, ok := ctx.Deadline(); ok {
 			return fmt.Errorf("%w before the deadline (retry after %v)", ErrNotGranted, d.RetryAfter)
 		}
+	}
+}
+
+// pause sleeps d.RetryAfter, or returns ErrNotGranted when ctx's deadline
+// comes first (or ctx's error when it is cancelled meanwhile).
+func pause(ctx context.Context, d Decision) error {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d.RetryAfter {
+		return fmt.Errorf("%w before the deadline (%s; retry after %v)", ErrNotGranted, d.Source, d.RetryAfter)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(max(d.RetryAfter, 10*time.Millisecond)):
+		return nil
 	}
 }
 
