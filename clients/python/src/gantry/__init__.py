@@ -7,13 +7,16 @@ analysis, span ingestion and leases on global connection budgets, over gRPC.
             ...
 
 Over TLS with a token: Client("gantry:7070", tls=Tls(ca_file="ca.crt"), token=...).
+When gantry does not answer, limiters answer by their failure policy
+(Client(..., failure_policy=FAIL_OPEN | FAIL_CLOSED | LOCAL)); see the README.
 The generated stubs are in gantry.v1; gantry.aio has the asyncio client.
 """
 
 from ._common import BatchingHint, Decision, GantryError, NotGranted, QueryStats, SlowQuery, Tls
+from ._resilience import FAIL_CLOSED, FAIL_OPEN, LOCAL
 from .client import Cache, Client, Lease, NearCache, QueryRecorder, RateLimiter
 
 __all__ = [
-    "BatchingHint", "Cache", "Client", "Decision", "GantryError", "Lease", "NearCache", "NotGranted",
-    "QueryRecorder", "QueryStats", "RateLimiter", "SlowQuery", "Tls",
+    "BatchingHint", "Cache", "Client", "Decision", "FAIL_CLOSED", "FAIL_OPEN", "GantryError", "LOCAL", "Lease",
+    "NearCache", "NotGranted", "QueryRecorder", "QueryStats", "RateLimiter", "SlowQuery", "Tls",
 ]

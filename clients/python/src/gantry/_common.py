@@ -1,4 +1,4 @@
-"""What the sync and asyncio clients share: retry policy, conversions, errors."""
+"""What the sync and asyncio clients share: channel options, conversions, errors."""
 
 from __future__ import annotations
 
@@ -12,28 +12,11 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from gantry.v1 import cache_pb2, query_pb2
 
-# gRPC's own retries (a service config), on UNAVAILABLE only: gantry
-# restarting or a connection reset; every other code is an answer.
-RETRY_SERVICE_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [{}],
-                "retryPolicy": {
-                    "maxAttempts": 5,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
-)
+from ._resilience import SERVER, SERVICE_CONFIG, UNANSWERED, Breaker, PolicyState
 
 CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 1),
-    ("grpc.service_config", RETRY_SERVICE_CONFIG),
+    ("grpc.service_config", SERVICE_CONFIG),
     ("grpc.keepalive_time_ms", 30_000),
 ]
 
@@ -125,13 +108,27 @@ def closed_error() -> GantryError:
 
 @dataclass(frozen=True)
 class Decision:
-    """A rate-limit answer; durations in seconds."""
+    """A rate-limit answer; durations in seconds. `source` says who decided:
+    "server" (gantry), or when gantry did not answer the failure policy
+    ("fail_open", "fail_closed", "local"), with `reason` saying why."""
 
     allowed: bool
     remaining: int
     retry_after: float
     reset_after: float
     waited: float
+    source: str = SERVER
+    reason: str = ""
+
+
+def policy_decision(state: PolicyState, breaker: Breaker, policy: str, limit: str, key: str, tokens: int,
+                    error: "GantryError") -> Optional[Decision]:
+    """The failure policy's Decision when `error` means gantry did not
+    answer (None when it answered: the error is the caller's)."""
+    if error.code() not in UNANSWERED:
+        return None
+    fb = state.fallback(policy, limit, key, tokens, breaker.remaining(), error.details())
+    return Decision(fb.allowed, fb.remaining, fb.retry_after, 0.0, 0.0, fb.source, fb.reason)
 
 
 def unix_seconds(ts) -> float:
@@ -277,16 +274,30 @@ class NearItems:
     generation bumped by every event (a read that raced one is not kept),
     and whether the watch is live. Not locked: the sync cache locks around it."""
 
-    def __init__(self, max_entries: int):
+    def __init__(self, max_entries: int, max_stale: float = 5.0):
         self.items: Dict[str, Tuple[bytes, int]] = {}
         self.generation = 0
         self.live = False
         self.max = max(1, max_entries)
+        self.max_stale = max(0.0, max_stale)
+        self.down_since: Optional[float] = None
 
-    def reset(self, live: bool) -> None:
+    def resync(self) -> None:
+        """The stream is (back) up: start over, anything may have changed."""
         self.generation += 1
-        self.live = live
+        self.live, self.down_since = True, None
         self.items.clear()
+
+    def down(self, now: float) -> None:
+        """The stream broke: what is held answers for max_stale more seconds."""
+        self.generation += 1
+        if self.live:
+            self.live, self.down_since = False, now
+        self.expire_stale(now)
+
+    def expire_stale(self, now: float) -> None:
+        if not self.live and self.items and (self.down_since is None or now - self.down_since >= self.max_stale):
+            self.items.clear()
 
     def apply(self, event) -> None:
         kinds = cache_pb2.WatchEvent

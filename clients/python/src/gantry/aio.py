@@ -6,7 +6,7 @@ import asyncio
 import functools
 import time
 from datetime import datetime
-from typing import Any, Awaitable, Callable, List, Optional, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 import grpc.aio
@@ -37,6 +37,7 @@ from ._common import (
     closed_error,
     decision,
     duration,
+    policy_decision,
     execution,
     query_stats,
     slow_queries,
@@ -44,25 +45,44 @@ from ._common import (
     top_queries_request,
     unix_seconds,
 )
+from ._resilience import (
+    FAIL_OPEN,
+    LOCAL,
+    SERVER,
+    Breaker,
+    PolicyState,
+    RenewSchedule,
+    channel_target,
+    outcome_of,
+)
 
 T = TypeVar("T")
 
 
 class AsyncClient:
-    """One grpc.aio channel to gantry and the stubs; UNAVAILABLE is retried
-    by gRPC with backoff; calls without a timeout get `timeout` seconds. The
-    helpers raise GantryError (with the gRPC code) for every failure but
-    NotGranted. `channel` uses a grpc.aio channel you built; `credentials`
-    any grpc.ChannelCredentials; `tls` and `token` build them. It and its
-    helpers may be made outside a running loop; they start their tasks when
-    first used in one."""
+    """One grpc.aio channel to gantry and the stubs, as gantry.Client (the
+    same target forms, round-robin, retries of idempotent calls, circuit
+    breaker, failure policy and decision hook); calls without a timeout get
+    `timeout` seconds. The helpers raise GantryError (with the gRPC code) for
+    every failure but NotGranted. `channel` uses a grpc.aio channel you
+    built; `credentials` any grpc.ChannelCredentials; `tls` and `token` build
+    them. It and its helpers may be made outside a running loop; they start
+    their tasks when first used in one."""
 
-    def __init__(self, target: str, *, timeout: float = 5.0, channel: Optional[grpc.aio.Channel] = None,
+    def __init__(self, target: Union[str, Sequence[str]], *, timeout: float = 5.0,
+                 channel: Optional[grpc.aio.Channel] = None,
                  tls: Optional[Tls] = None, token: Optional[str] = None,
-                 credentials: Optional[grpc.ChannelCredentials] = None):
+                 credentials: Optional[grpc.ChannelCredentials] = None,
+                 failure_policy: str = FAIL_OPEN, local_share: int = 1,
+                 on_decision: Optional[Callable[[str, Decision], None]] = None,
+                 circuit_breaker: Tuple[int, float, float] = (5, 1.0, 30.0)):
         if credentials is not None and (tls is not None or token is not None):
             raise ValueError("give credentials or tls/token, not both")
+        self._policy = PolicyState(failure_policy, local_share, on_decision)
+        self._breaker = Breaker(*circuit_breaker)
+        target, endpoint_options = channel_target(target) if channel is None else ("", [])
         creds, options = (credentials, []) if credentials is not None else channel_security(tls, token)
+        options = endpoint_options + options
         self.timeout = timeout
         self._target, self._creds, self._options = target, creds, options
         self._channel: Optional[grpc.aio.Channel] = channel
@@ -81,7 +101,7 @@ class AsyncClient:
         to the loop it was made in, so the client can be made outside one."""
         if self._channel is None:
             if self._creds is None:
-                self._channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
+                self._channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS + self._options)
             else:
                 self._channel = grpc.aio.secure_channel(self._target, self._creds, options=CHANNEL_OPTIONS + self._options)
         return self._channel
@@ -117,14 +137,29 @@ class AsyncClient:
     def _forget(self, thing: Any) -> None:
         self._owned.discard(thing)
 
+    @property
+    def decisions(self) -> Dict[str, int]:
+        """How many limiter decisions each source made: server, fail_open, fail_closed, local."""
+        return dict(self._policy.counts)
+
     async def _call(self, method: Callable[..., Any], request: Any, timeout: Optional[float] = None) -> Any:
-        """A helper's call: refused after close(), failures as GantryError."""
+        """A helper's call: refused after close(), through the breaker, failures as GantryError."""
         if self._closed:
             raise closed_error()
+        go, probe = self._breaker.admit()
+        if not go:
+            raise GantryError(grpc.StatusCode.UNAVAILABLE, self._breaker.refusal())
         try:
-            return await method(request, timeout=self.timeout if timeout is None else timeout)
+            result = await method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as e:
-            raise GantryError.of(e) from e
+            error = GantryError.of(e)
+            self._breaker.record(probe, outcome_of(error.code()))
+            raise error from e
+        except asyncio.CancelledError:
+            self._breaker.record(probe, "neither")
+            raise
+        self._breaker.record(probe, "answered")
+        return result
 
     async def close(self) -> None:
         """Flushes the recorders this client made, ends its near caches'
@@ -145,14 +180,16 @@ class AsyncClient:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    def limiter(self, limit: str, key: str = "", *, client: str = "", wait: float = 0.0) -> "AsyncRateLimiter":
-        return AsyncRateLimiter(self, limit, key, client=client, wait=wait)
+    def limiter(self, limit: str, key: str = "", *, client: str = "", wait: float = 0.0,
+                failure_policy: Optional[str] = None) -> "AsyncRateLimiter":
+        return AsyncRateLimiter(self, limit, key, client=client, wait=wait, failure_policy=failure_policy)
 
     def namespace(self, name: str) -> "AsyncCache":
         return AsyncCache(self, name)
 
-    def lease(self, pool: str, holder: str, count: int = 1, *, ttl: float = 0.0, wait: float = 0.0) -> "AsyncLease":
-        return AsyncLease(self, pool, holder, count, ttl=ttl, wait=wait)
+    def lease(self, pool: str, holder: str, count: int = 1, *, ttl: float = 0.0, wait: float = 0.0,
+              on_lost: Optional[Callable[["AsyncLease"], None]] = None) -> "AsyncLease":
+        return AsyncLease(self, pool, holder, count, ttl=ttl, wait=wait, on_lost=on_lost)
 
     def recorder(self, service: str, dialect: str = "", **kwargs) -> "AsyncQueryRecorder":
         return AsyncQueryRecorder(self, service, dialect, **kwargs)
@@ -177,9 +214,12 @@ class AsyncRateLimiter:
     """`async with limiter:` and `@limiter` (on coroutine functions) take one
     token, waiting fairly up to `wait` seconds; NotGranted when it runs out."""
 
-    def __init__(self, gantry: AsyncClient, limit: str, key: str = "", *, client: str = "", wait: float = 0.0):
+    def __init__(self, gantry: AsyncClient, limit: str, key: str = "", *, client: str = "", wait: float = 0.0,
+                 failure_policy: Optional[str] = None):
         self._gantry = gantry
         self.limit, self.key, self.client, self.wait = limit, key, client, wait
+        self.policy = gantry._policy.policy if failure_policy is None else failure_policy
+        self._learning: Optional[asyncio.Task] = None
 
     async def acquire(self, tokens: int = 1, *, key: Optional[str] = None, wait: Optional[float] = None,
                       dry_run: bool = False) -> Decision:
@@ -188,12 +228,41 @@ class AsyncRateLimiter:
             limit=self.limit, key=self.key if key is None else key, tokens=tokens,
             max_wait=duration(wait), client=self.client, dry_run=dry_run,
         )
-        return decision(await self._gantry._call(self._gantry.rate_limiter.Acquire, request, wait + self._gantry.timeout))
+        gantry, policy = self._gantry, self._gantry._policy
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                d = decision(await gantry._call(gantry.rate_limiter.Acquire, request, wait + gantry.timeout))
+            except GantryError as e:
+                fallback = None if gantry.closed else policy_decision(
+                    policy, gantry._breaker, self.policy, self.limit, request.key, tokens, e)
+                if fallback is None:
+                    raise
+                d = fallback
+                policy.count(self.limit, d)
+                # A policy's denial waits its retry-after within `wait`, then asks again.
+                if d.allowed or time.monotonic() + d.retry_after > deadline:
+                    return d
+                await asyncio.sleep(max(d.retry_after, 0.01))
+                continue
+            policy.count(self.limit, d)
+            if self.policy == LOCAL and policy.needs_learning(self.limit, time.monotonic()):
+                self._learning = asyncio.get_running_loop().create_task(self._learn())
+            return d
+
+    async def _learn(self) -> None:
+        """Asks gantry for the limits' parameters, for the local policy."""
+        try:
+            self._gantry._policy.learn(await self._gantry._call(self._gantry.rate_limiter.ListLimits,
+                                                                ratelimit_pb2.ListLimitsRequest()))
+        except GantryError:
+            pass  # asked again at the next decision by gantry, a second on
 
     async def __aenter__(self) -> Decision:
         d = await self.acquire()
         if not d.allowed:
-            raise NotGranted(f"{self.limit}/{self.key}: no token within {self.wait}s", d.retry_after)
+            why = f" ({d.source}: {d.reason})" if d.source != SERVER else ""
+            raise NotGranted(f"{self.limit}/{self.key}: no token within {self.wait}s{why}", d.retry_after)
         return d
 
     async def __aexit__(self, *exc) -> None:
@@ -230,8 +299,8 @@ class AsyncCache:
         resp = await self._gantry._call(self._gantry.cache.Delete, cache_pb2.DeleteRequest(namespace=self.namespace, key=key))
         return resp.deleted
 
-    def near_cache(self, prefix: str = "", max_entries: int = 10_000) -> "AsyncNearCache":
-        return AsyncNearCache(self, prefix, max_entries)
+    def near_cache(self, prefix: str = "", max_entries: int = 10_000, *, max_stale: float = 5.0) -> "AsyncNearCache":
+        return AsyncNearCache(self, prefix, max_entries, max_stale=max_stale)
 
 
 class AsyncNearCache:
@@ -239,9 +308,9 @@ class AsyncNearCache:
     `async with`), so it may be made outside a running loop; `async with`
     or `await close()`."""
 
-    def __init__(self, cache: AsyncCache, prefix: str = "", max_entries: int = 10_000):
+    def __init__(self, cache: AsyncCache, prefix: str = "", max_entries: int = 10_000, *, max_stale: float = 5.0):
         self._cache, self._prefix = cache, prefix
-        self._near = NearItems(max_entries)
+        self._near = NearItems(max_entries, max_stale)
         self._task: Optional[asyncio.Task] = None
         self._closed = not cache._gantry._own(self)
         self._start()
@@ -257,19 +326,22 @@ class AsyncNearCache:
             try:
                 call = self._cache._gantry.cache.Watch(
                     cache_pb2.WatchRequest(namespace=self._cache.namespace, key_prefix=self._prefix, include_values=True))
+                # (A call that failed instead returns from initial_metadata() too, done.)
                 await call.initial_metadata()
-                self._near.reset(True)
+                if not call.done():
+                    self._near.resync()
                 async for event in call:
                     self._near.apply(event)
                     backoff = 0.05
             except grpc.RpcError:
                 pass
-            self._near.reset(False)
+            self._near.down(time.monotonic())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
     async def get(self, key: str) -> Optional[bytes]:
         self._start()
+        self._near.expire_stale(time.monotonic())
         held = self._near.items.get(key)
         if held is not None:
             return held[0]
@@ -280,6 +352,7 @@ class AsyncNearCache:
         return value
 
     def __len__(self) -> int:
+        self._near.expire_stale(time.monotonic())
         return len(self._near.items)
 
     async def _shut_down(self) -> None:
@@ -305,14 +378,19 @@ class AsyncNearCache:
 
 class AsyncLease:
     """`async with client.lease(...) as lease:` holds units, renewing them on
-    a task at a third of the TTL, and releases them on exit."""
+    a task at a third of the TTL, and releases them on exit. As
+    gantry.client.Lease: `lost` is set (and `on_lost(lease)` runs) before
+    the expiry of a lease that could not be renewed; `lost_error` says why."""
 
-    def __init__(self, gantry: AsyncClient, pool: str, holder: str, count: int = 1, *, ttl: float = 0.0, wait: float = 0.0):
+    def __init__(self, gantry: AsyncClient, pool: str, holder: str, count: int = 1, *, ttl: float = 0.0, wait: float = 0.0,
+                 on_lost: Optional[Callable[["AsyncLease"], None]] = None):
         self._gantry = gantry
         self.pool, self.holder, self.count, self.ttl, self.wait = pool, holder, count, ttl, wait
         self.lease_id = ""
         self.expires_at = 0.0
         self.lost = asyncio.Event()
+        self.lost_error: Optional[GantryError] = None
+        self._on_lost = on_lost
         self._task: Optional[asyncio.Task] = None
 
     async def acquire(self) -> "AsyncLease":
@@ -334,17 +412,30 @@ class AsyncLease:
         return self
 
     async def _renew(self) -> None:
-        every = max(self.ttl / 3, 0.1)
+        schedule = RenewSchedule(self.ttl, time.time(), self.expires_at)
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(schedule.sleep_for(time.time()))
+            if time.time() >= schedule.lost_at():
+                self._mark_lost(GantryError(grpc.StatusCode.UNAVAILABLE,
+                                            f"lease {self.lease_id} of {self.pool} {schedule.why_lost()}"))
+                return
             try:
                 resp = await self._gantry._call(self._gantry.leases.Renew,
-                                                leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)), every)
+                                                leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)),
+                                                max(schedule.lost_at() - time.time(), 0.01))
                 self.expires_at = unix_seconds(resp.expires_at)
+                schedule.renewed(time.time(), self.expires_at)
             except GantryError as e:
-                if e.code() == grpc.StatusCode.NOT_FOUND or time.time() > self.expires_at:
-                    self.lost.set()
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    self._mark_lost(e)
                     return
+                schedule.failed(time.time(), f"{e.code().name}: {e.details()}")
+
+    def _mark_lost(self, error: GantryError) -> None:
+        self.lost_error = error
+        self.lost.set()
+        if self._on_lost is not None:
+            self._on_lost(self)
 
     async def _shut_down(self) -> None:
         """Stops renewing (release(), or the client's close())."""

@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from datetime import datetime
-from typing import Any, Callable, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 
@@ -37,12 +37,23 @@ from ._common import (
     closed_error,
     decision,
     duration,
+    policy_decision,
     execution,
     query_stats,
     slow_queries,
     slow_queries_request,
     top_queries_request,
     unix_seconds,
+)
+from ._resilience import (
+    FAIL_OPEN,
+    LOCAL,
+    SERVER,
+    Breaker,
+    PolicyState,
+    RenewSchedule,
+    channel_target,
+    outcome_of,
 )
 
 F = TypeVar("F", bound=Callable)
@@ -52,22 +63,37 @@ T = TypeVar("T")
 class Client:
     """One channel to gantry (every call multiplexed over it) and the stubs.
 
-    Calls without a timeout get `timeout` seconds; UNAVAILABLE is retried by
-    gRPC with backoff. The helpers raise GantryError (with the gRPC code) for
-    every failure but NotGranted. `channel` uses a channel you built;
-    `credentials` any grpc.ChannelCredentials; `tls` and `token` build them.
+    `target` is one address, a list of them (or a comma-separated string) or
+    a `dns:///` name with several addresses: calls are balanced round-robin.
+    Calls without a timeout get `timeout` seconds; idempotent calls are
+    retried by gRPC on UNAVAILABLE. The helpers raise GantryError (with the
+    gRPC code) for every failure but NotGranted, and go through a circuit
+    breaker (`circuit_breaker`: failures in a row, first and longest back-off
+    in seconds). Limiters answer by `failure_policy` when gantry does not
+    ("fail_open", "fail_closed" or "local" with `local_share` instances
+    sharing each limit) and call `on_decision(limit, decision)` for each
+    decision. `channel` uses a channel you built; `credentials` any
+    grpc.ChannelCredentials; `tls` and `token` build them.
     """
 
-    def __init__(self, target: str, *, timeout: float = 5.0, channel: Optional[grpc.Channel] = None,
+    def __init__(self, target: Union[str, Sequence[str]], *, timeout: float = 5.0,
+                 channel: Optional[grpc.Channel] = None,
                  tls: Optional[Tls] = None, token: Optional[str] = None,
-                 credentials: Optional[grpc.ChannelCredentials] = None):
+                 credentials: Optional[grpc.ChannelCredentials] = None,
+                 failure_policy: str = FAIL_OPEN, local_share: int = 1,
+                 on_decision: Optional[Callable[[str, Decision], None]] = None,
+                 circuit_breaker: Tuple[int, float, float] = (5, 1.0, 30.0)):
         if credentials is not None and (tls is not None or token is not None):
             raise ValueError("give credentials or tls/token, not both")
+        self._policy = PolicyState(failure_policy, local_share, on_decision)
+        self._breaker = Breaker(*circuit_breaker)
+        target, endpoint_options = channel_target(target) if channel is None else ("", [])
         creds, options = (credentials, []) if credentials is not None else channel_security(tls, token)
+        options = endpoint_options + options
         if channel is not None:
             self.channel = channel
         elif creds is None:
-            self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS + options)
         else:
             self.channel = grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS + options)
         self.timeout = timeout
@@ -98,18 +124,31 @@ class Client:
         with self._owned_lock:
             self._owned.discard(thing)
 
+    @property
+    def decisions(self) -> Dict[str, int]:
+        """How many limiter decisions each source made: server, fail_open, fail_closed, local."""
+        return dict(self._policy.counts)
+
     def _call(self, method: Callable[..., T], request: Any, timeout: Optional[float] = None) -> T:
-        """A helper's call: refused after close(), failures as GantryError."""
+        """A helper's call: refused after close(), through the breaker, failures as GantryError."""
         if self._closed:
             raise closed_error()
+        go, probe = self._breaker.admit()
+        if not go:
+            raise GantryError(grpc.StatusCode.UNAVAILABLE, self._breaker.refusal())
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
+            result = method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as e:
-            raise GantryError.of(e) from e
+            error = GantryError.of(e)
+            self._breaker.record(probe, outcome_of(error.code()))
+            raise error from e
         except ValueError as e:  # grpc's "Cannot invoke RPC on closed channel!"
+            self._breaker.record(probe, "neither")
             if self._closed:
                 raise closed_error() from e
             raise
+        self._breaker.record(probe, "answered")
+        return result
 
     def close(self) -> None:
         """Flushes the recorders this client made, ends its near caches'
@@ -131,14 +170,16 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def limiter(self, limit: str, key: str = "", *, client: str = "", wait: float = 0.0) -> "RateLimiter":
-        return RateLimiter(self, limit, key, client=client, wait=wait)
+    def limiter(self, limit: str, key: str = "", *, client: str = "", wait: float = 0.0,
+                failure_policy: Optional[str] = None) -> "RateLimiter":
+        return RateLimiter(self, limit, key, client=client, wait=wait, failure_policy=failure_policy)
 
     def namespace(self, name: str) -> "Cache":
         return Cache(self, name)
 
-    def lease(self, pool: str, holder: str, count: int = 1, *, ttl: float = 0.0, wait: float = 0.0) -> "Lease":
-        return Lease(self, pool, holder, count, ttl=ttl, wait=wait)
+    def lease(self, pool: str, holder: str, count: int = 1, *, ttl: float = 0.0, wait: float = 0.0,
+              on_lost: Optional[Callable[["Lease"], None]] = None) -> "Lease":
+        return Lease(self, pool, holder, count, ttl=ttl, wait=wait, on_lost=on_lost)
 
     def recorder(self, service: str, dialect: str = "", **kwargs) -> "QueryRecorder":
         return QueryRecorder(self, service, dialect, **kwargs)
@@ -161,12 +202,15 @@ class RateLimiter:
     `wait` seconds; NotGranted when the wait runs out.
     """
 
-    def __init__(self, gantry: Client, limit: str, key: str = "", *, client: str = "", wait: float = 0.0):
+    def __init__(self, gantry: Client, limit: str, key: str = "", *, client: str = "", wait: float = 0.0,
+                 failure_policy: Optional[str] = None):
         self._gantry = gantry
         self.limit = limit
         self.key = key
         self.client = client
         self.wait = wait
+        # What to answer when gantry does not: the client's unless told.
+        self.policy = gantry._policy.policy if failure_policy is None else failure_policy
 
     def acquire(self, tokens: int = 1, *, key: Optional[str] = None, wait: Optional[float] = None,
                 dry_run: bool = False) -> Decision:
@@ -177,14 +221,42 @@ class RateLimiter:
             limit=self.limit, key=self.key if key is None else key, tokens=tokens,
             max_wait=duration(wait), client=self.client, dry_run=dry_run,
         )
-        # The call may last the wait plus the usual timeout.
-        resp = self._gantry._call(self._gantry.rate_limiter.Acquire, request, wait + self._gantry.timeout)
-        return decision(resp)
+        gantry, policy = self._gantry, self._gantry._policy
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                # The call may last the wait plus the usual timeout.
+                d = decision(gantry._call(gantry.rate_limiter.Acquire, request, wait + gantry.timeout))
+            except GantryError as e:
+                fallback = None if gantry.closed else policy_decision(
+                    policy, gantry._breaker, self.policy, self.limit, request.key, tokens, e)
+                if fallback is None:
+                    raise
+                d = fallback
+                policy.count(self.limit, d)
+                # A policy's denial waits its retry-after within `wait`, then asks again.
+                if d.allowed or time.monotonic() + d.retry_after > deadline:
+                    return d
+                time.sleep(max(d.retry_after, 0.01))
+                continue
+            policy.count(self.limit, d)
+            if self.policy == LOCAL and policy.needs_learning(self.limit, time.monotonic()):
+                threading.Thread(target=self._learn, name="gantry-learn-limits", daemon=True).start()
+            return d
+
+    def _learn(self) -> None:
+        """Asks gantry for the limits' parameters, for the local policy."""
+        try:
+            self._gantry._policy.learn(self._gantry._call(self._gantry.rate_limiter.ListLimits,
+                                                          ratelimit_pb2.ListLimitsRequest()))
+        except GantryError:
+            pass  # asked again at the next decision by gantry, a second on
 
     def __enter__(self) -> Decision:
         d = self.acquire()
         if not d.allowed:
-            raise NotGranted(f"{self.limit}/{self.key}: no token within {self.wait}s", d.retry_after)
+            why = f" ({d.source}: {d.reason})" if d.source != SERVER else ""
+            raise NotGranted(f"{self.limit}/{self.key}: no token within {self.wait}s{why}", d.retry_after)
         return d
 
     def __exit__(self, *exc) -> None:
@@ -226,20 +298,21 @@ class Cache:
         resp = self._gantry._call(self._gantry.cache.Delete, cache_pb2.DeleteRequest(namespace=self.namespace, key=key))
         return resp.deleted
 
-    def near_cache(self, prefix: str = "", max_entries: int = 10_000) -> "NearCache":
-        return NearCache(self, prefix, max_entries)
+    def near_cache(self, prefix: str = "", max_entries: int = 10_000, *, max_stale: float = 5.0) -> "NearCache":
+        return NearCache(self, prefix, max_entries, max_stale=max_stale)
 
 
 class NearCache:
     """Recently read keys kept in process and coherent through Watch: puts,
     deletes and expiries from any instance update or drop the local copy; a
-    RESYNC or a broken stream clears it (and reads go to gantry until the
-    stream is back). Use as a context manager, or call close()."""
+    RESYNC clears it. While the stream is down it answers from what it holds
+    for at most `max_stale` seconds, then drops it (reads go to gantry); when
+    the stream is back it starts over. Use as a context manager, or call close()."""
 
-    def __init__(self, cache: Cache, prefix: str = "", max_entries: int = 10_000):
+    def __init__(self, cache: Cache, prefix: str = "", max_entries: int = 10_000, *, max_stale: float = 5.0):
         self._cache = cache
         self._prefix = prefix
-        self._near = NearItems(max_entries)
+        self._near = NearItems(max_entries, max_stale)
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._call = None
@@ -257,9 +330,11 @@ class NearCache:
                     cache_pb2.WatchRequest(namespace=self._cache.namespace, key_prefix=self._prefix, include_values=True)
                 )
                 # Headers arrive once gantry has subscribed: from then on every change reaches us.
+                # (A call that failed instead returns from initial_metadata() too, inactive.)
                 self._call.initial_metadata()
-                with self._lock:
-                    self._near.reset(True)
+                if self._call.is_active():
+                    with self._lock:
+                        self._near.resync()
                 for event in self._call:
                     with self._lock:
                         self._near.apply(event)
@@ -267,12 +342,13 @@ class NearCache:
             except grpc.RpcError:
                 pass
             with self._lock:
-                self._near.reset(False)
+                self._near.down(time.monotonic())
             self._closed.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
     def get(self, key: str) -> Optional[bytes]:
         with self._lock:
+            self._near.expire_stale(time.monotonic())
             held = self._near.items.get(key)
             generation, live = self._near.generation, self._near.live
         if held is not None:
@@ -285,6 +361,7 @@ class NearCache:
 
     def __len__(self) -> int:
         with self._lock:
+            self._near.expire_stale(time.monotonic())
             return len(self._near.items)
 
     def _shut_down(self) -> None:
@@ -309,17 +386,25 @@ class Lease:
     """Units of a global budget, held by a context manager that renews them
     in the background at a third of the TTL and releases them on exit.
 
-        with client.lease("orders-db", holder=hostname, count=10, ttl=30, wait=5) as lease:
-            ...   # lease.lost is set if a renewal failed for good
-    """
+        with client.lease("orders-db", holder=hostname, count=10, ttl=30, wait=5,
+                          on_lost=lambda lease: shrink_pool()) as lease:
+            ...
 
-    def __init__(self, gantry: Client, pool: str, holder: str, count: int = 1, *, ttl: float = 0.0, wait: float = 0.0):
+    If it cannot be renewed (gantry unreachable until a tenth of the TTL —
+    50 ms to 5 s — before its expiry, or the lease gone), `lost` is set and
+    `on_lost(lease)` runs before the units return: stop using them.
+    `lost_error` says why."""
+
+    def __init__(self, gantry: Client, pool: str, holder: str, count: int = 1, *, ttl: float = 0.0, wait: float = 0.0,
+                 on_lost: Optional[Callable[["Lease"], None]] = None):
         self._gantry = gantry
         self.pool, self.holder, self.count = pool, holder, count
         self.ttl, self.wait = ttl, wait
         self.lease_id = ""
         self.expires_at = 0.0
         self.lost = threading.Event()
+        self.lost_error: Optional[GantryError] = None
+        self._on_lost = on_lost
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -343,16 +428,31 @@ class Lease:
         return self
 
     def _renew(self) -> None:
-        every = max(self.ttl / 3, 0.1)
-        while not self._stop.wait(every):
+        schedule = RenewSchedule(self.ttl, time.time(), self.expires_at)
+        while True:
+            if self._stop.wait(schedule.sleep_for(time.time())):
+                return
+            if time.time() >= schedule.lost_at():
+                self._mark_lost(GantryError(grpc.StatusCode.UNAVAILABLE,
+                                            f"lease {self.lease_id} of {self.pool} {schedule.why_lost()}"))
+                return
             try:
                 resp = self._gantry._call(self._gantry.leases.Renew,
-                                          leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)), every)
+                                          leases_pb2.RenewLeaseRequest(lease_id=self.lease_id, ttl=duration(self.ttl)),
+                                          max(schedule.lost_at() - time.time(), 0.01))
                 self.expires_at = unix_seconds(resp.expires_at)
+                schedule.renewed(time.time(), self.expires_at)
             except GantryError as e:
-                if e.code() == grpc.StatusCode.NOT_FOUND or time.time() > self.expires_at:
-                    self.lost.set()
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    self._mark_lost(e)
                     return
+                schedule.failed(time.time(), f"{e.code().name}: {e.details()}")
+
+    def _mark_lost(self, error: GantryError) -> None:
+        self.lost_error = error
+        self.lost.set()
+        if self._on_lost is not None:
+            self._on_lost(self)
 
     def _shut_down(self) -> None:
         """Stops renewing (release(), or the client's close())."""
