@@ -3,7 +3,9 @@
  * shares: the generated clients (src/gen, from proto/ by `npm run generate`)
  * and promise-based helpers — a rate limiter that waits its turn, a lease
  * that renews itself, a near cache kept coherent through Watch, a background
- * query recorder — with deadlines and retries on UNAVAILABLE.
+ * query recorder — with deadlines, round-robin over replicas, retries of
+ * idempotent calls on UNAVAILABLE, a circuit breaker and a failure policy for
+ * when gantry does not answer (docs/client-resilience.md).
  */
 import { EventEmitter } from "node:events";
 import { readFileSync } from "node:fs";
@@ -18,10 +20,12 @@ import { TracesClient } from "./gen/gantry/v1/traces";
 import { Duration } from "./gen/google/protobuf/duration";
 import { GantryError, NotGranted, check, closedError } from "./errors";
 import { QueryReader, QueryStats, SlowQueriesOptions, SlowQuery, TopQueriesOptions } from "./queries";
+import { Breaker, DecisionSource, FailurePolicy, IDEMPOTENT, PolicyState, channelTarget, lostMarginMs, unanswered } from "./resilience";
 
 export * as pb from "./pb";
 export { GantryError, NotGranted } from "./errors";
 export { QueryStats, SlowQuery, TopQueriesOptions, SlowQueriesOptions, QueryOrderName } from "./queries";
+export { DecisionSource, FailurePolicy } from "./resilience";
 export { CacheClient, LeasesClient, QueryAnalyzerClient, RateLimiterClient, TracesClient };
 
 /** Why the server refused a lease, as its answer says. */
@@ -46,13 +50,25 @@ export interface Decision {
   retryAfterMs: number;
   resetAfterMs: number;
   waitedMs: number;
+  /** Who decided: "server" (gantry), or the failure policy when gantry did not answer. */
+  source: DecisionSource;
+  /** Why the policy decided (e.g. "gantry unreachable: …"); "" for gantry's decisions. */
+  reason: string;
 }
 
 export interface GantryOptions {
   /** Deadline of a call beyond any wait it asks for, in ms (default 5000). */
   timeoutMs?: number;
-  /** Tries again on UNAVAILABLE this many times, with backoff (default 3). */
+  /** Tries an idempotent call (docs/client-resilience.md lists them) again on UNAVAILABLE this many times, with backoff (default 3). */
   retries?: number;
+  /** What limiters answer when gantry does not: "fail_open" (default), "fail_closed" or "local". */
+  failurePolicy?: FailurePolicy;
+  /** For "local": how many instances share each limit (its bucket gets rate/share and burst/share; default 1). */
+  localShare?: number;
+  /** Called with every limiter decision (its `source` says who made it), e.g. for your metrics. */
+  onDecision?: (limit: string, decision: Decision) => void;
+  /** After `failures` consecutive unanswered calls, fail at once for `openForMs`, then probe; a failing probe doubles it up to `maxOpenForMs` (default 5, 1000, 30000). */
+  circuitBreaker?: { failures?: number; openForMs?: number; maxOpenForMs?: number };
   /** Channel credentials as grpc-js makes them; `tls` and `token` build them for you. */
   credentials?: ChannelCredentials;
   /** TLS to gantry's [server.tls]: the CA to trust (PEM file; default: the system's roots), a client certificate and key for mutual TLS, the name the server's certificate must carry. */
@@ -130,10 +146,25 @@ export class Gantry {
   private readonly owned = new Set<Owned>();
   private readonly queries = new QueryReader(this);
   private closed = false;
+  /** @internal */ readonly breaker: Breaker;
+  /** @internal */ readonly policy: PolicyState;
+  /** @internal */ readonly onDecision?: (limit: string, decision: Decision) => void;
 
-  constructor(target: string, options: GantryOptions = {}) {
-    check.text("new Gantry", "target", target);
-    const { creds, channelOptions } = security(options);
+  /**
+   * `target` is one address, a comma-separated list or an array of `ip:port`,
+   * or a `dns:///name:port` with several addresses: calls are balanced
+   * round-robin over them.
+   */
+  constructor(target: string | readonly string[], options: GantryOptions = {}) {
+    if (typeof target !== "string") (Array.isArray(target) ? target : [target]).forEach((t, i) => check.text("new Gantry", `target[${i}]`, t));
+    const endpoints = channelTarget(target);
+    target = endpoints.target;
+    const { creds, channelOptions: secure } = security(options);
+    const channelOptions = { ...endpoints.options, ...secure };
+    const cb = options.circuitBreaker ?? {};
+    this.breaker = new Breaker(cb.failures ?? 5, cb.openForMs ?? 1000, cb.maxOpenForMs ?? 30_000);
+    this.policy = new PolicyState(options.failurePolicy ?? "fail_open", options.localShare ?? 1);
+    this.onDecision = options.onDecision;
     this.rateLimiter = new RateLimiterClient(target, creds, channelOptions);
     // Every client shares the first one's channel: one HTTP/2 connection.
     const channel = { channelOverride: this.rateLimiter.getChannel() };
@@ -143,6 +174,11 @@ export class Gantry {
     this.leases = new LeasesClient(target, creds, channel);
     this.timeoutMs = options.timeoutMs ?? 5000;
     this.retries = options.retries ?? 3;
+  }
+
+  /** How many limiter decisions each source made: server, fail_open, fail_closed, local. */
+  get decisions(): Record<DecisionSource, number> {
+    return { ...this.policy.counts };
   }
 
   /** True once `close()` was called: every call after it fails with CANCELLED. */
@@ -178,11 +214,31 @@ export class Gantry {
   }
 
   /**
-   * Calls a unary method with a deadline (`waitMs` plus `timeoutMs`), retrying
-   * UNAVAILABLE with backoff; failures are GantryError with the gRPC code.
+   * Calls a unary method through the circuit breaker with a deadline
+   * (`waitMs` plus `timeoutMs`), retrying an idempotent one on UNAVAILABLE
+   * with backoff; failures are GantryError with the gRPC code.
    */
   async call<Req, Res>(client: object, method: Unary<Req, Res>, request: Req, options: CallOptionsOf = {}): Promise<Res> {
+    if (this.closed) throw closedError();
+    options.signal?.throwIfAborted();
+    const { go, probe } = this.breaker.admit();
+    if (!go) throw new GantryError(status.UNAVAILABLE, this.breaker.refusal());
+    try {
+      const res = await this.attempts(client, method, request, options);
+      this.breaker.record(probe, "answered");
+      return res;
+    } catch (err) {
+      const code = (err as Partial<GantryError>).code;
+      this.breaker.record(probe, options.signal?.aborted ? "neither" : unanswered(code) ? "failed" : "answered");
+      throw err;
+    }
+  }
+
+  private async attempts<Req, Res>(client: object, method: Unary<Req, Res>, request: Req, options: CallOptionsOf): Promise<Res> {
     const { waitMs = 0, timeoutMs = this.timeoutMs, signal } = options;
+    const retries = IDEMPOTENT.has((method as { path?: string }).path ?? "") ? this.retries : 0;
+    // One deadline for every attempt: retries never take a call past it.
+    const deadline = Date.now() + waitMs + timeoutMs;
     let backoff = 50;
     for (let attempt = 0; ; attempt++) {
       if (this.closed) throw closedError();
@@ -190,7 +246,7 @@ export class Gantry {
       try {
         return await new Promise<Res>((resolve, reject) => {
           const onAbort = () => unary.cancel();
-          const unary = method.call(client, request, new Metadata(), { deadline: Date.now() + waitMs + timeoutMs }, (err, res) => {
+          const unary = method.call(client, request, new Metadata(), { deadline }, (err, res) => {
             signal?.removeEventListener("abort", onAbort);
             if (err) reject(err);
             else resolve(res);
@@ -199,15 +255,42 @@ export class Gantry {
         });
       } catch (err) {
         if (signal?.aborted) throw signal.reason;
-        if ((err as ServiceError).code !== status.UNAVAILABLE || attempt >= this.retries || this.closed) throw GantryError.from(err);
-        await sleep(backoff / 2 + Math.random() * backoff, signal);
+        const pause = backoff / 2 + Math.random() * backoff;
+        if ((err as ServiceError).code !== status.UNAVAILABLE || attempt >= retries || this.closed || Date.now() + pause >= deadline) throw GantryError.from(err);
+        await sleep(pause, signal);
         backoff = Math.min(backoff * 2, 2000);
       }
     }
   }
 
-  limiter(limit: string, key: string, options: { client?: string } = {}): Limiter {
-    return new Limiter(this, check.text("limiter", "limit", limit), check.text("limiter", "key", key), check.text("limiter", "options.client", options.client ?? ""));
+  /** A limiter; `failurePolicy` overrides the client's for it. */
+  limiter(limit: string, key: string, options: { client?: string; failurePolicy?: FailurePolicy } = {}): Limiter {
+    return new Limiter(this, check.text("limiter", "limit", limit), check.text("limiter", "key", key), check.text("limiter", "options.client", options.client ?? ""),
+      options.failurePolicy ?? this.policy.policy);
+  }
+
+  /** @internal The failure policy's decision, or undefined when `err` is an answer (the caller's to see). */
+  fallback(policy: FailurePolicy, limit: string, key: string, tokens: number, err: unknown): Decision | undefined {
+    const e = err as Partial<GantryError>;
+    if (this.closed || !unanswered(e.code)) return undefined;
+    const fb = this.policy.fallback(policy, limit, key, tokens, this.breaker.remainingMs(), `${e.codeName}: ${e.details}`);
+    return { ...fb, resetAfterMs: 0, waitedMs: 0 };
+  }
+
+  /** @internal Counts a decision and shows it to the hook. */
+  decided(limit: string, d: Decision): Decision {
+    this.policy.counts[d.source]++;
+    this.onDecision?.(limit, d);
+    return d;
+  }
+
+  /** @internal Asks gantry for the limits' parameters, for the local policy. */
+  async learnLimits(): Promise<void> {
+    try {
+      this.policy.learn(await this.call(this.rateLimiter, this.rateLimiter.listLimits, {}));
+    } catch {
+      // asked again at the next decision by gantry, a second on
+    }
   }
 
   namespace(name: string): Namespace {
@@ -252,29 +335,54 @@ export class Gantry {
 
 /** Tokens of one limit for one key, shared by the fleet. */
 export class Limiter {
-  constructor(private readonly gantry: Gantry, readonly limit: string, readonly key: string, readonly client: string) {}
+  constructor(private readonly gantry: Gantry, readonly limit: string, readonly key: string, readonly client: string,
+              /** What it answers when gantry does not. */ readonly failurePolicy: FailurePolicy = "fail_open") {}
 
-  /** Takes tokens now, or waits up to `waitMs` in the bucket's fair queue; a wait that runs out is `allowed: false`. */
+  /**
+   * Takes tokens now, or waits up to `waitMs` in the bucket's fair queue; a
+   * wait that runs out is `allowed: false`. When gantry does not answer, the
+   * failure policy decides (`source` says so) — never an error; a policy's
+   * denial is asked again after its retry-after while `waitMs` lasts.
+   */
   async acquire(tokens = 1, waitMs = 0, options: CallSettings = {}): Promise<Decision> {
     check.count("acquire", "tokens", tokens);
     check.millis("acquire", "waitMs", waitMs);
     const g = this.gantry;
-    const r = await g.call(g.rateLimiter, g.rateLimiter.acquire, {
-      limit: this.limit, key: this.key, tokens, maxWait: duration(waitMs), dryRun: false, client: this.client,
-    }, { waitMs, signal: options.signal });
-    return {
-      allowed: r.allowed,
-      remaining: r.remaining,
-      retryAfterMs: millis(r.retryAfter),
-      resetAfterMs: millis(r.resetAfter),
-      waitedMs: millis(r.waited),
-    };
+    const until = Date.now() + waitMs;
+    for (;;) {
+      let r;
+      try {
+        r = await g.call(g.rateLimiter, g.rateLimiter.acquire, {
+          limit: this.limit, key: this.key, tokens, maxWait: duration(waitMs), dryRun: false, client: this.client,
+        }, { waitMs, signal: options.signal });
+      } catch (err) {
+        const d = g.fallback(this.failurePolicy, this.limit, this.key, tokens, err);
+        if (!d || options.signal?.aborted) throw err;
+        g.decided(this.limit, d);
+        if (d.allowed || Date.now() + d.retryAfterMs > until) return d;
+        await sleep(Math.max(d.retryAfterMs, 10), options.signal);
+        continue;
+      }
+      if (this.failurePolicy === "local" && g.policy.needsLearning(this.limit, Date.now())) void g.learnLimits();
+      return g.decided(this.limit, {
+        allowed: r.allowed,
+        remaining: r.remaining,
+        retryAfterMs: millis(r.retryAfter),
+        resetAfterMs: millis(r.resetAfter),
+        waitedMs: millis(r.waited),
+        source: "server",
+        reason: "",
+      });
+    }
   }
 
   /** One token, waiting up to `waitMs`; throws NotGranted when the wait runs out. */
   async wait(waitMs: number, options: CallSettings = {}): Promise<Decision> {
     const d = await this.acquire(1, waitMs, options);
-    if (!d.allowed) throw new NotGranted(`${this.limit}/${this.key}: no token within ${waitMs} ms`, d.retryAfterMs);
+    if (!d.allowed) {
+      const why = d.source === "server" ? "" : ` (${d.source}: ${d.reason})`;
+      throw new NotGranted(`${this.limit}/${this.key}: no token within ${waitMs} ms${why}`, d.retryAfterMs);
+    }
     return d;
   }
 
@@ -288,24 +396,26 @@ export class Limiter {
 }
 
 /**
- * Units of a global budget, renewed in the background until release().
- * When gantry says the lease is gone, or its expiry passes without a
- * renewal, it emits "lost" (with the error) once, aborts `signal` (hand it to
- * the work the lease protects) and sets `lost`.
+ * Units of a global budget, renewed in the background until release(): every
+ * third of the TTL, a tenth after a failed renewal. When gantry says the
+ * lease is gone, or it could not be renewed until a tenth of the TTL (50 ms
+ * to 5 s) before its expiry, it emits "lost" (with the error) once, aborts
+ * `signal` (hand it to the work the lease protects) and sets `lost` — before
+ * the units return to the pool.
  */
 export class Lease extends EventEmitter<{ lost: [Error] }> {
   lost = false;
   private readonly controller = new AbortController();
-  private readonly timer: NodeJS.Timeout;
+  private timer?: NodeJS.Timeout;
   private readonly forget: () => void;
+  private stopped = false;
+  private lastFailure = "";
 
   constructor(private readonly gantry: Gantry, readonly id: string, readonly count: number, readonly ttlMs: number, public expiresAt: Date) {
     super();
-    const every = Math.max(ttlMs / 3, 100);
-    this.timer = setInterval(() => void this.renew(every), every);
-    this.timer.unref();
-    if (gantry.isClosed) clearInterval(this.timer); // closed while it was granted: nothing renews it
-    this.forget = gantry.own({ shutDown: () => clearInterval(this.timer) });
+    this.stopped = gantry.isClosed; // closed while it was granted: nothing renews it
+    this.forget = gantry.own({ shutDown: () => this.stop() });
+    this.schedule(Math.max(ttlMs / 3, 100));
   }
 
   /** Aborted (with the reason) when the lease is lost. */
@@ -313,22 +423,46 @@ export class Lease extends EventEmitter<{ lost: [Error] }> {
     return this.controller.signal;
   }
 
-  private async renew(every: number): Promise<void> {
+  private lostAt(): number {
+    return this.expiresAt.getTime() - lostMarginMs(this.ttlMs);
+  }
+
+  /** The next renewal in `inMs`, or the loss if that comes first. */
+  private schedule(inMs: number): void {
+    if (this.stopped) return;
+    const next = Date.now() + inMs;
+    this.timer = setTimeout(() => void this.renew(), Math.max(0, Math.min(next, this.lostAt()) - Date.now()));
+    this.timer.unref();
+  }
+
+  private async renew(): Promise<void> {
+    if (this.stopped) return;
+    if (Date.now() >= this.lostAt()) {
+      this.lose(new Error(`lease ${this.id} not renewed before its expiry at ${this.expiresAt.toISOString()}: ${this.lastFailure || "no renewal was answered"}`));
+      return;
+    }
     const g = this.gantry;
     try {
-      // A renewal that takes longer than its own interval is as good as lost.
-      const res = await g.call(g.leases, g.leases.renew, { leaseId: this.id, ttl: duration(this.ttlMs) }, { timeoutMs: every });
+      const res = await g.call(g.leases, g.leases.renew, { leaseId: this.id, ttl: duration(this.ttlMs) }, { timeoutMs: Math.max(this.lostAt() - Date.now(), 10) });
       if (res.expiresAt) this.expiresAt = res.expiresAt;
+      this.lastFailure = "";
+      this.schedule(Math.max(this.ttlMs / 3, 100));
     } catch (err) {
-      if ((err as GantryError).code === status.NOT_FOUND) this.lose(new Error(`lease ${this.id} is gone: ${(err as Error).message}`));
-      else if (Date.now() > this.expiresAt.getTime()) this.lose(new Error(`lease ${this.id} expired at ${this.expiresAt.toISOString()} without a renewal: ${(err as Error).message}`));
+      if ((err as GantryError).code === status.NOT_FOUND) return this.lose(new Error(`lease ${this.id} is gone: ${(err as Error).message}`));
+      this.lastFailure = (err as Error).message;
+      this.schedule(Math.max(this.ttlMs / 10, 50));
     }
+  }
+
+  private stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
   }
 
   private lose(reason: Error): void {
     if (this.lost) return;
     this.lost = true;
-    clearInterval(this.timer);
+    this.stop();
     this.forget();
     this.controller.abort(reason);
     this.emit("lost", reason);
@@ -336,7 +470,7 @@ export class Lease extends EventEmitter<{ lost: [Error] }> {
 
   /** Returns the units at once; false if gantry no longer had them. */
   async release(options: CallSettings = {}): Promise<boolean> {
-    clearInterval(this.timer);
+    this.stop();
     this.forget();
     const g = this.gantry;
     return (await g.call(g.leases, g.leases.release, { leaseId: this.id }, options)).released;
@@ -371,37 +505,57 @@ export class Namespace {
     return (await g.call(g.cache, g.cache.delete, { namespace: this.name, key }, options)).deleted;
   }
 
-  nearCache(prefix = "", maxEntries = 10_000): NearCache {
+  /** A near cache; `maxStaleMs` bounds how long it answers from what it holds while its stream is down (default 5000). */
+  nearCache(prefix = "", maxEntries = 10_000, options: { maxStaleMs?: number } = {}): NearCache {
     check.text("nearCache", "prefix", prefix);
     check.count("nearCache", "maxEntries", maxEntries);
-    return new NearCache(this, prefix, maxEntries);
+    return new NearCache(this, prefix, maxEntries, check.millis("nearCache", "options.maxStaleMs", options.maxStaleMs ?? 5000));
   }
 }
 
 /**
  * Recently read keys kept in process and coherent through Watch: puts,
  * deletes and expiries from any instance update or drop the local copy; a
- * RESYNC or a broken stream clears it (reads go to gantry until it is back).
- * `close()` (or the client's) ends the stream.
+ * RESYNC clears it. While the stream is down it answers from what it holds
+ * for at most `maxStaleMs`, then drops it (reads go to gantry); when the
+ * stream is back it starts over. `close()` (or the client's) ends the stream.
  */
 export class NearCache {
   private items = new Map<string, { value: Buffer; version: number }>();
   private generation = 0;
   private live = false;
+  private downSince: number | undefined;
   private closed = false;
   private stream?: ReturnType<CacheClient["watch"]>;
   private readonly forget: () => void;
 
-  constructor(private readonly ns: Namespace, private readonly prefix: string, private readonly maxEntries: number) {
+  constructor(private readonly ns: Namespace, private readonly prefix: string, private readonly maxEntries: number,
+              private readonly maxStaleMs = 5000) {
     this.closed = ns.gantry.isClosed;
     this.forget = ns.gantry.own({ shutDown: () => this.stop() });
     this.connect(50);
   }
 
-  private reset(live: boolean): void {
+  /** The stream is (back) up: start over, anything may have changed. */
+  private resync(): void {
     this.generation++;
-    this.live = live;
+    this.live = true;
+    this.downSince = undefined;
     this.items.clear();
+  }
+
+  /** The stream broke: what is held answers for maxStaleMs more. */
+  private down(): void {
+    this.generation++;
+    if (this.live) {
+      this.live = false;
+      this.downSince = Date.now();
+    }
+    this.expireStale();
+  }
+
+  private expireStale(): void {
+    if (!this.live && this.items.size > 0 && (this.downSince === undefined || Date.now() - this.downSince >= this.maxStaleMs)) this.items.clear();
   }
 
   private connect(backoff: number): void {
@@ -409,11 +563,11 @@ export class NearCache {
     const stream = this.ns.gantry.cache.watch({ namespace: this.ns.name, keyPrefix: this.prefix, includeValues: true });
     this.stream = stream;
     // Headers arrive once gantry has subscribed: from then on every change reaches us.
-    stream.on("metadata", () => this.reset(true));
+    stream.on("metadata", () => this.resync());
     stream.on("data", (event: WatchEvent) => this.apply(event));
     stream.on("error", () => undefined);
     stream.on("close", () => {
-      this.reset(false);
+      this.down();
       if (!this.closed) setTimeout(() => this.connect(Math.min(backoff * 2, 5000)), backoff).unref();
     });
   }
@@ -437,6 +591,7 @@ export class NearCache {
   }
 
   async get(key: string, options: CallSettings = {}): Promise<Buffer | undefined> {
+    this.expireStale();
     const held = this.items.get(key);
     if (held) return held.value;
     const { generation, live } = this;
@@ -450,6 +605,7 @@ export class NearCache {
   }
 
   get size(): number {
+    this.expireStale();
     return this.items.size;
   }
 

@@ -10,9 +10,9 @@ export const bin = process.env.GANTRY_BIN ?? join(ROOT, "target", "debug", "gant
 export const skip = !existsSync(bin);
 if (skip && process.env.GANTRY_REQUIRE_CLIENT_TESTS) throw new Error(`no gantry binary at ${bin}`);
 
-/** Starts gantry with its data in `dataDir` and extra environment; resolves with it and its gRPC address. */
-export const startGantry = async (dataDir: string, env: Record<string, string> = {}): Promise<{ server: ChildProcess; addr: string }> => {
-  const server = spawn(bin, ["serve", "--config", CONFIG, "--listen", "127.0.0.1:0",
+/** Starts gantry with its data in `dataDir`, extra environment and the address to listen on; resolves with it and its gRPC address. */
+export const startGantry = async (dataDir: string, env: Record<string, string> = {}, listen = "127.0.0.1:0"): Promise<{ server: ChildProcess; addr: string }> => {
+  const server = spawn(bin, ["serve", "--config", CONFIG, "--listen", listen,
     "--metrics-listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0", "--data-dir", dataDir], { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } });
   const addr = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("gantry did not start")), 20_000);
