@@ -1,26 +1,126 @@
-//! Helpers over the generated clients, as a service uses gantry: one
-//! connection, calls retried with backoff on UNAVAILABLE, a default
-//! deadline, a rate limiter that waits its turn, a lease that renews itself,
-//! a near cache kept coherent through Watch, and a background query recorder.
+//! Helpers over the generated clients, as a service uses gantry: calls
+//! spread round-robin over the replicas that are up, idempotent calls retried
+//! with backoff on UNAVAILABLE, a default deadline, a circuit breaker, a rate
+//! limiter that waits its turn and has a policy for when gantry does not
+//! answer, a lease that renews itself, a near cache kept coherent through
+//! Watch, and a background query recorder (docs/client-resilience.md).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::connect::{ConnectError, Tls, connect_with};
+use crate::connect::{ConnectError, Tls, connect_replicas};
 use crate::proto::gantry::v1 as pb;
+use crate::replicas::Replicas;
+use crate::resilience::{
+    Admit, Breaker, DecisionCounts, DecisionHook, DecisionSource, FailurePolicy, Fallback, Outcome,
+    PolicyState, lost_margin, unanswered,
+};
 
-type RateLimiterClient = pb::rate_limiter_client::RateLimiterClient<Channel>;
-type CacheClient = pb::cache_client::CacheClient<Channel>;
-type QueryClient = pb::query_analyzer_client::QueryAnalyzerClient<Channel>;
-type LeasesClient = pb::leases_client::LeasesClient<Channel>;
-type TracesClient = pb::traces_client::TracesClient<Channel>;
+type RateLimiterClient = pb::rate_limiter_client::RateLimiterClient<Replicas>;
+type CacheClient = pb::cache_client::CacheClient<Replicas>;
+type QueryClient = pb::query_analyzer_client::QueryAnalyzerClient<Replicas>;
+type LeasesClient = pb::leases_client::LeasesClient<Replicas>;
+type TracesClient = pb::traces_client::TracesClient<Replicas>;
+
+/// Whether a call may be repeated on UNAVAILABLE: only when repeating it
+/// cannot make it act twice (docs/client-resilience.md has the list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    Idempotent,
+    Never,
+}
+
+/// A client's resilience settings (docs/client-resilience.md).
+#[derive(Clone)]
+struct Settings {
+    policy: FailurePolicy,
+    share: u32,
+    hook: Option<DecisionHook>,
+    /// Failures in a row, first back-off, longest back-off.
+    breaker: (u32, Duration, Duration),
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            policy: FailurePolicy::FailOpen,
+            share: 1,
+            hook: None,
+            breaker: (5, Duration::from_secs(1), Duration::from_secs(30)),
+        }
+    }
+}
+
+/// What every clone of a client shares: the breaker and the failure policy's state.
+pub(crate) struct Shared {
+    settings: Settings,
+    breaker: Breaker,
+    state: Mutex<PolicyState>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("policy", &self.settings.policy)
+            .field("share", &self.settings.share)
+            .field("breaker", &self.breaker)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn new(settings: Settings) -> Self {
+        let (failures, open_for, longest) = settings.breaker;
+        Self {
+            breaker: Breaker::new(failures, open_for, longest),
+            settings,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, PolicyState> {
+        // Counters and buckets, whole after every statement.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new(Settings::default())
+    }
+}
+
+/// Frees a probe's turn when its call is dropped before it ends.
+struct Admitted<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Admitted<'_> {
+    fn record(mut self, outcome: Outcome) {
+        self.recorded = true;
+        self.breaker
+            .record(Instant::now(), self.probe, Some(outcome));
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.record(Instant::now(), self.probe, None);
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,6 +162,7 @@ pub struct Gantry {
     retries: u32,
     /// `authorization: Bearer …`, sent with every call the helpers make.
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    shared: Arc<Shared>,
 }
 
 fn pb_duration(d: Duration) -> prost_types::Duration {
@@ -83,17 +184,22 @@ pub(crate) fn system_time(t: Option<&prost_types::Timestamp>) -> SystemTime {
 }
 
 impl Gantry {
-    /// Connects to `addr` (`host:port`), waiting up to `patience` for it to listen.
-    pub async fn connect(addr: &str, patience: Duration) -> Result<Self, Error> {
-        let channel = connect_with(addr, patience, None).await?;
-        Ok(Self::from_channel(channel))
+    /// Connects to `target`: one address (`host:port`, waiting up to
+    /// `patience` for it to listen), a comma-separated list of them, or
+    /// `dns:///host:port` naming several; calls go round-robin to the
+    /// replicas that are up.
+    pub async fn connect(target: &str, patience: Duration) -> Result<Self, Error> {
+        Ok(Self::from_replicas(
+            connect_replicas(target, patience, None).await?,
+        ))
     }
 
     /// [`Self::connect`] over TLS (mutual when `tls` has a client
     /// certificate); add a token with [`Self::with_token`].
-    pub async fn connect_tls(addr: &str, patience: Duration, tls: &Tls) -> Result<Self, Error> {
-        let channel = connect_with(addr, patience, Some(tls)).await?;
-        Ok(Self::from_channel(channel))
+    pub async fn connect_tls(target: &str, patience: Duration, tls: &Tls) -> Result<Self, Error> {
+        Ok(Self::from_replicas(
+            connect_replicas(target, patience, Some(tls)).await?,
+        ))
     }
 
     /// Sends `authorization: Bearer <token>` with every call the helpers
@@ -118,17 +224,78 @@ impl Gantry {
         request
     }
 
+    /// A client on a channel you built.
     pub fn from_channel(channel: Channel) -> Self {
+        Self::from_replicas(Replicas::single(channel))
+    }
+
+    /// A client over [`Replicas`] ([`crate::connect_replicas`]).
+    pub fn from_replicas(replicas: Replicas) -> Self {
         Self {
-            rate_limiter: RateLimiterClient::new(channel.clone()),
-            cache: CacheClient::new(channel.clone()),
-            query: QueryClient::new(channel.clone()),
-            leases: LeasesClient::new(channel.clone()),
-            traces: TracesClient::new(channel),
+            rate_limiter: RateLimiterClient::new(replicas.clone()),
+            cache: CacheClient::new(replicas.clone()),
+            query: QueryClient::new(replicas.clone()),
+            leases: LeasesClient::new(replicas.clone()),
+            traces: TracesClient::new(replicas),
             timeout: Duration::from_secs(5),
             retries: 3,
             token: None,
+            shared: Arc::default(),
         }
+    }
+
+    /// What limiters answer when gantry does not (default
+    /// [`FailurePolicy::FailOpen`]). Settings like this one apply to the
+    /// clones made after it.
+    pub fn with_failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.reshare(|s| s.policy = policy);
+        self
+    }
+
+    /// For [`FailurePolicy::Local`]: how many instances share each limit (its
+    /// local bucket gets rate/share and burst/share); default 1.
+    pub fn with_local_share(mut self, share: u32) -> Self {
+        self.reshare(|s| s.share = share.max(1));
+        self
+    }
+
+    /// Calls `hook` with every limiter decision (its `source` says who made
+    /// it), e.g. to count them in the service's metrics. Keep it quick.
+    pub fn on_decision(mut self, hook: impl Fn(&str, &Decision) + Send + Sync + 'static) -> Self {
+        self.reshare(|s| s.hook = Some(Arc::new(hook)));
+        self
+    }
+
+    /// After `failures` consecutive unanswered calls (UNAVAILABLE,
+    /// DEADLINE_EXCEEDED), calls fail at once for `open_for`, then one probe
+    /// goes through; a failing probe doubles it up to `longest`. Default 5,
+    /// 1 s, 30 s.
+    pub fn with_circuit_breaker(
+        mut self,
+        failures: u32,
+        open_for: Duration,
+        longest: Duration,
+    ) -> Self {
+        self.reshare(|s| s.breaker = (failures, open_for, longest));
+        self
+    }
+
+    /// A fresh shared part with one setting changed (settings are made
+    /// before the client is used: breaker and counters start over).
+    fn reshare(&mut self, change: impl FnOnce(&mut Settings)) {
+        let mut settings = self.shared.settings.clone();
+        change(&mut settings);
+        self.shared = Arc::new(Shared::new(settings));
+    }
+
+    /// How many limiter decisions each source made.
+    pub fn decisions(&self) -> DecisionCounts {
+        self.shared.state().counts
+    }
+
+    /// Whether the local policy has learned `limit`'s parameters yet.
+    pub fn knows_limit(&self, limit: &str) -> bool {
+        self.shared.state().knows(limit)
     }
 
     /// Deadline of calls (beyond any wait they ask for); default 5 s.
@@ -137,10 +304,16 @@ impl Gantry {
         self
     }
 
-    /// How often a call failing with UNAVAILABLE is tried again; default 3.
+    /// How often an idempotent call failing with UNAVAILABLE is tried again
+    /// (on the next replica); default 3.
     pub fn with_retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
+    }
+
+    /// A call's whole deadline: the wait it asks for plus the timeout.
+    pub(crate) fn budget(&self, wait: Duration) -> Duration {
+        wait + self.timeout
     }
 
     pub(crate) fn request<T>(&self, message: T, wait: Duration) -> Request<T> {
@@ -149,24 +322,67 @@ impl Gantry {
         request
     }
 
-    /// Runs `call`, again after 50 ms, 100 ms, … (up to 2 s) while it fails with UNAVAILABLE.
-    pub(crate) async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    /// Runs `call` through the circuit breaker; an idempotent one again
+    /// after 50 ms, 100 ms, … (up to 2 s) while it fails with UNAVAILABLE,
+    /// never past `budget` (the call's whole deadline).
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        repeat: Repeat,
+        budget: Duration,
+        mut call: F,
+    ) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        let breaker = &self.shared.breaker;
+        let admitted = match breaker.admit(Instant::now()) {
+            Admit::Go { probe } => Admitted {
+                breaker,
+                probe,
+                recorded: false,
+            },
+            Admit::Refused { next_try_in } => {
+                return Err(Status::unavailable(format!(
+                    "circuit open: gantry did not answer the last calls; next try in {next_try_in:?}"
+                )));
+            }
+        };
+        let retries = if repeat == Repeat::Idempotent {
+            self.retries
+        } else {
+            0
+        };
+        let deadline = Instant::now() + budget;
         let mut backoff = Duration::from_millis(50);
         let mut attempt = 0;
-        loop {
-            match call().await {
-                Err(status) if status.code() == Code::Unavailable && attempt < self.retries => {
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let answer = tokio::time::timeout(left, call())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(
+                        "no answer within the call's deadline",
+                    ))
+                });
+            match answer {
+                Err(status)
+                    if status.code() == Code::Unavailable
+                        && attempt < retries
+                        && Instant::now() + backoff < deadline =>
+                {
                     attempt += 1;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                other => return other,
+                other => break other,
             }
-        }
+        };
+        admitted.record(match &result {
+            Err(status) if unanswered(status.code()) => Outcome::Failed,
+            _ => Outcome::Answered,
+        });
+        result
     }
 
     pub fn limiter(&self, limit: &str, key: &str) -> Limiter {
@@ -175,6 +391,7 @@ impl Gantry {
             limit: limit.to_string(),
             key: key.to_string(),
             client: String::new(),
+            policy: self.shared.settings.policy,
         }
     }
 
@@ -204,7 +421,7 @@ impl Gantry {
             max_wait: (!wait.is_zero()).then(|| pb_duration(wait)),
         };
         let lease = self
-            .retry(|| {
+            .call(Repeat::Never, self.budget(wait), || {
                 let mut leases = self.leases.clone();
                 let request = self.request(ask.clone(), wait);
                 async move { leases.acquire(request).await.map(|r| r.into_inner()) }
@@ -230,21 +447,21 @@ impl Gantry {
         } else {
             ttl
         };
-        let state = Arc::new(Mutex::new(LeaseState {
-            expires,
-            lost: false,
-        }));
+        let state = Arc::new(Mutex::new(LeaseState { expires }));
+        let (lost_tx, lost) = watch::channel(None);
         let renewer = tokio::spawn(renew(
             self.clone(),
             lease.lease_id.clone(),
             ttl,
             state.clone(),
+            lost_tx,
         ));
         Ok(Lease {
             gantry: self.clone(),
             id: lease.lease_id,
             count: lease.count,
             state,
+            lost,
             renewer: Some(renewer),
         })
     }
@@ -255,13 +472,17 @@ impl Gantry {
 }
 
 /// A rate-limit answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
     pub remaining: u64,
     pub retry_after: Duration,
     pub reset_after: Duration,
     pub waited: Duration,
+    /// Who decided: gantry, or the failure policy when gantry did not answer.
+    pub source: DecisionSource,
+    /// Why the policy decided (e.g. "gantry unreachable: …"); empty for gantry's.
+    pub reason: String,
 }
 
 /// Tokens of one limit for one key, shared by the fleet.
@@ -271,6 +492,7 @@ pub struct Limiter {
     limit: String,
     key: String,
     client: String,
+    policy: FailurePolicy,
 }
 
 impl Limiter {
@@ -280,9 +502,53 @@ impl Limiter {
         self
     }
 
+    /// What this limiter answers when gantry does not (the client's unless told).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Takes `tokens` now, or waits up to `wait` in the bucket's fair queue; a
-    /// wait that runs out is `allowed = false`, not an error.
+    /// wait that runs out is `allowed = false`, not an error. When gantry does
+    /// not answer, the failure policy decides (`source` says so) — not an
+    /// error either; a policy's denial is asked again after its retry-after
+    /// while `wait` lasts.
     pub async fn acquire(&self, tokens: u64, wait: Duration) -> Result<Decision, Error> {
+        let until = Instant::now() + wait;
+        loop {
+            let d = match self.ask(tokens, wait).await {
+                Ok(d) => {
+                    if self.policy == FailurePolicy::Local
+                        && self
+                            .gantry
+                            .shared
+                            .state()
+                            .needs_learning(&self.limit, Instant::now())
+                    {
+                        tokio::spawn(learn_limits(self.gantry.clone()));
+                    }
+                    d
+                }
+                Err(status) if unanswered(status.code()) => self.fallback(tokens, &status),
+                Err(status) => return Err(status.into()),
+            };
+            let shared = &self.gantry.shared;
+            shared.state().count(d.source);
+            if let Some(hook) = &shared.settings.hook {
+                hook(&self.limit, &d);
+            }
+            if d.allowed
+                || d.source == DecisionSource::Server
+                || Instant::now() + d.retry_after > until
+            {
+                return Ok(d);
+            }
+            tokio::time::sleep(d.retry_after.max(Duration::from_millis(10))).await;
+        }
+    }
+
+    /// gantry's decision.
+    async fn ask(&self, tokens: u64, wait: Duration) -> Result<Decision, Status> {
         let ask = pb::AcquireRequest {
             limit: self.limit.clone(),
             key: self.key.clone(),
@@ -292,8 +558,9 @@ impl Limiter {
             ..Default::default()
         };
         let g = &self.gantry;
+        // Never repeated: a second Acquire would take tokens twice.
         let r = g
-            .retry(|| {
+            .call(Repeat::Never, g.budget(wait), || {
                 let mut rl = g.rate_limiter.clone();
                 let request = g.request(ask.clone(), wait);
                 async move { rl.acquire(request).await.map(|r| r.into_inner()) }
@@ -305,16 +572,40 @@ impl Limiter {
             retry_after: std_duration(r.retry_after.as_ref()),
             reset_after: std_duration(r.reset_after.as_ref()),
             waited: std_duration(r.waited.as_ref()),
+            source: DecisionSource::Server,
+            reason: String::new(),
         })
     }
 
-    /// One token, waiting up to `wait`; [`Error::NotGranted`] when it runs out.
+    /// The failure policy's decision for a call gantry did not answer.
+    fn fallback(&self, tokens: u64, status: &Status) -> Decision {
+        let shared = &self.gantry.shared;
+        let now = Instant::now();
+        let cause = format!("{:?}: {}", status.code(), status.message());
+        shared.state().fallback(Fallback {
+            policy: self.policy,
+            limit: &self.limit,
+            key: &self.key,
+            tokens,
+            share: shared.settings.share,
+            breaker_wait: shared.breaker.remaining(now),
+            cause: &cause,
+            now,
+        })
+    }
+
+    /// One token, waiting up to `wait`; [`Error::NotGranted`] when it runs out
+    /// (its reason says when the failure policy denied).
     pub async fn wait(&self, wait: Duration) -> Result<Decision, Error> {
         let d = self.acquire(1, wait).await?;
         if !d.allowed {
             return Err(Error::NotGranted {
                 retry_after: Some(d.retry_after),
-                reason: None,
+                reason: match d.source {
+                    DecisionSource::FailClosed => Some("fail_closed: gantry unreachable"),
+                    DecisionSource::Local => Some("local: the local bucket is empty"),
+                    _ => None,
+                },
             });
         }
         Ok(d)
@@ -331,41 +622,93 @@ impl Limiter {
     }
 }
 
+/// Asks gantry for the limits' parameters, for the local policy.
+async fn learn_limits(gantry: Gantry) {
+    let answer = gantry
+        .call(Repeat::Idempotent, gantry.budget(Duration::ZERO), || {
+            let mut rl = gantry.rate_limiter.clone();
+            let request = gantry.request(pb::ListLimitsRequest {}, Duration::ZERO);
+            async move { rl.list_limits(request).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    if let Ok(limits) = answer {
+        gantry.shared.state().learn(limits);
+    }
+}
+
 #[derive(Debug)]
 struct LeaseState {
     expires: SystemTime,
-    lost: bool,
 }
 
-/// Units of a global budget; renewed in the background until released.
+/// Units of a global budget; renewed in the background until released:
+/// every third of the TTL, a tenth after a failed renewal. If it cannot be
+/// renewed until a tenth of the TTL (50 ms to 5 s) before its expiry, or
+/// gantry no longer knows it, it is lost — reported before the units return:
+/// [`Lease::lost`], and [`Lease::watch_lost`] for a task to await.
 #[derive(Debug)]
 pub struct Lease {
     gantry: Gantry,
     pub id: String,
     pub count: u32,
     state: Arc<Mutex<LeaseState>>,
+    lost: watch::Receiver<Option<String>>,
     renewer: Option<JoinHandle<()>>,
 }
 
-async fn renew(gantry: Gantry, id: String, ttl: Duration, state: Arc<Mutex<LeaseState>>) {
+async fn renew(
+    gantry: Gantry,
+    id: String,
+    ttl: Duration,
+    state: Arc<Mutex<LeaseState>>,
+    lost: watch::Sender<Option<String>>,
+) {
     let every = (ttl / 3).max(Duration::from_millis(100));
+    let again = (ttl / 10).max(Duration::from_millis(50));
+    let margin = lost_margin(ttl);
+    let expires = || state.lock().map_or(SystemTime::UNIX_EPOCH, |s| s.expires);
+    // Time left before `at`, zero once it passed.
+    let until = |at: SystemTime| at.duration_since(SystemTime::now()).unwrap_or_default();
+    let mut next = every;
+    let mut last_failure = String::from("no renewal was answered");
     loop {
-        tokio::time::sleep(every).await;
-        let mut leases = gantry.leases.clone();
-        let mut request = gantry.authorized(pb::RenewLeaseRequest {
-            lease_id: id.clone(),
-            ttl: Some(pb_duration(ttl)),
-        });
-        request.set_timeout(every);
-        let renewed = leases.renew(request).await;
-        let Ok(mut s) = state.lock() else { return };
+        let lost_at = expires() - margin;
+        let before_loss = until(lost_at);
+        tokio::time::sleep(next.min(before_loss)).await;
+        let before_loss = until(lost_at);
+        if before_loss.is_zero() {
+            let _ = lost.send(Some(format!(
+                "lease {id} not renewed before its expiry: {last_failure}"
+            )));
+            return;
+        }
+        // Never past the moment the lease would be reported lost.
+        let renewed = gantry
+            .call(Repeat::Idempotent, before_loss, || {
+                let mut request = gantry.authorized(pb::RenewLeaseRequest {
+                    lease_id: id.clone(),
+                    ttl: Some(pb_duration(ttl)),
+                });
+                request.set_timeout(until(lost_at).max(Duration::from_millis(10)));
+                let mut leases = gantry.leases.clone();
+                async move { leases.renew(request).await.map(|r| r.into_inner()) }
+            })
+            .await;
         match renewed {
-            Ok(lease) => s.expires = system_time(lease.get_ref().expires_at.as_ref()),
-            Err(status) if status.code() == Code::NotFound || SystemTime::now() > s.expires => {
-                s.lost = true;
+            Ok(lease) => {
+                if let Ok(mut s) = state.lock() {
+                    s.expires = system_time(lease.expires_at.as_ref());
+                }
+                next = every;
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                let _ = lost.send(Some(format!("lease {id} is gone: {}", status.message())));
                 return;
             }
-            Err(_) => {}
+            Err(status) => {
+                last_failure = format!("{:?}: {}", status.code(), status.message());
+                next = again;
+            }
         }
     }
 }
@@ -377,9 +720,20 @@ impl Lease {
             .map_or(SystemTime::UNIX_EPOCH, |s| s.expires)
     }
 
-    /// True once a renewal failed for good: stop using the units.
+    /// True once the lease is lost: stop using the units.
     pub fn lost(&self) -> bool {
-        self.state.lock().map_or(true, |s| s.lost)
+        self.lost.borrow().is_some()
+    }
+
+    /// Why the lease was lost (`None` while it is held).
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.borrow().clone()
+    }
+
+    /// A receiver that changes to `Some(reason)` when the lease is lost:
+    /// `watch.wait_for(Option::is_some).await` in the task that uses the units.
+    pub fn watch_lost(&self) -> watch::Receiver<Option<String>> {
+        self.lost.clone()
     }
 
     /// Returns the units at once; `released` is false if gantry no longer had them.
@@ -423,7 +777,7 @@ impl Namespace {
             key: key.into(),
         };
         let r = g
-            .retry(|| {
+            .call(Repeat::Idempotent, g.budget(Duration::ZERO), || {
                 let mut cache = g.cache.clone();
                 let request = g.request(ask.clone(), Duration::ZERO);
                 async move { cache.get(request).await.map(|r| r.into_inner()) }
@@ -434,37 +788,49 @@ impl Namespace {
 
     /// Writes `key` (`ttl` zero: no expiry) and returns its version.
     pub async fn put(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<u64, Error> {
-        let mut cache = self.gantry.cache.clone();
-        let request = self.gantry.request(
-            pb::PutRequest {
-                namespace: self.name.clone(),
-                key: key.into(),
-                value,
-                ttl: (!ttl.is_zero()).then(|| pb_duration(ttl)),
-                ..Default::default()
-            },
-            Duration::ZERO,
-        );
-        Ok(cache.put(request).await?.into_inner().version)
+        let g = &self.gantry;
+        let request = pb::PutRequest {
+            namespace: self.name.clone(),
+            key: key.into(),
+            value,
+            ttl: (!ttl.is_zero()).then(|| pb_duration(ttl)),
+            ..Default::default()
+        };
+        let r = g
+            .call(Repeat::Never, g.budget(Duration::ZERO), || {
+                let mut cache = g.cache.clone();
+                let request = g.request(request.clone(), Duration::ZERO);
+                async move { cache.put(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(r.version)
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let mut cache = self.gantry.cache.clone();
-        let request = self.gantry.request(
-            pb::DeleteRequest {
-                namespace: self.name.clone(),
-                key: key.into(),
-                ..Default::default()
-            },
-            Duration::ZERO,
-        );
-        Ok(cache.delete(request).await?.into_inner().deleted)
+        let g = &self.gantry;
+        let request = pb::DeleteRequest {
+            namespace: self.name.clone(),
+            key: key.into(),
+            ..Default::default()
+        };
+        let r = g
+            .call(Repeat::Never, g.budget(Duration::ZERO), || {
+                let mut cache = g.cache.clone();
+                let request = g.request(request.clone(), Duration::ZERO);
+                async move { cache.delete(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(r.deleted)
     }
 
     /// Keeps up to `max` recently read keys with `prefix` in process, coherent
-    /// through Watch (see [`NearCache`]).
+    /// through Watch (see [`NearCache`]; at most 5 s stale while the stream is
+    /// down unless [`NearCache::max_stale`] says otherwise).
     pub fn near_cache(&self, prefix: &str, max: usize) -> NearCache {
-        let shared = Arc::new(Mutex::new(Near::default()));
+        let shared = Arc::new(Mutex::new(Near {
+            max_stale: Duration::from_secs(5),
+            ..Near::default()
+        }));
         let watcher = tokio::spawn(watch(self.clone(), prefix.to_string(), shared.clone()));
         NearCache {
             ns: self.clone(),
@@ -481,19 +847,44 @@ struct Near {
     /// Bumped by every event: a read that raced one is not kept.
     generation: u64,
     live: bool,
+    /// When the stream broke (`None` while live).
+    down_since: Option<Instant>,
+    max_stale: Duration,
 }
 
 impl Near {
-    fn reset(&mut self, live: bool) {
+    /// The stream is (back) up: start over, anything may have changed.
+    fn resync(&mut self) {
         self.generation += 1;
-        self.live = live;
+        self.live = true;
+        self.down_since = None;
         self.items.clear();
+    }
+
+    /// The stream broke: what is held answers for `max_stale` more.
+    fn down(&mut self, now: Instant) {
+        self.generation += 1;
+        if self.live {
+            self.live = false;
+            self.down_since = Some(now);
+        }
+        self.expire_stale(now);
+    }
+
+    fn expire_stale(&mut self, now: Instant) {
+        let stale = self
+            .down_since
+            .is_none_or(|since| now.saturating_duration_since(since) >= self.max_stale);
+        if !self.live && stale {
+            self.items.clear();
+        }
     }
 }
 
 /// Puts, deletes and expiries from any instance update or drop the local
-/// copies; a RESYNC or a broken stream clears them, and reads go to gantry
-/// until the stream is back.
+/// copies; a RESYNC clears them. While the stream is down it answers from
+/// what it holds for at most its max staleness, then drops it and reads go
+/// to gantry; when the stream is back it starts over.
 #[derive(Debug)]
 pub struct NearCache {
     ns: Namespace,
@@ -514,7 +905,7 @@ async fn watch(ns: Namespace, prefix: String, shared: Arc<Mutex<Near>>) {
         // The response (headers) arrives once gantry has subscribed.
         if let Ok(response) = cache.watch(request).await {
             if let Ok(mut near) = shared.lock() {
-                near.reset(true);
+                near.resync();
             }
             let mut stream = response.into_inner();
             while let Ok(Some(event)) = stream.message().await {
@@ -538,7 +929,7 @@ async fn watch(ns: Namespace, prefix: String, shared: Arc<Mutex<Near>>) {
             }
         }
         if let Ok(mut near) = shared.lock() {
-            near.reset(false);
+            near.down(Instant::now());
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -546,11 +937,21 @@ async fn watch(ns: Namespace, prefix: String, shared: Arc<Mutex<Near>>) {
 }
 
 impl NearCache {
+    /// How long it answers from what it holds while its Watch stream is down
+    /// (it cannot hear of changes then); zero drops everything at once.
+    pub fn max_stale(self, max_stale: Duration) -> Self {
+        if let Ok(mut near) = self.shared.lock() {
+            near.max_stale = max_stale;
+        }
+        self
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let (generation, live) = {
-            let Ok(near) = self.shared.lock() else {
+            let Ok(mut near) = self.shared.lock() else {
                 return Ok(self.ns.get(key).await?.map(|(v, _)| v));
             };
+            near.expire_stale(Instant::now());
             if let Some((value, _)) = near.items.get(key) {
                 return Ok(Some(value.clone()));
             }
@@ -576,7 +977,10 @@ impl NearCache {
 
     /// Keys held locally.
     pub fn len(&self) -> usize {
-        self.shared.lock().map_or(0, |n| n.items.len())
+        self.shared.lock().map_or(0, |mut near| {
+            near.expire_stale(Instant::now());
+            near.items.len()
+        })
     }
 
     pub fn is_empty(&self) -> bool {

@@ -112,11 +112,15 @@ impl Gantry {
             service: ask.service,
         };
         let r = self
-            .retry(|| {
-                let mut query = self.query.clone();
-                let request = self.request(ask.clone(), Duration::ZERO);
-                async move { query.top_queries(request).await.map(|r| r.into_inner()) }
-            })
+            .call(
+                crate::client::Repeat::Idempotent,
+                self.budget(Duration::ZERO),
+                || {
+                    let mut query = self.query.clone();
+                    let request = self.request(ask.clone(), Duration::ZERO);
+                    async move { query.top_queries(request).await.map(|r| r.into_inner()) }
+                },
+            )
             .await?;
         Ok(r.queries.into_iter().map(QueryStats::from).collect())
     }
@@ -133,11 +137,15 @@ impl Gantry {
             limit,
         };
         let r = self
-            .retry(|| {
-                let mut query = self.query.clone();
-                let request = self.request(ask, Duration::ZERO);
-                async move { query.slow_queries(request).await.map(|r| r.into_inner()) }
-            })
+            .call(
+                crate::client::Repeat::Idempotent,
+                self.budget(Duration::ZERO),
+                || {
+                    let mut query = self.query.clone();
+                    let request = self.request(ask, Duration::ZERO);
+                    async move { query.slow_queries(request).await.map(|r| r.into_inner()) }
+                },
+            )
             .await?;
         Ok(r.queries.into_iter().map(SlowQuery::from).collect())
     }

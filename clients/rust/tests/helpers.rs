@@ -1,90 +1,13 @@
 //! The client helpers against a real gantry: the server binary the workspace
 //! builds (GANTRY_BIN, or target/debug/gantry), on 127.0.0.1 with its own data.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gantry_client::proto::gantry::v1 as pb;
 use gantry_client::{Error, Gantry, QueryOrder, TopQueries};
 
-/// The configuration every client's tests share.
-const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/gantry.toml");
-
-struct Server {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary() -> Option<PathBuf> {
-    // The workspace's target directory, wherever CARGO_TARGET_DIR puts it.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
-    let path = std::env::var_os("GANTRY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("debug/gantry"));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("GANTRY_REQUIRE_CLIENT_TESTS").is_none(),
-        "no gantry binary at {}",
-        path.display()
-    );
-    eprintln!("SKIPPED: no gantry binary (cargo build -p gantry, or GANTRY_BIN)");
-    None
-}
-
-fn start() -> Option<Server> {
-    start_with(&[])
-}
-
-/// A gantry with extra environment (GANTRY_* keys).
-fn start_with(env: &[(&str, String)]) -> Option<Server> {
-    let bin = binary()?;
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(bin)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .args(["serve", "--config", CONFIG, "--listen", "127.0.0.1:0"])
-        .args([
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--otlp-http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("gantry listening grpc=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("gantry did not start");
-    Some(Server {
-        child,
-        addr,
-        _dir: dir,
-    })
-}
+mod common;
+use common::{Server, start, start_with};
 
 async fn client(server: &Server) -> Gantry {
     Gantry::connect(&server.addr, Duration::from_secs(10))
