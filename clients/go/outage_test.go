@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	gantryv1 "github.com/gantry/gantry/clients/go/gen/gantry/v1"
 )
 
 // freeAddr is a loopback address nothing listens on, for a gantry that is
@@ -336,4 +337,24 @@ func TestNearCacheServesBoundedStaleDuringAnOutageThenResyncs(t *testing.T) {
 		v, ok, _ := near.Get(ctx, "cart:1")
 		return ok && string(v) == "v3"
 	})
+}
+
+// A dns:/// name is resolved by gRPC and balanced over what it resolves to
+// (localhost may also give ::1, where nothing listens: round-robin skips it).
+func TestDNSNameTarget(t *testing.T) {
+	_, addr := runGantry(t, "127.0.0.1:0", filepath.Join(t.TempDir(), "data"), nil)
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New("dns:///localhost:" + port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 10; i++ {
+		if _, err := c.RateLimiter.ListLimits(context.Background(), &gantryv1.ListLimitsRequest{}); err != nil {
+			t.Fatalf("call %d through dns:///localhost: %v", i, err)
+		}
+	}
 }

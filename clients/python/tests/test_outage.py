@@ -303,3 +303,13 @@ async def test_asyncio_policy_lease_and_near_cache_through_an_outage(gantry_fact
             await asyncio.sleep(0.02)
         assert client.decisions["server"] >= 2 and client.decisions["fail_closed"] > 50
         await near.close()
+
+
+def test_a_dns_name_target(gantry_factory):
+    """A dns:/// name is resolved by gRPC and balanced over what it resolves to
+    (localhost may also give ::1, where nothing listens: round-robin skips it)."""
+    server = gantry_factory()
+    port = server.addr.rsplit(":", 1)[1]
+    with Client(f"dns:///localhost:{port}") as client:
+        for _ in range(10):
+            assert client._call(client.rate_limiter.ListLimits, ratelimit_pb2.ListLimitsRequest()).limits

@@ -347,3 +347,17 @@ async fn the_near_cache_serves_bounded_stale_data_then_resyncs() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_name_target_is_balanced_over_what_it_resolves_to() {
+    // localhost may also give ::1, where nothing listens: it is left out.
+    let Some(server) = start() else { return };
+    let port = server.addr.rsplit_once(':').unwrap().1;
+    let gantry = Gantry::connect(&format!("dns:///localhost:{port}"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let top = gantry.top_queries(Default::default()).await;
+        assert!(top.is_ok(), "{top:?}");
+    }
+}
