@@ -70,7 +70,7 @@ func (l *Limiter) AcquireKey(ctx context.Context, key string, tokens uint64) (De
 		if l.Policy == Local && l.client.local.needsLearning(l.Limit, time.Now()) {
 			go l.client.learnLimits()
 		}
-	case unanswered(err) && !errors.Is(ctx.Err(), context.Canceled) && !errors.Is(err, ErrClosed):
+	case unanswered(err) && !errors.Is(ctx.Err(), context.Canceled) && !waitedToItsDeadline(req, err):
 		d = l.client.local.fallback(l.Policy, l.Limit, key, tokens, l.client.share, l.client.breaker.remaining(), err)
 	default:
 		return Decision{}, err

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // FailurePolicy is what a Limiter answers when gantry does not.
@@ -88,6 +89,17 @@ func unanswered(err error) bool {
 		return true
 	}
 	return errors.Is(err, context.DeadlineExceeded)
+}
+
+// waiter is a request that asks gantry to wait (for tokens or units).
+type waiter interface{ GetMaxWait() *durationpb.Duration }
+
+// waitedToItsDeadline reports whether err is the end of a call that asked
+// gantry to wait until the caller's deadline: gantry answers just before it,
+// so which comes first is a race, and neither means gantry is down.
+func waitedToItsDeadline(req any, err error) bool {
+	w, ok := req.(waiter)
+	return ok && w.GetMaxWait() != nil && status.Code(err) == codes.DeadlineExceeded
 }
 
 // idempotent are the methods a retry cannot make act twice: the only ones
@@ -201,7 +213,7 @@ func (b *breaker) unary(ctx context.Context, method string, req, reply any, cc *
 	switch {
 	case err == nil:
 		b.record(probe, answered)
-	case errors.Is(ctx.Err(), context.Canceled):
+	case errors.Is(ctx.Err(), context.Canceled), waitedToItsDeadline(req, err):
 		b.record(probe, neither)
 	case unanswered(err):
 		b.record(probe, failed)
