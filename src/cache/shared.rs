@@ -25,6 +25,7 @@
 //! lag another replica's write by the time the event takes to arrive (about a
 //! millisecond on a LAN).
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,6 +101,10 @@ struct Coherence {
     /// The same, for a Watch that waits for it: set after the watchers
     /// already there were told to resync, so a new one is not.
     subscribed: tokio::sync::watch::Sender<bool>,
+    /// On a cluster, whether every primary first listed has its expiry
+    /// subscription up (true at once on one server, where the one
+    /// subscription carries them).
+    expiries_subscribed: tokio::sync::watch::Sender<bool>,
     /// Change events seen per stripe of entry names.
     changes: Box<[AtomicU64]>,
     hasher: foldhash::fast::FixedState,
@@ -115,6 +120,7 @@ impl Coherence {
 impl RedisCache {
     /// Starts listening for changes made on any replica (until `stop`).
     pub fn start(engine: CacheEngine, store: RedisStore, stop: CancellationToken) -> Self {
+        let cluster = store.is_cluster();
         let cache = Self {
             engine,
             store,
@@ -123,6 +129,7 @@ impl RedisCache {
             coherence: Arc::new(Coherence {
                 listening: AtomicBool::new(false),
                 subscribed: tokio::sync::watch::Sender::new(false),
+                expiries_subscribed: tokio::sync::watch::Sender::new(!cluster),
                 changes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
                 hasher: foldhash::fast::FixedState::default(),
             }),
@@ -320,36 +327,45 @@ impl RedisCache {
     /// events; false when it does not (a Watch cannot promise them then).
     pub async fn until_listening(&self, max: std::time::Duration) -> bool {
         let mut subscribed = self.coherence.subscribed.subscribe();
-        tokio::time::timeout(max, subscribed.wait_for(|up| *up))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let mut expiries = self.coherence.expiries_subscribed.subscribe();
+        tokio::time::timeout(max, async {
+            subscribed.wait_for(|up| *up).await.is_ok() && expiries.wait_for(|up| *up).await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Hands the changes every replica publishes to this replica's watchers,
-    /// and the expiries Redis announces (one server: keyspace notifications,
-    /// switched on before each subscription); when the subscription is lost
-    /// (and at its start), tells them to resync, since changes may have been
-    /// missed.
+    /// and the expiries Redis announces (keyspace notifications, switched on
+    /// before each subscription: on one server in the same subscription, on
+    /// a cluster on every primary, each announcing its own keys); when a
+    /// subscription is lost (and at its start), tells them to resync, since
+    /// changes may have been missed.
     async fn listen(self, stop: CancellationToken) {
-        let hub = self.engine.watch_hub();
-        let (hot, coherence) = (self.engine.hot(), &self.coherence);
         let events = self.channel();
         let expired = self.store.expired_channel();
-        let channels: Vec<String> = std::iter::once(events.clone())
-            .chain(expired.clone())
-            .collect();
-        let entries = self.store.key("c", "");
+        let cluster = self.store.is_cluster();
+        if cluster {
+            tokio::spawn(self.clone().listen_for_expiries_on_primaries(stop.clone()));
+        }
+        let channels: Vec<String> = if cluster {
+            vec![events.clone()]
+        } else {
+            vec![events.clone(), expired]
+        };
         let store = self.store.clone();
         let prepare = || {
-            let (store, expired) = (store.clone(), expired.is_some());
+            let store = store.clone();
             async move {
                 // Not before Redis answers: subscribing while expiry events
                 // are still off would leave watchers without EXPIRE events.
-                !expired || store.enable_expiry_events().await.is_ok()
+                cluster || store.enable_expiry_events(None).await.is_ok()
             }
         };
+        let coherence = &self.coherence;
         self.store
             .listen_all(
+                None,
                 &channels,
                 stop,
                 prepare,
@@ -357,30 +373,131 @@ impl RedisCache {
                     let change = if channel == events {
                         parse_event(payload)
                     } else {
-                        parse_expired(&entries, payload)
+                        parse_expired(&self.store.key("c", ""), payload)
                     };
                     if let Some(change) = change {
-                        let name = entry::name(&change.namespace, &change.key);
-                        coherence.stripe(&name).fetch_add(1, Ordering::AcqRel);
-                        hot.remove(&name);
-                        let namespace = change.namespace.clone();
-                        hub.publish(&namespace, || change);
+                        self.hand_out(change);
                     }
                 },
                 |listening| {
-                    // Events may have been missed: nothing kept is trusted.
                     coherence.listening.store(listening, Ordering::Release);
-                    for stripe in coherence.changes.iter() {
-                        stripe.fetch_add(1, Ordering::AcqRel);
-                    }
-                    hot.clear();
-                    hub.resync_all(now_ms());
+                    self.missed();
                     coherence.subscribed.send_replace(listening);
                 },
             )
             .await;
     }
+
+    /// A change for this replica's watchers; its hot copy is dropped first.
+    fn hand_out(&self, change: Change) {
+        let name = entry::name(&change.namespace, &change.key);
+        self.coherence.stripe(&name).fetch_add(1, Ordering::AcqRel);
+        self.engine.hot().remove(&name);
+        let namespace = change.namespace.clone();
+        self.engine.watch_hub().publish(&namespace, || change);
+    }
+
+    /// Events may have been missed: nothing kept is trusted, watchers resync.
+    fn missed(&self) {
+        for stripe in self.coherence.changes.iter() {
+            stripe.fetch_add(1, Ordering::AcqRel);
+        }
+        self.engine.hot().clear();
+        self.engine.watch_hub().resync_all(now_ms());
+    }
+
+    /// On a cluster: one subscription to expiries per primary, kept in step
+    /// with the primaries every [`PRIMARIES_EVERY`] (a failover promotes a
+    /// replica, a resharding adds nodes).
+    async fn listen_for_expiries_on_primaries(self, stop: CancellationToken) {
+        let mut listening: HashMap<String, CancellationToken> = HashMap::new();
+        // The first primaries still to subscribe before a Watch is promised expiries.
+        let mut first: Option<Arc<std::sync::atomic::AtomicUsize>> = None;
+        loop {
+            match self.store.primaries().await {
+                Ok(primaries) if !primaries.is_empty() => {
+                    let first = first
+                        .get_or_insert_with(|| {
+                            Arc::new(std::sync::atomic::AtomicUsize::new(primaries.len()))
+                        })
+                        .clone();
+                    listening.retain(|node, node_stop| {
+                        let kept = primaries.contains(node);
+                        if !kept {
+                            node_stop.cancel();
+                        }
+                        kept
+                    });
+                    for node in primaries {
+                        if !listening.contains_key(&node) {
+                            let node_stop = stop.child_token();
+                            listening.insert(node.clone(), node_stop.clone());
+                            tokio::spawn(self.clone().listen_for_expiries_on(
+                                node,
+                                node_stop,
+                                first.clone(),
+                            ));
+                        }
+                    }
+                }
+                Ok(_) => tracing::debug!("the cluster lists no primary yet"),
+                Err(e) => tracing::debug!(error = %e, "cannot list the cluster's primaries yet"),
+            }
+            // Soon while none is known yet (the store may still be connecting).
+            let again = if first.is_some() {
+                PRIMARIES_EVERY
+            } else {
+                std::time::Duration::from_millis(100)
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(again) => {}
+            }
+        }
+    }
+
+    async fn listen_for_expiries_on(
+        self,
+        node: String,
+        stop: CancellationToken,
+        first: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let started = AtomicBool::new(false);
+        let channels = [self.store.expired_channel()];
+        let entries = self.store.key("c", "");
+        let store = self.store.clone();
+        let prepare = || {
+            let (store, node) = (store.clone(), node.clone());
+            async move { store.enable_expiry_events(Some(&node)).await.is_ok() }
+        };
+        self.store
+            .listen_all(
+                Some(&node),
+                &channels,
+                stop,
+                prepare,
+                |_, payload| {
+                    if let Some(change) = parse_expired(&entries, payload) {
+                        self.hand_out(change);
+                    }
+                },
+                // Expiries may have been missed from a loss until the node's
+                // subscription is back (not before its first start: watchers
+                // on this replica had nothing of it to miss yet).
+                |up| {
+                    if !up || started.swap(true, Ordering::AcqRel) {
+                        self.missed();
+                    } else if first.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        self.coherence.expiries_subscribed.send_replace(true);
+                    }
+                },
+            )
+            .await;
+    }
 }
+
+/// How often a cluster's primaries are listed again for expiry subscriptions.
+const PRIMARIES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An expiry Redis announced: the name of an entry's key
 /// (`<entries><namespace length>:<namespace>:<key>`, see

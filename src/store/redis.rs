@@ -273,11 +273,26 @@ impl RedisStore {
         }
     }
 
-    /// A connection of its own for classic pub/sub: to the server, or to the
-    /// first seed node of a cluster (classic messages reach every node).
-    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisStoreError> {
+    /// A connection of its own for classic pub/sub: to `node` (`host:port`
+    /// of a cluster node), else to the server, or to the first seed node of
+    /// a cluster (classic messages reach every node).
+    pub async fn pubsub(&self, node: Option<&str>) -> Result<redis::aio::PubSub, RedisStoreError> {
         let config = &self.inner.config;
-        let url = match config.cluster.first() {
+        let client = single_client(config, &self.node_url(node), &self.inner.credentials)?;
+        Ok(
+            tokio::time::timeout(config.connect_timeout.get(), client.get_async_pubsub())
+                .await
+                .map_err(|_| {
+                    RedisStoreError::Unreachable("connecting for pub/sub timed out".into())
+                })??,
+        )
+    }
+
+    /// The URL of `node` (a cluster node's `host:port`), else of the server
+    /// or the first seed node.
+    fn node_url(&self, node: Option<&str>) -> String {
+        let config = &self.inner.config;
+        match node.or(config.cluster.first().map(String::as_str)) {
             None => config.url.clone(),
             Some(node) => {
                 let scheme = if config.cluster_tls {
@@ -287,15 +302,35 @@ impl RedisStore {
                 };
                 format!("{scheme}://{node}")
             }
-        };
-        let client = single_client(config, &url, &self.inner.credentials)?;
-        Ok(
-            tokio::time::timeout(config.connect_timeout.get(), client.get_async_pubsub())
-                .await
-                .map_err(|_| {
-                    RedisStoreError::Unreachable("connecting for pub/sub timed out".into())
-                })??,
-        )
+        }
+    }
+
+    /// Runs `cmd` on one node of a cluster (`host:port`) over a connection
+    /// of its own: for what is per node, as its keyspace notifications.
+    async fn on_node<T: redis::FromRedisValue>(
+        &self,
+        node: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisStoreError> {
+        let config = &self.inner.config;
+        let client = single_client(config, &self.node_url(Some(node)), &self.inner.credentials)?;
+        let answer = tokio::time::timeout(config.connect_timeout.get(), async {
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            cmd.query_async::<T>(&mut connection).await
+        })
+        .await
+        .map_err(|_| RedisStoreError::Unreachable(format!("node {node} did not answer in time")))?;
+        Ok(answer?)
+    }
+
+    /// The primaries of a cluster (`host:port`), from `CLUSTER NODES`: the
+    /// nodes that announce expiries of the keys they hold. Empty on one server.
+    pub async fn primaries(&self) -> Result<Vec<String>, RedisStoreError> {
+        if !self.inner.cluster {
+            return Ok(Vec::new());
+        }
+        let nodes: String = self.command(&redis::cmd("CLUSTER").arg("NODES")).await?;
+        Ok(primaries_of(&nodes))
     }
 
     /// Hands every message published on `channel` to `on_message` until
@@ -311,6 +346,7 @@ impl RedisStore {
     ) {
         let channels = [channel.to_string()];
         self.listen_all(
+            None,
             &channels,
             stop,
             || async { true },
@@ -320,13 +356,14 @@ impl RedisStore {
         .await;
     }
 
-    /// [`Self::listen`] to several channels on one connection, with the
-    /// channel each message came on; `prepare` runs before each
-    /// subscription (e.g. to switch Redis's keyspace notifications on again
-    /// after Redis restarted) and says whether to subscribe now (false:
-    /// try again in a second).
+    /// [`Self::listen`] to several channels on one connection (to `node`,
+    /// a cluster node's `host:port`, when given), with the channel each
+    /// message came on; `prepare` runs before each subscription (e.g. to
+    /// switch Redis's keyspace notifications on again after Redis restarted)
+    /// and says whether to subscribe now (false: try again in a second).
     pub async fn listen_all<P, Fut>(
         &self,
+        node: Option<&str>,
         channels: &[String],
         stop: CancellationToken,
         prepare: P,
@@ -344,7 +381,7 @@ impl RedisStore {
                     "not ready to subscribe yet".into(),
                 ))
             } else {
-                match self.pubsub().await {
+                match self.pubsub(node).await {
                     Ok(mut pubsub) => match pubsub.subscribe(channels).await {
                         Ok(()) => Ok(pubsub),
                         Err(e) => Err(RedisStoreError::from(e)),
@@ -378,12 +415,12 @@ impl RedisStore {
         }
     }
 
-    /// The channel Redis announces expired keys on (keyspace notifications),
-    /// when this is one server: a cluster announces them on each node for
-    /// its own keys only, which one subscription does not see.
-    pub fn expired_channel(&self) -> Option<String> {
+    /// The channel Redis announces expired keys on (keyspace notifications).
+    /// A cluster announces them on each node for its own keys only (and has
+    /// only database 0): subscribe on every primary ([`Self::primaries`]).
+    pub fn expired_channel(&self) -> String {
         if self.inner.cluster {
-            return None;
+            return "__keyevent@0__:expired".into();
         }
         let db = self
             .inner
@@ -393,22 +430,29 @@ impl RedisStore {
             .into_connection_info()
             .map(|info| info.redis_settings().db())
             .unwrap_or(0);
-        Some(format!("__keyevent@{db}__:expired"))
+        format!("__keyevent@{db}__:expired")
     }
 
-    /// Makes sure Redis announces expired keys (`notify-keyspace-events`
-    /// with `E` and `x`, added to what is set); false when Redis refuses
-    /// (a managed Redis without CONFIG): expiries are then not announced.
+    /// Makes sure Redis (on a cluster, `node`) announces expired keys
+    /// (`notify-keyspace-events` with `E` and `x`, added to what is set).
     /// Err when Redis does not answer (try again); Ok(false) when it
     /// refuses (a managed Redis without CONFIG): go on without them.
-    pub async fn enable_expiry_events(&self) -> Result<bool, RedisStoreError> {
-        let current: Result<Vec<String>, _> = self
-            .command(
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("notify-keyspace-events"),
-            )
-            .await;
+    pub async fn enable_expiry_events(&self, node: Option<&str>) -> Result<bool, RedisStoreError> {
+        let run = |cmd: redis::Cmd| async move {
+            match node {
+                Some(node) => self.on_node::<redis::Value>(node, &cmd).await,
+                None => self.command::<redis::Value>(&cmd).await,
+            }
+        };
+        let current = run(redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .clone())
+        .await
+        .and_then(|v| {
+            redis::from_redis_value::<Vec<String>>(v)
+                .map_err(|e| RedisStoreError::Refused(format!("CONFIG GET answered: {e}")))
+        });
         let flags = match current {
             Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
             Err(RedisStoreError::Refused(e)) => {
@@ -427,16 +471,14 @@ impl RedisStore {
                 wanted.push(c);
             }
         }
-        let set: Result<(), _> = self
-            .command(
-                redis::cmd("CONFIG")
-                    .arg("SET")
-                    .arg("notify-keyspace-events")
-                    .arg(&wanted),
-            )
-            .await;
+        let set = run(redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(&wanted)
+            .clone())
+        .await;
         match set {
-            Ok(()) => Ok(true),
+            Ok(_) => Ok(true),
             Err(RedisStoreError::Refused(e)) => {
                 tracing::warn!(error = %e, "Redis refused CONFIG SET notify-keyspace-events Ex: cache watchers get no EXPIRE events (docs/cluster.md)");
                 Ok(false)
@@ -592,6 +634,22 @@ fn single_client(
     }
 }
 
+/// The primaries in `CLUSTER NODES`' answer: lines of `<id> <ip:port@bus>
+/// <flags> …`, primaries flagged `master` (and not `fail`).
+fn primaries_of(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_id, address, flags) = (fields.next()?, fields.next()?, fields.next()?);
+            let flags: Vec<&str> = flags.split(',').collect();
+            let primary = flags.contains(&"master") && !flags.iter().any(|f| f.starts_with("fail"));
+            let host_port = address.split(['@', ',']).next()?;
+            (primary && !host_port.starts_with(':')).then(|| host_port.to_string())
+        })
+        .collect()
+}
+
 /// The password from `password_file`, else the environment, else none.
 fn read_password(config: &RedisConfig) -> Result<Option<String>, RedisStoreError> {
     if !config.password_file.as_os_str().is_empty() {
@@ -657,5 +715,22 @@ async fn connect(
         .await
         .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
         Ok(Connection::Cluster(connection))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::primaries_of;
+
+    #[test]
+    fn primaries_are_read_from_cluster_nodes() {
+        let nodes = "\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@40002,redis-2 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 master,fail - 1426238318243 1426238318243 3 disconnected
+e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+6ec2 :0@0 master,noaddr - 1426238316232 1426238316232 5 disconnected
+";
+        assert_eq!(primaries_of(nodes), ["127.0.0.1:30002", "127.0.0.1:30001"]);
     }
 }

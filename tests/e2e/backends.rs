@@ -340,16 +340,32 @@ fn shared_server() -> Option<&'static RedisServer> {
     SERVER.get_or_init(|| RedisServer::start(&[])).as_ref()
 }
 
-/// Three masters (no replicas) on loopback, every slot assigned.
+/// Three masters on loopback, every slot assigned; with a replica each
+/// when made by [`RedisCluster::start_with_replicas`].
 pub struct RedisCluster {
     pub servers: Vec<RedisServer>,
 }
 
 impl RedisCluster {
     pub fn start() -> Option<Self> {
-        let servers = (0..3)
+        Self::create(0, "2000")
+    }
+
+    /// Three masters and a replica of each, failing over after 1 s without
+    /// an answer from a master.
+    pub fn start_with_replicas() -> Option<Self> {
+        Self::create(1, "1000")
+    }
+
+    fn create(replicas: usize, node_timeout: &str) -> Option<Self> {
+        let servers = (0..3 * (1 + replicas))
             .map(|_| {
-                RedisServer::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                RedisServer::start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    node_timeout,
+                ])
             })
             .collect::<Option<Vec<_>>>()?;
         let addrs: Vec<String> = servers
@@ -359,7 +375,7 @@ impl RedisCluster {
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -390,6 +406,42 @@ impl RedisCluster {
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect()
+    }
+
+    /// `CLUSTER NODES` as the node at `index` sees it.
+    pub fn nodes_seen_by(&self, index: usize) -> String {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.servers[index].port.to_string(),
+                "cluster",
+                "nodes",
+            ])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The index of a server that is a master now.
+    pub fn a_master(&self) -> usize {
+        (0..self.servers.len())
+            .find(|&i| {
+                self.nodes_seen_by(i)
+                    .lines()
+                    .any(|l| l.contains("myself,master"))
+            })
+            .expect("a master")
+    }
+
+    /// Masters that are not failing, as the node at `index` sees them.
+    pub fn healthy_masters_seen_by(&self, index: usize) -> usize {
+        self.nodes_seen_by(index)
+            .lines()
+            .filter(|l| {
+                let flags = l.split_whitespace().nth(2).unwrap_or("");
+                flags.contains("master") && !flags.contains("fail")
+            })
+            .count()
     }
 }
 

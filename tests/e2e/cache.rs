@@ -453,10 +453,10 @@ async fn next_event(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchE
         .unwrap()
 }
 
-// On Redis, expiries come from Redis's keyspace notifications (one server;
-// a cluster announces them per node, so not there: docs/cluster.md).
+// On Redis, expiries come from Redis's keyspace notifications: on one
+// server's subscription, on a cluster from every primary's (docs/cluster.md).
 crate::on_every_backend! {
-async fn watch_streams_puts_deletes_and_expiries_of_a_prefix(backend: Backend) {
+cluster async fn watch_streams_puts_deletes_and_expiries_of_a_prefix(backend: Backend) {
     let server = TestServer::start_on(&backend, |c| {
         c.cache.sweep_interval = HumanDuration::from_millis(50);
     })

@@ -10,7 +10,7 @@ use gantry::proto::gantry::v1 as pb;
 use pb::rate_limiter_client::RateLimiterClient;
 use tonic::Code;
 
-use crate::backends::{Backend, RedisServer};
+use crate::backends::{Backend, RedisCluster, RedisServer};
 use crate::common::{GantryProcess, TestServer, connect, http_get, metric_value, wait_serving};
 use crate::ratelimit::limit;
 
@@ -1186,4 +1186,139 @@ async fn a_redis_behind_mutual_tls_is_reached_with_a_private_ca() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     shutdown.cancel();
     handle.await.unwrap().unwrap();
+}
+
+/// A Redis Cluster master is SIGKILLed and its replica promoted: gantry
+/// follows the new topology — values written before are read, tokens are
+/// decided, and expiries on the promoted node reach watchers (the primaries
+/// are listed again).
+#[tokio::test]
+async fn a_redis_cluster_failover_is_followed() {
+    use pb::cache_client::CacheClient;
+    use tokio_stream::StreamExt;
+    let Some(mut cluster) = RedisCluster::start_with_replicas() else {
+        return;
+    };
+    let backend = Backend::RedisCluster {
+        nodes: cluster.nodes(),
+        prefix: "failover".into(),
+    };
+    let server = TestServer::start_on(&backend, |c| {
+        c.ratelimit.limits = vec![limit("api", 1000, Duration::from_secs(1), 1000)];
+    })
+    .await;
+    let mut cache = CacheClient::new(server.channel.clone());
+    let mut limits = RateLimiterClient::new(server.channel.clone());
+    let put = |key: String, ttl: Option<Duration>| pb::PutRequest {
+        namespace: "f".into(),
+        key: key.clone(),
+        value: key.into_bytes().into(),
+        ttl: ttl.map(|d| prost_types::Duration::try_from(d).unwrap()),
+        ..Default::default()
+    };
+    // Keys over every slot range, so some live on the master that dies.
+    for i in 0..60 {
+        cache.put(put(format!("k{i}"), None)).await.unwrap();
+    }
+    assert!(
+        limits
+            .acquire(acquire("api", "a"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    // Replication is asynchronous: give the replicas the writes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let victim = cluster.a_master();
+    cluster.servers[victim].kill();
+    let survivor = (victim + 1) % cluster.servers.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.healthy_masters_seen_by(survivor) < 3 {
+        assert!(Instant::now() < deadline, "no replica was promoted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted = Instant::now();
+
+    // Every value written before the failover is read again, and tokens
+    // are decided, within seconds of the promotion.
+    for i in 0..60 {
+        let key = format!("k{i}");
+        loop {
+            match cache
+                .get(pb::GetRequest {
+                    namespace: "f".into(),
+                    key: key.clone(),
+                })
+                .await
+            {
+                Ok(found) => {
+                    let found = found.into_inner();
+                    assert!(found.found, "{key} lost in the failover");
+                    assert_eq!(&found.value[..], key.as_bytes());
+                    break;
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                    assert!(
+                        promoted.elapsed() < Duration::from_secs(15),
+                        "{key}: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    loop {
+        match limits.acquire(acquire("api", "a")).await {
+            Ok(d) => {
+                assert!(d.into_inner().allowed);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(promoted.elapsed() < Duration::from_secs(15), "{status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    // The promoted node announces its own expiries: once the primaries were
+    // listed again (every 5 s), watchers get EXPIRE from it too.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut events = cache
+        .watch(pb::WatchRequest {
+            namespace: "f".into(),
+            key_prefix: "e".into(),
+            include_values: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<String> = (0..30).map(|i| format!("e{i}")).collect();
+    for key in &keys {
+        cache
+            .put(put(key.clone(), Some(Duration::from_millis(200))))
+            .await
+            .unwrap();
+    }
+    let mut expired = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while expired.len() < keys.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(Ok(event))) = tokio::time::timeout(left, events.next()).await else {
+            panic!("EXPIRE events for {} of {} keys", expired.len(), keys.len());
+        };
+        assert_ne!(
+            event.kind,
+            pb::watch_event::Kind::Resync as i32,
+            "a RESYNC after the failover settled"
+        );
+        if event.kind == pb::watch_event::Kind::Expire as i32 {
+            expired.insert(event.key);
+        }
+    }
+    drop(events);
+    server.stop().await.unwrap();
 }
