@@ -277,6 +277,29 @@ impl RedisStore {
     /// of a cluster node), else to the server, or to the first seed node of
     /// a cluster (classic messages reach every node).
     pub async fn pubsub(&self, node: Option<&str>) -> Result<redis::aio::PubSub, RedisStoreError> {
+        // Any seed node of a cluster will do: the first one that answers
+        // (the first may be the primary that just died).
+        let seeds: Vec<Option<&str>> = match node {
+            None if self.inner.cluster => self
+                .inner
+                .config
+                .cluster
+                .iter()
+                .map(|n| Some(n.as_str()))
+                .collect(),
+            _ => vec![node],
+        };
+        let mut last = RedisStoreError::Unreachable("no node to subscribe on".into());
+        for seed in seeds {
+            match self.pubsub_on(seed).await {
+                Ok(pubsub) => return Ok(pubsub),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn pubsub_on(&self, node: Option<&str>) -> Result<redis::aio::PubSub, RedisStoreError> {
         let config = &self.inner.config;
         let client = single_client(config, &self.node_url(node), &self.inner.credentials)?;
         Ok(
@@ -329,7 +352,7 @@ impl RedisStore {
         if !self.inner.cluster {
             return Ok(Vec::new());
         }
-        let nodes: String = self.command(&redis::cmd("CLUSTER").arg("NODES")).await?;
+        let nodes: String = self.command(redis::cmd("CLUSTER").arg("NODES")).await?;
         Ok(primaries_of(&nodes))
     }
 

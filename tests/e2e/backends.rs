@@ -398,6 +398,25 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        // A replica can take over only once it has synchronized with its
+        // master (and has heard from it recently).
+        for server in &servers {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &server.port.to_string(), "info", "replication"])
+                    .output()
+                    .expect("redis-cli");
+                let info = String::from_utf8_lossy(&info.stdout);
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "a replica of the Redis Cluster did not synchronize"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         Some(Self { servers })
     }
 

@@ -1235,7 +1235,10 @@ async fn a_redis_cluster_failover_is_followed() {
     cluster.servers[victim].kill();
     let survivor = (victim + 1) % cluster.servers.len();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.healthy_masters_seen_by(survivor) < 3 {
+    // The dead master is marked failing, then its replica takes its slots.
+    while !cluster.nodes_seen_by(survivor).contains("master,fail")
+        || cluster.healthy_masters_seen_by(survivor) < 3
+    {
         assert!(Instant::now() < deadline, "no replica was promoted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1263,7 +1266,8 @@ async fn a_redis_cluster_failover_is_followed() {
                     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
                     assert!(
                         promoted.elapsed() < Duration::from_secs(15),
-                        "{key}: {status:?}"
+                        "{key}: {status:?}\n{}",
+                        cluster.nodes_seen_by(survivor)
                     );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
