@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional, Tuple
@@ -122,13 +123,19 @@ class Decision:
 
 
 def policy_decision(state: PolicyState, breaker: Breaker, policy: str, limit: str, key: str, tokens: int,
-                    error: "GantryError") -> Optional[Decision]:
-    """The failure policy's Decision when `error` means gantry did not
-    answer (None when it answered: the error is the caller's)."""
+                    error: "GantryError", deadline: float) -> Tuple[Decision, Optional[float]]:
+    """The failure policy's Decision (counted) when `error` means gantry did
+    not answer, and how long to pause before asking again (None: answer with
+    it: allowed, or its retry-after would pass `deadline`, a monotonic time).
+    Raises `error` when gantry answered: it is the caller's."""
     if error.code() not in UNANSWERED:
-        return None
+        raise error
     fb = state.fallback(policy, limit, key, tokens, breaker.remaining(), error.details())
-    return Decision(fb.allowed, fb.remaining, fb.retry_after, 0.0, 0.0, fb.source, fb.reason)
+    d = Decision(fb.allowed, fb.remaining, fb.retry_after, 0.0, 0.0, fb.source, fb.reason)
+    state.count(limit, d)
+    if d.allowed or time.monotonic() + d.retry_after > deadline:
+        return d, None
+    return d, max(d.retry_after, 0.01)
 
 
 def unix_seconds(ts) -> float:

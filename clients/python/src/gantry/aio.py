@@ -234,16 +234,14 @@ class AsyncRateLimiter:
             try:
                 d = decision(await gantry._call(gantry.rate_limiter.Acquire, request, wait + gantry.timeout))
             except GantryError as e:
-                fallback = None if gantry.closed else policy_decision(
-                    policy, gantry._breaker, self.policy, self.limit, request.key, tokens, e)
-                if fallback is None:
+                if gantry.closed:
                     raise
-                d = fallback
-                policy.count(self.limit, d)
                 # A policy's denial waits its retry-after within `wait`, then asks again.
-                if d.allowed or time.monotonic() + d.retry_after > deadline:
+                d, pause = policy_decision(policy, gantry._breaker, self.policy, self.limit, request.key, tokens, e,
+                                           deadline)
+                if pause is None:
                     return d
-                await asyncio.sleep(max(d.retry_after, 0.01))
+                await asyncio.sleep(pause)
                 continue
             policy.count(self.limit, d)
             if self.policy == LOCAL and policy.needs_learning(self.limit, time.monotonic()):
