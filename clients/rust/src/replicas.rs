@@ -221,7 +221,9 @@ impl Service<http::Request<Body>> for Replicas {
         let set = self.set.clone();
         Box::pin(async move {
             let Some(member) = set.pick() else {
-                unreachable!("a client always has at least one replica")
+                // Not made by this module's constructors, which need one.
+                let status = tonic::Status::unavailable("no gantry replica to call");
+                return Err(Box::new(status) as BoxError);
             };
             let alone = set.snapshot().len() == 1;
             let mut channel = member.channel.clone();
