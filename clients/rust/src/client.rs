@@ -163,6 +163,7 @@ pub struct Gantry {
     /// `authorization: Bearer …`, sent with every call the helpers make.
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     shared: Arc<Shared>,
+    replicas: Replicas,
 }
 
 fn pb_duration(d: Duration) -> prost_types::Duration {
@@ -236,7 +237,8 @@ impl Gantry {
             cache: CacheClient::new(replicas.clone()),
             query: QueryClient::new(replicas.clone()),
             leases: LeasesClient::new(replicas.clone()),
-            traces: TracesClient::new(replicas),
+            traces: TracesClient::new(replicas.clone()),
+            replicas,
             timeout: Duration::from_secs(5),
             retries: 3,
             token: None,
@@ -286,6 +288,12 @@ impl Gantry {
         let mut settings = self.shared.settings.clone();
         change(&mut settings);
         self.shared = Arc::new(Shared::new(settings));
+    }
+
+    /// How many replicas the client knows, and how many of them are up
+    /// (calls go only to those; a single address always counts as up).
+    pub fn replicas(&self) -> (usize, usize) {
+        self.replicas.counts()
     }
 
     /// How many limiter decisions each source made.

@@ -224,9 +224,11 @@ async fn a_list_of_endpoints_loses_one_replica_without_a_failed_call() {
         failures
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gantry.replicas(), (2, 2));
     b.kill();
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(gantry.replicas(), (2, 1), "the killed replica is left out");
     let _ = stop.send(true);
     let _ = stop_reads.send(true);
     let failures = reads.await.unwrap();
