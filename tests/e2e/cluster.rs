@@ -88,9 +88,19 @@ fn acquire(limit: &str, key: &str) -> pb::AcquireRequest {
 /// starved.
 #[tokio::test]
 async fn three_replicas_admit_no_more_than_one_bucket_allows() {
-    let Some(redis) = RedisServer::start(&[]) else {
-        return;
-    };
+    if let Some(redis) = RedisServer::start(&[]) {
+        three_replicas_admit_no_more_than_one_bucket_allows_on(redis).await;
+    }
+}
+
+#[tokio::test]
+async fn three_replicas_on_valkey_admit_no_more_than_one_bucket_allows() {
+    if let Some(valkey) = RedisServer::start_valkey() {
+        three_replicas_admit_no_more_than_one_bucket_allows_on(valkey).await;
+    }
+}
+
+async fn three_replicas_admit_no_more_than_one_bucket_allows_on(redis: RedisServer) {
     let backend = Backend::Redis {
         url: redis.url(),
         prefix: "fleet".into(),
@@ -662,11 +672,21 @@ async fn three_replicas_share_a_lease_pool_and_a_killed_one_gives_its_units_back
 /// one replica sees the writes and deletes made on the others.
 #[tokio::test]
 async fn three_replicas_share_one_cache() {
+    if let Some(redis) = RedisServer::start(&[]) {
+        three_replicas_share_one_cache_on(redis).await;
+    }
+}
+
+#[tokio::test]
+async fn three_replicas_on_valkey_share_one_cache() {
+    if let Some(valkey) = RedisServer::start_valkey() {
+        three_replicas_share_one_cache_on(valkey).await;
+    }
+}
+
+async fn three_replicas_share_one_cache_on(redis: RedisServer) {
     use pb::cache_client::CacheClient;
     use tokio_stream::StreamExt;
-    let Some(redis) = RedisServer::start(&[]) else {
-        return;
-    };
     let backend = Backend::Redis {
         url: redis.url(),
         prefix: "cache".into(),
