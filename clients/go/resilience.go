@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -347,15 +348,11 @@ func (p *policyState) learn(resp *gantryv1.ListLimitsResponse) {
 		byName[""] = def // what unknown names are decided by
 	}
 	for name, info := range byName {
-		if old, ok := p.limits[name]; ok && sameLimit(old.info, info) {
+		if old, ok := p.limits[name]; ok && proto.Equal(old.info, info) {
 			continue
 		}
 		p.limits[name] = &localLimits{info: info, buckets: map[string]*tokenBucket{}}
 	}
-}
-
-func sameLimit(a, b *gantryv1.LimitInfo) bool {
-	return a.String() == b.String()
 }
 
 // fallback is the policy's decision for a call gantry did not answer.

@@ -363,6 +363,7 @@ impl RedisCache {
             }
         };
         let coherence = &self.coherence;
+        let entries = self.store.key("c", "");
         self.store
             .listen_all(
                 None,
@@ -373,7 +374,7 @@ impl RedisCache {
                     let change = if channel == events {
                         parse_event(payload)
                     } else {
-                        parse_expired(&self.store.key("c", ""), payload)
+                        parse_expired(&entries, payload)
                     };
                     if let Some(change) = change {
                         self.hand_out(change);

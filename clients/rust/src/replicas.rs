@@ -53,8 +53,9 @@ impl Set {
     }
 
     /// The next replica that is up, round-robin; when none is, the next one
-    /// (the call fails as it would have, and the policy answers).
-    fn pick(&self) -> Option<Arc<Member>> {
+    /// (the call fails as it would have, and the policy answers). Also
+    /// whether it is the only one.
+    fn pick(&self) -> Option<(Arc<Member>, bool)> {
         let members = self.snapshot();
         let n = members.len();
         if n == 0 {
@@ -65,7 +66,7 @@ impl Set {
             .map(|i| &members[(start + i) % n])
             .find(|m| !m.down.load(Ordering::Relaxed))
             .or_else(|| members.get(start % n))
-            .cloned()
+            .map(|m| (m.clone(), n == 1))
     }
 }
 
@@ -220,12 +221,11 @@ impl Service<http::Request<Body>> for Replicas {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let set = self.set.clone();
         Box::pin(async move {
-            let Some(member) = set.pick() else {
+            let Some((member, alone)) = set.pick() else {
                 // Not made by this module's constructors, which need one.
                 let status = tonic::Status::unavailable("no gantry replica to call");
                 return Err(Box::new(status) as BoxError);
             };
-            let alone = set.snapshot().len() == 1;
             let mut channel = member.channel.clone();
             let result = match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
                 Ok(()) => channel.call(request).await,
