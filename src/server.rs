@@ -178,7 +178,12 @@ impl Gantry {
         let capabilities = vec![
             ratelimit::runtime::Runtime::start(&config.ratelimit, &mut ctx).await?,
             leases::runtime::Runtime::start(&config.leases, &mut ctx).await?,
-            cache::runtime::Runtime::start(&config.cache, &mut ctx).await?,
+            cache::runtime::Runtime::start(
+                &config.cache,
+                config.storage.flush_interval.get(),
+                &mut ctx,
+            )
+            .await?,
             traces::runtime::Runtime::start(&config.traces, &mut ctx).await?,
             query::runtime::Runtime::start(&config.query, &mut ctx).await?,
         ];

@@ -43,6 +43,10 @@ pub struct CacheConfig {
     /// Answer Get and Put calls from a few tasks in groups (fewer write system
     /// calls per call); false: each call runs on its own.
     pub coalesce: bool,
+    /// In `periodic` durability, most bytes (keys and values) of writes
+    /// answered but not yet written to the store; a write beyond it writes
+    /// them first, on its own call.
+    pub write_behind_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -63,6 +67,7 @@ impl Default for CacheConfig {
             watch_buffer: 1_024,
             max_watchers: 1_000,
             coalesce: true,
+            write_behind_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -82,6 +87,7 @@ impl CacheConfig {
                 ("sweep_batch", self.sweep_batch),
                 ("watch_buffer", self.watch_buffer),
                 ("max_watchers", self.max_watchers),
+                ("write_behind_bytes", self.write_behind_bytes),
             ],
         )?;
         if !(1..=9).contains(&self.compression_level) {

@@ -20,6 +20,7 @@ use parking_lot::{Mutex, MutexGuard};
 use prost::bytes::Bytes;
 
 use super::CacheError;
+use super::behind::{InStore, Pending, Staged, WriteBehind};
 use super::compress;
 use super::entry::{self, Stored};
 use super::hot::{HotEntry, HotTier};
@@ -28,7 +29,7 @@ use super::watch::{Change, ChangeKind, MAX_EVENT_VALUE_BYTES, Subscription, Watc
 use crate::config::{CacheConfig, Durability};
 use crate::error::FieldError;
 use crate::store::flush::GroupFlush;
-use crate::store::{Domain, Store, StoreError, Tree};
+use crate::store::{BatchOp, Domain, Store, StoreError, Tree};
 use crate::wallclock::now_ms;
 
 const STRIPES: usize = 1024;
@@ -79,6 +80,9 @@ struct Inner {
     limits: Limits,
     /// Set in `sync` durability: writes are answered after a shared flush.
     flush: Option<GroupFlush>,
+    /// Set in `periodic` durability: writes are staged and drained to the
+    /// store (every half flush interval, by the server).
+    behind: Option<WriteBehind>,
 }
 
 #[derive(Clone)]
@@ -116,12 +120,18 @@ impl CacheEngine {
                     .resize(1, header.raw_len as i64, stored_len as i64);
             }
         }
-        let flush = match config.durability {
-            Durability::Sync => Some(
-                GroupFlush::start(store.clone(), "cache")
-                    .map_err(|e| StoreError::Io(format!("cannot start the flusher: {e}")))?,
+        let (flush, behind) = match config.durability {
+            Durability::Sync => (
+                Some(
+                    GroupFlush::start(store.clone(), "cache")
+                        .map_err(|e| StoreError::Io(format!("cannot start the flusher: {e}")))?,
+                ),
+                None,
             ),
-            Durability::Periodic => None,
+            Durability::Periodic => (
+                None,
+                Some(WriteBehind::new(usize_of(config.write_behind_bytes))),
+            ),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -141,6 +151,7 @@ impl CacheEngine {
                     compression_level: config.compression_level,
                 },
                 flush,
+                behind,
             }),
         })
     }
@@ -165,6 +176,14 @@ impl CacheEngine {
 
     pub fn hot_entries(&self) -> usize {
         self.inner.hot.len()
+    }
+
+    /// Keys and bytes answered but not yet written to the store (write-behind).
+    pub fn write_behind(&self) -> (usize, usize) {
+        self.inner
+            .behind
+            .as_ref()
+            .map_or((0, 0), |b| (b.staged_keys(), b.staged_bytes()))
     }
 
     /// Checks a namespace (for Watch and Stats as well as reads and writes).
@@ -253,8 +272,50 @@ impl CacheEngine {
                 },
                 hot.stored_len,
             ))),
-            None => self.header(name),
+            None => match self.staged_for(name) {
+                Some(Staged::Put {
+                    version,
+                    expires_at_ms,
+                    value,
+                }) => Ok(Some((
+                    Stored {
+                        version,
+                        expires_at_ms,
+                        compressed: false,
+                        raw_len: value.len() as u64,
+                        data: Vec::new(),
+                    },
+                    0,
+                ))),
+                Some(Staged::Delete) => Ok(None),
+                None => self.header(name),
+            },
         }
+    }
+
+    /// What is staged for an entry (write-behind), if anything.
+    fn staged_for(&self, name: &[u8]) -> Option<Staged> {
+        self.inner.behind.as_ref().and_then(|b| b.staged(name))
+    }
+
+    /// What the store holds for an entry now, for the record a staged write
+    /// starts (under the stripe lock): the record's own knowledge, else the
+    /// hot tier (coherent with the store while nothing is staged), else the
+    /// store.
+    fn in_store(&self, behind: &WriteBehind, name: &[u8]) -> Result<Option<InStore>, CacheError> {
+        if let Some(known) = behind.in_store(name) {
+            return Ok(known);
+        }
+        if let Some(hot) = self.inner.hot.get(name) {
+            return Ok(Some(InStore {
+                expires_at_ms: hot.expires_at_ms,
+                stored_len: hot.stored_len,
+            }));
+        }
+        Ok(self.header(name)?.map(|(h, stored_len)| InStore {
+            expires_at_ms: h.expires_at_ms,
+            stored_len,
+        }))
     }
 
     /// The stored header of an entry (and its stored length), without the value.
@@ -294,6 +355,39 @@ impl CacheEngine {
         }
         count(Counters::hot_miss);
         let _guard = self.lock(&name);
+        if let Some(behind) = &self.inner.behind
+            && let Some(staged) = behind.staged(&name)
+        {
+            let Staged::Put {
+                version,
+                expires_at_ms,
+                value,
+            } = staged
+            else {
+                count(Counters::store_miss);
+                return Ok(None);
+            };
+            if expires_at_ms != 0 && expires_at_ms <= now {
+                count(Counters::store_miss);
+                return Ok(None);
+            }
+            let in_store = behind.in_store(&name).flatten();
+            self.inner.hot.insert(
+                name,
+                HotEntry {
+                    version,
+                    expires_at_ms,
+                    value: value.clone(),
+                    stored_len: in_store.map_or(0, |s| s.stored_len),
+                },
+            );
+            count(Counters::store_hit);
+            return Ok(Some(Found {
+                value,
+                version,
+                expires_at_ms,
+            }));
+        }
         let Some(bytes) = self.inner.tree.get(&entry::entry_key(&name))? else {
             count(Counters::store_miss);
             return Ok(None);
@@ -324,7 +418,8 @@ impl CacheEngine {
     }
 
     /// Writes an entry if `condition` holds. `ttl` None: no expiry. In `sync`
-    /// durability, wait for [`Self::durable`] before answering.
+    /// durability, wait for [`Self::durable`] before answering; in
+    /// `periodic`, the write is staged and reaches the store at the next drain.
     pub fn put(
         &self,
         namespace: &str,
@@ -340,8 +435,19 @@ impl CacheEngine {
             return Err(FieldError::too_long("value", len, max, "cache.max_value_bytes").into());
         }
         let counters = self.inner.namespaces.get_or_create(namespace)?;
-        let (compressed, data) = self.pack(&counters, &value);
         let name = entry::name(namespace, key);
+        // Staged writes are bounded: past the bound this call drains first
+        // (outside any stripe lock: the drain takes them).
+        if let Some(behind) = &self.inner.behind
+            && behind.full(name.len() + value.len())
+        {
+            self.drain()?;
+        }
+        // Packing is the slow part of a direct write: before the lock.
+        let packed = match self.inner.behind {
+            Some(_) => None,
+            None => Some(self.pack(&counters, &value)),
+        };
         let now = now_ms();
         // Millisecond resolution; a positive TTL below 1 ms still expires.
         let expires_at_ms = ttl.map_or(0, |t| {
@@ -354,40 +460,50 @@ impl CacheEngine {
         // sled's ids start at 0, but version 0 is "no version" on the wire
         // (an unset if_version): versions start at 1, as on Redis.
         let version = self.inner.store.next_id()?.saturating_add(1);
-        let stored = Stored {
-            version,
-            expires_at_ms,
-            compressed,
-            raw_len: value.len() as u64,
-            data,
+        let raw = value.len() as i64;
+        let (old_raw, old_stored) = match &current {
+            Some((old, old_len)) => (Some(old.raw_len as i64), *old_len as i64),
+            None => (None, 0),
         };
-        let tree = &self.inner.tree;
-        // Index first: a crash in between leaves an index entry without an
-        // entry (the sweeper skips it), never an entry the sweeper cannot find.
-        if expires_at_ms != 0 {
-            tree.set(&entry::expiry_key(expires_at_ms, &name), &[])?;
-        }
-        tree.set(&entry::entry_key(&name), &stored.encode())?;
-        if let Some((old, _)) = &current
-            && old.expires_at_ms != 0
-            && old.expires_at_ms != expires_at_ms
-        {
-            tree.remove(&entry::expiry_key(old.expires_at_ms, &name))?;
-        }
-        let (raw, stored_len) = (value.len() as i64, stored.data.len() as i64);
-        match &current {
-            Some((old, old_len)) => {
-                counters.resize(0, raw - old.raw_len as i64, stored_len - *old_len as i64)
+        let stored_len = match (&self.inner.behind, packed) {
+            (Some(behind), _) => {
+                let in_store = self.in_store(behind, &name)?;
+                let staged = Staged::Put {
+                    version,
+                    expires_at_ms,
+                    value: value.clone(),
+                };
+                behind.stage(&name, staged, in_store);
+                // Stored bytes are counted when the drain writes them.
+                counters.resize(i64::from(old_raw.is_none()), raw - old_raw.unwrap_or(0), 0);
+                in_store.map_or(0, |s| s.stored_len)
             }
-            None => counters.resize(1, raw, stored_len),
-        }
+            (None, packed) => {
+                let (compressed, data) = packed.unwrap_or_default();
+                let stored = Stored {
+                    version,
+                    expires_at_ms,
+                    compressed,
+                    raw_len: value.len() as u64,
+                    data,
+                };
+                self.write_direct(&name, &stored, current.as_ref().map(|(c, _)| c))?;
+                let stored_len = stored.data.len();
+                counters.resize(
+                    i64::from(old_raw.is_none()),
+                    raw - old_raw.unwrap_or(0),
+                    stored_len as i64 - old_stored,
+                );
+                stored_len
+            }
+        };
         self.inner.hot.insert(
             name,
             HotEntry {
                 version,
                 expires_at_ms,
                 value: value.clone(),
-                stored_len: stored_len as usize,
+                stored_len,
             },
         );
         self.inner.watch.publish(namespace, || Change {
@@ -399,6 +515,140 @@ impl CacheEngine {
             at_ms: now,
         });
         Ok(Written { version })
+    }
+
+    /// Writes an entry to the store at once (`sync` durability), under its
+    /// stripe lock; `old` is the entry it replaces.
+    fn write_direct(
+        &self,
+        name: &[u8],
+        stored: &Stored,
+        old: Option<&Stored>,
+    ) -> Result<(), CacheError> {
+        let tree = &self.inner.tree;
+        let expires_at_ms = stored.expires_at_ms;
+        // Index first: a crash in between leaves an index entry without an
+        // entry (the sweeper skips it), never an entry the sweeper cannot find.
+        if expires_at_ms != 0 {
+            tree.set(&entry::expiry_key(expires_at_ms, name), &[])?;
+        }
+        tree.set(&entry::entry_key(name), &stored.encode())?;
+        if let Some(old) = old
+            && old.expires_at_ms != 0
+            && old.expires_at_ms != expires_at_ms
+        {
+            tree.remove(&entry::expiry_key(old.expires_at_ms, name))?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is staged (write-behind) to the store in one batch:
+    /// values packed now, a key rewritten since the last drain written
+    /// once. Returns how many keys it wrote. Blocking.
+    pub fn drain(&self) -> Result<usize, CacheError> {
+        let Some(behind) = &self.inner.behind else {
+            return Ok(0);
+        };
+        let _turn = behind.drain_turn();
+        let pending = behind.snapshot();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut ops = Vec::with_capacity(pending.len() * 2);
+        let written: Vec<Option<InStore>> = pending
+            .iter()
+            .map(|p| self.store_ops(p, &mut ops))
+            .collect();
+        self.inner.tree.apply_batch(ops)?;
+        for (p, now) in pending.iter().zip(written) {
+            let _guard = self.lock(&p.name);
+            let (before, after) = (
+                p.in_store.map_or(0, |s| s.stored_len as i64),
+                now.map_or(0, |s| s.stored_len as i64),
+            );
+            if let Some(c) = self.counters_of(&p.name) {
+                c.resize(0, 0, after - before);
+            }
+            behind.written(p, now);
+            // The hot tier knows the stored size of what the store holds.
+            if let Some(now) = now
+                && let Some(mut hot) = self.inner.hot.get(&p.name)
+                && hot.stored_len != now.stored_len
+            {
+                hot.stored_len = now.stored_len;
+                self.inner.hot.insert(p.name.clone(), hot);
+            }
+        }
+        Ok(pending.len())
+    }
+
+    /// Drains, then flushes the store if any drain wrote since the last
+    /// flush: whatever was answered before the call is on disk after it.
+    pub fn drain_and_flush(&self) -> Result<usize, CacheError> {
+        let drained = self.drain()?;
+        if self
+            .inner
+            .behind
+            .as_ref()
+            .is_some_and(WriteBehind::take_unflushed)
+        {
+            self.inner.store.flush()?;
+        }
+        Ok(drained)
+    }
+
+    /// The store operations that make the store hold `p`; what it then holds.
+    fn store_ops(&self, p: &Pending, ops: &mut Vec<BatchOp>) -> Option<InStore> {
+        let old_expiry = p.in_store.map_or(0, |s| s.expires_at_ms);
+        let stale_index = |ops: &mut Vec<BatchOp>, keep: u64| {
+            if old_expiry != 0 && old_expiry != keep {
+                ops.push(BatchOp::Remove(entry::expiry_key(old_expiry, &p.name)));
+            }
+        };
+        match &p.staged {
+            Staged::Put {
+                version,
+                expires_at_ms,
+                value,
+            } => {
+                let limits = self.inner.limits;
+                let (packing, data) = compress::pack_judged(
+                    value,
+                    limits.compress_min_bytes,
+                    limits.compression_level,
+                );
+                if let Some(c) = self.counters_of(&p.name) {
+                    c.packed(packing);
+                }
+                let stored = Stored {
+                    version: *version,
+                    expires_at_ms: *expires_at_ms,
+                    compressed: packing.compressed(),
+                    raw_len: value.len() as u64,
+                    data,
+                };
+                if *expires_at_ms != 0 {
+                    let index = entry::expiry_key(*expires_at_ms, &p.name);
+                    ops.push(BatchOp::Insert(index, Vec::new()));
+                }
+                let stored_len = stored.data.len();
+                ops.push(BatchOp::Insert(entry::entry_key(&p.name), stored.encode()));
+                stale_index(ops, *expires_at_ms);
+                Some(InStore {
+                    expires_at_ms: *expires_at_ms,
+                    stored_len,
+                })
+            }
+            Staged::Delete => {
+                ops.push(BatchOp::Remove(entry::entry_key(&p.name)));
+                stale_index(ops, 0);
+                None
+            }
+        }
+    }
+
+    fn counters_of(&self, name: &[u8]) -> Option<Arc<Counters>> {
+        entry::split_name(name).and_then(|(namespace, _)| self.inner.namespaces.get(namespace))
     }
 
     /// Resolves once every write made before the call is on disk (`sync`
@@ -440,10 +690,7 @@ impl CacheEngine {
             return Ok(false);
         };
         let stored_len = current.as_ref().map_or(0, |(_, l)| *l);
-        self.remove_locked(&name, old)?;
-        if let Some(c) = self.inner.namespaces.get(namespace) {
-            c.resize(-1, -(old.raw_len as i64), -(stored_len as i64));
-        }
+        self.remove_locked(&name, old, stored_len)?;
         let version = old.version;
         self.inner.watch.publish(namespace, || Change {
             kind: ChangeKind::Delete,
@@ -456,13 +703,34 @@ impl CacheEngine {
         Ok(true)
     }
 
-    fn remove_locked(&self, name: &[u8], old: &Stored) -> Result<(), CacheError> {
-        let tree = &self.inner.tree;
-        tree.remove(&entry::entry_key(name))?;
-        if old.expires_at_ms != 0 {
-            tree.remove(&entry::expiry_key(old.expires_at_ms, name))?;
-        }
+    /// Removes an entry (`old`, stored in `stored_len` bytes) under its
+    /// stripe lock: staged in `periodic` (its stored bytes are counted off
+    /// when the drain removes it), from the store at once in `sync`.
+    fn remove_locked(
+        &self,
+        name: &[u8],
+        old: &Stored,
+        stored_len: usize,
+    ) -> Result<(), CacheError> {
+        let stored = match &self.inner.behind {
+            Some(behind) => {
+                let in_store = self.in_store(behind, name)?;
+                behind.stage(name, Staged::Delete, in_store);
+                0
+            }
+            None => {
+                let tree = &self.inner.tree;
+                tree.remove(&entry::entry_key(name))?;
+                if old.expires_at_ms != 0 {
+                    tree.remove(&entry::expiry_key(old.expires_at_ms, name))?;
+                }
+                stored_len as i64
+            }
+        };
         self.inner.hot.remove(name);
+        if let Some(c) = self.counters_of(name) {
+            c.resize(-1, -(old.raw_len as i64), -stored);
+        }
         Ok(())
     }
 
@@ -497,19 +765,18 @@ impl CacheEngine {
 
     fn expire_one(&self, name: &[u8], at: u64, now: u64) -> Result<(), CacheError> {
         let _guard = self.lock(name);
-        let Some((current, stored_len)) = self.header(name)? else {
+        let Some((current, stored_len)) = self.current(name)? else {
             return Ok(());
         };
         // The index may be stale: the entry was rewritten with another expiry.
         if current.expires_at_ms != at || current.is_live(now) {
             return Ok(());
         }
-        self.remove_locked(name, &current)?;
+        self.remove_locked(name, &current, stored_len)?;
         let Some((namespace, key)) = entry::split_name(name) else {
             return Ok(());
         };
         if let Some(c) = self.inner.namespaces.get(namespace) {
-            c.resize(-1, -(current.raw_len as i64), -(stored_len as i64));
             c.expirations
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

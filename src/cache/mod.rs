@@ -7,9 +7,11 @@
 //! - `hot`: the in-memory tier (quick_cache).
 //! - `stats`: per-namespace counters, for Stats and /metrics.
 //! - `watch`: change events to watchers, with resync on overflow.
+//! - `behind`: writes staged in memory until a drain writes them (`periodic`).
 //! - `engine`: get/put/delete, conditions, expiry sweeping.
 //! - `service`: `gantry.v1.Cache` over gRPC.
 
+pub mod behind;
 pub mod compress;
 pub mod config;
 pub mod engine;

@@ -1,8 +1,9 @@
 //! The cache as the server runs it: opened over the store (its entries
-//! counted), `gantry.v1.Cache` served, expired entries swept. What it writes
-//! is in the store, which the server flushes last.
+//! counted), `gantry.v1.Cache` served, expired entries swept, staged writes
+//! drained (`periodic`). What it writes is in the store by its stop, and the
+//! server flushes the store last.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::CacheEngine;
 use super::engine::run_sweeper;
@@ -18,8 +19,11 @@ use std::sync::Arc;
 pub struct Runtime;
 
 impl Runtime {
+    /// `flush_interval`: `storage.flush_interval`, within which a write
+    /// answered in `periodic` durability is on disk.
     pub async fn start(
         config: &CacheConfig,
+        flush_interval: Duration,
         ctx: &mut Context<'_>,
     ) -> Result<Capability, StartError> {
         let (cache_config, store) = (config.clone(), ctx.store.clone());
@@ -63,6 +67,21 @@ impl Runtime {
                 .status(status));
         }
 
+        // Staged writes are drained and flushed every half flush interval:
+        // on disk within one, as `periodic` promises.
+        let draining = cache.clone();
+        ctx.background.every_off_the_workers(
+            (flush_interval / 2).max(Duration::from_millis(1)),
+            "cache writes drained to the store",
+            move || match draining.drain_and_flush() {
+                Ok(drained) => drained,
+                Err(e) => {
+                    tracing::warn!(error = %e, "writing staged cache writes to the store failed; retrying");
+                    0
+                }
+            },
+        );
+
         let token = ctx.background.token();
         ctx.background.spawn(run_sweeper(
             cache.clone(),
@@ -87,6 +106,7 @@ impl Runtime {
             }
         });
 
+        let cache_for_stop = cache.clone();
         let lanes = ctx.lanes(config.coalesce);
         let service = Arc::new(CacheService::new(cache.clone(), lanes));
         let status = super::status::source(service.clone(), cache);
@@ -97,7 +117,14 @@ impl Runtime {
                 "server.max_message_bytes"
             ))
             .inline(cache_server::SERVICE_NAME, &["Get", "Put", "Delete"]);
-        Ok(Capability::new("cache", served, Box::pin(async {}))
+        // What is still staged is written before the server's last flush.
+        let stop = Box::pin(async move {
+            let drained = tokio::task::spawn_blocking(move || cache_for_stop.drain()).await;
+            if let Ok(Err(e)) = drained {
+                tracing::error!(error = %e, "staged cache writes could not be written at shutdown");
+            }
+        });
+        Ok(Capability::new("cache", served, stop)
             .needs_store(true)
             .status(status))
     }

@@ -388,6 +388,21 @@ impl Collector for WatchCollector {
             "Entries in the in-memory hot tier",
             MetricType::Gauge,
             cache.hot_entries() as u64,
+        )?;
+        let (keys, bytes) = cache.write_behind();
+        single(
+            &mut encoder,
+            "gantry_cache_write_behind_keys",
+            "Keys written by calls but not yet to the store (periodic durability)",
+            MetricType::Gauge,
+            keys as u64,
+        )?;
+        single(
+            &mut encoder,
+            "gantry_cache_write_behind_bytes",
+            "Bytes of keys and values written by calls but not yet to the store (cache.write_behind_bytes bounds it)",
+            MetricType::Gauge,
+            bytes as u64,
         )
     }
 }

@@ -336,10 +336,24 @@ async fn values_round_trip_whether_compressed_or_not(backend: Backend) {
         );
     }
     // What compression made of each value: gzip tried only where the
-    // sample said it could pay.
-    let (_, metrics) = http_get(server.metrics, "/metrics").await;
-    for (outcome, count) in [("gzip", 1.0), ("skipped", 1.0), ("small", 1.0), ("not_smaller", 0.0)] {
-        let series = format!("gantry_cache_packed_total{{namespace=\"blobs\",outcome=\"{outcome}\"}}");
+    // sample said it could pay. Counted as values are written to the store
+    // (on sled in `periodic` durability by the drain, within half
+    // `storage.flush_interval`).
+    let expected = [("gzip", 1.0), ("skipped", 1.0), ("small", 1.0), ("not_smaller", 0.0)];
+    let series = |outcome: &str| {
+        format!("gantry_cache_packed_total{{namespace=\"blobs\",outcome=\"{outcome}\"}}")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let (_, metrics) = http_get(server.metrics, "/metrics").await;
+        let counted = metric_value(&metrics, &series("gzip")) == Some(1.0);
+        if counted || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (outcome, count) in expected {
+        let series = series(outcome);
         assert_eq!(metric_value(&metrics, &series), Some(count), "{series}\n{metrics}");
     }
     if backend.is_redis() {

@@ -120,3 +120,137 @@ fn a_damaged_data_directory_stops_the_server_or_is_quarantined() {
     gantry.signal("TERM");
     assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
 }
+
+/// `periodic` (the default) stages writes and drains them every half flush
+/// interval: after SIGKILL, every Put acknowledged at least one flush
+/// interval before the kill is there (with 100 ms allowed for the drain and
+/// the flush themselves on a loaded test machine), rewrites of one key
+/// included; after SIGTERM every acknowledged Put is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_puts_are_on_disk_within_the_flush_interval_and_all_after_a_stop() {
+    const FLUSH: Duration = Duration::from_millis(200);
+    let cwd = tempfile::tempdir().unwrap();
+    let envs = [("GANTRY_STORAGE_FLUSH_INTERVAL", "200ms")];
+    let mut gantry = spawn(cwd.path(), &envs);
+    let (grpc, _) = gantry.wait_until_listening();
+    let channel = connect(grpc).await;
+    // (key, version, value length, when acknowledged)
+    type Acks = Arc<Mutex<Vec<(String, u64, usize, Instant)>>>;
+    let acknowledged: Acks = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut c = CacheClient::new(channel.clone());
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                // Half the writers rewrite one key with 10 KiB values.
+                let (key, len) = match w % 2 {
+                    0 => ("shared".to_string(), 10 * 1024 + i % 7),
+                    _ => (format!("w{w}-{i}"), 100),
+                };
+                let put = c
+                    .put(pb::PutRequest {
+                        namespace: "orders".into(),
+                        key: key.clone(),
+                        value: vec![b'a' + (i % 26) as u8; len].into(),
+                        ..Default::default()
+                    })
+                    .await;
+                match put {
+                    Ok(r) => acknowledged.lock().unwrap().push((
+                        key,
+                        r.into_inner().version,
+                        len,
+                        Instant::now(),
+                    )),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gantry.signal("KILL");
+    let killed = Instant::now();
+    gantry.wait_exit(Duration::from_secs(10));
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let old_enough: Vec<_> = acknowledged
+        .iter()
+        .filter(|(.., at)| killed.duration_since(*at) >= FLUSH + Duration::from_millis(100))
+        .collect();
+    assert!(old_enough.len() > 100, "{} puts checked", old_enough.len());
+
+    let mut gantry = spawn(cwd.path(), &envs);
+    let (grpc, _) = gantry.wait_until_listening();
+    let mut c = CacheClient::new(connect(grpc).await);
+    let mut shared_at_least = 0;
+    for (key, version, len, _) in &old_enough {
+        if key == "shared" {
+            shared_at_least = shared_at_least.max(*version);
+            continue;
+        }
+        let r = c
+            .get(pb::GetRequest {
+                namespace: "orders".into(),
+                key: key.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            r.found,
+            "{key}, acknowledged before the flush interval, lost"
+        );
+        assert_eq!((r.version, r.value.len()), (*version, *len), "{key}");
+    }
+    let shared = c
+        .get(pb::GetRequest {
+            namespace: "orders".into(),
+            key: "shared".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        shared.found && shared.version >= shared_at_least,
+        "the rewritten key is at version {} (found: {}), older than {shared_at_least}",
+        shared.version,
+        shared.found
+    );
+
+    // A stop writes everything staged before the last flush.
+    let mut versions = Vec::new();
+    for i in 0..50 {
+        let r = c
+            .put(pb::PutRequest {
+                namespace: "orders".into(),
+                key: format!("before-stop-{i}"),
+                value: vec![b'z'; 4096].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        versions.push(r.into_inner().version);
+    }
+    gantry.signal("TERM");
+    assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
+    let mut gantry = spawn(cwd.path(), &envs);
+    let (grpc, _) = gantry.wait_until_listening();
+    let mut c = CacheClient::new(connect(grpc).await);
+    for (i, version) in versions.iter().enumerate() {
+        let r = c
+            .get(pb::GetRequest {
+                namespace: "orders".into(),
+                key: format!("before-stop-{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.found, "before-stop-{i} lost at a graceful stop");
+        assert_eq!(r.version, *version);
+    }
+    gantry.signal("TERM");
+    assert_eq!(gantry.wait_exit(Duration::from_secs(15)), 0);
+}
