@@ -56,8 +56,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Cache values are handed from the hot tier to responses and watchers
         // without copying: `bytes::Bytes` instead of `Vec<u8>`.
         .bytes(".gantry.v1")
-        // A 32 KiB receive buffer instead of tonic's 8 KiB (src/codec.rs).
-        .codec_path("crate::codec::WideProstCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -6,7 +6,6 @@
 pub mod auth;
 pub mod cache;
 pub mod cli;
-pub mod codec;
 pub mod config;
 pub mod error;
 pub mod filewatch;
