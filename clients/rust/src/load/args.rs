@@ -80,6 +80,10 @@ pub struct LoadArgs {
     /// Value size in bytes (cache-put).
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
+    /// cache-put values of random bytes (as encrypted or compressed payloads
+    /// are: gzip cannot shrink them) instead of one repeated byte.
+    #[arg(long)]
+    pub random_values: bool,
     /// Attributes per span (ingest, otlp-export).
     #[arg(long, default_value_t = 10)]
     pub span_attributes: usize,

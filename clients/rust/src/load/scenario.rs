@@ -88,7 +88,11 @@ impl Caller {
     ) -> Self {
         Self {
             scenario,
-            value: vec![b'x'; args.value_size],
+            value: if args.random_values {
+                (0..args.value_size).map(|_| rand::random::<u8>()).collect()
+            } else {
+                vec![b'x'; args.value_size]
+            },
             keys,
             health: HealthClient::new(channel.clone()),
             rate: pb::rate_limiter_client::RateLimiterClient::new(channel.clone()),
