@@ -293,6 +293,25 @@ impl CacheEngine {
         }
     }
 
+    /// Puts an entry in the hot tier; `stored_len`: its bytes in the store
+    /// (what the store holds for the key, while a write of it is staged).
+    fn remember(
+        &self,
+        name: Vec<u8>,
+        version: u64,
+        expires_at_ms: u64,
+        value: Bytes,
+        stored_len: usize,
+    ) {
+        let entry = HotEntry {
+            version,
+            expires_at_ms,
+            value,
+            stored_len,
+        };
+        self.inner.hot.insert(name, entry);
+    }
+
     /// What is staged for an entry (write-behind), if anything.
     fn staged_for(&self, name: &[u8]) -> Option<Staged> {
         self.inner.behind.as_ref().and_then(|b| b.staged(name))
@@ -372,15 +391,8 @@ impl CacheEngine {
                 return Ok(None);
             }
             let in_store = behind.in_store(&name).flatten();
-            self.inner.hot.insert(
-                name,
-                HotEntry {
-                    version,
-                    expires_at_ms,
-                    value: value.clone(),
-                    stored_len: in_store.map_or(0, |s| s.stored_len),
-                },
-            );
+            let stored_len = in_store.map_or(0, |s| s.stored_len);
+            self.remember(name, version, expires_at_ms, value.clone(), stored_len);
             count(Counters::store_hit);
             return Ok(Some(Found {
                 value,
@@ -400,14 +412,13 @@ impl CacheEngine {
         let value = compress::unpack(stored.compressed, &stored.data, stored.raw_len)
             .map_err(|e| damaged(&name, e))?;
         let value = Bytes::from(value);
-        self.inner.hot.insert(
+        let (version, expires_at_ms) = (stored.version, stored.expires_at_ms);
+        self.remember(
             name,
-            HotEntry {
-                version: stored.version,
-                expires_at_ms: stored.expires_at_ms,
-                value: value.clone(),
-                stored_len: stored.data.len(),
-            },
+            version,
+            expires_at_ms,
+            value.clone(),
+            stored.data.len(),
         );
         count(Counters::store_hit);
         Ok(Some(Found {
@@ -497,15 +508,7 @@ impl CacheEngine {
                 stored_len
             }
         };
-        self.inner.hot.insert(
-            name,
-            HotEntry {
-                version,
-                expires_at_ms,
-                value: value.clone(),
-                stored_len,
-            },
-        );
+        self.remember(name, version, expires_at_ms, value.clone(), stored_len);
         self.inner.watch.publish(namespace, || Change {
             kind: ChangeKind::Put,
             namespace: namespace.to_string(),

@@ -14,6 +14,16 @@ fn spawn(cwd: &std::path::Path, envs: &[(&str, &str)]) -> GantryProcess {
     GantryProcess::spawn(&serve_args(&[]), envs, cwd)
 }
 
+async fn read(c: &mut CacheClient<tonic::transport::Channel>, key: &str) -> pb::GetResponse {
+    c.get(pb::GetRequest {
+        namespace: "orders".into(),
+        key: key.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_acknowledged_in_sync_mode_survives_sigkill() {
     let cwd = tempfile::tempdir().unwrap();
@@ -67,14 +77,7 @@ async fn a_put_acknowledged_in_sync_mode_survives_sigkill() {
     let (grpc, _) = gantry.wait_until_listening();
     let mut c = CacheClient::new(connect(grpc).await);
     for (key, version) in &acknowledged {
-        let r = c
-            .get(pb::GetRequest {
-                namespace: "orders".into(),
-                key: key.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = read(&mut c, key).await;
         assert!(r.found, "acknowledged put {key} lost");
         assert_eq!(r.version, *version);
         assert_eq!(&r.value[..], format!("value of {key}").as_bytes());
@@ -191,28 +194,14 @@ async fn periodic_puts_are_on_disk_within_the_flush_interval_and_all_after_a_sto
             shared_at_least = shared_at_least.max(*version);
             continue;
         }
-        let r = c
-            .get(pb::GetRequest {
-                namespace: "orders".into(),
-                key: key.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = read(&mut c, key).await;
         assert!(
             r.found,
             "{key}, acknowledged before the flush interval, lost"
         );
         assert_eq!((r.version, r.value.len()), (*version, *len), "{key}");
     }
-    let shared = c
-        .get(pb::GetRequest {
-            namespace: "orders".into(),
-            key: "shared".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let shared = read(&mut c, "shared").await;
     assert!(
         shared.found && shared.version >= shared_at_least,
         "the rewritten key is at version {} (found: {}), older than {shared_at_least}",
@@ -240,14 +229,7 @@ async fn periodic_puts_are_on_disk_within_the_flush_interval_and_all_after_a_sto
     let (grpc, _) = gantry.wait_until_listening();
     let mut c = CacheClient::new(connect(grpc).await);
     for (i, version) in versions.iter().enumerate() {
-        let r = c
-            .get(pb::GetRequest {
-                namespace: "orders".into(),
-                key: format!("before-stop-{i}"),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = read(&mut c, &format!("before-stop-{i}")).await;
         assert!(r.found, "before-stop-{i} lost at a graceful stop");
         assert_eq!(r.version, *version);
     }
