@@ -11,6 +11,7 @@
 //! so a record and the store never disagree about what the store holds.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use prost::bytes::Bytes;
@@ -75,6 +76,9 @@ pub struct WriteBehind {
     /// One drain at a time: two would race to write one key's records.
     draining: Mutex<()>,
     max_bytes: usize,
+    /// Keys drains wrote, and drains the store refused (for /metrics).
+    written_keys: AtomicU64,
+    failed_drains: AtomicU64,
 }
 
 impl WriteBehind {
@@ -84,6 +88,8 @@ impl WriteBehind {
             records: Mutex::new(Records::default()),
             draining: Mutex::new(()),
             max_bytes,
+            written_keys: AtomicU64::new(0),
+            failed_drains: AtomicU64::new(0),
         }
     }
 
@@ -171,6 +177,7 @@ impl WriteBehind {
     /// stays, knowing what the store holds now). Call under the key's
     /// stripe lock.
     pub fn written(&self, pending: &Pending, written: Option<InStore>) {
+        self.written_keys.fetch_add(1, Ordering::Relaxed);
         let mut records = self.records.lock();
         let records = &mut *records;
         records.unflushed = true;
@@ -184,6 +191,19 @@ impl WriteBehind {
         } else {
             record.in_store = written;
         }
+    }
+
+    /// Counts a drain the store refused (what it held stays staged).
+    pub fn drain_failed(&self) {
+        self.failed_drains.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keys written by drains so far, and drains the store refused.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.written_keys.load(Ordering::Relaxed),
+            self.failed_drains.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether a drain wrote since the last call (so a flush is due).
@@ -252,6 +272,8 @@ mod tests {
         assert_eq!(wb.staged_bytes(), 1 + 2);
         assert!(wb.take_unflushed());
         assert!(!wb.take_unflushed());
+        wb.drain_failed();
+        assert_eq!(wb.totals(), (2, 1));
     }
 
     #[test]

@@ -186,6 +186,14 @@ impl CacheEngine {
             .map_or((0, 0), |b| (b.staged_keys(), b.staged_bytes()))
     }
 
+    /// Keys written by write-behind drains so far, and drains the store refused.
+    pub fn write_behind_totals(&self) -> (u64, u64) {
+        self.inner
+            .behind
+            .as_ref()
+            .map_or((0, 0), WriteBehind::totals)
+    }
+
     /// Checks a namespace (for Watch and Stats as well as reads and writes).
     pub fn check_namespace(&self, namespace: &str) -> Result<(), CacheError> {
         let field = "namespace";
@@ -558,11 +566,15 @@ impl CacheEngine {
             return Ok(0);
         }
         let mut ops = Vec::with_capacity(pending.len() * 2);
+        let _span = tracing::debug_span!("cache.drain", keys = pending.len()).entered();
         let written: Vec<Option<InStore>> = pending
             .iter()
             .map(|p| self.store_ops(p, &mut ops))
             .collect();
-        self.inner.tree.apply_batch(ops)?;
+        if let Err(e) = self.inner.tree.apply_batch(ops) {
+            behind.drain_failed();
+            return Err(e.into());
+        }
         for (p, now) in pending.iter().zip(written) {
             let _guard = self.lock(&p.name);
             let (before, after) = (

@@ -457,6 +457,7 @@ fn rewrites_between_drains_are_packed_and_written_once() {
     assert_eq!(c.store.tree(Domain::Cache).len(), 0, "nothing written yet");
     c.settle();
     assert_eq!(c.write_behind(), (0, 0));
+    assert_eq!(c.write_behind_totals(), (1, 0), "100 puts, one key written");
     let s = c.namespaces().get("ns").unwrap().snapshot();
     assert_eq!(s.packed, [0, 0, 0, 1], "gzipped once, for the last value");
     assert_eq!((s.entries, s.raw_bytes), (1, 4096));
@@ -539,6 +540,7 @@ fn a_store_that_refuses_writes_refuses_puts_and_keeps_what_is_staged() {
         "{refused}"
     );
     assert!(c.drain().is_err(), "the drain says the store failed");
+    assert_eq!(c.write_behind_totals(), (0, 1));
     assert_eq!(c.write_behind().0, 1, "the staged write is kept to retry");
     assert_eq!(c.get("ns", "k").unwrap().unwrap().version, v);
     c.store.health().recovered();

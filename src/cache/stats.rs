@@ -403,6 +403,21 @@ impl Collector for WatchCollector {
             "Bytes of keys and values written by calls but not yet to the store (cache.write_behind_bytes bounds it)",
             MetricType::Gauge,
             bytes as u64,
+        )?;
+        let (written, failed) = cache.write_behind_totals();
+        single(
+            &mut encoder,
+            "gantry_cache_write_behind_written",
+            "Keys written to the store by write-behind drains (a key rewritten between two drains once)",
+            MetricType::Counter,
+            written,
+        )?;
+        single(
+            &mut encoder,
+            "gantry_cache_write_behind_failed_drains",
+            "Write-behind drains the store refused (what they held stays staged and is retried)",
+            MetricType::Counter,
+            failed,
         )
     }
 }
