@@ -87,6 +87,22 @@ fn benches(c: &mut Criterion) {
             )
         })
     });
+    // The parser's share alone, given the tokens (what handing sqlparser
+    // tokens made elsewhere could save at most).
+    let tokens =
+        sqlparser::tokenizer::Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, join)
+            .tokenize_with_location()
+            .unwrap_or_default();
+    group.bench_function("parse_given_tokens", |b| {
+        b.iter(|| {
+            black_box(
+                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                    .with_tokens_with_locations(black_box(tokens.clone()))
+                    .parse_statements()
+                    .ok(),
+            )
+        })
+    });
     group.bench_function("analyze", |b| {
         b.iter(|| black_box(analyze(black_box(join), Dialect::Postgres, &settings)))
     });
