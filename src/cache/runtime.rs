@@ -5,15 +5,16 @@
 
 use std::time::{Duration, Instant};
 
-use super::CacheEngine;
 use super::engine::run_sweeper;
 use super::service::CacheService;
 use super::shared::RedisCache;
 use super::stats::{CacheCollector, WatchCollector};
+use super::{CacheEngine, CacheError};
 use crate::config::CacheConfig;
 use crate::proto::gantry::v1::cache_server::{self, CacheServer};
 use crate::routes::{Served, grpc_service};
 use crate::runtime::{Capability, Context, StartError, blocking};
+use crate::store::StoreError;
 use std::sync::Arc;
 
 pub struct Runtime;
@@ -75,6 +76,9 @@ impl Runtime {
             "cache writes drained to the store",
             move || match draining.drain_and_flush() {
                 Ok(drained) => drained,
+                // Said once by the store's health when it became unwritable;
+                // staged writes wait for its recovery.
+                Err(CacheError::Store(StoreError::Unwritable { .. })) => 0,
                 Err(e) => {
                     tracing::warn!(error = %e, "writing staged cache writes to the store failed; retrying");
                     0
