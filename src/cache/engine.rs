@@ -203,6 +203,11 @@ impl CacheEngine {
             .map_or((0, 0), |b| (b.staged_keys(), b.staged_bytes()))
     }
 
+    /// Whether writes are staged and need draining (`periodic` durability).
+    pub fn writes_behind(&self) -> bool {
+        self.inner.behind.is_some()
+    }
+
     /// Keys written by write-behind drains so far, and drains the store refused.
     pub fn write_behind_totals(&self) -> (u64, u64) {
         self.inner

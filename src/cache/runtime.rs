@@ -68,23 +68,25 @@ impl Runtime {
                 .status(status));
         }
 
-        // Staged writes are drained and flushed every half flush interval:
-        // on disk within one, as `periodic` promises.
-        let draining = cache.clone();
-        ctx.background.every_off_the_workers(
-            (flush_interval / 2).max(Duration::from_millis(1)),
-            "cache writes drained to the store",
-            move || match draining.drain_and_flush() {
-                Ok(drained) => drained,
-                // Said once by the store's health when it became unwritable;
-                // staged writes wait for its recovery.
-                Err(CacheError::Store(StoreError::Unwritable { .. })) => 0,
-                Err(e) => {
-                    tracing::warn!(error = %e, "writing staged cache writes to the store failed; retrying");
-                    0
-                }
-            },
-        );
+        if cache.writes_behind() {
+            // Staged writes are drained and flushed every half flush interval:
+            // on disk within one, as `periodic` promises.
+            let draining = cache.clone();
+            ctx.background.every_off_the_workers(
+                (flush_interval / 2).max(Duration::from_millis(1)),
+                "cache writes drained to the store",
+                move || match draining.drain_and_flush() {
+                    Ok(drained) => drained,
+                    // Said once by the store's health when it became unwritable;
+                    // staged writes wait for its recovery.
+                    Err(CacheError::Store(StoreError::Unwritable { .. })) => 0,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "writing staged cache writes to the store failed; retrying");
+                        0
+                    }
+                },
+            );
+        }
 
         let token = ctx.background.token();
         ctx.background.spawn(run_sweeper(
