@@ -41,6 +41,9 @@ pub struct QueryConfig {
     pub max_in_list: u64,
     /// `large_offset` fires above this OFFSET.
     pub max_offset: u64,
+    /// Bytes of analyses of texts seen before kept for Analyze (texts,
+    /// normalized texts and findings); 0 analyzes every call afresh.
+    pub analysis_memo_bytes: u64,
 }
 
 impl Default for QueryConfig {
@@ -60,6 +63,7 @@ impl Default for QueryConfig {
             disabled_rules: Vec::new(),
             max_in_list: 100,
             max_offset: 1_000,
+            analysis_memo_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -15,8 +15,6 @@ use quick_cache::{Equivalent, Weighter};
 use super::analyze::Analysis;
 use super::dialect::Dialect;
 
-/// Bytes of texts and analyses kept.
-const CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 /// Roughly what one entry costs besides its texts.
 const ENTRY_OVERHEAD: u64 = 256;
 
@@ -57,51 +55,48 @@ impl Weighter<Key, Arc<Analysis>> for ByBytes {
 }
 
 pub struct AnalysisMemo {
-    cache: Cache<Key, Arc<Analysis>, ByBytes>,
-}
-
-impl Default for AnalysisMemo {
-    fn default() -> Self {
-        Self {
-            cache: Cache::with_weighter(16_384, CAPACITY_BYTES, ByBytes),
-        }
-    }
+    /// None when `query.analysis_memo_bytes` is 0: every call analyzes.
+    cache: Option<Cache<Key, Arc<Analysis>, ByBytes>>,
 }
 
 impl AnalysisMemo {
-    /// The analysis of `sql` in `dialect`: remembered, or made by `analyze`
-    /// and remembered.
-    pub fn get_or_analyze(
-        &self,
-        sql: &str,
-        dialect: Dialect,
-        analyze: impl FnOnce() -> Analysis,
-    ) -> Arc<Analysis> {
-        if let Some(hit) = self.cache.get(&KeyRef { dialect, sql }) {
-            return hit;
+    /// Keeps at most `capacity_bytes` of texts and analyses (0: none).
+    pub fn new(capacity_bytes: u64) -> Self {
+        // quick_cache sizes its tables from an estimate of the entries;
+        // a short statement with its analysis weighs about 1 KiB.
+        let estimated_items = usize::try_from(capacity_bytes / 1024).unwrap_or(usize::MAX);
+        Self {
+            cache: (capacity_bytes > 0).then(|| {
+                Cache::with_weighter(estimated_items.clamp(16, 1 << 20), capacity_bytes, ByBytes)
+            }),
         }
-        let analysis = Arc::new(analyze());
-        self.cache.insert(
-            Key {
-                dialect,
-                sql: sql.into(),
-            },
-            analysis.clone(),
-        );
-        analysis
+    }
+
+    /// Keeps the analysis of `sql` in `dialect` (nothing when the memo
+    /// has no bytes).
+    pub fn remember(&self, sql: &str, dialect: Dialect, analysis: Arc<Analysis>) {
+        if let Some(cache) = &self.cache {
+            cache.insert(
+                Key {
+                    dialect,
+                    sql: sql.into(),
+                },
+                analysis,
+            );
+        }
     }
 
     /// The analysis of `sql` in `dialect` if it was made before.
     pub fn get(&self, sql: &str, dialect: Dialect) -> Option<Arc<Analysis>> {
-        self.cache.get(&KeyRef { dialect, sql })
+        self.cache.as_ref()?.get(&KeyRef { dialect, sql })
     }
 
     pub fn len(&self) -> usize {
-        self.cache.len()
+        self.cache.as_ref().map_or(0, Cache::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
+        self.len() == 0
     }
 }
 
@@ -113,13 +108,15 @@ mod tests {
 
     #[test]
     fn the_same_text_is_analyzed_once_and_a_different_one_never_shares() {
-        let memo = AnalysisMemo::default();
+        let memo = AnalysisMemo::new(1024 * 1024);
         let settings = RuleSettings::default();
         let mut runs = 0;
         let mut get = |sql: &str, d: Dialect| {
-            memo.get_or_analyze(sql, d, || {
+            memo.get(sql, d).unwrap_or_else(|| {
                 runs += 1;
-                analyze(sql, d, &settings)
+                let analysis = Arc::new(analyze(sql, d, &settings));
+                memo.remember(sql, d, analysis.clone());
+                analysis
             })
         };
         let a = get("SELECT id FROM t LIMIT 10 OFFSET 5", Dialect::Postgres);
@@ -133,5 +130,15 @@ mod tests {
         let _ = get("SELECT id FROM t LIMIT 10 OFFSET 5", Dialect::Mysql);
         assert_eq!(runs, 3);
         assert_eq!(memo.len(), 3);
+    }
+
+    #[test]
+    fn a_memo_of_no_bytes_keeps_nothing() {
+        let memo = AnalysisMemo::new(0);
+        let settings = RuleSettings::default();
+        let analysis = Arc::new(analyze("SELECT 1", Dialect::Postgres, &settings));
+        memo.remember("SELECT 1", Dialect::Postgres, analysis);
+        assert!(memo.get("SELECT 1", Dialect::Postgres).is_none());
+        assert!(memo.is_empty());
     }
 }

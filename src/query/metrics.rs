@@ -21,6 +21,7 @@ pub struct RuleLabel {
 pub struct QueryMetrics {
     pub analyzed: Family<AnalyzedLabels, Counter>,
     pub findings: Family<RuleLabel, Counter>,
+    pub remembered: Counter,
     pub executions: Counter,
     pub rejected: Counter,
     pub fingerprints: Gauge,
@@ -35,6 +36,7 @@ impl QueryMetrics {
         let m = Self {
             analyzed: Family::default(),
             findings: Family::default(),
+            remembered: Counter::default(),
             executions: Counter::default(),
             rejected: Counter::default(),
             fingerprints: Gauge::default(),
@@ -53,6 +55,11 @@ impl QueryMetrics {
             "findings",
             "Anti-pattern findings, by rule",
             m.findings.clone(),
+        );
+        r.register(
+            "analyses_remembered",
+            "Analyze calls answered from the analyses of texts seen before (query.analysis_memo_bytes)",
+            m.remembered.clone(),
         );
         r.register(
             "executions",

@@ -105,7 +105,7 @@ impl QueryEngine {
                     max_in_list: size(config.max_in_list),
                     max_offset: config.max_offset,
                 },
-                analyses: memo::AnalysisMemo::default(),
+                analyses: memo::AnalysisMemo::new(config.analysis_memo_bytes),
                 slow_threshold: config.slow_threshold.get(),
                 keep_raw_samples: config.keep_raw_samples,
                 store,
@@ -120,9 +120,11 @@ impl QueryEngine {
 
     /// Analyzes `sql`, or answers from the analyses of texts seen before.
     pub fn analyze(&self, sql: &str, dialect: Dialect) -> Arc<Analysis> {
-        let analysis = self.inner.analyses.get_or_analyze(sql, dialect, || {
-            analyze::analyze(sql, dialect, &self.inner.rules)
-        });
+        if let Some(analysis) = self.remembered(sql, dialect) {
+            return analysis;
+        }
+        let analysis = Arc::new(analyze::analyze(sql, dialect, &self.inner.rules));
+        self.inner.analyses.remember(sql, dialect, analysis.clone());
         self.count(&analysis, dialect);
         analysis
     }
@@ -131,6 +133,7 @@ impl QueryEngine {
     /// (counted as an analysis when there is one).
     pub fn remembered(&self, sql: &str, dialect: Dialect) -> Option<Arc<Analysis>> {
         let analysis = self.inner.analyses.get(sql, dialect)?;
+        self.inner.metrics.remembered.inc();
         self.count(&analysis, dialect);
         Some(analysis)
     }

@@ -66,11 +66,16 @@ async fn top(
 
 /// A text analyzed before is answered from memory (on the h2 transport,
 /// straight from the request bytes): exactly the answer of a fresh analysis
-/// on a server that never saw it, errors included; the metric counts both.
+/// on a server that remembers nothing, errors included; the metrics count
+/// both, and which calls were answered from memory.
 #[tokio::test]
 async fn a_repeated_analysis_answers_exactly_as_the_first() {
     let remembering = TestServer::start().await;
-    let fresh = TestServer::start_with(|c| c.server.direct_calls = false).await;
+    let fresh = TestServer::start_with(|c| {
+        c.server.direct_calls = false;
+        c.query.analysis_memo_bytes = 0;
+    })
+    .await;
     let mut a = QueryAnalyzerClient::new(remembering.channel.clone());
     let mut b = QueryAnalyzerClient::new(fresh.channel.clone());
     let texts = [
@@ -90,7 +95,9 @@ async fn a_repeated_analysis_answers_exactly_as_the_first() {
         for _ in 0..3 {
             assert_eq!(analyze(&mut a, sql, dialect).await, first, "{sql}");
         }
-        assert_eq!(analyze(&mut b, sql, dialect).await, first, "{sql}");
+        for _ in 0..2 {
+            assert_eq!(analyze(&mut b, sql, dialect).await, first, "{sql}");
+        }
     }
     // Invalid requests are refused the same way, remembered text or not.
     let bad = pb::AnalyzeRequest {
@@ -107,6 +114,27 @@ async fn a_repeated_analysis_answers_exactly_as_the_first() {
             "gantry_query_analyzed_total{dialect=\"postgres\",parsed=\"true\"}"
         ),
         Some(8.0),
+        "{text}"
+    );
+    // Four texts, each repeated three times after its first analysis.
+    let remembered = "gantry_query_analyses_remembered_total";
+    assert_eq!(
+        crate::common::metric_value(&text, remembered),
+        Some(12.0),
+        "{text}"
+    );
+    let (_, text) = crate::common::http_get(fresh.metrics, "/metrics").await;
+    assert_eq!(
+        crate::common::metric_value(&text, remembered),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        crate::common::metric_value(
+            &text,
+            "gantry_query_analyzed_total{dialect=\"postgres\",parsed=\"true\"}"
+        ),
+        Some(4.0),
         "{text}"
     );
     remembering.stop().await.unwrap();

@@ -15,7 +15,11 @@ pub enum ScenarioName {
     CacheGet,
     CachePut,
     CacheGetMany,
+    /// Analyze, one of ten statements (after the first calls, texts seen before).
     Analyze,
+    /// Analyze of a text never seen before: a 150-byte join whose literal
+    /// differs every call, so each one is parsed and checked.
+    AnalyzeNew,
     Record,
     Ingest,
     OtlpExport,

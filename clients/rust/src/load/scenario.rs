@@ -234,6 +234,22 @@ impl Caller {
                     .await?;
                 Ok(1)
             }
+            ScenarioName::AnalyzeNew => {
+                // ~150 bytes, the shape issue #21 item 7 measures; the
+                // literal makes each text new to the server's memo.
+                let sql = format!(
+                    "SELECT o.id, o.total, c.name FROM orders o JOIN customers c ON c.id = o.customer_id \
+                     WHERE o.total > {} AND o.status = 'paid' ORDER BY o.created_at DESC LIMIT 25",
+                    rng.random::<u64>()
+                );
+                self.query
+                    .analyze(pb::AnalyzeRequest {
+                        sql,
+                        dialect: "postgres".into(),
+                    })
+                    .await?;
+                Ok(1)
+            }
             ScenarioName::Record => {
                 let executions = (0..batch)
                     .map(|_| pb::QueryExecution {
