@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 use prost::Message;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use super::analyze::Analysis;
 use super::dialect::Dialect;
@@ -181,9 +183,11 @@ fn analyze_response(analysis: &Analysis, dialect: Dialect) -> pb::AnalyzeRespons
     }
 }
 
-/// `Analyze` of a text analyzed before, answered by the transport from the
-/// request bytes with exactly the service path's answer; anything else (a
-/// new text, an invalid request) goes the service path, in a task of its own.
+/// `Analyze` answered by the transport from the request bytes with exactly
+/// the service path's answer: a text analyzed before at once, a new one
+/// parsed in a task of its own (so the connection's other calls do not wait
+/// behind a parse, and one connection's parses spread over the cores). An
+/// invalid request goes the service path, which words the refusal.
 pub struct DirectAnalyze {
     engine: QueryEngine,
     max_sql_bytes: usize,
@@ -208,14 +212,32 @@ impl DirectUnary for DirectAnalyze {
         if r.sql.len() > self.max_sql_bytes {
             return None;
         }
-        let analysis = self.engine.remembered(&r.sql, dialect)?;
+        let remembered = self.engine.remembered(&r.sql, dialect);
         if let Err(shed) = begin() {
             return Some(Answer::Now(Err(shed)));
         }
-        Some(Answer::Now(encode_within(
-            &analyze_response(&analysis, dialect),
-            self.max_message_bytes,
-        )))
+        let max_message_bytes = self.max_message_bytes;
+        if let Some(analysis) = remembered {
+            return Some(Answer::Now(encode_within(
+                &analyze_response(&analysis, dialect),
+                max_message_bytes,
+            )));
+        }
+        let engine = self.engine.clone();
+        let parse = tokio::spawn(
+            async move {
+                let analysis = engine.analyze(&r.sql, dialect);
+                encode_within(&analyze_response(&analysis, dialect), max_message_bytes)
+            }
+            .in_current_span(),
+        );
+        // A call abandoned (deadline, reset) stops its parse.
+        let parse = AbortOnDropHandle::new(parse);
+        Some(Answer::Later(Box::pin(async move {
+            parse.await.unwrap_or_else(|e| {
+                Err(ApiError::Internal(format!("analyzing the statement failed: {e}")).into())
+            })
+        })))
     }
 }
 
