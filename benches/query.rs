@@ -12,7 +12,9 @@ mod corpus;
 use gantry::query::analyze::analyze;
 use gantry::query::dialect::Dialect;
 use gantry::query::fingerprint::fingerprint;
+use gantry::query::lexer::Lexer;
 use gantry::query::rules::RuleSettings;
+use gantry::query::tokens;
 
 fn benches(c: &mut Criterion) {
     let queries = corpus::queries();
@@ -98,6 +100,20 @@ fn benches(c: &mut Criterion) {
             black_box(
                 sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
                     .with_tokens_with_locations(black_box(tokens.clone()))
+                    .parse_statements()
+                    .ok(),
+            )
+        })
+    });
+    // What Analyze does now: gantry's lexer (shared with the fingerprint),
+    // its tokens converted for sqlparser, sqlparser's parser.
+    group.bench_function("parse_from_lexer_tokens", |b| {
+        b.iter(|| {
+            let lexed: Vec<_> = Lexer::new(black_box(join), Dialect::Postgres).collect();
+            let tokens = tokens::from_lexed(&lexed, Dialect::Postgres).unwrap_or_default();
+            black_box(
+                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                    .with_tokens_with_locations(tokens)
                     .parse_statements()
                     .ok(),
             )

@@ -3,14 +3,16 @@
 //! and gets a `parse_error` finding; nothing is refused.
 
 use std::collections::BTreeSet;
-use std::ops::ControlFlow;
 
-use sqlparser::ast::{Statement, visit_relations};
+use sqlparser::ast::Statement;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::TokenWithSpan;
 
 use super::dialect::Dialect;
-use super::fingerprint::{Fingerprinted, fingerprint};
+use super::fingerprint::{self, Fingerprinted};
+use super::lexer::Lexer;
 use super::rules::{self, Finding, Findings, RuleSettings};
+use super::tokens;
 use super::unsupported;
 
 /// Nesting deeper than this is refused by the parser (a `parse_error`),
@@ -65,30 +67,29 @@ fn kind_from_text(normalized: &str) -> &'static str {
     }
 }
 
-/// A table name as written: unquoted parts in lower case, quoted parts kept.
-fn table_name(name: &sqlparser::ast::ObjectName) -> String {
-    name.0
-        .iter()
-        .map(|part| match part.as_ident() {
-            Some(ident) if ident.quote_style.is_none() => ident.value.to_lowercase(),
-            Some(ident) => ident.value.clone(),
-            None => part.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-fn parse(sql: &str, dialect: Dialect) -> Result<Vec<Statement>, sqlparser::parser::ParserError> {
-    Parser::new(dialect.sqlparser())
-        .with_recursion_limit(RECURSION_LIMIT)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
+/// Parses `sql`, from sqlparser tokens made of the lexer's when they can be
+/// (`tokens`: the same tokens, cheaper), else with sqlparser's tokenizer.
+fn parse(
+    sql: &str,
+    tokens: Option<Vec<TokenWithSpan>>,
+    dialect: Dialect,
+) -> Result<Vec<Statement>, sqlparser::parser::ParserError> {
+    let parser = Parser::new(dialect.sqlparser()).with_recursion_limit(RECURSION_LIMIT);
+    match tokens {
+        Some(tokens) => parser.with_tokens_with_locations(tokens).parse_statements(),
+        None => parser
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_statements()),
+    }
 }
 
 pub fn analyze(sql: &str, dialect: Dialect, settings: &RuleSettings) -> Analysis {
-    let fingerprinted = fingerprint(sql, dialect);
+    let lexed: Vec<_> = Lexer::new(sql, dialect).collect();
+    let fingerprinted = fingerprint::of_tokens(&lexed, dialect);
+    let tokens = tokens::from_lexed(&lexed, dialect);
+    drop(lexed);
     let mut findings = Findings::new(settings);
-    let (statement_kind, tables) = match parse(sql, dialect) {
+    let (statement_kind, tables) = match parse(sql, tokens, dialect) {
         Ok(statements) => examine(&statements, &mut findings),
         Err(e) => {
             let constructs = unsupported::find(sql, dialect);
@@ -99,7 +100,7 @@ pub fn analyze(sql: &str, dialect: Dialect, settings: &RuleSettings) -> Analysis
                 // Valid SQL the parser does not know: say so, and analyze
                 // the rest when the constructs can be left out.
                 let rest = unsupported::without(sql, &constructs)
-                    .and_then(|rest| parse(&rest, dialect).ok());
+                    .and_then(|rest| parse(&rest, None, dialect).ok());
                 for c in &constructs {
                     findings.add_not_analyzed(c.name, rest.is_some());
                 }
@@ -125,7 +126,6 @@ fn examine(statements: &[Statement], findings: &mut Findings<'_>) -> (&'static s
     match statements {
         [] => ("OTHER", Vec::new()),
         statements => {
-            let mut tables = BTreeSet::new();
             let mut ctes = BTreeSet::new();
             for statement in statements {
                 findings.check(statement);
@@ -138,10 +138,6 @@ fn examine(statements: &[Statement], findings: &mut Findings<'_>) -> (&'static s
                             .map(|c| c.alias.name.value.to_lowercase()),
                     );
                 }
-                let _ = visit_relations(statement, |name| {
-                    tables.insert(table_name(name));
-                    ControlFlow::<()>::Continue(())
-                });
             }
             if statements.len() > 1 {
                 findings.add(
@@ -149,7 +145,11 @@ fn examine(statements: &[Statement], findings: &mut Findings<'_>) -> (&'static s
                     format!("{} statements", statements.len()),
                 );
             }
-            let tables = tables.into_iter().filter(|t| !ctes.contains(t)).collect();
+            let tables = findings
+                .take_relations()
+                .into_iter()
+                .filter(|t| !ctes.contains(t))
+                .collect();
             (kind(&statements[0]), tables)
         }
     }

@@ -358,7 +358,13 @@ fn unquote(text: &str) -> &str {
 
 pub fn fingerprint(sql: &str, dialect: Dialect) -> Fingerprinted {
     let tokens: Vec<Token<'_>> = Lexer::new(sql, dialect).collect();
-    let marks = significant(&tokens, dialect);
+    of_tokens(&tokens, dialect)
+}
+
+/// The fingerprint of a text from its lexer tokens (Analyze lexes once for
+/// the fingerprint and the parse).
+pub fn of_tokens(tokens: &[Token<'_>], dialect: Dialect) -> Fingerprinted {
+    let marks = significant(tokens, dialect);
     let stream: Vec<Canon<'_>> = marks
         .iter()
         .map(|m| {
@@ -371,7 +377,7 @@ pub fn fingerprint(sql: &str, dialect: Dialect) -> Fingerprinted {
             }
         })
         .collect();
-    let mut canonical = String::with_capacity(sql.len());
+    let mut canonical = String::with_capacity(tokens.iter().map(|t| t.text.len()).sum());
     for c in collapse_lists(&stream) {
         if !canonical.is_empty() {
             canonical.push(' ');
@@ -380,7 +386,7 @@ pub fn fingerprint(sql: &str, dialect: Dialect) -> Fingerprinted {
     }
     Fingerprinted {
         fingerprint: hash_hex(&canonical),
-        normalized: normalized_text(&tokens, &marks, dialect),
+        normalized: normalized_text(tokens, &marks, dialect),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod service;
 pub mod slowlog;
 pub mod stats;
 pub mod status;
+pub mod tokens;
 pub mod unsupported;
 
 use std::sync::Arc;

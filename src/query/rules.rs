@@ -3,13 +3,13 @@
 //! has an example and the fix for each. Rules can be switched off and their
 //! thresholds set in `[query]`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     BinaryOperator, Distinct, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, InTarget,
-    LimitClause, Query, Select, SelectItem, SetExpr, SetOperator, SetQuantifier, Statement,
-    TableFactor, Value, Visit, Visitor,
+    LimitClause, ObjectName, Query, Select, SelectItem, SetExpr, SetOperator, SetQuantifier,
+    Statement, TableFactor, Value, Visit, Visitor,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -128,6 +128,23 @@ pub struct Findings<'a> {
     placed_subqueries: HashSet<usize>,
     /// SELECTs directly under EXISTS: their projection is never read.
     exists_selects: HashSet<usize>,
+    /// Every relation named in the statements checked (tables, views and
+    /// CTE reads alike), as [`table_name`] writes them: gathered in the
+    /// rules' walk, so Analyze walks the tree once.
+    relations: BTreeSet<String>,
+}
+
+/// A table name as written: unquoted parts in lower case, quoted parts kept.
+pub fn table_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) if ident.quote_style.is_none() => ident.value.to_lowercase(),
+            Some(ident) => ident.value.clone(),
+            None => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn address<T>(node: &T) -> usize {
@@ -142,7 +159,13 @@ impl<'a> Findings<'a> {
             ctes: HashSet::new(),
             placed_subqueries: HashSet::new(),
             exists_selects: HashSet::new(),
+            relations: BTreeSet::new(),
         }
+    }
+
+    /// The relations named in the statements checked so far (sorted).
+    pub fn take_relations(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.relations)
     }
 
     /// A base table (not a CTE, not a table function, not a subquery).
@@ -458,6 +481,11 @@ fn number(expr: &Expr) -> Option<u64> {
 
 impl Visitor for Findings<'_> {
     type Break = ();
+
+    fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+        self.relations.insert(table_name(name));
+        ControlFlow::Continue(())
+    }
 
     fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
         match statement {
