@@ -121,9 +121,13 @@ impl QueryEngine {
 
     /// Analyzes `sql`, or answers from the analyses of texts seen before.
     pub fn analyze(&self, sql: &str, dialect: Dialect) -> Arc<Analysis> {
-        if let Some(analysis) = self.remembered(sql, dialect) {
-            return analysis;
-        }
+        self.remembered(sql, dialect)
+            .unwrap_or_else(|| self.analyze_new(sql, dialect))
+    }
+
+    /// Analyzes `sql` without looking for it among the texts seen before
+    /// (the caller just did), and remembers it.
+    pub fn analyze_new(&self, sql: &str, dialect: Dialect) -> Arc<Analysis> {
         let analysis = Arc::new(analyze::analyze(sql, dialect, &self.inner.rules));
         self.inner.analyses.remember(sql, dialect, analysis.clone());
         self.count(&analysis, dialect);

@@ -135,7 +135,7 @@ pub struct Findings<'a> {
 }
 
 /// A table name as written: unquoted parts in lower case, quoted parts kept.
-pub fn table_name(name: &ObjectName) -> String {
+fn table_name(name: &ObjectName) -> String {
     name.0
         .iter()
         .map(|part| match part.as_ident() {

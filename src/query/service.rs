@@ -226,12 +226,13 @@ impl DirectUnary for DirectAnalyze {
         let engine = self.engine.clone();
         let parse = tokio::spawn(
             async move {
-                let analysis = engine.analyze(&r.sql, dialect);
+                let analysis = engine.analyze_new(&r.sql, dialect);
                 encode_within(&analyze_response(&analysis, dialect), max_message_bytes)
             }
             .in_current_span(),
         );
-        // A call abandoned (deadline, reset) stops its parse.
+        // A call abandoned (deadline, reset) before its task runs never
+        // parses; a parse under way runs to its end (it is one poll).
         let parse = AbortOnDropHandle::new(parse);
         Some(Answer::Later(Box::pin(async move {
             parse.await.unwrap_or_else(|e| {
