@@ -689,6 +689,12 @@ impl CacheEngine {
         entry::split_name(name).and_then(|(namespace, _)| self.inner.namespaces.get(namespace))
     }
 
+    /// Whether a write is answered only after a flush (`sync` durability):
+    /// then [`Self::durable`] waits.
+    pub fn answers_after_flush(&self) -> bool {
+        self.inner.flush.is_some()
+    }
+
     /// Resolves once every write made before the call is on disk (`sync`
     /// durability); at once in `periodic`.
     pub async fn durable(&self) -> Result<(), CacheError> {

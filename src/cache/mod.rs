@@ -10,10 +10,12 @@
 //! - `behind`: writes staged in memory until a drain writes them (`periodic`).
 //! - `engine`: get/put/delete, conditions, expiry sweeping.
 //! - `service`: `gantry.v1.Cache` over gRPC.
+//! - `direct`: its Get, Put and Delete answered from their request bytes.
 
 pub mod behind;
 pub mod compress;
 pub mod config;
+pub mod direct;
 pub mod engine;
 pub mod entry;
 pub mod hot;

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::direct;
 use super::engine::run_sweeper;
 use super::service::CacheService;
 use super::shared::RedisCache;
@@ -56,13 +57,7 @@ impl Runtime {
             let shared = RedisCache::start(cache.clone(), redis, ctx.background.token());
             let service = Arc::new(CacheService::shared(cache.clone(), shared));
             let status = super::status::source(service.clone(), cache);
-            let served = Served::default()
-                .service(grpc_service!(
-                    CacheServer::from_arc(service),
-                    ctx.max_message_bytes(),
-                    "server.max_message_bytes"
-                ))
-                .inline(cache_server::SERVICE_NAME, &["Get", "Put", "Delete"]);
+            let served = served(service, ctx);
             return Ok(Capability::new("cache", served, Box::pin(async {}))
                 .needs_redis(true)
                 .status(status));
@@ -116,13 +111,7 @@ impl Runtime {
         let lanes = ctx.lanes(config.coalesce);
         let service = Arc::new(CacheService::new(cache.clone(), lanes));
         let status = super::status::source(service.clone(), cache);
-        let served = Served::default()
-            .service(grpc_service!(
-                CacheServer::from_arc(service),
-                ctx.max_message_bytes(),
-                "server.max_message_bytes"
-            ))
-            .inline(cache_server::SERVICE_NAME, &["Get", "Put", "Delete"]);
+        let served = served(service, ctx);
         // What is still staged is written before the server's last flush.
         let stop = Box::pin(async move {
             let drained = tokio::task::spawn_blocking(move || cache_for_stop.drain()).await;
@@ -134,4 +123,22 @@ impl Runtime {
             .needs_store(true)
             .status(status))
     }
+}
+
+/// `gantry.v1.Cache`, its Get, Put and Delete run in the connection's task
+/// and, with gantry's transport, answered from their request bytes.
+fn served(service: Arc<CacheService>, ctx: &Context<'_>) -> Served {
+    let mut served = Served::default()
+        .service(grpc_service!(
+            CacheServer::from_arc(service.clone()),
+            ctx.max_message_bytes(),
+            "server.max_message_bytes"
+        ))
+        .inline(cache_server::SERVICE_NAME, &["Get", "Put", "Delete"]);
+    if ctx.direct_calls() {
+        for (method, handler) in direct::handlers(service, ctx.max_message_bytes()) {
+            served = served.direct(cache_server::SERVICE_NAME, method, handler);
+        }
+    }
+    served
 }

@@ -49,6 +49,17 @@ impl CacheService {
         }
     }
 
+    pub(super) fn engine(&self) -> &CacheEngine {
+        &self.engine
+    }
+
+    /// Whether Get, Put and Delete are decided in the calling task, without
+    /// waiting (entries in the embedded store, no lanes): then a direct call
+    /// answers at once.
+    pub(super) fn decides_in_place(&self) -> bool {
+        self.shared.is_none() && self.lanes.is_none()
+    }
+
     /// Runs `work` on a lane when coalescing, else here.
     async fn on_lane<R: Send + 'static>(
         &self,
@@ -65,7 +76,11 @@ impl CacheService {
         })
     }
 
-    async fn read(&self, namespace: String, key: String) -> Result<Option<Found>, CacheError> {
+    pub(super) async fn read(
+        &self,
+        namespace: String,
+        key: String,
+    ) -> Result<Option<Found>, CacheError> {
         if let Some(shared) = &self.shared {
             return shared.get(&namespace, &key).await;
         }
@@ -73,7 +88,10 @@ impl CacheService {
             .await
     }
 
-    async fn write(&self, request: pb::PutRequest) -> Result<pb::PutResponse, CacheError> {
+    pub(super) async fn write(
+        &self,
+        request: pb::PutRequest,
+    ) -> Result<pb::PutResponse, CacheError> {
         if let Some(shared) = &self.shared {
             let (ttl, condition) = put_args(&request)?;
             let version = shared
@@ -93,7 +111,7 @@ impl CacheService {
         self.on_lane(move |engine| put_one(engine, request)).await
     }
 
-    async fn remove(
+    pub(super) async fn remove(
         &self,
         namespace: &str,
         key: &str,
@@ -119,7 +137,7 @@ fn timestamp(unix_ms: u64) -> prost_types::Timestamp {
     prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(unix_ms))
 }
 
-fn get_response(found: Option<Found>) -> pb::GetResponse {
+pub(super) fn get_response(found: Option<Found>) -> pb::GetResponse {
     match found {
         None => pb::GetResponse::default(),
         Some(f) => pb::GetResponse {
@@ -154,7 +172,10 @@ fn put_args(r: &pb::PutRequest) -> Result<(Option<Duration>, Condition), CacheEr
     Ok(((!ttl.is_zero()).then_some(ttl), condition))
 }
 
-fn put_one(engine: &CacheEngine, r: pb::PutRequest) -> Result<pb::PutResponse, CacheError> {
+pub(super) fn put_one(
+    engine: &CacheEngine,
+    r: pb::PutRequest,
+) -> Result<pb::PutResponse, CacheError> {
     let (ttl, condition) = put_args(&r)?;
     let written = engine.put(&r.namespace, &r.key, r.value, ttl, condition)?;
     Ok(pb::PutResponse {

@@ -77,6 +77,22 @@ impl Backend {
         })
     }
 
+    /// The same kind of store for a second server whose state is its own:
+    /// the same Redis under another key prefix.
+    pub fn another(&self) -> Backend {
+        match self {
+            Backend::Sled => Backend::Sled,
+            Backend::Redis { url, .. } => Backend::Redis {
+                url: url.clone(),
+                prefix: fresh_prefix(),
+            },
+            Backend::RedisCluster { nodes, .. } => Backend::RedisCluster {
+                nodes: nodes.clone(),
+                prefix: fresh_prefix(),
+            },
+        }
+    }
+
     pub fn is_redis(&self) -> bool {
         !matches!(self, Backend::Sled)
     }

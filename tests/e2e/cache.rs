@@ -578,3 +578,169 @@ async fn a_watcher_that_falls_behind_gets_a_resync(backend: Backend) {
     server.stop().await.unwrap();
 }
 }
+
+/// One call of [`direct_calls_answer_exactly_as_the_service_path`].
+enum Call {
+    Get(pb::GetRequest),
+    Put(pb::PutRequest),
+    /// A Put of `key` at the version this server last answered with.
+    PutAtLastVersion(&'static str),
+    Delete(pb::DeleteRequest),
+}
+
+/// One server's answers, told as text in which versions are named by the
+/// order they appeared (`v0`, `v1`, …): versions on Redis come from its
+/// clock, so two servers' differ, while their order and use must not.
+#[derive(Default)]
+struct Answers {
+    versions: Vec<u64>,
+}
+
+impl Answers {
+    fn saw(&mut self, version: u64) {
+        if version != 0 && !self.versions.contains(&version) {
+            self.versions.push(version);
+        }
+    }
+
+    /// `text` with every whole number that is a version seen replaced by its name.
+    fn named(&self, text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+            out.push_str(&rest[..start]);
+            let digits = &rest[start..];
+            let end = digits
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(digits.len());
+            let number = &digits[..end];
+            match self.versions.iter().position(|v| v.to_string() == number) {
+                Some(i) => out.push_str(&format!("v{i}")),
+                None => out.push_str(number),
+            }
+            rest = &digits[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// A call's answer as text, or its status; the time left of a TTL is
+    /// rounded to whole seconds (two servers read the clock apart).
+    async fn of(
+        &mut self,
+        c: &mut CacheClient<Channel>,
+        call: &Call,
+    ) -> Result<String, (Code, String)> {
+        let answer = match call {
+            Call::Get(r) => c.get(r.clone()).await.map(|r| {
+                let mut r = r.into_inner();
+                self.saw(r.version);
+                if let Some(left) = &mut r.ttl_remaining {
+                    left.seconds += i64::from(left.nanos > 500_000_000);
+                    left.nanos = 0;
+                }
+                format!("{r:?}")
+            }),
+            Call::Put(_) | Call::PutAtLastVersion(_) => {
+                let r = match call {
+                    Call::PutAtLastVersion(key) => {
+                        let mut r = put_req("ns", key, &b"swapped"[..]);
+                        let last = self.versions.last().copied().unwrap_or(0);
+                        r.condition = Some(pb::put_request::Condition::IfVersion(last));
+                        r
+                    }
+                    Call::Put(r) => r.clone(),
+                    _ => unreachable!(),
+                };
+                c.put(r).await.map(|r| {
+                    let r = r.into_inner();
+                    self.saw(r.version);
+                    format!("{r:?}")
+                })
+            }
+            Call::Delete(r) => c
+                .delete(r.clone())
+                .await
+                .map(|r| format!("{:?}", r.into_inner())),
+        };
+        answer
+            .map(|text| self.named(&text))
+            .map_err(|s| (s.code(), self.named(s.message())))
+    }
+}
+
+// Get, Put and Delete answered from their bytes by gantry's transport (the
+// default) and through tonic (`server.direct_calls = false`) give the same
+// answers and refusals, in both durabilities.
+crate::on_every_backend! {
+async fn direct_calls_answer_exactly_as_the_service_path(backend: Backend) {
+    use gantry::config::Durability;
+    use pb::put_request::Condition;
+    let del = |namespace: &str, key: &str, if_version| {
+        Call::Delete(pb::DeleteRequest {
+            namespace: namespace.into(),
+            key: key.into(),
+            if_version,
+        })
+    };
+    let with = |key: &str, f: &dyn Fn(&mut pb::PutRequest)| {
+        let mut r = put_req("ns", key, &b"v"[..]);
+        f(&mut r);
+        Call::Put(r)
+    };
+    let calls = [
+        Call::Get(get_req("ns", "k")),
+        Call::Put(put_req("ns", "k", &b"first"[..])),
+        Call::Get(get_req("ns", "k")),
+        with("k", &|r| r.ttl = ttl(Duration::from_secs(30))),
+        Call::Get(get_req("ns", "k")),
+        with("k", &|r| r.condition = Some(Condition::IfAbsent(true))),
+        with("k", &|r| r.condition = Some(Condition::IfVersion(1))),
+        Call::PutAtLastVersion("k"),
+        Call::Get(get_req("ns", "k")),
+        del("ns", "k", Some(1)),
+        del("ns", "k", None),
+        del("ns", "k", None),
+        Call::Get(get_req("ns", "k")),
+        Call::Put(put_req("ns", "json", json_like(400))),
+        Call::Get(get_req("ns", "json")),
+        Call::Put(put_req("ns", "noise", noise(10 * 1024))),
+        Call::Get(get_req("ns", "noise")),
+        Call::Get(get_req("", "k")),
+        Call::Put(put_req("ns", &"k".repeat(17), &b"v"[..])),
+        Call::Put(put_req("ns", "big", vec![0u8; 20_001])),
+        with("k", &|r| r.ttl = Some(prost_types::Duration { seconds: -5, nanos: 0 })),
+        del("ns", "", None),
+        Call::Put(put_req("second", "k", &b"v"[..])),
+        Call::Put(put_req("third", "k", &b"v"[..])),
+    ];
+    for durability in [Durability::Periodic, Durability::Sync] {
+        let start = |backend: Backend, direct: bool| async move {
+            TestServer::start_on(&backend, |c| {
+                c.server.direct_calls = direct;
+                c.cache.durability = durability;
+                c.cache.max_key_bytes = 16;
+                c.cache.max_value_bytes = 20_000;
+                c.cache.max_namespaces = 2;
+            })
+            .await
+        };
+        let direct = start(backend.clone(), true).await;
+        let service = start(backend.another(), false).await;
+        let mut a = CacheClient::new(direct.channel.clone());
+        let mut b = CacheClient::new(service.channel.clone());
+        let (mut left_answers, mut right_answers) = (Answers::default(), Answers::default());
+        let mut refused = 0;
+        for (n, call) in calls.iter().enumerate() {
+            let left = left_answers.of(&mut a, call).await;
+            let right = right_answers.of(&mut b, call).await;
+            assert_eq!(left, right, "{durability:?}, call {n}");
+            refused += usize::from(left.is_err());
+        }
+        // The cases reach the refusals they were written for.
+        assert_eq!(refused, 9, "{durability:?}");
+        direct.stop().await.unwrap();
+        service.stop().await.unwrap();
+    }
+}
+}

@@ -305,6 +305,15 @@ fn direct_decoders_survive_random_bytes() {
         Box::new(DirectAcquireBatch::new(limiter.clone(), 1 << 20)),
         Box::new(DirectShouldRateLimit::new(limiter, 1 << 20)),
     ];
+    let cache_dir = tempfile::tempdir().unwrap();
+    let handlers: Vec<std::sync::Arc<dyn DirectUnary>> = handlers
+        .into_iter()
+        .map(std::sync::Arc::from)
+        .chain(
+            gantry::cache::direct::handlers(cache_service(cache_dir.path()), 1 << 20)
+                .map(|(_, handler)| handler),
+        )
+        .collect();
     fuzz(
         "direct decoders, random bytes",
         prop::collection::vec(any::<u8>(), 0..256),
@@ -587,4 +596,130 @@ fn as_any_caller<T>(message: T) -> tonic::Request<T> {
         .extensions_mut()
         .insert(gantry::auth::Caller::anyone());
     request
+}
+
+/// One cache call of a random sequence.
+#[derive(Debug, Clone)]
+enum CacheCall {
+    Get(pb::GetRequest),
+    Put(pb::PutRequest),
+    Delete(pb::DeleteRequest),
+}
+
+fn cache_call() -> impl Strategy<Value = CacheCall> {
+    // Few names, so calls meet each other's entries; a few bad ones.
+    let namespace = prop_oneof![
+        4 => prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(str::to_string),
+        1 => text(6),
+    ];
+    let key = prop_oneof![
+        4 => prop::sample::select(vec!["k1", "k2", "k3"]).prop_map(str::to_string),
+        1 => text(12),
+    ];
+    let ttl = prop_oneof![
+        2 => Just(None),
+        1 => (-2i64..100_000, -2i32..1_000_000_001)
+            .prop_map(|(seconds, nanos)| Some(prost_types::Duration { seconds, nanos })),
+    ];
+    let condition = prop_oneof![
+        2 => Just(None),
+        1 => any::<bool>().prop_map(|b| Some(pb::put_request::Condition::IfAbsent(b))),
+        1 => (0u64..12).prop_map(|v| Some(pb::put_request::Condition::IfVersion(v))),
+    ];
+    let value = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..80),
+        (0usize..300).prop_map(|n| b"{\"plan\":\"pro\"}".repeat(n / 14 + 1)),
+    ];
+    prop_oneof![
+        (namespace.clone(), key.clone())
+            .prop_map(|(namespace, key)| CacheCall::Get(pb::GetRequest { namespace, key })),
+        (namespace.clone(), key.clone(), value, ttl, condition).prop_map(
+            |(namespace, key, value, ttl, condition)| CacheCall::Put(pb::PutRequest {
+                namespace,
+                key,
+                value: value.into(),
+                ttl,
+                condition,
+            })
+        ),
+        (namespace, key, prop::option::of(0u64..12)).prop_map(|(namespace, key, if_version)| {
+            CacheCall::Delete(pb::DeleteRequest {
+                namespace,
+                key,
+                if_version,
+            })
+        }),
+    ]
+}
+
+/// A cache over a sled directory of its own, with small limits so random
+/// calls meet them.
+fn cache_service(dir: &Path) -> std::sync::Arc<gantry::cache::service::CacheService> {
+    let store = gantry::store::open(&gantry::config::StorageConfig {
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    let config = gantry::config::CacheConfig {
+        max_namespaces: 3,
+        max_key_bytes: 8,
+        max_value_bytes: 2_000,
+        compress_min_bytes: 64,
+        ..Default::default()
+    };
+    let engine = gantry::cache::CacheEngine::open(&config, store).unwrap();
+    std::sync::Arc::new(gantry::cache::service::CacheService::new(engine, None))
+}
+
+/// Get, Put and Delete answered from their bytes leave the cache exactly as
+/// the service path does, call after call: the same answers (values,
+/// versions, whether a TTL runs), the same refusals.
+#[test]
+fn direct_cache_calls_answer_as_the_service_path() {
+    use gantry::proto::gantry::v1::cache_server::Cache as _;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (left, right) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let service = cache_service(left.path());
+    let [get, put, delete] =
+        gantry::cache::direct::handlers(cache_service(right.path()), 1 << 20).map(|(_, h)| h);
+    let _entered = runtime.enter();
+    fuzz("direct cache calls", cache_call(), |call| {
+        let (handler, bytes) = match &call {
+            CacheCall::Get(r) => (&get, r.encode_to_vec()),
+            CacheCall::Put(r) => (&put, r.encode_to_vec()),
+            CacheCall::Delete(r) => (&delete, r.encode_to_vec()),
+        };
+        let answer = handler.answer(&bytes, &mut || Ok(gantry::auth::Caller::anyone()));
+        let Some(answer) = answer else {
+            return Err(TestCaseError::fail("a valid message was declined"));
+        };
+        let direct = ready(answer).map_err(|s| (s.code(), s.message().to_string()));
+        let (direct, served) = match call {
+            CacheCall::Get(r) => {
+                let served = status_of(runtime.block_on(service.get(as_any_caller(r))));
+                let unclocked = |mut g: pb::GetResponse| {
+                    // The time left depends on the clock; whether it runs does not.
+                    g.ttl_remaining = g.ttl_remaining.map(|_| Default::default());
+                    g
+                };
+                let direct = direct.map(|f| unclocked(pb::GetResponse::decode(&f[5..]).unwrap()));
+                (
+                    format!("{direct:?}"),
+                    format!("{:?}", served.map(unclocked)),
+                )
+            }
+            CacheCall::Put(r) => {
+                let served = status_of(runtime.block_on(service.put(as_any_caller(r))));
+                let direct = direct.map(|f| pb::PutResponse::decode(&f[5..]).unwrap());
+                (format!("{direct:?}"), format!("{served:?}"))
+            }
+            CacheCall::Delete(r) => {
+                let served = status_of(runtime.block_on(service.delete(as_any_caller(r))));
+                let direct = direct.map(|f| pb::DeleteResponse::decode(&f[5..]).unwrap());
+                (format!("{direct:?}"), format!("{served:?}"))
+            }
+        };
+        prop_assert_eq!(direct, served);
+        Ok(())
+    });
 }
