@@ -32,8 +32,8 @@ pub struct ServerConfig {
     /// Which HTTP/2 server carries the gRPC services.
     pub transport: Transport,
     /// With the h2 transport: answer immediate rate-limit `Acquire`,
-    /// `AcquireBatch` and Envoy's `ShouldRateLimit` from their request bytes,
-    /// without tonic's per-call machinery.
+    /// `AcquireBatch`, Envoy's `ShouldRateLimit`, cache Get/Put/Delete and
+    /// `Analyze` from their request bytes, without tonic's per-call machinery.
     pub direct_calls: bool,
     /// TLS on the gRPC port (`[server.tls]`); plaintext without `cert_file`.
     pub tls: crate::tls::TlsFiles,

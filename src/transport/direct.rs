@@ -1,6 +1,8 @@
 //! Direct calls: a few unary methods that decide at once from memory (an
 //! immediate rate-limit `Acquire`, an `AcquireBatch`, Envoy's
-//! `ShouldRateLimit`) answered from their request bytes inside
+//! `ShouldRateLimit`, cache Get/Put/Delete, a remembered `Analyze`) or wait
+//! without using the CPU (on Redis, a flush, a parse in its own task),
+//! answered from their request bytes inside
 //! the connection's task — decode, decide, encode, three HTTP/2 frames —
 //! instead of through tonic's per-call machinery (a boxed future per layer,
 //! a decode and an encode buffer, a response body polled frame by frame),
