@@ -69,11 +69,20 @@ enum Read {
     Gone,
 }
 
-/// Reads one gRPC message from the body, as long as it stays plain. Most
-/// arrive in one DATA frame, which is then used without a copy.
+/// Reads one gRPC message from the body, as long as it stays plain, and
+/// the body to its end, as tonic's unary path does. Most arrive in one DATA
+/// frame, which is then used without a copy.
+///
+/// Reading to the end matters: many clients (hyper's, under tonic) end the
+/// stream with an empty DATA frame after the message. Answered before it, a
+/// stream is reset by h2 (NO_ERROR), and that empty frame arriving later for
+/// a stream h2 no longer tracks is a stream error h2 counts against the
+/// connection — under load past its limit of 1,024, when it closes the
+/// connection with ENHANCE_YOUR_CALM and every call on it fails.
 async fn read_message(recv: &mut RecvStream, max_message_bytes: usize) -> Read {
     let mut single: Option<Bytes> = None;
     let mut joined = BytesMut::new();
+    let mut whole = false;
     loop {
         let chunk = match recv.data().await {
             Some(Ok(chunk)) => chunk,
@@ -82,6 +91,9 @@ async fn read_message(recv: &mut RecvStream, max_message_bytes: usize) -> Read {
         };
         // Fails only when the stream is already gone, which the next read reports.
         let _ = recv.flow_control().release_capacity(chunk.len());
+        if chunk.is_empty() {
+            continue;
+        }
         if single.is_none() && joined.is_empty() {
             single = Some(chunk);
         } else {
@@ -90,23 +102,30 @@ async fn read_message(recv: &mut RecvStream, max_message_bytes: usize) -> Read {
             }
             joined.put(chunk);
         }
+        if whole {
+            // More after the message: the service path says what it makes of it.
+            break;
+        }
         let have: &[u8] = single.as_deref().unwrap_or(&joined);
         if have.len() < 5 {
             continue;
         }
         let length = u32::from_be_bytes([have[1], have[2], have[3], have[4]]) as usize;
         let plain = have[0] == 0 && length <= max_message_bytes && have.len() <= 5 + length;
-        let whole = plain && have.len() == 5 + length;
-        if !plain || whole {
-            let bytes = single.take().unwrap_or_else(|| joined.split().freeze());
-            return if whole {
-                Read::Message(bytes)
-            } else {
-                Read::Other(bytes)
-            };
+        if !plain {
+            break;
         }
+        whole = have.len() == 5 + length;
     }
-    Read::Other(single.unwrap_or_else(|| joined.freeze()))
+    let bytes = single.unwrap_or_else(|| joined.freeze());
+    let length = bytes
+        .get(1..5)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize);
+    if whole && length.is_some_and(|length| bytes.len() == 5 + length) && recv.is_end_stream() {
+        Read::Message(bytes)
+    } else {
+        Read::Other(bytes)
+    }
 }
 
 /// Serves a call directly, or hands it to `fallback` (the service path) with

@@ -470,3 +470,100 @@ async fn a_direct_call_without_a_body_ends_at_its_deadline() {
     assert_eq!(cancelled, Some(1.0), "{text}");
     server.stop().await.unwrap();
 }
+
+/// What one raw HTTP/2 gRPC call came to: the grpc-status (from the
+/// trailers, or the headers of a trailers-only answer) and the body.
+async fn raw_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    frames: &[Bytes],
+    pause: Duration,
+) -> (String, Bytes) {
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(socket).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    let mut response = std::pin::pin!(response);
+    for frame in frames {
+        send.send_data(frame.clone(), false).unwrap();
+        // Not answered while the stream is open, as tonic's unary path does.
+        let early = tokio::time::timeout(pause, response.as_mut()).await;
+        assert!(early.is_err(), "answered before the request ended");
+    }
+    send.send_data(Bytes::new(), true).unwrap();
+    let response = response.await.unwrap();
+    if let Some(status) = response.headers().get("grpc-status") {
+        return (status.to_str().unwrap().to_string(), Bytes::new());
+    }
+    let mut body = response.into_body();
+    let mut data = bytes::BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        data.extend_from_slice(&chunk.expect("the stream was not reset"));
+    }
+    let trailers = body.trailers().await.expect("the stream was not reset");
+    let status = trailers.expect("trailers")["grpc-status"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (status, data.freeze())
+}
+
+/// A client that ends its request stream with an empty DATA frame after the
+/// message (hyper's, under tonic, does) is answered after that frame, not
+/// before it: an answer before it made h2 reset the stream, and the late
+/// frame counted against the connection until, under load, h2 closed the
+/// connection (ENHANCE_YOUR_CALM) and failed every call on it. Data after
+/// the message gets the service path's answer (tonic answers the first).
+#[tokio::test]
+async fn a_direct_call_is_answered_once_its_request_ends() {
+    let start = |direct: bool| {
+        TestServer::start_with(move |c| {
+            c.server.direct_calls = direct;
+            c.ratelimit.limits = vec![api_limit()];
+        })
+    };
+    let (direct, service) = (start(true).await, start(false).await);
+    let batch = pb::AcquireBatchRequest {
+        requests: vec![pb::AcquireRequest {
+            limit: "api".into(),
+            key: "k".into(),
+            tokens: 1,
+            ..Default::default()
+        }],
+        all_or_nothing: false,
+    };
+    let message = |m: &pb::AcquireBatchRequest| {
+        let encoded = prost::Message::encode_to_vec(m);
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&encoded);
+        Bytes::from(framed)
+    };
+    let path = "/gantry.v1.RateLimiter/AcquireBatch";
+    let pause = Duration::from_millis(150);
+    let (status, body) = raw_call(direct.grpc, path, &[message(&batch)], pause).await;
+    assert_eq!(status, "0");
+    let answer: pb::AcquireBatchResponse = prost::Message::decode(&body[5..]).unwrap();
+    assert_eq!(answer.responses.len(), 1);
+    assert!(answer.responses[0].allowed);
+    assert_eq!(answer.responses[0].remaining, 99);
+
+    // A second message after the first, in a frame of its own.
+    let two = [message(&batch), message(&batch)];
+    let on_direct = raw_call(direct.grpc, path, &two, pause).await;
+    let on_service = raw_call(service.grpc, path, &two, pause).await;
+    // tonic reads the first message and answers it.
+    assert_eq!((on_direct.0.as_str(), on_service.0.as_str()), ("0", "0"));
+    let decode =
+        |body: &Bytes| -> pb::AcquireBatchResponse { prost::Message::decode(&body[5..]).unwrap() };
+    assert_eq!(decode(&on_direct.1).responses[0].remaining, 98);
+    assert_eq!(decode(&on_service.1).responses[0].remaining, 99);
+    direct.stop().await.unwrap();
+    service.stop().await.unwrap();
+}
