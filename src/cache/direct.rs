@@ -40,6 +40,35 @@ impl Direct {
             .map_err(|e| Status::from(ApiError::from(e)))
             .and_then(|answer| encode_within(&answer, self.max_message_bytes))
     }
+
+    /// A write's answer once what it changed (`wrote`) is as durable as the
+    /// service path makes it before answering: on disk in `sync`.
+    async fn written(
+        &self,
+        answer: Result<impl Message, CacheError>,
+        wrote: bool,
+    ) -> Result<Bytes, tonic::Status> {
+        let answer = if wrote {
+            self.service.engine().durable().await.and(answer)
+        } else {
+            answer
+        };
+        self.encode(answer)
+    }
+
+    /// The answer of a write decided in place: at once, unless it waits for
+    /// a flush (`sync`).
+    fn write_answer<M: Message + 'static>(
+        &self,
+        answer: Result<M, CacheError>,
+        wrote: bool,
+    ) -> Answer {
+        if !wrote || !self.service.engine().answers_after_flush() {
+            return Answer::Now(self.encode(answer));
+        }
+        let direct = self.clone();
+        Answer::Later(Box::pin(async move { direct.written(answer, true).await }))
+    }
 }
 
 /// The three handlers, for the runtime to register.
@@ -91,34 +120,25 @@ impl DirectUnary for DirectPut {
             return Some(Answer::Now(Err(refused)));
         }
         let direct = &self.0;
-        let engine = direct.service.engine();
         if direct.service.decides_in_place() {
-            let written = put_one(engine, r);
-            if let Ok(answer) = &written {
-                tracing::debug!(version = answer.version, "cache.put");
-            }
-            if written.is_err() || !engine.answers_after_flush() {
-                return Some(Answer::Now(direct.encode(written)));
-            }
-            // `sync`: answered once the write is on disk.
-            let direct = direct.clone();
-            return Some(Answer::Later(Box::pin(async move {
-                let durable = direct.service.engine().durable().await;
-                direct.encode(durable.and(written))
-            })));
+            let written = put_one(direct.service.engine(), r);
+            log_put(&written);
+            let wrote = written.is_ok();
+            return Some(direct.write_answer(written, wrote));
         }
         let direct = direct.clone();
         Some(Answer::Later(Box::pin(async move {
             let written = direct.service.write(r).await;
-            let written = match written {
-                Ok(answer) => direct.service.engine().durable().await.map(|()| answer),
-                Err(e) => Err(e),
-            };
-            if let Ok(answer) = &written {
-                tracing::debug!(version = answer.version, "cache.put");
-            }
-            direct.encode(written)
+            log_put(&written);
+            let wrote = written.is_ok();
+            direct.written(written, wrote).await
         })))
+    }
+}
+
+fn log_put(written: &Result<pb::PutResponse, CacheError>) {
+    if let Ok(answer) = written {
+        tracing::debug!(version = answer.version, "cache.put");
     }
 }
 
@@ -131,36 +151,21 @@ impl DirectUnary for DirectDelete {
             return Some(Answer::Now(Err(refused)));
         }
         let direct = &self.0;
-        let engine = direct.service.engine();
+        let deleted = |deleted: Result<bool, CacheError>| {
+            let wrote = matches!(deleted, Ok(true));
+            tracing::debug!(deleted = wrote, "cache.delete");
+            (deleted.map(|deleted| pb::DeleteResponse { deleted }), wrote)
+        };
         if direct.service.decides_in_place() {
-            let deleted = engine.delete(&r.namespace, &r.key, r.if_version);
-            let answer = deleted.map(|deleted| pb::DeleteResponse { deleted });
-            tracing::debug!(
-                deleted = matches!(answer, Ok(ref a) if a.deleted),
-                "cache.delete"
-            );
-            if !matches!(answer, Ok(ref a) if a.deleted) || !engine.answers_after_flush() {
-                return Some(Answer::Now(direct.encode(answer)));
-            }
-            // `sync`: answered once the removal is on disk.
-            let direct = direct.clone();
-            return Some(Answer::Later(Box::pin(async move {
-                let durable = direct.service.engine().durable().await;
-                direct.encode(durable.and(answer))
-            })));
+            let engine = direct.service.engine();
+            let (answer, wrote) = deleted(engine.delete(&r.namespace, &r.key, r.if_version));
+            return Some(direct.write_answer(answer, wrote));
         }
         let direct = direct.clone();
         Some(Answer::Later(Box::pin(async move {
-            let deleted = direct
-                .service
-                .remove(&r.namespace, &r.key, r.if_version)
-                .await;
-            let answer = match deleted {
-                Ok(true) => direct.service.engine().durable().await.map(|()| true),
-                other => other,
-            };
-            tracing::debug!(deleted = matches!(answer, Ok(true)), "cache.delete");
-            direct.encode(answer.map(|deleted| pb::DeleteResponse { deleted }))
+            let removed = direct.service.remove(&r.namespace, &r.key, r.if_version);
+            let (answer, wrote) = deleted(removed.await);
+            direct.written(answer, wrote).await
         })))
     }
 }
