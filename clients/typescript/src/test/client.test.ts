@@ -1,8 +1,7 @@
 // Every helper against a real gantry (GANTRY_BIN, or the binary cargo built).
 import { ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, readdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -10,14 +9,14 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 
 import { Gantry, GantryError, NotGranted, pb } from "../index";
-import { ROOT, skip, startGantry } from "./server";
+import { ROOT, scratchDir, skip, startGantry } from "./server";
 
 let server: ChildProcess | undefined;
 let addr = "";
 
 before(async () => {
   if (skip) return;
-  const dir = mkdtempSync(join(tmpdir(), "gantry-ts-"));
+  const dir = scratchDir("gantry-ts-");
   ({ server, addr } = await startGantry(join(dir, "data")));
 });
 

@@ -3,8 +3,6 @@
 // real gantry the tests SIGKILL and start again (docs/client-resilience.md).
 import { ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -12,7 +10,7 @@ import assert from "node:assert/strict";
 import { Decision, FailurePolicy, Gantry, GantryError } from "../index";
 import { Breaker, IDEMPOTENT, LocalLimit, channelTarget } from "../resilience";
 import { LimitScope } from "../gen/gantry/v1/ratelimit";
-import { skip, startGantry } from "./server";
+import { scratchDir, skip, startGantry } from "./server";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const eventually = async (what: string, cond: () => Promise<boolean> | boolean, withinMs = 10_000) => {
@@ -26,7 +24,7 @@ const kill = async (server: ChildProcess) => {
   server.kill("SIGKILL");
   if (server.exitCode === null && server.signalCode === null) await once(server, "exit");
 };
-const tmp = () => mkdtempSync(join(tmpdir(), "gantry-ts-outage-"));
+const tmp = () => scratchDir("gantry-ts-outage-");
 
 test("the breaker opens, probes and closes", () => {
   let now = 1000;

@@ -2,7 +2,7 @@
 // prepack), then `npm install <tarball>` in a fresh project, then require it.
 // Runs on a copy of the package, so the checkout's dist/ is left alone.
 import { execFileSync } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -14,6 +14,7 @@ const npm = (args: string[], cwd: string) =>
 
 test("npm pack yields a package a fresh project installs and requires", { timeout: 180_000 }, () => {
   const work = mkdtempSync(join(tmpdir(), "gantry-ts-pack-"));
+  process.on("exit", () => rmSync(work, { recursive: true, force: true }));
   const copy = join(work, "client");
   for (const f of ["package.json", "package-lock.json", "tsconfig.json", "README.md", "src"]) cpSync(join(PACKAGE, f), join(copy, f), { recursive: true });
   symlinkSync(join(PACKAGE, "node_modules"), join(copy, "node_modules"), "dir");

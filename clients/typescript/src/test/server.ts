@@ -1,6 +1,7 @@
 // A real gantry for the tests (GANTRY_BIN, or the binary cargo built).
 import { ChildProcess, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 export const ROOT = join(__dirname, "..", "..", "..", "..");
@@ -9,6 +10,18 @@ export const CONFIG = join(ROOT, "clients", "testdata", "gantry.toml");
 export const bin = process.env.GANTRY_BIN ?? join(ROOT, "target", "debug", "gantry");
 export const skip = !existsSync(bin);
 if (skip && process.env.GANTRY_REQUIRE_CLIENT_TESTS) throw new Error(`no gantry binary at ${bin}`);
+
+const scratch: string[] = [];
+process.on("exit", () => {
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A fresh directory under the system's temporary one, removed when the test process exits. */
+export const scratchDir = (prefix: string): string => {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratch.push(dir);
+  return dir;
+};
 
 /** Starts gantry with its data in `dataDir`, extra environment and the address to listen on; resolves with it and its gRPC address. */
 export const startGantry = async (dataDir: string, env: Record<string, string> = {}, listen = "127.0.0.1:0"): Promise<{ server: ChildProcess; addr: string }> => {

@@ -2,18 +2,17 @@
 // both. Certificates are made here with the openssl CLI; none are committed.
 import { ChildProcess, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
 import { Gantry } from "../index";
-import { skip, startGantry } from "./server";
+import { scratchDir, skip, startGantry } from "./server";
 
 const TOKEN = "ts-suite-token-8e21";
 
-const dir = mkdtempSync(join(tmpdir(), "gantry-ts-tls-"));
+const dir = scratchDir("gantry-ts-tls-");
 const path = (name: string) => join(dir, name);
 let server: ChildProcess | undefined;
 let addr = "";
