@@ -671,9 +671,10 @@ impl Answers {
 
 // Get, Put and Delete answered from their bytes by gantry's transport (the
 // default) and through tonic (`server.direct_calls = false`) give the same
-// answers and refusals, in both durabilities.
+// answers and refusals, in both durabilities, on every backend (a Redis
+// Cluster and Valkey too).
 crate::on_every_backend! {
-async fn direct_calls_answer_exactly_as_the_service_path(backend: Backend) {
+cluster async fn direct_calls_answer_exactly_as_the_service_path(backend: Backend) {
     use gantry::config::Durability;
     use pb::put_request::Condition;
     let del = |namespace: &str, key: &str, if_version| {
