@@ -1,7 +1,8 @@
 //! `Get`, `Put` and `Delete` answered by gantry's transport from their
 //! request bytes (src/transport/direct.rs), with the service path's checks,
-//! decisions and errors: on the embedded store at once (a write in `sync`
-//! durability once it is on disk), on Redis when Redis replies. A Get or Put
+//! decisions and errors: on the embedded store at once, otherwise (a write
+//! in `sync` durability, entries in Redis) through the service's own steps
+//! when they are done. A Get or Put
 //! costs about what the transport costs, and tonic's per-call machinery was
 //! a third of that (docs/benchmarks.md, issue #23).
 
@@ -41,33 +42,11 @@ impl Direct {
             .and_then(|answer| encode_within(&answer, self.max_message_bytes))
     }
 
-    /// A write's answer once what it changed (`wrote`) is as durable as the
-    /// service path makes it before answering: on disk in `sync`.
-    async fn written(
-        &self,
-        answer: Result<impl Message, CacheError>,
-        wrote: bool,
-    ) -> Result<Bytes, tonic::Status> {
-        let answer = if wrote {
-            self.service.engine().durable().await.and(answer)
-        } else {
-            answer
-        };
-        self.encode(answer)
-    }
-
-    /// The answer of a write decided in place: at once, unless it waits for
-    /// a flush (`sync`).
-    fn write_answer<M: Message + 'static>(
-        &self,
-        answer: Result<M, CacheError>,
-        wrote: bool,
-    ) -> Answer {
-        if !wrote || !self.service.engine().answers_after_flush() {
-            return Answer::Now(self.encode(answer));
-        }
-        let direct = self.clone();
-        Answer::Later(Box::pin(async move { direct.written(answer, true).await }))
+    /// Whether a write is decided and answered in the calling task: an
+    /// embedded store whose writes need no flush before the answer
+    /// (`periodic`). Otherwise the service's own path, awaited.
+    fn writes_at_once(&self) -> bool {
+        self.service.decides_in_place() && !self.service.engine().answers_after_flush()
     }
 }
 
@@ -120,18 +99,16 @@ impl DirectUnary for DirectPut {
             return Some(Answer::Now(Err(refused)));
         }
         let direct = &self.0;
-        if direct.service.decides_in_place() {
+        if direct.writes_at_once() {
             let written = put_one(direct.service.engine(), r);
             log_put(&written);
-            let wrote = written.is_ok();
-            return Some(direct.write_answer(written, wrote));
+            return Some(Answer::Now(direct.encode(written)));
         }
         let direct = direct.clone();
         Some(Answer::Later(Box::pin(async move {
-            let written = direct.service.write(r).await;
+            let written = direct.service.put_durably(r).await;
             log_put(&written);
-            let wrote = written.is_ok();
-            direct.written(written, wrote).await
+            direct.encode(written)
         })))
     }
 }
@@ -150,22 +127,24 @@ impl DirectUnary for DirectDelete {
         if let Err(refused) = self.0.admit(&r.namespace, begin) {
             return Some(Answer::Now(Err(refused)));
         }
-        let direct = &self.0;
-        let deleted = |deleted: Result<bool, CacheError>| {
-            let wrote = matches!(deleted, Ok(true));
-            tracing::debug!(deleted = wrote, "cache.delete");
-            (deleted.map(|deleted| pb::DeleteResponse { deleted }), wrote)
+        let answer = |deleted: Result<bool, CacheError>| {
+            tracing::debug!(deleted = matches!(deleted, Ok(true)), "cache.delete");
+            deleted.map(|deleted| pb::DeleteResponse { deleted })
         };
-        if direct.service.decides_in_place() {
-            let engine = direct.service.engine();
-            let (answer, wrote) = deleted(engine.delete(&r.namespace, &r.key, r.if_version));
-            return Some(direct.write_answer(answer, wrote));
+        let direct = &self.0;
+        if direct.writes_at_once() {
+            let deleted = direct
+                .service
+                .engine()
+                .delete(&r.namespace, &r.key, r.if_version);
+            return Some(Answer::Now(direct.encode(answer(deleted))));
         }
         let direct = direct.clone();
         Some(Answer::Later(Box::pin(async move {
-            let removed = direct.service.remove(&r.namespace, &r.key, r.if_version);
-            let (answer, wrote) = deleted(removed.await);
-            direct.written(answer, wrote).await
+            let deleted = direct
+                .service
+                .delete_durably(&r.namespace, &r.key, r.if_version);
+            direct.encode(answer(deleted.await))
         })))
     }
 }

@@ -111,7 +111,7 @@ impl CacheService {
         self.on_lane(move |engine| put_one(engine, request)).await
     }
 
-    pub(super) async fn remove(
+    async fn remove(
         &self,
         namespace: &str,
         key: &str,
@@ -121,6 +121,31 @@ impl CacheService {
             Some(shared) => shared.delete(namespace, key, if_version).await,
             None => self.engine.delete(namespace, key, if_version),
         }
+    }
+
+    /// A Put as the service answers it: written, and in `sync` on disk.
+    pub(super) async fn put_durably(
+        &self,
+        request: pb::PutRequest,
+    ) -> Result<pb::PutResponse, CacheError> {
+        let response = self.write(request).await?;
+        self.engine.durable().await?;
+        Ok(response)
+    }
+
+    /// A Delete as the service answers it: false when there was no live
+    /// entry; a removal in `sync` on disk.
+    pub(super) async fn delete_durably(
+        &self,
+        namespace: &str,
+        key: &str,
+        if_version: Option<u64>,
+    ) -> Result<bool, CacheError> {
+        let deleted = self.remove(namespace, key, if_version).await?;
+        if deleted {
+            self.engine.durable().await?;
+        }
+        Ok(deleted)
     }
 
     fn check_batch(&self, len: usize) -> Result<(), Status> {
@@ -231,8 +256,7 @@ impl pb::cache_server::Cache for CacheService {
         Caller::of(&request)?.may(Area::Cache, &request.get_ref().namespace)?;
         let r = request.into_inner();
         let namespace = r.namespace.clone();
-        let response = self.write(r).await.map_err(ApiError::from)?;
-        self.engine.durable().await.map_err(ApiError::from)?;
+        let response = self.put_durably(r).await.map_err(ApiError::from)?;
         tracing::debug!(%namespace, version = response.version, "cache.put");
         Ok(Response::new(response))
     }
@@ -244,12 +268,9 @@ impl pb::cache_server::Cache for CacheService {
         let r = request.get_ref();
         Caller::of(&request)?.may(Area::Cache, &r.namespace)?;
         let deleted = self
-            .remove(&r.namespace, &r.key, r.if_version)
+            .delete_durably(&r.namespace, &r.key, r.if_version)
             .await
             .map_err(ApiError::from)?;
-        if deleted {
-            self.engine.durable().await.map_err(ApiError::from)?;
-        }
         tracing::debug!(namespace = %r.namespace, deleted, "cache.delete");
         Ok(Response::new(pb::DeleteResponse { deleted }))
     }
