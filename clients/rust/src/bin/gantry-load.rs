@@ -1,26 +1,22 @@
 //! `gantry-load`: see `gantry_client::load`.
 #![forbid(unsafe_code)]
 
-use std::time::Duration;
-
 use clap::Parser;
 use gantry_client::load::args::LoadArgs;
+use gantry_client::load::runner;
 
 #[tokio::main]
 async fn main() {
     let args = LoadArgs::parse();
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        match gantry_client::connect(&args.target, Duration::from_secs(10)).await {
-            Ok(channel) => channels.push(channel),
-            Err(e) => {
-                eprintln!("gantry-load: {e}");
-                std::process::exit(2);
-            }
+    let links = match runner::Links::connect(&args).await {
+        Ok(links) => links,
+        Err(e) => {
+            eprintln!("gantry-load: {e}");
+            std::process::exit(2);
         }
-    }
+    };
     let json = args.json;
-    match gantry_client::load::runner::run(args, channels).await {
+    match runner::run(args, links).await {
         Ok(report) => {
             if json {
                 match serde_json::to_string(&report) {

@@ -29,6 +29,17 @@ pub enum ScenarioName {
     Throttlecrab,
 }
 
+/// How calls are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Wire {
+    /// tonic's generated clients: every scenario.
+    Tonic,
+    /// Requests encoded before the run, one per key, written with the `h2`
+    /// crate: far less CPU per call (health and envoy-rls only).
+    Raw,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Distribution {
@@ -66,6 +77,10 @@ pub struct LoadArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde_compat")]
     pub warmup: Duration,
+    /// How calls are written: tonic's clients, or pre-encoded requests on
+    /// raw HTTP/2 (a lean client, like h2load, but a request per key).
+    #[arg(long, value_enum, default_value = "tonic")]
+    pub wire: Wire,
     /// HTTP/2 connections to spread the calls over.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,

@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod keys;
+pub mod raw;
 pub mod report;
 pub mod runner;
 pub mod scenario;

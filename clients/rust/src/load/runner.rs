@@ -13,10 +13,84 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::args::LoadArgs;
+use super::args::{LoadArgs, Wire};
 use super::keys::KeyPicker;
+use super::raw::{self, RawCaller, RawLink, Requests};
 use super::report::{Latency, Report};
 use super::scenario::{Caller, micros};
+
+/// The connections of a run: tonic channels, or raw HTTP/2 ones with the
+/// requests encoded for them.
+pub enum Links {
+    Tonic(Vec<Channel>),
+    Raw(Vec<RawLink>, Arc<Requests>),
+}
+
+impl Links {
+    /// `--connections` connections to `--target` on the chosen wire.
+    pub async fn connect(args: &LoadArgs) -> Result<Self, String> {
+        let count = args.connections.max(1);
+        match args.wire {
+            Wire::Tonic => {
+                let mut channels = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let channel = crate::connect(&args.target, Duration::from_secs(10))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    channels.push(channel);
+                }
+                Ok(Self::Tonic(channels))
+            }
+            Wire::Raw => {
+                let requests = Requests::for_scenario(args)?;
+                let mut links = Vec::with_capacity(count);
+                for _ in 0..count {
+                    links.push(raw::connect(&args.target).await?);
+                }
+                Ok(Self::Raw(links, requests))
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Tonic(channels) => channels.len(),
+            Self::Raw(links, _) => links.len(),
+        }
+    }
+
+    /// A caller on the `i`th connection (round robin).
+    fn caller(&self, i: usize, args: &Arc<LoadArgs>, keys: &KeyPicker) -> AnyCaller {
+        match self {
+            Self::Tonic(channels) => AnyCaller::Tonic(Box::new(Caller::new(
+                args.scenario,
+                args.clone(),
+                keys.clone(),
+                channels[i % channels.len()].clone(),
+            ))),
+            Self::Raw(links, requests) => AnyCaller::Raw(RawCaller::new(
+                links[i % links.len()].clone(),
+                requests.clone(),
+                keys.clone(),
+            )),
+        }
+    }
+}
+
+enum AnyCaller {
+    /// Boxed: tonic's caller holds a client per service.
+    Tonic(Box<Caller>),
+    Raw(RawCaller),
+}
+
+impl AnyCaller {
+    async fn call(&mut self, rng: &mut SmallRng) -> Result<u64, tonic::Status> {
+        match self {
+            Self::Tonic(caller) => caller.call(rng).await,
+            Self::Raw(caller) => caller.call(rng).await,
+        }
+    }
+}
 
 /// Per-task results, merged at the end.
 struct Tally {
@@ -66,39 +140,37 @@ impl Tally {
     }
 }
 
-pub async fn run(args: LoadArgs, channels: Vec<Channel>) -> Result<Report, String> {
-    if channels.is_empty() {
+pub async fn run(args: LoadArgs, links: Links) -> Result<Report, String> {
+    if links.len() == 0 {
         return Err("no connections".into());
     }
     let keys = KeyPicker::new(args.keys, args.distribution, args.zipf_exponent)?;
     let args = Arc::new(args);
-    Caller::new(
-        args.scenario,
-        args.clone(),
-        keys.clone(),
-        channels[0].clone(),
-    )
-    .prefill()
-    .await
-    .map_err(|e| format!("prefilling the keys failed: {e}"))?;
+    // The raw wire runs no scenario that reads what it did not write.
+    if let Links::Tonic(channels) = &links {
+        Caller::new(
+            args.scenario,
+            args.clone(),
+            keys.clone(),
+            channels[0].clone(),
+        )
+        .prefill()
+        .await
+        .map_err(|e| format!("prefilling the keys failed: {e}"))?;
+    }
     match args.rate {
-        Some(rate) => open_loop(args, channels, keys, rate).await,
-        None => closed_loop(args, channels, keys).await,
+        Some(rate) => open_loop(args, links, keys, rate).await,
+        None => closed_loop(args, links, keys).await,
     }
 }
 
-async fn closed_loop(
-    args: Arc<LoadArgs>,
-    channels: Vec<Channel>,
-    keys: KeyPicker,
-) -> Result<Report, String> {
+async fn closed_loop(args: Arc<LoadArgs>, links: Links, keys: KeyPicker) -> Result<Report, String> {
     let started = Instant::now();
     let measure_from = started + args.warmup;
     let end = measure_from + args.duration;
     let mut tasks = Vec::new();
     for i in 0..args.concurrency.max(1) {
-        let channel = channels[i % channels.len()].clone();
-        let mut caller = Caller::new(args.scenario, args.clone(), keys.clone(), channel);
+        let mut caller = links.caller(i, &args, &keys);
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(i as u64);
             let mut tally = Tally::new()?;
@@ -124,7 +196,7 @@ async fn closed_loop(
 
 async fn open_loop(
     args: Arc<LoadArgs>,
-    channels: Vec<Channel>,
+    links: Links,
     keys: KeyPicker,
     rate: u64,
 ) -> Result<Report, String> {
@@ -159,8 +231,7 @@ async fn open_loop(
             continue;
         };
         // A caller is a handful of channel clones: cheap beside the call.
-        let channel = channels[(k as usize) % channels.len()].clone();
-        let mut caller = Caller::new(args.scenario, args.clone(), keys.clone(), channel);
+        let mut caller = links.caller(k as usize, &args, &keys);
         let tx = tx.clone();
         let seed = k;
         tokio::spawn(async move {
