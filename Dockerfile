@@ -3,11 +3,11 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p gantry && strip target/release/gantry
+RUN cargo build --profile dist --locked -p gantry && strip target/dist/gantry
 
 # distroless/cc: glibc and libgcc, no shell, no package manager; uid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/gantry /usr/local/bin/gantry
+COPY --from=build /src/target/dist/gantry /usr/local/bin/gantry
 USER 65532:65532
 # State lives in /data: mount a volume there.
 ENV GANTRY_LISTEN=0.0.0.0:7070 \
