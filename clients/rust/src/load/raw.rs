@@ -10,9 +10,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use h2::client::SendRequest;
 use http::header::{CONTENT_TYPE, HeaderMap, TE};
 use rand::rngs::SmallRng;
@@ -22,6 +19,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use super::args::{LoadArgs, ScenarioName};
 use super::keys::KeyPicker;
+use super::scenario::should_rate_limit;
 
 /// One request is encoded per key, so the key count is bounded.
 pub const MAX_KEYS: u64 = 1_000_000;
@@ -96,21 +94,6 @@ impl Requests {
             .parse()
             .map_err(|e| format!("--target {}: {e}", args.target))?;
         Ok(Arc::new(Self { uri, bodies }))
-    }
-}
-
-/// The envoy-rls scenario's request, as the tonic caller builds it.
-fn should_rate_limit(domain: &str, value: String) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.to_string(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "generic_key".into(),
-                value,
-            }],
-            ..Default::default()
-        }],
-        hits_addend: 1,
     }
 }
 
@@ -214,7 +197,10 @@ mod tests {
         assert_eq!(framed[0], 0);
         let len = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
         assert_eq!(len, framed.len() - 5);
-        let decoded = <RateLimitRequest as prost::Message>::decode(&framed[5..]).unwrap();
+        let decoded = <envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest as prost::Message>::decode(
+            &framed[5..],
+        )
+        .unwrap();
         assert_eq!(decoded, message);
     }
 

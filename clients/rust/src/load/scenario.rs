@@ -55,6 +55,21 @@ pub struct Caller {
     throttle: throttlecrab::rate_limiter_client::RateLimiterClient<Channel>,
 }
 
+/// The envoy-rls scenario's request: one `generic_key` descriptor entry.
+pub fn should_rate_limit(domain: &str, value: String) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.to_string(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "generic_key".into(),
+                value,
+            }],
+            ..Default::default()
+        }],
+        hits_addend: 1,
+    }
+}
+
 fn attr(key: &str, value: String) -> KeyValue {
     KeyValue {
         key: key.to_string(),
@@ -178,17 +193,7 @@ impl Caller {
                 Ok(batch as u64)
             }
             ScenarioName::EnvoyRls => {
-                let request = RateLimitRequest {
-                    domain: self.args.name.clone(),
-                    descriptors: vec![RateLimitDescriptor {
-                        entries: vec![Entry {
-                            key: "generic_key".into(),
-                            value: self.keys.key(rng),
-                        }],
-                        ..Default::default()
-                    }],
-                    hits_addend: 1,
-                };
+                let request = should_rate_limit(&self.args.name, self.keys.key(rng));
                 self.envoy.should_rate_limit(request).await?;
                 Ok(1)
             }
