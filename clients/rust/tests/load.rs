@@ -4,6 +4,8 @@
 //! trailers or as headers alone.
 #![cfg(feature = "load")]
 
+use std::time::Duration;
+
 use clap::Parser;
 use gantry_client::load::args::{LoadArgs, Wire};
 use gantry_client::load::raw::Requests;
@@ -12,6 +14,13 @@ use gantry_client::load::runner::{self, Links};
 
 mod common;
 use common::{Server, start};
+
+fn wire_name(wire: Wire) -> &'static str {
+    match wire {
+        Wire::Tonic => "tonic",
+        Wire::Raw => "raw",
+    }
+}
 
 async fn run(server: &Server, wire: Wire, scenario: &str, name: &str) -> Report {
     let args = LoadArgs::parse_from([
@@ -33,10 +42,7 @@ async fn run(server: &Server, wire: Wire, scenario: &str, name: &str) -> Report 
         "--keys",
         "50",
         "--wire",
-        match wire {
-            Wire::Tonic => "tonic",
-            Wire::Raw => "raw",
-        },
+        wire_name(wire),
     ]);
     let links = Links::connect(&args).await.unwrap();
     runner::run(args, links).await.unwrap()
@@ -67,6 +73,41 @@ async fn the_raw_wire_counts_answers_as_tonic_does() {
             "{wire:?}: {:?}",
             refused.errors
         );
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_dies_mid_run_is_counted_unavailable_not_waited_for() {
+    let Some(mut server) = start() else { return };
+    for wire in [Wire::Tonic, Wire::Raw] {
+        let args = LoadArgs::parse_from([
+            "gantry-load",
+            "--scenario",
+            "envoy-rls",
+            "--target",
+            &server.addr,
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0s",
+            "--concurrency",
+            "4",
+            "--wire",
+            wire_name(wire),
+        ]);
+        let links = Links::connect(&args).await.unwrap();
+        server.kill();
+        let report = tokio::time::timeout(Duration::from_secs(20), runner::run(args, links))
+            .await
+            .unwrap_or_else(|_| panic!("{wire:?}: the run did not end"))
+            .unwrap();
+        assert_eq!(report.ok, 0, "{wire:?}");
+        assert!(
+            report.errors.get("Unavailable").is_some_and(|&n| n > 0),
+            "{wire:?}: {:?}",
+            report.errors
+        );
+        server.restart();
     }
 }
 
