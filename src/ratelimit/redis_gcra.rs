@@ -342,26 +342,25 @@ impl RedisBuckets {
                 None => groups.push((group, vec![i])),
             }
         }
-        let calls: Vec<Invocation> = groups
+        let group_jobs: Vec<Vec<(&Job, bool)>> = groups
             .iter()
-            .map(|((mode, _), members)| {
-                let jobs: Vec<(&Job, bool)> =
-                    members.iter().map(|&i| (&batch[i].job, false)).collect();
-                Invocation::new(self.script.get_hash(), mode, &jobs)
-            })
+            .map(|(_, members)| members.iter().map(|&i| (&batch[i].job, false)).collect())
             .collect();
-        let orders: Vec<Vec<usize>> = calls.iter().map(|call| call.order.clone()).collect();
-        let replies = self
-            .send(calls.into_iter().map(|call| call.cmd).collect())
-            .await;
+        let (commands, orders): (Vec<redis::Cmd>, Vec<Vec<usize>>) = groups
+            .iter()
+            .zip(&group_jobs)
+            .map(|(((mode, _), _), jobs)| {
+                let call = Invocation::new(self.script.get_hash(), mode, jobs);
+                (call.cmd, call.order)
+            })
+            .unzip();
+        let replies = self.send(commands).await;
         let mut answers: Vec<Option<Result<Decision, RedisStoreError>>> = vec![None; batch.len()];
-        for (((_, members), order), reply) in groups.iter().zip(&orders).zip(replies) {
+        for ((((_, members), jobs), order), reply) in
+            groups.iter().zip(&group_jobs).zip(&orders).zip(replies)
+        {
             let decisions = match reply {
-                Ok(reply) => {
-                    let jobs: Vec<(&Job, bool)> =
-                        members.iter().map(|&i| (&batch[i].job, false)).collect();
-                    read_reply(&reply, order, &jobs)
-                }
+                Ok(reply) => read_reply(&reply, order, jobs),
                 Err(e) => {
                     for &i in members {
                         answers[i] = Some(Err(e.clone()));
