@@ -409,6 +409,11 @@ impl Invocation {
         };
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         // Stable, so decisions within a run keep the order they arrived in.
+        // Decisions in different runs (say 5 tokens and 1 from one bucket) may
+        // be taken in another order than they arrived: they were concurrent, so
+        // any order is one they could have had, and each still sees the bucket
+        // as the ones before it left it. Waiters never share a call (only a
+        // bucket's head waiter asks), so their FIFO order is not touched.
         order.sort_by_key(|&i| run_of(&jobs[i]));
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(sha).arg(jobs.len());
